@@ -1,0 +1,111 @@
+# weft: `make` builds the libraries, examples and tests; `make run` starts the coroutine echo
+# server; `make test` runs every test and ends with "N passed, N failed".
+#
+# Knobs (all optional):
+#   O=dir            build directory (default build); use one per configuration
+#   CC=...           compiler; e.g. aarch64-linux-gnu-gcc for the cross build
+#   CTX=auto|asm|ucontext   context switch: hand-written assembly where there is one
+#   SAN=1            AddressSanitizer + UndefinedBehaviorSanitizer
+#   RUN="..."        prefix to run built programs (e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu")
+#   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install`
+
+O       ?= build
+CC      ?= cc
+PREFIX  ?= /usr/local
+PORT    ?= 1234
+CTX     ?= auto
+SAN     ?=
+RUN     ?=
+
+VERSION := 0.1.0
+MACHINE := $(shell $(CC) -dumpmachine)
+ifeq ($(CTX),auto)
+  ifneq ($(filter x86_64-% aarch64-%,$(MACHINE)),)
+    CTX := asm
+  else
+    CTX := ucontext
+  endif
+endif
+
+CFLAGS  ?= -O2 -g
+WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
+CPPFLAGS += -Iinclude -D_GNU_SOURCE
+ALL_CFLAGS := -std=c11 $(WARN) -fPIC -pthread $(CFLAGS)
+LDLIBS  += -pthread
+TEST_LDLIBS := -lm
+ifneq ($(SAN),)
+  ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+endif
+
+LIB_SRC := src/sched.c src/stack.c src/timer.c src/backend_epoll.c src/fd.c src/chan.c \
+           src/net.c src/serve.c
+ifeq ($(CTX),ucontext)
+  LIB_SRC += src/ctx/ctx_ucontext.c
+  CPPFLAGS += -DWEFT_CTX_UCONTEXT
+else ifneq ($(filter x86_64-%,$(MACHINE)),)
+  LIB_SRC += src/ctx/ctx_asm.c src/ctx/ctx_x86_64.S
+else
+  LIB_SRC += src/ctx/ctx_asm.c src/ctx/ctx_aarch64.S
+endif
+LIB_OBJ := $(patsubst %,$(O)/%.o,$(LIB_SRC))
+
+EXAMPLES := echo echo-blocking echo-events
+EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
+
+TESTS    := test_ctx test_stack test_timer test_sched test_chan test_net test_serve test_examples
+TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
+TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o
+
+.PHONY: all lib examples tests run test install clean
+all: lib examples tests
+lib: $(O)/libweft.a $(O)/libweft.so
+examples: $(EX_BIN)
+tests: $(TEST_BIN) $(O)/tests/echoload
+
+$(O)/%.c.o: %.c include/weft.h src/internal.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(O)/%.S.o: %.S
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(O)/libweft.a: $(LIB_OBJ)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(O)/libweft.so: $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,libweft.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# Examples: echo and echo-blocking share examples/echo_handler.c (the seed's one handler).
+$(O)/examples/echo: $(O)/examples/echo.c.o $(O)/examples/echo_handler.c.o $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/examples/echo-blocking: $(O)/examples/echo-blocking.c.o $(O)/examples/echo_handler.c.o $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/examples/echo-events: $(O)/examples/echo-events.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(O)/tests/%: $(O)/tests/%.c.o $(TEST_SUPPORT) $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(TEST_LDLIBS)
+$(O)/tests/echoload: $(O)/tests/echoload_main.c.o $(O)/tests/echoload.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+run: $(O)/examples/echo
+	$(RUN) $(O)/examples/echo -p $(PORT)
+
+test: all
+	@WEFT_RUN="$(RUN)" WEFT_BUILD="$(O)" sh tests/run.sh $(TEST_BIN)
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/weft.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(O)/libweft.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(O)/libweft.so $(DESTDIR)$(PREFIX)/lib/libweft.so.$(VERSION)
+	ln -sf libweft.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libweft.so.0
+	ln -sf libweft.so.0 $(DESTDIR)$(PREFIX)/lib/libweft.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' weft.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/weft.pc
+
+clean:
+	rm -rf $(O)

@@ -1,0 +1,33 @@
+/* The seed's first server: blocking. It accepts a client, serves it to the end with the
+ * shared handler, then accepts the next: one client at a time. No coroutine runs here, so
+ * every weft call simply blocks. */
+#include "echo_handler.h"
+#include "options.h"
+
+#include <errno.h>
+
+int main(int argc, char **argv)
+{
+    struct server_args a;
+    parse_server_args(argc, argv, &a);
+    struct echo_opts opts = {.quiet = a.quiet};
+
+    weft_listener *l = weft_listen(a.addr, 0);
+    if (!l) {
+        perror(a.addr);
+        return 1;
+    }
+    printf("listening on %s\n", weft_listener_addr(l));
+    fflush(stdout);
+
+    for (;;) {
+        weft_chan *c = weft_accept(l, -1);
+        if (!c) {
+            perror("accept");
+            weft_sleep(100); /* out of fds or memory: let it pass rather than spin */
+            continue;
+        }
+        echo(c, &opts);
+        weft_close(c);
+    }
+}

@@ -1,0 +1,36 @@
+/* Command line shared by the example servers: [-p PORT] [-h HOST] [-q]. */
+#ifndef EXAMPLE_OPTIONS_H
+#define EXAMPLE_OPTIONS_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct server_args {
+    char addr[300]; /* "host:port" for weft_listen */
+    int quiet;
+};
+
+static inline void parse_server_args(int argc, char **argv, struct server_args *a)
+{
+    const char *host = "127.0.0.1", *port = "1234";
+    int opt;
+    a->quiet = 0;
+    while ((opt = getopt(argc, argv, "p:h:q")) != -1) {
+        switch (opt) {
+        case 'p': port = optarg; break;
+        case 'h': host = optarg; break;
+        case 'q': a->quiet = 1; break;
+        default:
+            fprintf(stderr, "usage: %s [-p PORT] [-h HOST] [-q]\n", argv[0]);
+            exit(2);
+        }
+    }
+    if (host[0] != '[' && host[0] != '\0' && host[1] != '\0' && strchr(host, ':'))
+        snprintf(a->addr, sizeof a->addr, "[%s]:%s", host, port); /* bare IPv6 address */
+    else
+        snprintf(a->addr, sizeof a->addr, "%s:%s", host, port);
+}
+
+#endif

@@ -1,0 +1,224 @@
+/* weft: blocking-style network code, one coroutine per connection, one event loop.
+ *
+ * Every call that can wait parks the calling coroutine and lets the others run; called
+ * outside any coroutine, the same call simply blocks the thread. Errors are -1 (or NULL)
+ * with errno set; each declaration lists the errno values it can give besides those of the
+ * underlying system call. Times: weft_now() is a monotonic clock in milliseconds; a
+ * "deadline" is an absolute time on that clock, a "timeout" a relative one, and -1 means
+ * "wait forever" for both.
+ */
+#ifndef WEFT_H
+#define WEFT_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define WEFT_VERSION "0.1.0"
+
+/* ---- Time ------------------------------------------------------------------------- */
+
+/* Milliseconds on the monotonic clock (CLOCK_MONOTONIC); the base for every deadline. */
+int64_t weft_now(void);
+
+/* ---- Coroutines and the scheduler --------------------------------------------------- */
+/* One scheduler per thread, created on first use. Coroutines of a thread run one at a time,
+ * switching only inside weft calls that wait, so they share data without locks. */
+
+typedef struct weft_co weft_co;
+typedef void *(*weft_fn)(void *arg);
+
+/* Default coroutine stack: 256 KiB of address space; only touched pages cost memory. */
+#define WEFT_STACK_DEFAULT (256u * 1024u)
+/* Smallest stack accepted by weft_spawn_ex (smaller requests are rounded up). */
+#define WEFT_STACK_MIN (16u * 1024u)
+
+typedef struct weft_spawn_opts {
+    const char *name;   /* shown in diagnostics; copied, truncated to 63 bytes; NULL: "co" */
+    size_t stack_size;  /* bytes; 0: WEFT_STACK_DEFAULT; rounded up to whole pages */
+    int detached;       /* nonzero: freed when it returns, never joined */
+} weft_spawn_opts;
+
+/* Create a joinable coroutine that will run fn(arg) on the default stack; it first runs when
+ * the scheduler next gets control. NULL on error: ENOMEM (no memory or no mapping left). */
+weft_co *weft_spawn(weft_fn fn, void *arg);
+/* Same, with a name, a stack size and detached state. ENOMEM as above. */
+weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts);
+/* Mark co detached: it is freed when it ends and must not be used after. EINVAL if already
+ * detached or joined. */
+int weft_detach(weft_co *co);
+/* Wait until co ends, store its return value in *result (if non-NULL), free co. Outside a
+ * coroutine it runs the scheduler until co ends. EINVAL (detached, or already has a joiner),
+ * EDEADLK (co is the caller), ETIMEDOUT, ECANCELED (the caller was cancelled; co lives on). */
+int weft_join(weft_co *co, void **result, int64_t deadline);
+/* Cancel co: its current or next blocking call returns -1/ECANCELED, and so does every one
+ * after; co is expected to clean up and return. No effect on a coroutine that has ended. */
+void weft_cancel(weft_co *co);
+/* The running coroutine, NULL outside any coroutine. */
+weft_co *weft_self(void);
+/* A coroutine's name ("co" if it was given none). */
+const char *weft_name(const weft_co *co);
+/* Nonzero if the running coroutine has been cancelled. */
+int weft_cancelled(void);
+/* Let the other runnable coroutines run, then continue. Outside a coroutine: run one
+ * scheduler turn without waiting. ECANCELED if the caller is cancelled. */
+int weft_yield(void);
+/* Wait ms milliseconds (parks; outside a coroutine, blocks). ECANCELED. */
+int weft_sleep(int64_t ms);
+/* Wait until the deadline. ECANCELED. */
+int weft_sleep_until(int64_t deadline);
+/* Run this thread's scheduler until no coroutine is left or weft_stop() is called; returns
+ * 0. EDEADLK if called from a coroutine. */
+int weft_run(void);
+/* Make weft_run() return after the current turn; coroutines stay as they are. */
+void weft_stop(void);
+/* Number of live (not yet ended) coroutines in this thread's scheduler. */
+size_t weft_count(void);
+
+/* ---- Waiting on file descriptors ---------------------------------------------------- */
+/* The building block under channels, for code that drives its own non-blocking fds. */
+
+#define WEFT_READABLE 1
+#define WEFT_WRITABLE 2
+
+/* Wait until fd is readable or writable (one of the WEFT_ flags) or the deadline passes.
+ * The fd must be non-blocking and closed with weft_fd_close. ETIMEDOUT, ECANCELED,
+ * EBUSY (another coroutine already waits for the same event on fd), EBADF (fd closed by
+ * weft_fd_close meanwhile). */
+int weft_wait_fd(int fd, int events, int64_t deadline);
+/* Close fd, first waking every coroutine waiting on it with EBADF. */
+int weft_fd_close(int fd);
+
+/* ---- Channels ---------------------------------------------------------------------- */
+/* A buffered byte stream over an fd, the C form of a Tcl channel. Reads yield until data
+ * arrives; writes go through a bounded buffer flushed according to the buffering mode. A
+ * channel is used by one coroutine at a time for reading and one for writing. */
+
+typedef struct weft_chan weft_chan;
+
+typedef enum weft_buffering {
+    WEFT_BUF_NONE, /* every write goes out at once */
+    WEFT_BUF_LINE, /* flushed when a newline is written or the buffer fills (sockets' default) */
+    WEFT_BUF_FULL  /* flushed when the buffer fills, or by weft_flush/weft_close */
+} weft_buffering;
+
+/* Default longest line weft_gets accepts (without its newline). */
+#define WEFT_MAXLINE_DEFAULT (64u * 1024u)
+/* Default size of the write buffer; a write beyond it waits for the peer to read. */
+#define WEFT_WBUF_DEFAULT (64u * 1024u)
+
+/* Wrap fd (socket, pipe, tty, ...) in a channel that owns it; fd is made non-blocking.
+ * ENOMEM, EBADF. */
+weft_chan *weft_chan_open(int fd);
+/* The channel's file descriptor (still owned by the channel). */
+int weft_chan_fd(const weft_chan *c);
+/* The peer's "host:port" ("[v6addr]:port", "unix:PATH" or "unix") for sockets; "" otherwise. */
+const char *weft_chan_peer(const weft_chan *c);
+/* Set the buffering mode. EINVAL. */
+int weft_chan_set_buffering(weft_chan *c, weft_buffering mode);
+/* Set the longest accepted line, in bytes, 1 or more. EINVAL. */
+int weft_chan_set_maxline(weft_chan *c, size_t max);
+/* Set the write buffer limit in bytes, 1 or more; pending output is kept. EINVAL. */
+int weft_chan_set_wbuf(weft_chan *c, size_t max);
+/* Per-operation timeouts in ms (-1: none, the default): a read or a flush that waits longer
+ * fails with ETIMEDOUT. */
+int weft_chan_set_timeouts(weft_chan *c, int64_t read_ms, int64_t write_ms);
+
+/* Read one line. Returns it without its '\n' (a "\r" before it is kept), NUL-terminated for
+ * convenience, with its length in *len (NUL bytes inside it survive); the text stays valid
+ * until the next read on c. A last line without newline is returned at end of file. NULL at
+ * end of file (weft_eof() is then true and errno 0) or on error: EMSGSIZE (line longer than
+ * maxline: it is discarded up to its newline, the next call reads the line after it),
+ * ETIMEDOUT, ECANCELED, EBADF (closed meanwhile), ECONNRESET and other read errors. */
+const char *weft_gets(weft_chan *c, size_t *len);
+/* Read up to n bytes (waits only if none is buffered). 0 at end of file; -1 as weft_gets. */
+ssize_t weft_read(weft_chan *c, void *buf, size_t n);
+/* Read exactly n bytes; fewer only at end of file (then weft_eof() is true). -1 on error. */
+ssize_t weft_read_exact(weft_chan *c, void *buf, size_t n);
+/* Nonzero once a read has met end of file and no buffered input is left (Tcl's eof). */
+int weft_eof(const weft_chan *c);
+
+/* Write n bytes through the buffer; waits while the buffer is full. Returns n or -1:
+ * ETIMEDOUT (write timeout; unsent bytes stay buffered), ECANCELED, EBADF, EPIPE,
+ * ECONNRESET; after EPIPE or ECONNRESET every later write fails the same way. */
+ssize_t weft_write(weft_chan *c, const void *buf, size_t n);
+/* Write the NUL-terminated string s and a newline. 0 or -1 as weft_write. */
+int weft_puts(weft_chan *c, const char *s);
+/* Write n bytes of line (NULs allowed) and a newline: the partner of weft_gets. */
+int weft_putln(weft_chan *c, const void *line, size_t n);
+/* printf to the channel. Returns the byte count or -1 (also EOVERFLOW). */
+int weft_printf(weft_chan *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* vprintf to the channel. */
+int weft_vprintf(weft_chan *c, const char *fmt, va_list ap);
+/* Send all buffered output, waiting as needed. -1 as weft_write. */
+int weft_flush(weft_chan *c);
+/* Flush, then shut down the sending side (the peer reads end of file); reads go on. */
+int weft_shutdown(weft_chan *c);
+/* Flush (within the write timeout), close the fd and free c. Coroutines still waiting on c
+ * wake with EBADF; c is freed when the last leaves. Returns 0, or -1 with the flush or
+ * close error (c is closed and freed all the same). */
+int weft_close(weft_chan *c);
+
+/* ---- Network ----------------------------------------------------------------------- */
+/* Addresses are strings: "host:port", "[v6addr]:port", ":port" or "*:port" (every
+ * interface), "unix:/path/to/socket". Host names are resolved with getaddrinfo. Port 0
+ * picks a free port. TCP sockets get TCP_NODELAY: channels do their own buffering. */
+
+typedef struct weft_listener weft_listener;
+
+/* Listen on addr with the given backlog (0: SOMAXCONN). NULL: EINVAL (bad address),
+ * EADDRINUSE, EAI-style resolution failures as EHOSTUNREACH, ENOMEM. */
+weft_listener *weft_listen(const char *addr, int backlog);
+/* The listening address, as "127.0.0.1:1234" (the real port if 0 was asked). */
+const char *weft_listener_addr(const weft_listener *l);
+/* The listening port (0 for Unix sockets). */
+int weft_listener_port(const weft_listener *l);
+/* The listening fd. */
+int weft_listener_fd(const weft_listener *l);
+/* Accept one client as a channel. Parks until one arrives (blocks outside a coroutine).
+ * ETIMEDOUT, ECANCELED, EBADF, EMFILE/ENFILE (out of descriptors: retry later). */
+weft_chan *weft_accept(weft_listener *l, int64_t deadline);
+/* Stop listening, free l (and remove a Unix socket's file). Waiters wake with EBADF. */
+int weft_listener_close(weft_listener *l);
+
+/* Connect to addr, trying each resolved address in turn until the deadline. NULL:
+ * ETIMEDOUT, ECANCELED, ECONNREFUSED, EINVAL, EHOSTUNREACH (name not resolved). */
+weft_chan *weft_connect(const char *addr, int64_t deadline);
+
+/* ---- Serving ----------------------------------------------------------------------- */
+
+typedef struct weft_server weft_server;
+/* A connection handler: runs in its own coroutine, named after the peer ("host:port");
+ * the server closes the channel when it returns. */
+typedef void (*weft_handler)(weft_chan *c, void *arg);
+
+typedef struct weft_server_stats {
+    uint64_t accepted;      /* connections accepted so far */
+    uint64_t active;        /* handlers running now */
+    uint64_t accept_errors; /* failed accept calls (EMFILE and the like) */
+    uint64_t spawn_errors;  /* connections closed because no coroutine could be made */
+} weft_server_stats;
+
+/* Start serving l: an accept-loop coroutine spawns one detached coroutine per client running
+ * handler(chan, arg). The server owns l. On EMFILE/ENFILE it backs off (10 ms doubling to
+ * 1 s, no busy loop) and clients wait in the backlog. ENOMEM. */
+weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg);
+/* Stop accepting, close the listener and free s; running handlers go on to their end.
+ * Called from a coroutine or outside one (then it runs the scheduler until the accept loop
+ * has ended). */
+int weft_server_close(weft_server *s);
+/* Counters of s. */
+void weft_server_get_stats(const weft_server *s, weft_server_stats *st);
+/* Listen on addr, serve it with handler, and run the scheduler (returns only when stopped,
+ * with 0, or -1 at once if listening failed). */
+int weft_serve(const char *addr, weft_handler handler, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

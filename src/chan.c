@@ -1,0 +1,507 @@
+/* Channels: buffered streams over a non-blocking fd, the C form of a Tcl channel.
+ * Input: rbuf holds [rstart, rend) unread bytes; rscan marks how far a newline was already
+ * searched for, so a long line arriving in many pieces is scanned once. Output: wbuf holds
+ * [wstart, wlen) unsent bytes and never grows past wmax; a writer that would need more
+ * waits for the peer instead. Buffers are allocated on first use and grow on demand, so an
+ * idle connection costs little. Every wait goes through chan_wait, which also handles a close
+ * from another coroutine: whoever is inside the channel when it is closed wakes with EBADF,
+ * and the last one out frees it. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define RBUF_INITIAL 4096
+#define WBUF_INITIAL 4096
+
+struct weft_chan {
+    int fd;
+    bool is_socket;
+    bool eof;          /* a read returned end of file */
+    bool skipping;     /* discarding the rest of an over-long line */
+    bool closed;       /* weft_close ran while others were inside */
+    int users;         /* coroutines parked inside a call on this channel */
+    int werr;          /* sticky EPIPE/ECONNRESET: the peer is gone */
+    weft_buffering buffering;
+    size_t maxline;
+    size_t wmax;
+    int64_t read_timeout, write_timeout;
+    char *rbuf;
+    size_t rcap, rstart, rend, rscan;
+    char *wbuf;
+    size_t wcap, wstart, wlen;
+    char peer[64];
+};
+
+weft_chan *chan_new(int fd, bool is_socket, const char *peer)
+{
+    weft_chan *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->fd = fd;
+    c->is_socket = is_socket;
+    c->buffering = is_socket ? WEFT_BUF_LINE : WEFT_BUF_FULL;
+    c->maxline = WEFT_MAXLINE_DEFAULT;
+    c->wmax = WEFT_WBUF_DEFAULT;
+    c->read_timeout = c->write_timeout = -1;
+    if (peer)
+        snprintf(c->peer, sizeof c->peer, "%s", peer);
+    if (!is_socket)
+        ignore_sigpipe(); /* writes to a closed pipe must fail with EPIPE, not kill us */
+    return c;
+}
+
+static void chan_free(weft_chan *c)
+{
+    free(c->rbuf);
+    free(c->wbuf);
+    free(c);
+}
+
+/* Park until fd is ready. If the channel was closed meanwhile, it fails with EBADF and the
+ * channel may already be freed: the caller must return at once without touching c. */
+static int chan_wait(weft_chan *c, int events, int64_t deadline)
+{
+    c->users++;
+    int rc = fd_wait(c->fd, events, deadline);
+    c->users--;
+    if (c->closed) {
+        if (c->users == 0)
+            chan_free(c);
+        errno = EBADF;
+        return -1;
+    }
+    return rc;
+}
+
+weft_chan *weft_chan_open(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0 || fd_set_nonblock(fd) != 0) {
+        errno = EBADF;
+        return NULL;
+    }
+    char peer[64] = "";
+    bool is_socket = S_ISSOCK(st.st_mode);
+    if (is_socket) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0)
+            sockaddr_format(&ss, len, peer, sizeof peer);
+    }
+    return chan_new(fd, is_socket, peer);
+}
+
+int weft_chan_fd(const weft_chan *c) { return c->fd; }
+const char *weft_chan_peer(const weft_chan *c) { return c->peer; }
+
+int weft_chan_set_buffering(weft_chan *c, weft_buffering mode)
+{
+    if (mode != WEFT_BUF_NONE && mode != WEFT_BUF_LINE && mode != WEFT_BUF_FULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    c->buffering = mode;
+    return 0;
+}
+
+int weft_chan_set_maxline(weft_chan *c, size_t max)
+{
+    if (max == 0 || max > SIZE_MAX / 4) {
+        errno = EINVAL;
+        return -1;
+    }
+    c->maxline = max;
+    return 0;
+}
+
+int weft_chan_set_wbuf(weft_chan *c, size_t max)
+{
+    if (max == 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    c->wmax = max;
+    return 0;
+}
+
+int weft_chan_set_timeouts(weft_chan *c, int64_t read_ms, int64_t write_ms)
+{
+    c->read_timeout = read_ms < 0 ? -1 : read_ms;
+    c->write_timeout = write_ms < 0 ? -1 : write_ms;
+    return 0;
+}
+
+/* ---- Input ---- */
+
+/* Read once from the fd into dst, waiting while nothing is there. >0 bytes, 0 at end of
+ * file, -1 on error (EBADF: c may be gone). */
+static ssize_t read_some(weft_chan *c, char *dst, size_t n, int64_t deadline)
+{
+    for (;;) {
+        ssize_t r = read(c->fd, dst, n);
+        if (r > 0)
+            return r;
+        if (r == 0) {
+            c->eof = true;
+            return 0;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -1;
+        if (chan_wait(c, WEFT_READABLE, deadline) != 0)
+            return -1;
+    }
+}
+
+/* Make room for at least one more byte after rend: slide unread bytes to the front, grow up
+ * to limit. -1/ENOMEM, or EMSGSIZE when limit is reached. */
+static int rbuf_room(weft_chan *c, size_t limit)
+{
+    if (c->rend < c->rcap)
+        return 0;
+    if (c->rstart > 0) {
+        size_t have = c->rend - c->rstart;
+        memmove(c->rbuf, c->rbuf + c->rstart, have);
+        c->rscan -= c->rstart;
+        c->rend = have;
+        c->rstart = 0;
+        return 0;
+    }
+    if (c->rcap >= limit) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    size_t cap = c->rcap ? c->rcap * 2 : RBUF_INITIAL;
+    if (cap > limit)
+        cap = limit;
+    char *p = realloc(c->rbuf, cap);
+    if (!p) {
+        errno = ENOMEM;
+        return -1;
+    }
+    c->rbuf = p;
+    c->rcap = cap;
+    return 0;
+}
+
+/* Read more input into rbuf (the line limit bounds its size). */
+static ssize_t fill(weft_chan *c, int64_t deadline)
+{
+    if (rbuf_room(c, c->maxline + 1) != 0)
+        return -1;
+    ssize_t r = read_some(c, c->rbuf + c->rend, c->rcap - c->rend, deadline);
+    if (r > 0)
+        c->rend += (size_t)r;
+    return r;
+}
+
+/* Drop buffered bytes up to and including the next newline. True once it was found. */
+static bool skip_line(weft_chan *c)
+{
+    char *nl = memchr(c->rbuf + c->rstart, '\n', c->rend - c->rstart);
+    c->rstart = nl ? (size_t)(nl - c->rbuf) + 1 : c->rend;
+    c->rscan = c->rstart;
+    return nl != NULL;
+}
+
+/* Hand out [rstart, rstart + n) as a NUL-terminated line and consume `consumed` bytes. */
+static const char *take_line(weft_chan *c, size_t n, size_t consumed, size_t *len)
+{
+    char *line = c->rbuf + c->rstart;
+    line[n] = '\0';
+    c->rstart += consumed;
+    c->rscan = c->rstart;
+    if (len)
+        *len = n;
+    return line;
+}
+
+const char *weft_gets(weft_chan *c, size_t *len)
+{
+    int64_t deadline = deadline_after(c->read_timeout);
+    for (;;) {
+        if (c->skipping && skip_line(c))
+            c->skipping = false;
+        if (!c->skipping) {
+            char *nl = memchr(c->rbuf + c->rscan, '\n', c->rend - c->rscan);
+            if (nl) {
+                size_t n = (size_t)(nl - (c->rbuf + c->rstart));
+                return take_line(c, n, n + 1, len);
+            }
+            c->rscan = c->rend;
+            if (c->rend - c->rstart > c->maxline) {
+                c->skipping = true; /* the rest goes, up to its newline */
+                c->rstart = c->rscan = c->rend;
+                errno = EMSGSIZE;
+                return NULL;
+            }
+        }
+        if (c->eof) {
+            size_t have = c->rend - c->rstart;
+            if (have > 0 && !c->skipping && rbuf_room(c, c->maxline + 1) == 0)
+                return take_line(c, have, have, len);
+            c->rstart = c->rend = c->rscan = 0;
+            c->skipping = false;
+            errno = 0;
+            return NULL;
+        }
+        ssize_t r = fill(c, deadline);
+        if (r < 0)
+            return NULL;
+    }
+}
+
+ssize_t weft_read(weft_chan *c, void *buf, size_t n)
+{
+    if (n == 0)
+        return 0;
+    c->skipping = false; /* raw reads see the stream as it is */
+    size_t have = c->rend - c->rstart;
+    if (have == 0) {
+        if (c->eof)
+            return 0;
+        /* Large reads skip the buffer: no copy, and no buffer growth for bulk data. */
+        if (n >= RBUF_INITIAL)
+            return read_some(c, buf, n, deadline_after(c->read_timeout));
+        c->rstart = c->rend = c->rscan = 0;
+        ssize_t r = fill(c, deadline_after(c->read_timeout));
+        if (r <= 0)
+            return r;
+        have = c->rend - c->rstart;
+    }
+    size_t k = have < n ? have : n;
+    memcpy(buf, c->rbuf + c->rstart, k);
+    c->rstart += k;
+    if (c->rscan < c->rstart)
+        c->rscan = c->rstart;
+    return (ssize_t)k;
+}
+
+ssize_t weft_read_exact(weft_chan *c, void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = weft_read(c, (char *)buf + got, n - got);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+int weft_eof(const weft_chan *c)
+{
+    return c->eof && c->rend == c->rstart;
+}
+
+/* ---- Output ---- */
+
+/* Send [p, p + n) straight to the fd, waiting as needed; returns bytes sent (n unless an
+ * error stopped it, then -1 with errno; EBADF: c may be gone). */
+static ssize_t send_all(weft_chan *c, const char *p, size_t n, int64_t deadline)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = c->is_socket ? send(c->fd, p + done, n - done, MSG_NOSIGNAL)
+                                 : write(c->fd, p + done, n - done);
+        if (w > 0) {
+            done += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            if (errno == EPIPE || errno == ECONNRESET)
+                c->werr = errno;
+            return -1;
+        }
+        if (chan_wait(c, WEFT_WRITABLE, deadline) != 0)
+            return -1;
+    }
+    return (ssize_t)done;
+}
+
+static int flush_dl(weft_chan *c, int64_t deadline)
+{
+    while (c->wstart < c->wlen) {
+        ssize_t w = c->is_socket
+                        ? send(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart, MSG_NOSIGNAL)
+                        : write(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart);
+        if (w > 0) {
+            c->wstart += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            if (errno == EPIPE || errno == ECONNRESET) {
+                c->werr = errno;
+                c->wstart = c->wlen = 0; /* undeliverable: the peer is gone */
+            }
+            return -1;
+        }
+        if (chan_wait(c, WEFT_WRITABLE, deadline) != 0)
+            return -1;
+    }
+    c->wstart = c->wlen = 0;
+    return 0;
+}
+
+/* Copy [p, p + n) into the write buffer, flushing whenever it reaches wmax. */
+static int put(weft_chan *c, const char *p, size_t n, int64_t deadline)
+{
+    while (n > 0) {
+        if (c->wlen == c->wstart && n >= c->wmax) {
+            c->wstart = c->wlen = 0;
+            return send_all(c, p, n, deadline) < 0 ? -1 : 0;
+        }
+        if (c->wlen >= c->wmax && flush_dl(c, deadline) != 0)
+            return -1;
+        size_t room = c->wmax - c->wlen;
+        size_t k = n < room ? n : room;
+        if (c->wlen + k > c->wcap) {
+            size_t cap = c->wcap ? c->wcap : WBUF_INITIAL;
+            while (cap < c->wlen + k)
+                cap *= 2;
+            if (cap > c->wmax)
+                cap = c->wmax;
+            char *b = realloc(c->wbuf, cap);
+            if (!b) {
+                errno = ENOMEM;
+                return -1;
+            }
+            c->wbuf = b;
+            c->wcap = cap;
+        }
+        memcpy(c->wbuf + c->wlen, p, k);
+        c->wlen += k;
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Apply the buffering mode once a whole write is in the buffer. */
+static int settle(weft_chan *c, bool has_newline, int64_t deadline)
+{
+    if (c->buffering == WEFT_BUF_NONE || (c->buffering == WEFT_BUF_LINE && has_newline))
+        return flush_dl(c, deadline);
+    return 0;
+}
+
+static int write_ok(weft_chan *c)
+{
+    if (c->werr) {
+        errno = c->werr;
+        return -1;
+    }
+    return 0;
+}
+
+ssize_t weft_write(weft_chan *c, const void *buf, size_t n)
+{
+    if (write_ok(c) != 0)
+        return -1;
+    int64_t deadline = deadline_after(c->write_timeout);
+    if (put(c, buf, n, deadline) != 0)
+        return -1;
+    bool nl = c->buffering == WEFT_BUF_LINE && memchr(buf, '\n', n) != NULL;
+    if (settle(c, nl, deadline) != 0)
+        return -1;
+    return (ssize_t)n;
+}
+
+int weft_putln(weft_chan *c, const void *line, size_t n)
+{
+    if (write_ok(c) != 0)
+        return -1;
+    int64_t deadline = deadline_after(c->write_timeout);
+    if (put(c, line, n, deadline) != 0 || put(c, "\n", 1, deadline) != 0)
+        return -1;
+    return settle(c, true, deadline);
+}
+
+int weft_puts(weft_chan *c, const char *s)
+{
+    return weft_putln(c, s, strlen(s));
+}
+
+int weft_vprintf(weft_chan *c, const char *fmt, va_list ap)
+{
+    char small[512];
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    if (n < 0) {
+        va_end(ap2);
+        errno = EOVERFLOW;
+        return -1;
+    }
+    char *text = small;
+    if ((size_t)n >= sizeof small) {
+        text = malloc((size_t)n + 1);
+        if (!text) {
+            va_end(ap2);
+            errno = ENOMEM;
+            return -1;
+        }
+        vsnprintf(text, (size_t)n + 1, fmt, ap2);
+    }
+    va_end(ap2);
+    ssize_t w = weft_write(c, text, (size_t)n);
+    if (text != small)
+        free(text);
+    return w < 0 ? -1 : n;
+}
+
+int weft_printf(weft_chan *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = weft_vprintf(c, fmt, ap);
+    va_end(ap);
+    return n;
+}
+
+int weft_flush(weft_chan *c)
+{
+    if (write_ok(c) != 0)
+        return -1;
+    return flush_dl(c, deadline_after(c->write_timeout));
+}
+
+int weft_shutdown(weft_chan *c)
+{
+    if (weft_flush(c) != 0)
+        return -1;
+    return shutdown(c->fd, SHUT_WR);
+}
+
+int weft_close(weft_chan *c)
+{
+    int err = 0;
+    if (c->wlen > c->wstart && !c->werr && weft_flush(c) != 0) {
+        if (errno == EBADF)
+            return -1; /* closed by someone else while we flushed: c is gone */
+        err = errno;
+    }
+    c->closed = true;
+    if (weft_fd_close(c->fd) != 0 && !err)
+        err = errno;
+    if (c->users == 0)
+        chan_free(c);
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,145 @@
+/* weft internals shared between the subsystem files; nothing here is public.
+ * Layers, bottom up: ctx (switch), stack, timer, sched, backend, chan, net. Each file only
+ * calls into the ones listed before it. */
+#ifndef WEFT_INTERNAL_H
+#define WEFT_INTERNAL_H
+
+#include "weft.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Context switch (src/ctx/) ---- */
+#if defined(WEFT_CTX_UCONTEXT)
+#include <ucontext.h>
+typedef struct ctx {
+    ucontext_t uc;
+} ctx;
+#else
+typedef struct ctx {
+    void *sp; /* saved stack pointer; the registers are on that stack */
+} ctx;
+#endif
+
+/* Prepare c so that the first switch to it runs fn(arg) on [stack_lo, stack_lo + size).
+ * fn must never return: it switches away for the last time instead. */
+void ctx_make(ctx *c, void *stack_lo, size_t size, void (*fn)(void *), void *arg);
+/* Save the caller's registers in from and resume to. Returns when someone switches back. */
+void ctx_switch(ctx *from, ctx *to);
+
+/* ---- Stacks (stack.c) ---- */
+typedef struct stack {
+    void *lo;        /* lowest usable byte (just above the guard page) */
+    size_t size;     /* usable bytes */
+    struct stack *next_free;
+    void *map;       /* the whole mapping, guard included */
+    size_t map_size;
+    unsigned valgrind_id;
+} stack;
+
+/* A stack of at least size bytes, from the pool or a new mapping. NULL/ENOMEM. */
+stack *stack_take(size_t size);
+/* Give s back to the pool (or unmap it when the pool is full). */
+void stack_give(stack *s);
+/* Unmap every pooled stack of this thread. */
+void stack_pool_drain(void);
+/* Install the SIGSEGV handler (on an alternate stack) that reports overflows. Per thread. */
+int stack_guard_init(void);
+
+/* ---- Timers (timer.c): a binary min-heap of deadlines ---- */
+typedef struct timer {
+    int64_t deadline;
+    size_t index; /* position in the heap; SIZE_MAX when not armed */
+} timer;
+
+typedef struct timer_heap {
+    timer **items;
+    size_t len, cap;
+} timer_heap;
+
+/* Arm t (its deadline already set). -1/ENOMEM only if the heap cannot grow. */
+int timer_heap_add(timer_heap *h, timer *t);
+/* Disarm t if armed. */
+void timer_heap_remove(timer_heap *h, timer *t);
+/* The earliest armed timer, or NULL. */
+timer *timer_heap_peek(const timer_heap *h);
+void timer_heap_free(timer_heap *h);
+static inline bool timer_armed(const timer *t) { return t->index != SIZE_MAX; }
+
+/* ---- Scheduler (sched.c) ---- */
+enum co_state { CO_READY, CO_RUNNING, CO_PARKED, CO_DONE };
+
+struct weft_co {
+    ctx ctx;
+    stack *stack;
+    enum co_state state;
+    bool detached;
+    bool cancelled;
+    bool in_runq;
+    int wake_errno;       /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
+    timer timer;          /* deadline of the current park */
+    weft_co *next;        /* run-queue link */
+    weft_co *joiner;      /* coroutine parked in weft_join on this one */
+    weft_fn fn;
+    void *arg;
+    void *result;
+    void *asan_fake_stack;
+    char name[64];
+};
+
+typedef struct backend backend;
+
+typedef struct sched {
+    ctx main_ctx;          /* the thread's own stack, where the loop runs */
+    weft_co *current;      /* NULL while the loop itself runs */
+    weft_co *runq_head, *runq_tail;
+    timer_heap timers;
+    backend *be;
+    size_t live;           /* coroutines spawned and not yet ended */
+    bool stop;
+    int loop_depth;        /* nested weft_run/join-from-outside loops */
+    const void *main_stack_lo; /* for AddressSanitizer's fiber switch */
+    size_t main_stack_size;
+} sched;
+
+/* This thread's scheduler, created on first use; NULL/ENOMEM. */
+sched *sched_get(void);
+/* This thread's scheduler if it exists. */
+sched *sched_peek(void);
+/* Park the running coroutine until woken or the deadline. 0 when woken normally, else -1
+ * with errno set from the waker (EBADF), ETIMEDOUT, or ECANCELED (already cancelled). */
+int sched_park(int64_t deadline);
+/* Make a parked coroutine runnable; its sched_park returns with err (0 = success). */
+void sched_wake(weft_co *co, int err);
+
+/* ---- Event backend (backend_epoll.c) ---- */
+backend *backend_new(void);
+void backend_free(backend *b);
+/* Park the running coroutine until fd has one of events, the deadline passes, or the fd is
+ * forgotten. Errors as weft_wait_fd. */
+int backend_wait(backend *b, int fd, int events, int64_t deadline);
+/* Wait up to timeout_ms (-1: forever) for events and wake their waiters. */
+int backend_poll(backend *b, int timeout_ms);
+/* fd is about to be closed: wake its waiters with EBADF and drop it. */
+void backend_forget(backend *b, int fd);
+/* Number of coroutines parked on an fd: zero means no event can wake anyone. */
+size_t backend_waiting(const backend *b);
+
+/* ---- Channels (chan.c) ---- */
+/* A channel over fd, already non-blocking; peer is its "host:port" name (copied). */
+weft_chan *chan_new(int fd, bool is_socket, const char *peer);
+
+/* ---- Shared helpers ---- */
+/* Wait for fd: parks inside a coroutine, poll()s outside one. */
+int fd_wait(int fd, int events, int64_t deadline);
+/* Deadline for a relative timeout in ms (-1 stays -1). */
+int64_t deadline_after(int64_t timeout_ms);
+/* Make fd non-blocking and close-on-exec. */
+int fd_set_nonblock(int fd);
+/* Ignore SIGPIPE once per process if it still has its default action. */
+void ignore_sigpipe(void);
+/* Format a socket address as "host:port", "[v6]:port" or "unix:path". */
+void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,353 @@
+/* Sockets: address strings, listen/accept/connect over TCP (IPv4, IPv6, host names) and Unix
+ * sockets, all non-blocking underneath so they park inside a coroutine and block outside.
+ * A listener, like a channel, counts the coroutines parked in it, so closing it under a
+ * waiter wakes the waiter with EBADF instead of freeing memory it is about to use. */
+#include "internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+struct weft_listener {
+    int fd;
+    int port;
+    int users;
+    bool closed;
+    char addr[128];
+    char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+};
+
+void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen)
+{
+    const struct sockaddr *s = sa;
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (s->sa_family == AF_INET) {
+        const struct sockaddr_in *in = sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(out, outlen, "%s:%u", host, ntohs(in->sin_port));
+    } else if (s->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        snprintf(out, outlen, "[%s]:%u", host, ntohs(in6->sin6_port));
+    } else if (s->sa_family == AF_UNIX) {
+        const struct sockaddr_un *un = sa;
+        size_t off = offsetof(struct sockaddr_un, sun_path);
+        if (salen > off + 1 && un->sun_path[0])
+            snprintf(out, outlen, "unix:%.*s", (int)(salen - off), un->sun_path);
+        else
+            snprintf(out, outlen, "unix");
+    } else {
+        snprintf(out, outlen, "?");
+    }
+}
+
+/* ---- Address strings ---- */
+
+typedef struct parsed_addr {
+    bool is_unix;
+    bool wildcard;
+    char host[256];
+    char port[32];
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+} parsed_addr;
+
+static int parse_addr(const char *addr, parsed_addr *pa)
+{
+    memset(pa, 0, sizeof *pa);
+    if (!addr)
+        goto bad;
+    if (strncmp(addr, "unix:", 5) == 0) {
+        size_t n = strlen(addr + 5);
+        if (n == 0 || n >= sizeof pa->path)
+            goto bad;
+        memcpy(pa->path, addr + 5, n + 1);
+        pa->is_unix = true;
+        return 0;
+    }
+    const char *colon;
+    if (addr[0] == '[') {
+        const char *end = strchr(addr, ']');
+        if (!end || end[1] != ':' || (size_t)(end - addr - 1) >= sizeof pa->host)
+            goto bad;
+        memcpy(pa->host, addr + 1, (size_t)(end - addr - 1));
+        colon = end + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon || (size_t)(colon - addr) >= sizeof pa->host)
+            goto bad;
+        memcpy(pa->host, addr, (size_t)(colon - addr));
+    }
+    if (strlen(colon + 1) == 0 || strlen(colon + 1) >= sizeof pa->port)
+        goto bad;
+    strcpy(pa->port, colon + 1);
+    pa->wildcard = pa->host[0] == '\0' || strcmp(pa->host, "*") == 0;
+    return 0;
+bad:
+    errno = EINVAL;
+    return -1;
+}
+
+static int resolve(const parsed_addr *pa, bool passive, struct addrinfo **res)
+{
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = passive ? AI_PASSIVE : 0;
+    int rc = getaddrinfo(pa->wildcard ? NULL : pa->host, pa->port, &hints, res);
+    if (rc == 0)
+        return 0;
+    if (rc == EAI_SYSTEM)
+        return -1;
+    errno = rc == EAI_MEMORY ? ENOMEM : (rc == EAI_SERVICE ? EINVAL : EHOSTUNREACH);
+    return -1;
+}
+
+static void set_nodelay(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* ---- Listening ---- */
+
+static int listen_unix(weft_listener *l, const parsed_addr *pa, int backlog)
+{
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    memcpy(un.sun_path, pa->path, strlen(pa->path) + 1);
+    l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (l->fd < 0)
+        return -1;
+    if (bind(l->fd, (struct sockaddr *)&un, sizeof un) != 0 || listen(l->fd, backlog) != 0) {
+        int e = errno;
+        close(l->fd);
+        errno = e;
+        return -1;
+    }
+    memcpy(l->unix_path, pa->path, strlen(pa->path) + 1);
+    snprintf(l->addr, sizeof l->addr, "unix:%s", pa->path);
+    return 0;
+}
+
+static int listen_one(const struct addrinfo *ai, int backlog)
+{
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0)
+        return -1;
+    int one = 1, zero = 0;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ai->ai_family == AF_INET6) /* "*:port" means both families on one socket */
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static int listen_inet(weft_listener *l, const parsed_addr *pa, int backlog)
+{
+    struct addrinfo *res;
+    if (resolve(pa, true, &res) != 0)
+        return -1;
+    l->fd = -1;
+    /* For the wildcard, an IPv6 socket serves both families: try it first. */
+    for (int pass = 0; pass < 2 && l->fd < 0; pass++) {
+        for (struct addrinfo *ai = res; ai && l->fd < 0; ai = ai->ai_next) {
+            if (pa->wildcard && (pass == 0) != (ai->ai_family == AF_INET6))
+                continue;
+            if (!pa->wildcard && pass == 1)
+                break;
+            l->fd = listen_one(ai, backlog);
+        }
+    }
+    freeaddrinfo(res);
+    if (l->fd < 0)
+        return -1;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    getsockname(l->fd, (struct sockaddr *)&ss, &len);
+    sockaddr_format(&ss, len, l->addr, sizeof l->addr);
+    l->port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+                                      : ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return 0;
+}
+
+weft_listener *weft_listen(const char *addr, int backlog)
+{
+    parsed_addr pa;
+    if (parse_addr(addr, &pa) != 0)
+        return NULL;
+    weft_listener *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    if (backlog <= 0)
+        backlog = SOMAXCONN;
+    int rc = pa.is_unix ? listen_unix(l, &pa, backlog) : listen_inet(l, &pa, backlog);
+    if (rc != 0) {
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+const char *weft_listener_addr(const weft_listener *l) { return l->addr; }
+int weft_listener_port(const weft_listener *l) { return l->port; }
+int weft_listener_fd(const weft_listener *l) { return l->fd; }
+
+/* Accept one connection without waiting: a channel, or NULL with errno (EAGAIN: none). */
+static weft_chan *accept_now(weft_listener *l)
+{
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue; /* that client is gone, not the listener */
+            return NULL;
+        }
+        char peer[64];
+        sockaddr_format(&ss, len, peer, sizeof peer);
+        if (ss.ss_family != AF_UNIX)
+            set_nodelay(fd);
+        weft_chan *c = chan_new(fd, true, peer);
+        if (!c) {
+            close(fd);
+            errno = ENOMEM;
+        }
+        return c;
+    }
+}
+
+weft_chan *weft_accept(weft_listener *l, int64_t deadline)
+{
+    for (;;) {
+        weft_chan *c = accept_now(l);
+        if (c || (errno != EAGAIN && errno != EWOULDBLOCK))
+            return c;
+        l->users++;
+        int rc = fd_wait(l->fd, WEFT_READABLE, deadline);
+        l->users--;
+        if (l->closed) {
+            if (l->users == 0)
+                free(l);
+            errno = EBADF;
+            return NULL;
+        }
+        if (rc != 0)
+            return NULL;
+    }
+}
+
+int weft_listener_close(weft_listener *l)
+{
+    if (l->unix_path[0])
+        unlink(l->unix_path);
+    int rc = weft_fd_close(l->fd);
+    l->closed = true;
+    if (l->users == 0)
+        free(l);
+    return rc;
+}
+
+/* ---- Connecting ---- */
+
+/* Wait for a non-blocking connect on fd to finish. 0 or -1 with the connect error. */
+static int connect_finish(int fd, int64_t deadline)
+{
+    if (fd_wait(fd, WEFT_WRITABLE, deadline) != 0)
+        return -1;
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        return -1;
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
+static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadline)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int rc = connect(fd, sa, salen);
+    if (rc != 0 && errno == EINPROGRESS)
+        rc = connect_finish(fd, deadline);
+    /* A Unix socket whose backlog is full says EAGAIN: back off briefly and retry. */
+    for (int64_t pause = 1; rc != 0 && errno == EAGAIN && sa->sa_family == AF_UNIX; pause *= 2) {
+        if (deadline >= 0 && weft_now() >= deadline) {
+            errno = ETIMEDOUT;
+            break;
+        }
+        if (weft_sleep(pause < 100 ? pause : 100) != 0)
+            break;
+        rc = connect(fd, sa, salen);
+    }
+    if (rc != 0) {
+        int e = errno;
+        weft_fd_close(fd);
+        errno = e;
+        return -1;
+    }
+    if (sa->sa_family != AF_UNIX)
+        set_nodelay(fd);
+    return fd;
+}
+
+weft_chan *weft_connect(const char *addr, int64_t deadline)
+{
+    parsed_addr pa;
+    if (parse_addr(addr, &pa) != 0)
+        return NULL;
+    int fd = -1;
+    char peer[64];
+    if (pa.is_unix) {
+        struct sockaddr_un un = {.sun_family = AF_UNIX};
+        memcpy(un.sun_path, pa.path, strlen(pa.path) + 1);
+        fd = connect_one((struct sockaddr *)&un, sizeof un, deadline);
+        snprintf(peer, sizeof peer, "unix:%s", pa.path);
+    } else {
+        if (pa.wildcard) {
+            errno = EINVAL;
+            return NULL;
+        }
+        struct addrinfo *res;
+        if (resolve(&pa, false, &res) != 0)
+            return NULL;
+        int err = ECONNREFUSED;
+        for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {
+            fd = connect_one(ai->ai_addr, ai->ai_addrlen, deadline);
+            if (fd < 0) {
+                err = errno;
+                if (err == ETIMEDOUT || err == ECANCELED)
+                    break;
+            } else {
+                sockaddr_format(ai->ai_addr, ai->ai_addrlen, peer, sizeof peer);
+            }
+        }
+        freeaddrinfo(res);
+        errno = err;
+    }
+    if (fd < 0)
+        return NULL;
+    weft_chan *c = chan_new(fd, true, peer);
+    if (!c) {
+        weft_fd_close(fd);
+        errno = ENOMEM;
+    }
+    return c;
+}

@@ -1,0 +1,434 @@
+/* The scheduler: one per thread, a FIFO run queue of coroutines, a timer heap and an event
+ * backend. Coroutines always switch back to the loop, which runs on the thread's own stack;
+ * the loop picks the next one. Invariant: a coroutine is READY exactly while it is in the
+ * run queue (or in the batch the loop is running), PARKED while something else (a timer, an
+ * fd slot, a joinee) holds it. Nothing on the switch path allocates. */
+#include "internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define WEFT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define WEFT_ASAN 1
+#endif
+#endif
+#ifdef WEFT_ASAN
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+static _Thread_local sched *tls_sched;
+#ifdef WEFT_ASAN
+static _Thread_local void *asan_main_fake;
+#endif
+
+int64_t weft_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+sched *sched_peek(void)
+{
+    return tls_sched;
+}
+
+sched *sched_get(void)
+{
+    if (tls_sched)
+        return tls_sched;
+    sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    if (stack_guard_init() != 0 || !(s->be = backend_new())) {
+        free(s);
+        errno = ENOMEM;
+        return NULL;
+    }
+    tls_sched = s;
+    return s;
+}
+
+/* Free the scheduler once nothing uses it, so a program that is done with weft holds no
+ * epoll fd, pooled stack or heap. A later call simply makes a new one. */
+static void sched_release_if_idle(sched *s)
+{
+    if (s->live || s->loop_depth || s->current)
+        return;
+    backend_free(s->be);
+    timer_heap_free(&s->timers);
+    stack_pool_drain();
+    free(s);
+    tls_sched = NULL;
+}
+
+static void runq_push(sched *s, weft_co *co)
+{
+    co->next = NULL;
+    if (s->runq_tail)
+        s->runq_tail->next = co;
+    else
+        s->runq_head = co;
+    s->runq_tail = co;
+}
+
+/* ---- Switching ---- */
+
+/* From a coroutine back to the loop. done: the coroutine will never run again, so the
+ * sanitizer may drop its fake stack. */
+static void switch_to_loop(sched *s, weft_co *co, bool done)
+{
+#ifdef WEFT_ASAN
+    __sanitizer_start_switch_fiber(done ? NULL : &co->asan_fake_stack, s->main_stack_lo,
+                                   s->main_stack_size);
+#else
+    (void)done;
+#endif
+    ctx_switch(&co->ctx, &s->main_ctx);
+#ifdef WEFT_ASAN
+    __sanitizer_finish_switch_fiber(co->asan_fake_stack, &s->main_stack_lo, &s->main_stack_size);
+#endif
+}
+
+static void co_main(void *p)
+{
+    weft_co *co = p;
+    sched *s = tls_sched;
+#ifdef WEFT_ASAN
+    __sanitizer_finish_switch_fiber(NULL, &s->main_stack_lo, &s->main_stack_size);
+#endif
+    co->result = co->fn(co->arg);
+    co->state = CO_DONE;
+    if (co->joiner)
+        sched_wake(co->joiner, 0);
+    switch_to_loop(s, co, true);
+    abort(); /* unreachable: an ended coroutine is never switched to */
+}
+
+/* After a coroutine's last switch: its stack can be reused now that nothing runs on it. */
+static void co_reap(sched *s, weft_co *co)
+{
+    stack_give(co->stack);
+    co->stack = NULL;
+    s->live--;
+    if (co->detached)
+        free(co);
+}
+
+static void run_co(sched *s, weft_co *co)
+{
+    s->current = co;
+    co->state = CO_RUNNING;
+#ifdef WEFT_ASAN
+    __sanitizer_start_switch_fiber(&asan_main_fake, co->stack->lo, co->stack->size);
+#endif
+    ctx_switch(&s->main_ctx, &co->ctx);
+#ifdef WEFT_ASAN
+    __sanitizer_finish_switch_fiber(asan_main_fake, NULL, NULL);
+#endif
+    s->current = NULL;
+    if (co->state == CO_DONE)
+        co_reap(s, co);
+}
+
+/* ---- Parking and waking ---- */
+
+int sched_park(int64_t deadline)
+{
+    sched *s = tls_sched;
+    weft_co *co = s->current;
+
+    if (co->cancelled) {
+        errno = ECANCELED;
+        return -1;
+    }
+    if (deadline >= 0) {
+        co->timer.deadline = deadline;
+        if (timer_heap_add(&s->timers, &co->timer) != 0)
+            return -1;
+    }
+    co->state = CO_PARKED;
+    co->wake_errno = 0;
+    switch_to_loop(s, co, false);
+    if (co->wake_errno) {
+        errno = co->wake_errno;
+        return -1;
+    }
+    return 0;
+}
+
+void sched_wake(weft_co *co, int err)
+{
+    sched *s = tls_sched;
+    if (co->state != CO_PARKED)
+        return;
+    timer_heap_remove(&s->timers, &co->timer);
+    co->wake_errno = err;
+    co->state = CO_READY;
+    runq_push(s, co);
+}
+
+/* ---- The loop ---- */
+
+static void expire_timers(sched *s)
+{
+    timer *t = timer_heap_peek(&s->timers);
+    if (!t)
+        return;
+    int64_t now = weft_now();
+    while ((t = timer_heap_peek(&s->timers)) && t->deadline <= now) {
+        weft_co *co = (weft_co *)((char *)t - offsetof(weft_co, timer));
+        sched_wake(co, ETIMEDOUT); /* also disarms t */
+    }
+}
+
+/* How long the loop may sleep in the backend: not at all with work queued, else until the
+ * next timer or limit (an outer deadline), whichever is first. */
+static int poll_timeout(sched *s, int64_t limit)
+{
+    if (s->runq_head)
+        return 0;
+    timer *t = timer_heap_peek(&s->timers);
+    int64_t until = t ? t->deadline : -1;
+    if (limit >= 0 && (until < 0 || limit < until))
+        until = limit;
+    if (until < 0)
+        return -1;
+    int64_t ms = until - weft_now();
+    if (ms <= 0)
+        return 0;
+    return ms > INT_MAX ? INT_MAX : (int)ms;
+}
+
+/* One turn: collect I/O events and expired timers, then run every coroutine that was
+ * runnable at that moment once (those made runnable meanwhile wait for the next turn, so a
+ * coroutine that keeps yielding cannot starve I/O). Returns -1/EDEADLK if no coroutine can
+ * ever be woken again. */
+static int loop_turn(sched *s, bool may_block, int64_t limit)
+{
+    int timeout = may_block ? poll_timeout(s, limit) : 0;
+
+    if (timeout < 0 && s->live > 0 && !backend_waiting(s->be)) {
+        errno = EDEADLK; /* everyone is parked on something no event can end */
+        return -1;
+    }
+    if (backend_poll(s->be, timeout) != 0)
+        return -1;
+    expire_timers(s);
+
+    weft_co *batch = s->runq_head;
+    s->runq_head = s->runq_tail = NULL;
+    while (batch) {
+        weft_co *co = batch;
+        batch = co->next;
+        run_co(s, co);
+    }
+    return 0;
+}
+
+int weft_run(void)
+{
+    sched *s = sched_get();
+    if (!s)
+        return -1;
+    if (s->current) {
+        errno = EDEADLK;
+        return -1;
+    }
+    int rc = 0;
+    s->stop = false;
+    s->loop_depth++;
+    while (!s->stop && s->live > 0 && rc == 0)
+        rc = loop_turn(s, true, -1);
+    s->loop_depth--;
+    s->stop = false;
+    sched_release_if_idle(s);
+    return rc;
+}
+
+void weft_stop(void)
+{
+    if (tls_sched)
+        tls_sched->stop = true;
+}
+
+size_t weft_count(void)
+{
+    return tls_sched ? tls_sched->live : 0;
+}
+
+/* ---- Coroutines ---- */
+
+weft_co *weft_spawn(weft_fn fn, void *arg)
+{
+    return weft_spawn_ex(fn, arg, NULL);
+}
+
+weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
+{
+    sched *s = sched_get();
+    if (!s)
+        return NULL;
+    size_t size = opts && opts->stack_size ? opts->stack_size : WEFT_STACK_DEFAULT;
+    if (size < WEFT_STACK_MIN)
+        size = WEFT_STACK_MIN;
+
+    weft_co *co = calloc(1, sizeof *co);
+    if (!co)
+        return NULL;
+    co->stack = stack_take(size);
+    if (!co->stack) {
+        free(co);
+        errno = ENOMEM;
+        return NULL;
+    }
+    const char *name = opts && opts->name ? opts->name : "co";
+    strncpy(co->name, name, sizeof co->name - 1);
+    co->detached = opts && opts->detached;
+    co->fn = fn;
+    co->arg = arg;
+    co->timer.index = SIZE_MAX;
+    co->state = CO_READY;
+    ctx_make(&co->ctx, co->stack->lo, co->stack->size, co_main, co);
+    s->live++;
+    runq_push(s, co);
+    return co;
+}
+
+int weft_detach(weft_co *co)
+{
+    if (co->detached || co->joiner) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (co->state == CO_DONE) {
+        free(co); /* already reaped: only the handle was left */
+        return 0;
+    }
+    co->detached = true;
+    return 0;
+}
+
+/* Join from outside any coroutine: drive the loop until co ends. */
+static int join_from_outside(sched *s, weft_co *co, int64_t deadline)
+{
+    int rc = 0;
+    s->loop_depth++;
+    while (co->state != CO_DONE && rc == 0) {
+        if (deadline >= 0 && weft_now() >= deadline) {
+            errno = ETIMEDOUT;
+            rc = -1;
+            break;
+        }
+        rc = loop_turn(s, true, deadline);
+    }
+    s->loop_depth--;
+    return rc;
+}
+
+int weft_join(weft_co *co, void **result, int64_t deadline)
+{
+    sched *s = tls_sched;
+    if (co->detached || co->joiner) {
+        errno = EINVAL;
+        return -1;
+    }
+    weft_co *self = s ? s->current : NULL;
+    if (co == self) {
+        errno = EDEADLK;
+        return -1;
+    }
+    if (co->state != CO_DONE) {
+        int rc;
+        if (self) {
+            co->joiner = self;
+            rc = sched_park(deadline);
+            co->joiner = NULL;
+        } else {
+            rc = join_from_outside(s, co, deadline);
+        }
+        if (rc != 0)
+            return -1;
+    }
+    if (result)
+        *result = co->result;
+    free(co);
+    if (!self && tls_sched)
+        sched_release_if_idle(tls_sched);
+    return 0;
+}
+
+void weft_cancel(weft_co *co)
+{
+    if (co->state == CO_DONE)
+        return;
+    co->cancelled = true;
+    if (co->state == CO_PARKED)
+        sched_wake(co, ECANCELED);
+}
+
+weft_co *weft_self(void)
+{
+    return tls_sched ? tls_sched->current : NULL;
+}
+
+const char *weft_name(const weft_co *co)
+{
+    return co->name;
+}
+
+int weft_cancelled(void)
+{
+    weft_co *co = weft_self();
+    return co && co->cancelled;
+}
+
+int weft_yield(void)
+{
+    sched *s = tls_sched;
+    weft_co *co = s ? s->current : NULL;
+    if (!co) {
+        /* Outside: give the coroutines one turn, without waiting for events. */
+        if (!s)
+            return 0;
+        s->loop_depth++;
+        int rc = loop_turn(s, false, -1);
+        s->loop_depth--;
+        sched_release_if_idle(s);
+        return rc;
+    }
+    if (co->cancelled) {
+        errno = ECANCELED;
+        return -1;
+    }
+    co->state = CO_READY;
+    runq_push(s, co);
+    switch_to_loop(s, co, false);
+    return 0;
+}
+
+int weft_sleep(int64_t ms)
+{
+    return weft_sleep_until(weft_now() + (ms > 0 ? ms : 0));
+}
+
+int weft_sleep_until(int64_t deadline)
+{
+    if (!weft_self()) {
+        int64_t left;
+        while ((left = deadline - weft_now()) > 0) {
+            struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000};
+            nanosleep(&ts, NULL);
+        }
+        return 0;
+    }
+    if (sched_park(deadline) == 0 || errno == ETIMEDOUT)
+        return 0;
+    return -1;
+}

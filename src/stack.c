@@ -1,0 +1,210 @@
+/* Coroutine stacks: mmap'd with a PROT_NONE guard page at the low (overflow) end, kept in a
+ * per-thread pool for reuse. An overflow faults on the guard page; the SIGSEGV handler, on an
+ * alternate signal stack, names the coroutine and lets the process die of the signal. */
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define HAVE_VALGRIND 1
+#endif
+#endif
+
+/* Pooled stacks are reused as they are (their touched pages stay resident), so the pool is
+ * bounded to keep an idle server's memory from staying at its peak. */
+#define POOL_MAX 64
+
+static _Thread_local stack *pool_head;
+static _Thread_local size_t pool_len;
+
+static size_t page_size(void)
+{
+    static size_t pg;
+    if (!pg)
+        pg = (size_t)sysconf(_SC_PAGESIZE);
+    return pg;
+}
+
+static stack *pool_take(size_t size)
+{
+    for (stack **p = &pool_head; *p; p = &(*p)->next_free) {
+        if ((*p)->size == size) {
+            stack *s = *p;
+            *p = s->next_free;
+            pool_len--;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static void stack_unmap(stack *s)
+{
+#ifdef HAVE_VALGRIND
+    VALGRIND_STACK_DEREGISTER(s->valgrind_id);
+#endif
+    munmap(s->map, s->map_size);
+    free(s);
+}
+
+stack *stack_take(size_t size)
+{
+    size_t pg = page_size();
+    size = (size + pg - 1) & ~(pg - 1);
+
+    stack *s = pool_take(size);
+    if (s)
+        return s;
+    s = malloc(sizeof *s);
+    if (!s)
+        return NULL;
+    s->map_size = size + pg;
+    s->map = mmap(NULL, s->map_size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (s->map == MAP_FAILED) {
+        free(s);
+        errno = ENOMEM;
+        return NULL;
+    }
+    /* The guard splits the mapping in two; when the kernel's map count is exhausted this
+     * fails with ENOMEM, and so does the spawn. */
+    if (mprotect(s->map, pg, PROT_NONE) != 0) {
+        munmap(s->map, s->map_size);
+        free(s);
+        errno = ENOMEM;
+        return NULL;
+    }
+    s->lo = (char *)s->map + pg;
+    s->size = size;
+    s->next_free = NULL;
+#ifdef HAVE_VALGRIND
+    s->valgrind_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + size);
+#else
+    s->valgrind_id = 0;
+#endif
+    return s;
+}
+
+void stack_give(stack *s)
+{
+    if (pool_len >= POOL_MAX) {
+        stack_unmap(s);
+        return;
+    }
+    s->next_free = pool_head;
+    pool_head = s;
+    pool_len++;
+}
+
+void stack_pool_drain(void)
+{
+    while (pool_head) {
+        stack *s = pool_head;
+        pool_head = s->next_free;
+        stack_unmap(s);
+    }
+    pool_len = 0;
+}
+
+/* ---- Overflow reporting ---- */
+
+/* 64 KiB: enough for the handler even with sanitizers, which run their own code there. */
+#define ALTSTACK_SIZE (64 * 1024)
+/* How far below the guard page a fault still counts as this coroutine's overflow: a frame
+ * larger than a page can jump past the guard. */
+#define OVERFLOW_SLACK (64 * 1024)
+
+static struct sigaction old_segv;
+static pthread_once_t handler_once = PTHREAD_ONCE_INIT;
+static int handler_err;
+static _Thread_local void *altstack;
+static pthread_key_t altstack_key;
+
+static void write_str(const char *s)
+{
+    ssize_t r = write(STDERR_FILENO, s, strlen(s));
+    (void)r;
+}
+
+static void on_segv(int sig, siginfo_t *si, void *uctx)
+{
+    sched *sc = sched_peek();
+    weft_co *co = sc ? sc->current : NULL;
+    uintptr_t addr = (uintptr_t)si->si_addr;
+
+    if (co && co->stack) {
+        uintptr_t lo = (uintptr_t)co->stack->lo;
+        if (addr < lo && addr + page_size() + OVERFLOW_SLACK >= lo) {
+            write_str("weft: stack overflow in coroutine '");
+            write_str(co->name);
+            write_str("' (raise its stack_size in weft_spawn_ex)\n");
+            signal(SIGSEGV, SIG_DFL);
+            return; /* the fault repeats, now with the default action: the process dies */
+        }
+    }
+    /* Not ours: hand it to whoever had SIGSEGV before, or die as usual. */
+    if (old_segv.sa_flags & SA_SIGINFO) {
+        old_segv.sa_sigaction(sig, si, uctx);
+    } else if (old_segv.sa_handler != SIG_DFL && old_segv.sa_handler != SIG_IGN) {
+        old_segv.sa_handler(sig);
+    } else {
+        signal(SIGSEGV, SIG_DFL);
+    }
+}
+
+static void altstack_free(void *p)
+{
+    stack_t ss = {.ss_flags = SS_DISABLE};
+    sigaltstack(&ss, NULL);
+    munmap(p, ALTSTACK_SIZE);
+}
+
+static void install_handler(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    if (pthread_key_create(&altstack_key, altstack_free) != 0 ||
+        sigaction(SIGSEGV, &sa, &old_segv) != 0)
+        handler_err = errno ? errno : ENOMEM;
+}
+
+int stack_guard_init(void)
+{
+    pthread_once(&handler_once, install_handler);
+    if (handler_err) {
+        errno = handler_err;
+        return -1;
+    }
+    if (altstack)
+        return 0;
+
+    /* Keep an alternate stack the thread already has (a sanitizer may have set one). */
+    stack_t cur;
+    if (sigaltstack(NULL, &cur) == 0 && !(cur.ss_flags & SS_DISABLE) && cur.ss_size >= ALTSTACK_SIZE) {
+        altstack = cur.ss_sp;
+        return 0;
+    }
+    void *p = mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    stack_t ss = {.ss_sp = p, .ss_size = ALTSTACK_SIZE, .ss_flags = 0};
+    if (sigaltstack(&ss, NULL) != 0) {
+        munmap(p, ALTSTACK_SIZE);
+        return -1;
+    }
+    altstack = p;
+    pthread_setspecific(altstack_key, p);
+    return 0;
+}

@@ -1,0 +1,191 @@
+/* Test runner and helpers shared by the test programs (see harness.h). */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *current_test = "?";
+
+void check_failed(const char *expr, const char *file, int line)
+{
+    fprintf(stderr, "  %s: CHECK(%s) failed at %s:%d (errno %d: %s)\n", current_test, expr, file,
+            line, errno, strerror(errno));
+    fflush(stderr);
+    exit(1);
+}
+
+static int run_one(const struct test *t)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        return 0;
+    }
+    if (pid == 0) {
+        setpgid(0, 0); /* its own group: a timeout ends everything it started */
+        current_test = t->name;
+        alarm(t->timeout_s ? (unsigned)t->timeout_s : 60);
+        t->fn();
+        exit(0); /* exit(), not _exit(): LeakSanitizer checks at exit */
+    }
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    kill(-pid, SIGKILL); /* whatever it left running */
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        return 1;
+    if (WIFSIGNALED(status))
+        fprintf(stderr, "  %s: killed by signal %d%s\n", t->name, WTERMSIG(status),
+                WTERMSIG(status) == SIGALRM ? " (timed out)" : "");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *prog = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
+    int passed = 0, failed = 0;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (size_t i = 0; i < tests_count; i++) {
+        if (argc > 1 && !strstr(tests[i].name, argv[1]))
+            continue;
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        int ok = run_one(&tests[i]);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        double ms = (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
+        printf("%s %s.%s (%.0f ms)\n", ok ? "ok  " : "FAIL", prog, tests[i].name, ms);
+        ok ? passed++ : failed++;
+    }
+    printf("%s: %d passed, %d failed\n", prog, passed, failed);
+    return failed ? 1 : 0;
+}
+
+/* ---- Helpers for tests that talk to programs over sockets ---- */
+
+pid_t spawn_program(char *const argv[], int *stdout_fd, int quiet_stderr)
+{
+    const char *build = getenv("WEFT_BUILD") ? getenv("WEFT_BUILD") : "build";
+    const char *run = getenv("WEFT_RUN");
+    char path[512], cmd[2048];
+    snprintf(path, sizeof path, "%s/%s", build, argv[0]);
+    int len = snprintf(cmd, sizeof cmd, "exec %s '%s'", run ? run : "", path);
+    for (int i = 1; argv[i]; i++)
+        len += snprintf(cmd + len, sizeof cmd - (size_t)len, " '%s'", argv[i]);
+
+    int p[2];
+    CHECK(pipe(p) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(p[1], 1);
+        close(p[0]);
+        close(p[1]);
+        if (quiet_stderr) {
+            int null = open("/dev/null", O_WRONLY);
+            dup2(null, 2);
+        }
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    close(p[1]);
+    *stdout_fd = p[0];
+    return pid;
+}
+
+int read_listen_port(int fd)
+{
+    char line[256];
+    size_t n = 0;
+    while (n < sizeof line - 1) {
+        CHECK(readable_within(fd, 30000));
+        ssize_t r = read(fd, line + n, 1);
+        CHECK(r == 1);
+        if (line[n] == '\n')
+            break;
+        n++;
+    }
+    line[n] = '\0';
+    const char *colon = strrchr(line, ':');
+    CHECK(strncmp(line, "listening on ", 13) == 0 && colon);
+    return atoi(colon + 1);
+}
+
+int stop_program(pid_t pid, int sig)
+{
+    int status = 0;
+    kill(pid, sig);
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return status;
+}
+
+int tcp_connect_loopback(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(connect(fd, (struct sockaddr *)&sin, sizeof sin) == 0);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+void write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        CHECK(w > 0);
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+int readable_within(int fd, int timeout_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int n;
+    while ((n = poll(&p, 1, timeout_ms)) < 0 && errno == EINTR) {
+    }
+    return n > 0;
+}
+
+void read_exact_timeout(int fd, void *buf, size_t n, int timeout_ms)
+{
+    char *p = buf;
+    while (n > 0) {
+        CHECK(readable_within(fd, timeout_ms));
+        ssize_t r = read(fd, p, n);
+        CHECK(r > 0);
+        p += r;
+        n -= (size_t)r;
+    }
+}
+
+int count_open_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    if (!d)
+        return -1;
+    while (readdir(d))
+        n++;
+    closedir(d);
+    return n - 3; /* ".", ".." and the directory's own fd */
+}

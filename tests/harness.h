@@ -1,0 +1,43 @@
+/* The test harness: each test file lists its tests in `tests[]`; the harness runs each one
+ * in a child process (so a crash, a hang or a leak fails that test alone), bounded by an
+ * alarm, and prints "<file>: N passed, N failed". */
+#ifndef WEFT_TEST_HARNESS_H
+#define WEFT_TEST_HARNESS_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+struct test {
+    const char *name;
+    void (*fn)(void);
+    int timeout_s; /* 0: 60 seconds */
+};
+
+extern const struct test tests[];
+extern const size_t tests_count;
+
+/* Fail the running test with a message naming the place. */
+void check_failed(const char *expr, const char *file, int line);
+#define CHECK(cond) ((cond) ? (void)0 : check_failed(#cond, __FILE__, __LINE__))
+
+/* Start a built program (examples/echo, ...) with its stdout on a pipe, through $WEFT_RUN
+ * (e.g. qemu) when set. argv[0] is relative to the build directory. Returns its pid. */
+pid_t spawn_program(char *const argv[], int *stdout_fd, int quiet_stderr);
+/* Read the "listening on HOST:PORT" line a server prints, return PORT (fails the test). */
+int read_listen_port(int stdout_fd);
+/* Send sig to pid and reap it; returns the wait status. */
+int stop_program(pid_t pid, int sig);
+/* Connect a plain blocking TCP socket to 127.0.0.1:port (fails the test on error). */
+int tcp_connect_loopback(int port);
+/* Write all of buf or fail the test. */
+void write_all(int fd, const void *buf, size_t n);
+/* Read exactly n bytes within timeout_ms or fail the test. */
+void read_exact_timeout(int fd, void *buf, size_t n, int timeout_ms);
+/* Nonzero if fd has data to read within timeout_ms. */
+int readable_within(int fd, int timeout_ms);
+/* Count this process's open file descriptors. */
+int count_open_fds(void);
+
+#endif

@@ -1,0 +1,117 @@
+/* Stacks: guard page at the overflow end, reuse through the pool, per-spawn sizes, and an
+ * overflow that ends the process with a message naming the coroutine. */
+#include "harness.h"
+#include "../src/internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void guard_page_below_every_stack(void)
+{
+    stack *s = stack_take(64 * 1024);
+    CHECK(s && s->size == 64 * 1024);
+    memset(s->lo, 1, s->size); /* the whole usable range is writable */
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        signal(SIGSEGV, SIG_DFL);
+        ((volatile char *)s->lo)[-1] = 1; /* must fault */
+        _exit(0);
+    }
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV);
+    stack_give(s);
+    stack_pool_drain();
+}
+
+static void pool_reuses_stacks_of_the_same_size(void)
+{
+    stack *a = stack_take(WEFT_STACK_DEFAULT);
+    CHECK(a);
+    void *lo = a->lo;
+    stack_give(a);
+    stack *b = stack_take(WEFT_STACK_DEFAULT);
+    CHECK(b && b->lo == lo); /* came back from the pool */
+    stack *c = stack_take(128 * 1024);
+    CHECK(c && c->lo != lo && c->size == 128 * 1024);
+    stack_give(b);
+    stack_give(c);
+    stack_pool_drain();
+}
+
+static void *use_stack(void *arg)
+{
+    size_t n = (size_t)arg;
+    volatile char *buf = __builtin_alloca(n);
+    for (size_t i = 0; i < n; i += 512)
+        buf[i] = (char)i;
+    return (void *)(uintptr_t)buf[0];
+}
+
+static void spawn_honours_stack_size(void)
+{
+    /* 900 KiB of locals fit in a 1 MiB stack (they would overflow the default 256 KiB). */
+    weft_spawn_opts o = {.name = "big", .stack_size = 1024 * 1024};
+    weft_co *co = weft_spawn_ex(use_stack, (void *)(uintptr_t)(900 * 1024), &o);
+    CHECK(co);
+    CHECK(weft_join(co, NULL, -1) == 0);
+    /* Sizes below the minimum are rounded up, not refused. */
+    o.stack_size = 100;
+    co = weft_spawn_ex(use_stack, (void *)(uintptr_t)4096, &o);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
+}
+
+static volatile long overflow_limit = 1L << 40; /* never reached: the stack ends first */
+
+static long overflow(long n)
+{
+    volatile char pad[256];
+    pad[0] = (char)n;
+    if (n >= overflow_limit)
+        return 0;
+    return overflow(n + 1) + pad[0];
+}
+
+static void *overflower(void *arg)
+{
+    (void)arg;
+    return (void *)overflow(0);
+}
+
+static void overflow_is_reported_with_the_coroutine_name(void)
+{
+    int err[2];
+    CHECK(pipe(err) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(err[1], 2);
+        weft_spawn_opts o = {.name = "runaway-recursion", .stack_size = 64 * 1024};
+        CHECK(weft_spawn_ex(overflower, NULL, &o));
+        weft_run();
+        _exit(0); /* not reached: the overflow ends the process */
+    }
+    close(err[1]);
+    char out[4096];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof out - 1 && (r = read(err[0], out + n, sizeof out - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV);
+    CHECK(strstr(out, "stack overflow in coroutine 'runaway-recursion'"));
+}
+
+const struct test tests[] = {
+    {"guard_page_below_every_stack", guard_page_below_every_stack, 0},
+    {"pool_reuses_stacks_of_the_same_size", pool_reuses_stacks_of_the_same_size, 0},
+    {"spawn_honours_stack_size", spawn_honours_stack_size, 0},
+    {"overflow_is_reported_with_the_coroutine_name", overflow_is_reported_with_the_coroutine_name, 0},
+};
+const size_t tests_count = sizeof tests / sizeof tests[0];
