@@ -143,9 +143,11 @@ ssize_t weft_read_exact(weft_chan *c, void *buf, size_t n);
 /* Nonzero once a read has met end of file and no buffered input is left (Tcl's eof). */
 int weft_eof(const weft_chan *c);
 
-/* Write n bytes through the buffer; waits while the buffer is full. Returns n or -1:
- * ETIMEDOUT (write timeout; unsent bytes stay buffered), ECANCELED, EBADF, EPIPE,
- * ECONNRESET; after EPIPE or ECONNRESET every later write fails the same way. */
+/* Write n bytes through the buffer; waits while the buffer is full (writes of at least the
+ * buffer size go straight out). Returns n or -1: ETIMEDOUT (write timeout), ECANCELED, EBADF,
+ * EPIPE, ECONNRESET. After a failed write an unknown part of buf may have been sent or
+ * buffered: treat the stream as broken. After EPIPE or ECONNRESET every later write fails
+ * the same way. */
 ssize_t weft_write(weft_chan *c, const void *buf, size_t n);
 /* Write the NUL-terminated string s and a newline. 0 or -1 as weft_write. */
 int weft_puts(weft_chan *c, const char *s);

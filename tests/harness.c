@@ -75,7 +75,7 @@ int main(int argc, char **argv)
 
 /* ---- Helpers for tests that talk to programs over sockets ---- */
 
-pid_t spawn_program(char *const argv[], int *stdout_fd, int quiet_stderr)
+pid_t spawn_program(char *const argv[], int *stdout_fd, int *stderr_fd)
 {
     const char *build = getenv("WEFT_BUILD") ? getenv("WEFT_BUILD") : "build";
     const char *run = getenv("WEFT_RUN");
@@ -85,15 +85,17 @@ pid_t spawn_program(char *const argv[], int *stdout_fd, int quiet_stderr)
     for (int i = 1; argv[i]; i++)
         len += snprintf(cmd + len, sizeof cmd - (size_t)len, " '%s'", argv[i]);
 
-    int p[2];
-    CHECK(pipe(p) == 0);
+    int p[2], e[2] = {-1, -1};
+    CHECK(pipe2(p, O_CLOEXEC) == 0);
+    if (stderr_fd)
+        CHECK(pipe2(e, O_CLOEXEC) == 0);
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
         dup2(p[1], 1);
-        close(p[0]);
-        close(p[1]);
-        if (quiet_stderr) {
+        if (stderr_fd) {
+            dup2(e[1], 2);
+        } else {
             int null = open("/dev/null", O_WRONLY);
             dup2(null, 2);
         }
@@ -102,6 +104,10 @@ pid_t spawn_program(char *const argv[], int *stdout_fd, int quiet_stderr)
     }
     close(p[1]);
     *stdout_fd = p[0];
+    if (stderr_fd) {
+        close(e[1]);
+        *stderr_fd = e[0];
+    }
     return pid;
 }
 

@@ -23,8 +23,9 @@ void check_failed(const char *expr, const char *file, int line);
 #define CHECK(cond) ((cond) ? (void)0 : check_failed(#cond, __FILE__, __LINE__))
 
 /* Start a built program (examples/echo, ...) with its stdout on a pipe, through $WEFT_RUN
- * (e.g. qemu) when set. argv[0] is relative to the build directory. Returns its pid. */
-pid_t spawn_program(char *const argv[], int *stdout_fd, int quiet_stderr);
+ * (e.g. qemu) when set. argv[0] is relative to the build directory. Its stderr goes to a
+ * second pipe if stderr_fd is given, else to /dev/null. Returns its pid. */
+pid_t spawn_program(char *const argv[], int *stdout_fd, int *stderr_fd);
 /* Read the "listening on HOST:PORT" line a server prints, return PORT (fails the test). */
 int read_listen_port(int stdout_fd);
 /* Send sig to pid and reap it; returns the wait status. */

@@ -1,0 +1,534 @@
+/* Channels over real loopback TCP connections: lines at every split point, partial last
+ * line, NUL bytes, CRLF, long lines and EMSGSIZE, buffering modes, bounded write buffer,
+ * timeouts, close under a waiter, EPIPE, and the same calls blocking outside coroutines. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <weft.h>
+
+/* A connected TCP pair on 127.0.0.1: sv[0] is wrapped in a channel by the tests, sv[1] is
+ * driven with plain blocking calls. */
+static void tcp_pair(int sv[2])
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sin;
+    CHECK(l >= 0 && bind(l, (struct sockaddr *)&sin, sizeof sin) == 0 && listen(l, 1) == 0);
+    CHECK(getsockname(l, (struct sockaddr *)&sin, &len) == 0);
+    sv[1] = tcp_connect_loopback(ntohs(sin.sin_port));
+    sv[0] = accept(l, NULL, NULL);
+    CHECK(sv[0] >= 0);
+    close(l);
+}
+
+static size_t max_rss_kib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (size_t)ru.ru_maxrss;
+}
+
+/* ---- Line splitting ---- */
+
+/* Lines with an empty one, a CRLF, NULs, a lone CR, and a last line without newline. */
+static const char text[] = "alpha\n\nbe\0ta\r\n\0\0\ngamma\rdelta\nlast";
+#define TEXT_LEN (sizeof text - 1)
+static const struct { const char *s; size_t n; } want[] = {
+    {"alpha", 5}, {"", 0}, {"be\0ta\r", 6}, {"\0\0", 2}, {"gamma\rdelta", 11}, {"last", 4},
+};
+
+struct split {
+    int fd;
+    size_t at;
+};
+
+static void *write_in_two(void *arg)
+{
+    struct split *sp = arg;
+    write_all(sp->fd, text, sp->at);
+    for (int i = 0; i < 3; i++)
+        weft_yield(); /* the reader consumes the first part and parks */
+    write_all(sp->fd, text + sp->at, TEXT_LEN - sp->at);
+    shutdown(sp->fd, SHUT_WR);
+    return NULL;
+}
+
+static void read_all_lines(weft_chan *c)
+{
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        size_t len = 99;
+        const char *line = weft_gets(c, &len);
+        CHECK(line != NULL);
+        CHECK(len == want[i].n && memcmp(line, want[i].s, len) == 0);
+        CHECK(line[len] == '\0');
+    }
+    size_t len;
+    errno = EINVAL;
+    CHECK(weft_gets(c, &len) == NULL && errno == 0 && weft_eof(c));
+    CHECK(weft_gets(c, &len) == NULL && errno == 0); /* and stays at EOF */
+}
+
+static void *read_lines(void *arg)
+{
+    read_all_lines(arg);
+    return NULL;
+}
+
+static void lines_split_at_every_byte_boundary(void)
+{
+    for (size_t at = 0; at <= TEXT_LEN; at++) {
+        int sv[2];
+        tcp_pair(sv);
+        weft_chan *c = weft_chan_open(sv[0]);
+        CHECK(c);
+        struct split sp = {sv[1], at};
+        weft_co *r = weft_spawn(read_lines, c);
+        weft_co *w = weft_spawn(write_in_two, &sp);
+        CHECK(r && w);
+        CHECK(weft_join(r, NULL, -1) == 0 && weft_join(w, NULL, -1) == 0);
+        CHECK(weft_close(c) == 0);
+        close(sv[1]);
+    }
+}
+
+static void *write_bytewise(void *arg)
+{
+    int fd = *(int *)arg;
+    for (size_t i = 0; i < TEXT_LEN; i++) {
+        write_all(fd, text + i, 1);
+        weft_yield();
+    }
+    shutdown(fd, SHUT_WR);
+    return NULL;
+}
+
+static void lines_arriving_one_byte_at_a_time(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    weft_co *r = weft_spawn(read_lines, c);
+    weft_co *w = weft_spawn(write_bytewise, &sv[1]);
+    CHECK(c && r && w);
+    CHECK(weft_join(r, NULL, -1) == 0 && weft_join(w, NULL, -1) == 0);
+    weft_close(c);
+    close(sv[1]);
+}
+
+static void gets_blocks_outside_a_coroutine(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) { /* a separate writer, pausing mid-line so the reader really blocks */
+        write_all(sv[1], text, 3);
+        usleep(50000);
+        write_all(sv[1], text + 3, TEXT_LEN - 3);
+        _exit(0);
+    }
+    close(sv[1]);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c && weft_self() == NULL);
+    read_all_lines(c);
+    CHECK(weft_close(c) == 0);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* ---- Long lines ---- */
+
+/* write_all for coroutines: parks instead of blocking the thread when the socket is full,
+ * so the reader on the other end gets to run. */
+static void co_write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EAGAIN) {
+            CHECK(weft_wait_fd(fd, WEFT_WRITABLE, -1) == 0);
+            continue;
+        }
+        CHECK(w > 0);
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static void *send_lines_around_limit(void *arg)
+{
+    int fd = *(int *)arg;
+    static char big[300 * 1024];
+    memset(big, 'x', sizeof big);
+    big[1000] = '\n';                 /* exactly the limit: accepted */
+    big[1000 + 1 + 1001] = '\n';      /* one more: EMSGSIZE */
+    co_write_all(fd, big, 1000 + 1 + 1001 + 1);
+    co_write_all(fd, "next\n", 5);       /* read normally after the error */
+    big[1000] = big[1000 + 1 + 1001] = 'x';
+    big[sizeof big - 1] = '\n';       /* 300 KiB with no newline until the end */
+    co_write_all(fd, big, sizeof big);
+    co_write_all(fd, "after\nunfinished-and-too-long", 29);
+    for (int i = 0; i < 2000; i++)
+        co_write_all(fd, "yyyyyyyyyy", 10);
+    shutdown(fd, SHUT_WR);
+    return NULL;
+}
+
+static void *read_lines_around_limit(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *line;
+    CHECK(weft_chan_set_maxline(c, 1000) == 0);
+    CHECK((line = weft_gets(c, &len)) && len == 1000);
+    CHECK(weft_gets(c, &len) == NULL && errno == EMSGSIZE);
+    CHECK((line = weft_gets(c, &len)) && len == 4 && memcmp(line, "next", 4) == 0);
+    CHECK(weft_gets(c, &len) == NULL && errno == EMSGSIZE);
+    CHECK((line = weft_gets(c, &len)) && len == 5 && memcmp(line, "after", 5) == 0);
+    CHECK(weft_gets(c, &len) == NULL && errno == EMSGSIZE); /* the unterminated tail */
+    CHECK(weft_gets(c, &len) == NULL && errno == 0 && weft_eof(c));
+    return NULL;
+}
+
+static void overlong_lines_fail_with_emsgsize_and_reading_resumes(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    weft_co *r = weft_spawn(read_lines_around_limit, c);
+    weft_co *w = weft_spawn(send_lines_around_limit, &sv[1]);
+    CHECK(c && r && w);
+    CHECK(weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    weft_close(c);
+    close(sv[1]);
+}
+
+static void *flood_without_newline(void *arg)
+{
+    int fd = *(int *)arg;
+    static char chunk[64 * 1024];
+    memset(chunk, 'z', sizeof chunk);
+    for (int i = 0; i < 32 * 16; i++) /* 32 MiB */
+        co_write_all(fd, chunk, sizeof chunk);
+    co_write_all(fd, "\nfine\n", 6);
+    shutdown(fd, SHUT_WR);
+    return NULL;
+}
+
+static void *read_after_flood(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *line;
+    CHECK(weft_gets(c, &len) == NULL && errno == EMSGSIZE);
+    CHECK((line = weft_gets(c, &len)) && len == 4 && memcmp(line, "fine", 4) == 0);
+    return NULL;
+}
+
+static void endless_line_keeps_memory_bounded(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    size_t before = max_rss_kib();
+    weft_co *r = weft_spawn(read_after_flood, c);
+    weft_co *w = weft_spawn(flood_without_newline, &sv[1]);
+    CHECK(c && r && w);
+    CHECK(weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    /* 32 MiB went through; the default 64 KiB limit keeps the peak far below that. */
+    CHECK(max_rss_kib() - before < 4096);
+    weft_close(c);
+    close(sv[1]);
+}
+
+/* ---- Reads ---- */
+
+static void read_and_read_exact(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c);
+    write_all(sv[1], "line one\n0123456789abcdef", 25);
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && len == 8);
+    char buf[64];
+    CHECK(weft_read(c, buf, 4) == 4 && memcmp(buf, "0123", 4) == 0); /* from the buffer */
+    CHECK(weft_read_exact(c, buf, 6) == 6 && memcmp(buf, "456789", 6) == 0);
+    write_all(sv[1], "ghij", 4);
+    shutdown(sv[1], SHUT_WR);
+    CHECK(weft_read_exact(c, buf, 20) == 10 && memcmp(buf, "abcdefghij", 10) == 0);
+    CHECK(weft_eof(c));
+    CHECK(weft_read(c, buf, sizeof buf) == 0);
+    weft_close(c);
+    close(sv[1]);
+}
+
+/* ---- Output and buffering ---- */
+
+static int peer_has_data(int fd)
+{
+    return readable_within(fd, 0);
+}
+
+static void buffering_modes(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    char buf[64];
+    CHECK(c);
+    /* line (sockets' default): held until a newline */
+    CHECK(weft_write(c, "abc", 3) == 3);
+    CHECK(!readable_within(sv[1], 50));
+    CHECK(weft_write(c, "d\nef", 4) == 4);
+    read_exact_timeout(sv[1], buf, 7, 5000);
+    CHECK(memcmp(buf, "abcd\nef", 7) == 0);
+    /* full: held until flush */
+    CHECK(weft_chan_set_buffering(c, WEFT_BUF_FULL) == 0);
+    CHECK(weft_puts(c, "one") == 0 && weft_printf(c, "%d-%s\n", 2, "two") == 6);
+    CHECK(!readable_within(sv[1], 50));
+    CHECK(weft_flush(c) == 0);
+    read_exact_timeout(sv[1], buf, 10, 5000);
+    CHECK(memcmp(buf, "one\n2-two\n", 10) == 0);
+    /* none: out at once */
+    CHECK(weft_chan_set_buffering(c, WEFT_BUF_NONE) == 0);
+    CHECK(weft_write(c, "x", 1) == 1);
+    read_exact_timeout(sv[1], buf, 1, 5000);
+    CHECK(buf[0] == 'x');
+    CHECK(!peer_has_data(sv[1]));
+    CHECK(weft_chan_set_buffering(c, 7) == -1 && errno == EINVAL);
+    /* printf longer than its stack buffer */
+    char big[2000];
+    memset(big, 'p', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    CHECK(weft_printf(c, "[%s]", big) == 2001);
+    char back[2001];
+    read_exact_timeout(sv[1], back, sizeof back, 5000);
+    CHECK(back[0] == '[' && back[1999] == 'p' && back[2000] == ']');
+    weft_close(c);
+    close(sv[1]);
+}
+
+struct bulk {
+    weft_chan *c;
+    int done;
+};
+
+static void *write_8mib(void *arg)
+{
+    struct bulk *b = arg;
+    static char block[1000];
+    for (int i = 0; i < 8 * 1024; i++) {
+        memset(block, 'a' + i % 26, sizeof block);
+        block[sizeof block - 1] = '\n';
+        CHECK(weft_write(b->c, block, sizeof block) == (ssize_t)sizeof block);
+    }
+    CHECK(weft_flush(b->c) == 0);
+    b->done = 1;
+    return NULL;
+}
+
+static void *slow_reader(void *arg)
+{
+    int fd = ((int *)arg)[0];
+    struct bulk *b = *(struct bulk **)((int *)arg + 2);
+    CHECK(weft_sleep(100) == 0);
+    CHECK(!b->done); /* the writer is parked, not buffering 8 MiB */
+    static char block[1000];
+    for (int i = 0; i < 8 * 1024; i++) {
+        size_t got = 0;
+        while (got < sizeof block) {
+            ssize_t r = read(fd, block + got, sizeof block - got);
+            if (r < 0 && errno == EAGAIN) {
+                CHECK(weft_wait_fd(fd, WEFT_READABLE, -1) == 0);
+                continue;
+            }
+            CHECK(r > 0);
+            got += (size_t)r;
+        }
+        CHECK(block[0] == 'a' + i % 26 && block[998] == 'a' + i % 26 && block[999] == '\n');
+    }
+    return NULL;
+}
+
+static void writer_that_outruns_its_reader_parks(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    int small = 16 * 1024;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    fcntl(sv[1], F_SETFL, O_NONBLOCK);
+    struct bulk b = {weft_chan_open(sv[0]), 0};
+    CHECK(b.c && weft_chan_set_buffering(b.c, WEFT_BUF_FULL) == 0);
+    struct { int fd[2]; struct bulk *b; } ra = {{sv[1], 0}, &b};
+    size_t before = max_rss_kib();
+    weft_co *w = weft_spawn(write_8mib, &b);
+    weft_co *r = weft_spawn(slow_reader, &ra);
+    CHECK(w && r);
+    CHECK(weft_join(r, NULL, -1) == 0 && weft_join(w, NULL, -1) == 0);
+    CHECK(b.done);
+    CHECK(max_rss_kib() - before < 4096);
+    weft_close(b.c);
+    close(sv[1]);
+}
+
+/* ---- Timeouts ---- */
+
+static void *timeouts(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    CHECK(weft_chan_set_timeouts(c, 30, 30) == 0);
+    int64_t t0 = weft_now();
+    CHECK(weft_gets(c, &len) == NULL && errno == ETIMEDOUT);
+    CHECK(weft_now() - t0 >= 30);
+    char buf[8];
+    CHECK(weft_read(c, buf, sizeof buf) == -1 && errno == ETIMEDOUT);
+    /* The peer never reads: the write timeout ends a write that cannot finish. */
+    static char block[1000];
+    ssize_t w;
+    int rounds = 0;
+    CHECK(weft_chan_set_buffering(c, WEFT_BUF_FULL) == 0);
+    while ((w = weft_write(c, block, sizeof block)) > 0)
+        CHECK(++rounds < 100000);
+    CHECK(w == -1 && errno == ETIMEDOUT);
+    return NULL;
+}
+
+static void read_and_write_timeouts(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    weft_co *co = weft_spawn(timeouts, c);
+    CHECK(c && co && weft_join(co, NULL, -1) == 0);
+    timeouts(c); /* and the same, blocking, outside any coroutine */
+    CHECK(weft_chan_set_timeouts(c, -1, 0) == 0);
+    CHECK(weft_close(c) == -1 && errno == ETIMEDOUT); /* unsent data: say so, close anyway */
+    close(sv[1]);
+}
+
+/* ---- Close and errors ---- */
+
+static void *gets_until_closed(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    CHECK(weft_gets(c, &len) == NULL && errno == EBADF);
+    return NULL;
+}
+
+static void *close_it(void *arg)
+{
+    weft_yield();
+    CHECK(weft_close(arg) == 0);
+    return NULL;
+}
+
+static void close_under_a_waiting_reader_wakes_it(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    weft_co *r = weft_spawn(gets_until_closed, c);
+    weft_co *k = weft_spawn(close_it, c);
+    CHECK(c && r && k);
+    CHECK(weft_join(r, NULL, -1) == 0 && weft_join(k, NULL, -1) == 0);
+    /* The fd really is closed: the peer sees end of file. */
+    char b;
+    CHECK(readable_within(sv[1], 5000) && read(sv[1], &b, 1) == 0);
+    close(sv[1]);
+}
+
+static void writes_to_a_vanished_peer_fail_with_epipe(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c);
+    struct linger lg = {1, 0};
+    setsockopt(sv[1], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(sv[1]); /* reset */
+    usleep(20000);
+    int rc = 0;
+    for (int i = 0; i < 100 && rc == 0; i++)
+        rc = weft_puts(c, "anyone there?");
+    CHECK(rc == -1 && (errno == EPIPE || errno == ECONNRESET));
+    int first = errno;
+    CHECK(weft_puts(c, "again") == -1 && errno == first); /* sticky */
+    CHECK(weft_close(c) == 0);
+
+    /* A pipe whose reader is gone: EPIPE, not death by SIGPIPE. */
+    int p[2];
+    CHECK(pipe(p) == 0);
+    close(p[0]);
+    weft_chan *pc = weft_chan_open(p[1]);
+    CHECK(pc && weft_puts(pc, "x") == 0); /* full buffering for pipes: still buffered */
+    CHECK(weft_flush(pc) == -1 && errno == EPIPE);
+    weft_close(pc);
+}
+
+static void shutdown_sends_eof_and_reading_goes_on(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c);
+    CHECK(weft_puts(c, "hello") == 0 && weft_shutdown(c) == 0);
+    char buf[16];
+    read_exact_timeout(sv[1], buf, 6, 5000);
+    CHECK(memcmp(buf, "hello\n", 6) == 0);
+    CHECK(readable_within(sv[1], 5000) && read(sv[1], buf, 1) == 0); /* EOF */
+    write_all(sv[1], "still reading\n", 14);
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && len == 13);
+    weft_close(c);
+    close(sv[1]);
+}
+
+static void channel_metadata(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c && weft_chan_fd(c) == sv[0]);
+    CHECK(strncmp(weft_chan_peer(c), "127.0.0.1:", 10) == 0);
+    CHECK(fcntl(sv[0], F_GETFL) & O_NONBLOCK);
+    CHECK(weft_chan_set_maxline(c, 0) == -1 && errno == EINVAL);
+    CHECK(weft_chan_set_wbuf(c, 0) == -1 && errno == EINVAL);
+    CHECK(weft_chan_open(-1) == NULL && errno == EBADF);
+    weft_close(c);
+    close(sv[1]);
+}
+
+const struct test tests[] = {
+    {"lines_split_at_every_byte_boundary", lines_split_at_every_byte_boundary, 0},
+    {"lines_arriving_one_byte_at_a_time", lines_arriving_one_byte_at_a_time, 0},
+    {"gets_blocks_outside_a_coroutine", gets_blocks_outside_a_coroutine, 0},
+    {"overlong_lines_fail_with_emsgsize_and_reading_resumes", overlong_lines_fail_with_emsgsize_and_reading_resumes, 0},
+    {"endless_line_keeps_memory_bounded", endless_line_keeps_memory_bounded, 0},
+    {"read_and_read_exact", read_and_read_exact, 0},
+    {"buffering_modes", buffering_modes, 0},
+    {"writer_that_outruns_its_reader_parks", writer_that_outruns_its_reader_parks, 0},
+    {"read_and_write_timeouts", read_and_write_timeouts, 0},
+    {"close_under_a_waiting_reader_wakes_it", close_under_a_waiting_reader_wakes_it, 0},
+    {"writes_to_a_vanished_peer_fail_with_epipe", writes_to_a_vanished_peer_fail_with_epipe, 0},
+    {"shutdown_sends_eof_and_reading_goes_on", shutdown_sends_eof_and_reading_goes_on, 0},
+    {"channel_metadata", channel_metadata, 0},
+};
+const size_t tests_count = sizeof tests / sizeof tests[0];

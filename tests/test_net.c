@@ -1,0 +1,246 @@
+/* Sockets: TCP over IPv4, IPv6 and host names, Unix sockets, connect/accept timeouts and
+ * errors, and the same calls blocking outside coroutines. Loopback only. */
+#include "harness.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <weft.h>
+
+struct pair_test {
+    weft_listener *l;
+    char addr[160];
+};
+
+/* Server side: accept one client, answer each line with "re:" + line, until EOF. */
+static void *answer_one(void *arg)
+{
+    struct pair_test *pt = arg;
+    weft_chan *c = weft_accept(pt->l, weft_now() + 10000);
+    CHECK(c);
+    const char *line;
+    size_t len;
+    while ((line = weft_gets(c, &len)))
+        CHECK(weft_printf(c, "re:%s\n", line) > 0);
+    CHECK(weft_eof(c));
+    CHECK(weft_close(c) == 0);
+    return NULL;
+}
+
+static void *ask(void *arg)
+{
+    struct pair_test *pt = arg;
+    weft_chan *c = weft_connect(pt->addr, weft_now() + 10000);
+    CHECK(c);
+    for (int i = 0; i < 100; i++) {
+        CHECK(weft_printf(c, "q%d\n", i) > 0);
+        size_t len;
+        const char *line = weft_gets(c, &len);
+        char want[32];
+        snprintf(want, sizeof want, "re:q%d", i);
+        CHECK(line && strcmp(line, want) == 0);
+    }
+    CHECK(weft_shutdown(c) == 0);
+    size_t len;
+    CHECK(weft_gets(c, &len) == NULL && weft_eof(c)); /* the server closed after our EOF */
+    CHECK(weft_close(c) == 0);
+    return NULL;
+}
+
+/* Listen on listen_addr, then connect to connect_fmt (with %d for the port) and talk. */
+static void talk(const char *listen_addr, const char *connect_fmt)
+{
+    struct pair_test pt;
+    pt.l = weft_listen(listen_addr, 0);
+    CHECK(pt.l);
+    snprintf(pt.addr, sizeof pt.addr, connect_fmt, weft_listener_port(pt.l));
+    weft_co *s = weft_spawn(answer_one, &pt);
+    weft_co *c = weft_spawn(ask, &pt);
+    CHECK(s && c);
+    CHECK(weft_join(c, NULL, -1) == 0 && weft_join(s, NULL, -1) == 0);
+    CHECK(weft_listener_close(pt.l) == 0);
+}
+
+static void tcp_over_ipv4(void)
+{
+    talk("127.0.0.1:0", "127.0.0.1:%d");
+}
+
+static void tcp_over_ipv6(void)
+{
+    struct pair_test pt;
+    pt.l = weft_listen("[::1]:0", 0);
+    CHECK(pt.l);
+    CHECK(strncmp(weft_listener_addr(pt.l), "[::1]:", 6) == 0);
+    weft_listener_close(pt.l);
+    talk("[::1]:0", "[::1]:%d");
+}
+
+static void tcp_with_host_names(void)
+{
+    /* "localhost" may resolve to ::1 and 127.0.0.1: connect must try each in turn. */
+    talk("localhost:0", "localhost:%d");
+}
+
+static void unix_sockets(void)
+{
+    char path[128], addr[160];
+    snprintf(path, sizeof path, "/tmp/weft-test-%d.sock", (int)getpid());
+    snprintf(addr, sizeof addr, "unix:%s", path);
+    unlink(path);
+    struct pair_test pt;
+    pt.l = weft_listen(addr, 0);
+    CHECK(pt.l && strcmp(weft_listener_addr(pt.l), addr) == 0);
+    snprintf(pt.addr, sizeof pt.addr, "%s", addr);
+    weft_co *s = weft_spawn(answer_one, &pt);
+    weft_co *c = weft_spawn(ask, &pt);
+    CHECK(s && c);
+    CHECK(weft_join(c, NULL, -1) == 0 && weft_join(s, NULL, -1) == 0);
+    CHECK(weft_listen(addr, 0) == NULL && errno == EADDRINUSE);
+    CHECK(weft_listener_close(pt.l) == 0);
+    struct stat st;
+    CHECK(stat(path, &st) == -1 && errno == ENOENT); /* the socket file is gone */
+}
+
+static void blocking_outside_coroutines(void)
+{
+    /* The client runs in a child process with plain blocking weft calls; the server here too. */
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", weft_listener_port(l));
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        weft_chan *c = weft_connect(addr, -1);
+        CHECK(c && weft_self() == NULL);
+        CHECK(weft_puts(c, "ping") == 0);
+        size_t len;
+        const char *line = weft_gets(c, &len);
+        CHECK(line && strcmp(line, "pong") == 0);
+        weft_close(c);
+        exit(0);
+    }
+    weft_chan *c = weft_accept(l, weft_now() + 10000);
+    CHECK(c);
+    size_t len;
+    const char *line = weft_gets(c, &len);
+    CHECK(line && strcmp(line, "ping") == 0);
+    CHECK(weft_puts(c, "pong") == 0);
+    CHECK(weft_gets(c, &len) == NULL && weft_eof(c));
+    weft_close(c);
+    weft_listener_close(l);
+    CHECK(stop_program(pid, 0) == 0);
+}
+
+static void *accept_with_deadline(void *arg)
+{
+    weft_listener *l = arg;
+    CHECK(weft_accept(l, weft_now() + 30) == NULL && errno == ETIMEDOUT);
+    return NULL;
+}
+
+static void *accept_until_closed(void *arg)
+{
+    weft_listener *l = arg;
+    CHECK(weft_accept(l, -1) == NULL && errno == EBADF);
+    return NULL;
+}
+
+static void *close_listener(void *arg)
+{
+    weft_yield();
+    CHECK(weft_listener_close(arg) == 0);
+    return NULL;
+}
+
+static void accept_timeout_and_close_under_waiter(void)
+{
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    weft_co *a = weft_spawn(accept_with_deadline, l);
+    CHECK(a && weft_join(a, NULL, -1) == 0);
+    weft_co *w = weft_spawn(accept_until_closed, l);
+    weft_co *k = weft_spawn(close_listener, l);
+    CHECK(w && k);
+    CHECK(weft_join(w, NULL, -1) == 0 && weft_join(k, NULL, -1) == 0);
+}
+
+static void *connect_refused(void *arg)
+{
+    const char *addr = arg;
+    CHECK(weft_connect(addr, weft_now() + 5000) == NULL && errno == ECONNREFUSED);
+    return NULL;
+}
+
+static void connect_errors(void)
+{
+    /* A port nobody listens on: bind one, note it, close it. */
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", weft_listener_port(l));
+    weft_listener_close(l);
+    weft_co *co = weft_spawn(connect_refused, addr);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
+    connect_refused(addr); /* blocking, outside */
+
+    static const char *bad[] = {"nocolon", "127.0.0.1:", "[::1:80", "unix:", "*:80", NULL};
+    for (int i = 0; bad[i]; i++)
+        CHECK(weft_connect(bad[i], -1) == NULL && errno == EINVAL);
+    CHECK(weft_listen("127.0.0.1", 0) == NULL && errno == EINVAL);
+    CHECK(weft_connect("no-such-host.invalid:80", weft_now() + 5000) == NULL);
+}
+
+static void *connect_in_time(void *arg)
+{
+    const char *addr = arg;
+    int64_t deadline = weft_now() + 100;
+    weft_chan *c = weft_connect(addr, deadline);
+    CHECK(c == NULL && errno == ETIMEDOUT);
+    CHECK(weft_now() >= deadline);
+    return NULL;
+}
+
+static void connect_times_out(void)
+{
+    /* A listener that never accepts, its backlog full: new handshakes go unanswered. */
+    weft_listener *l = weft_listen("127.0.0.1:0", 1);
+    CHECK(l);
+    int port = weft_listener_port(l);
+    int fds[8];
+    for (int i = 0; i < 8; i++)
+        fds[i] = -1;
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    /* Fill the queue with plain non-blocking connects. */
+    for (int i = 0; i < 8; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        sin.sin_addr.s_addr = htonl(0x7f000001);
+        connect(fds[i], (struct sockaddr *)&sin, sizeof sin);
+    }
+    usleep(50000);
+    weft_co *co = weft_spawn(connect_in_time, addr);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
+    for (int i = 0; i < 8; i++)
+        close(fds[i]);
+    weft_listener_close(l);
+}
+
+const struct test tests[] = {
+    {"tcp_over_ipv4", tcp_over_ipv4, 0},
+    {"tcp_over_ipv6", tcp_over_ipv6, 0},
+    {"tcp_with_host_names", tcp_with_host_names, 0},
+    {"unix_sockets", unix_sockets, 0},
+    {"blocking_outside_coroutines", blocking_outside_coroutines, 0},
+    {"accept_timeout_and_close_under_waiter", accept_timeout_and_close_under_waiter, 0},
+    {"connect_errors", connect_errors, 0},
+    {"connect_times_out", connect_times_out, 0},
+};
+const size_t tests_count = sizeof tests / sizeof tests[0];

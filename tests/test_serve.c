@@ -1,0 +1,277 @@
+/* serve: one coroutine per client named after the peer, the channel closed when the handler
+ * returns, many clients at once, a server that survives running out of descriptors, and a
+ * close that stops accepting while running handlers finish. */
+#include "harness.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <weft.h>
+
+static weft_server *the_server;
+
+/* Echo, except for two commands: "name" answers the handler's coroutine name, "stats" the
+ * server's counters. */
+static void handler(weft_chan *c, void *arg)
+{
+    (void)arg;
+    const char *line;
+    size_t len;
+    while ((line = weft_gets(c, &len))) {
+        if (strcmp(line, "name") == 0) {
+            weft_puts(c, weft_name(weft_self()));
+        } else if (strcmp(line, "stats") == 0) {
+            weft_server_stats st;
+            weft_server_get_stats(the_server, &st);
+            weft_printf(c, "%llu %llu %llu\n", (unsigned long long)st.accepted,
+                        (unsigned long long)st.active, (unsigned long long)st.accept_errors);
+        } else {
+            weft_putln(c, line, len);
+        }
+    }
+}
+
+struct client_arg {
+    char addr[64];
+    int id;
+    int lines;
+};
+
+static void *client(void *p)
+{
+    struct client_arg *a = p;
+    weft_chan *c = weft_connect(a->addr, weft_now() + 20000);
+    CHECK(c);
+    char want[64];
+    size_t len;
+    const char *line;
+    for (int i = 0; i < a->lines; i++) {
+        int n = snprintf(want, sizeof want, "client %d line %d", a->id, i);
+        CHECK(weft_puts(c, want) == 0);
+        CHECK((line = weft_gets(c, &len)) && len == (size_t)n && memcmp(line, want, len) == 0);
+    }
+    /* The server names our coroutine after us, as seen from its side. */
+    CHECK(weft_puts(c, "name") == 0);
+    CHECK((line = weft_gets(c, &len)));
+    char me[64];
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    CHECK(getsockname(weft_chan_fd(c), (struct sockaddr *)&ss, &sl) == 0);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    snprintf(me, sizeof me, "127.0.0.1:%u", ntohs(sin->sin_port));
+    CHECK(strcmp(line, me) == 0);
+    CHECK(weft_close(c) == 0);
+    return NULL;
+}
+
+static void many_clients_at_once_each_in_its_own_coroutine(void)
+{
+    enum { CLIENTS = 300 };
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    the_server = weft_server_start(l, handler, NULL);
+    CHECK(the_server);
+    static struct client_arg args[CLIENTS];
+    weft_co *cos[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        snprintf(args[i].addr, sizeof args[i].addr, "127.0.0.1:%d", weft_listener_port(l));
+        args[i].id = i;
+        args[i].lines = 50;
+        CHECK((cos[i] = weft_spawn(client, &args[i])));
+    }
+    for (int i = 0; i < CLIENTS; i++)
+        CHECK(weft_join(cos[i], NULL, -1) == 0);
+    weft_server_stats st;
+    weft_server_get_stats(the_server, &st);
+    CHECK(st.accepted == CLIENTS && st.accept_errors == 0);
+    CHECK(weft_server_close(the_server) == 0);
+    CHECK(weft_run() == 0); /* the last handlers see their EOF and end */
+    CHECK(weft_count() == 0);
+}
+
+static void *quick_return(void *arg)
+{
+    return arg;
+}
+
+static void *reap_child(void *arg)
+{
+    pid_t pid = *(pid_t *)arg;
+    int status;
+    while (waitpid(pid, &status, WNOHANG) == 0)
+        CHECK(weft_sleep(5) == 0);
+    return (void *)(intptr_t)(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+}
+
+static void returns_then_closes(weft_chan *c, void *arg)
+{
+    (void)arg;
+    weft_puts(c, "bye");
+}
+
+static void channel_is_closed_when_the_handler_returns(void)
+{
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    int port = weft_listener_port(l);
+    weft_server *s = weft_server_start(l, returns_then_closes, NULL);
+    CHECK(s);
+    weft_co *y = weft_spawn(quick_return, NULL); /* gives the loop a turn to start */
+    CHECK(y && weft_join(y, NULL, -1) == 0);
+    int fd = tcp_connect_loopback(port);
+    pid_t pid = fork();
+    if (pid == 0) { /* a plain client in another process: the server needs the loop here */
+        char buf[16];
+        read_exact_timeout(fd, buf, 4, 10000);
+        CHECK(memcmp(buf, "bye\n", 4) == 0);
+        CHECK(readable_within(fd, 10000) && read(fd, buf, 1) == 0); /* EOF: closed */
+        exit(0);
+    }
+    close(fd);
+    /* Serve until the child has checked what it got. */
+    weft_co *w = weft_spawn(reap_child, &pid);
+    void *status;
+    CHECK(w && weft_join(w, &status, -1) == 0);
+    CHECK((intptr_t)status == 0);
+    CHECK(weft_server_close(s) == 0);
+}
+
+/* ---- Running out of file descriptors ---- */
+
+static void serve_with_few_fds(int port_pipe)
+{
+    struct rlimit rl = {24, 24};
+    CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+    weft_listener *l = weft_listen("127.0.0.1:0", 64);
+    CHECK(l);
+    the_server = weft_server_start(l, handler, NULL);
+    CHECK(the_server);
+    char msg[16];
+    int n = snprintf(msg, sizeof msg, "%d\n", weft_listener_port(l));
+    CHECK(write(port_pipe, msg, (size_t)n) == n);
+    weft_run();
+    exit(0);
+}
+
+static void ask_line(int fd, const char *q, char *answer, size_t cap)
+{
+    write_all(fd, q, strlen(q));
+    write_all(fd, "\n", 1);
+    size_t n = 0;
+    while (n < cap - 1) {
+        read_exact_timeout(fd, answer + n, 1, 10000);
+        if (answer[n] == '\n')
+            break;
+        n++;
+    }
+    answer[n] = '\0';
+}
+
+static void keeps_serving_through_emfile_and_recovers(void)
+{
+    int p[2];
+    CHECK(pipe(p) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        serve_with_few_fds(p[1]);
+    }
+    close(p[1]);
+    char buf[256];
+    ssize_t r = read(p[0], buf, sizeof buf - 1);
+    CHECK(r > 0);
+    buf[r] = '\0';
+    int port = atoi(buf);
+
+    /* 30 clients: the server has room for 18 at a time (24 fds minus 6 of its own); after
+     * 15 leave, the 12 that waited fit. */
+    enum { N = 30 };
+    int fds[N];
+    for (int i = 0; i < N; i++)
+        fds[i] = tcp_connect_loopback(port); /* completes in the kernel's backlog */
+    char answer[256];
+    ask_line(fds[0], "first", answer, sizeof answer);
+    CHECK(strcmp(answer, "first") == 0);
+    /* The last clients are not accepted yet: their line waits unanswered. */
+    write_all(fds[N - 1], "late\n", 5);
+    CHECK(!readable_within(fds[N - 1], 300));
+    /* Meanwhile the accepted clients are served normally, and the server is not spinning:
+     * over that 300 ms a backoff loop retried accept a handful of times, not thousands. */
+    unsigned long long acc, active, errs;
+    ask_line(fds[0], "stats", answer, sizeof answer);
+    CHECK(sscanf(answer, "%llu %llu %llu", &acc, &active, &errs) == 3);
+    CHECK(acc < N && errs >= 1 && errs < 100);
+    ask_line(fds[1], "still here", answer, sizeof answer);
+    CHECK(strcmp(answer, "still here") == 0);
+    /* Free descriptors: every waiting client gets served. */
+    for (int i = 0; i < N / 2; i++)
+        close(fds[i]);
+    for (int i = N / 2; i < N - 1; i++) {
+        ask_line(fds[i], "recovered", answer, sizeof answer);
+        CHECK(strcmp(answer, "recovered") == 0);
+    }
+    read_exact_timeout(fds[N - 1], answer, 5, 10000);
+    CHECK(memcmp(answer, "late\n", 5) == 0);
+    for (int i = N / 2; i < N; i++)
+        close(fds[i]);
+    int status = stop_program(pid, SIGKILL);
+    CHECK(WIFSIGNALED(status)); /* it was still serving, not dead */
+    close(p[0]);
+}
+
+/* ---- Close ---- */
+
+static void *close_server_soon(void *arg)
+{
+    weft_sleep(20);
+    CHECK(weft_server_close(arg) == 0);
+    return NULL;
+}
+
+static void *long_client(void *arg)
+{
+    int port = *(int *)arg;
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    weft_chan *c = weft_connect(addr, weft_now() + 10000);
+    CHECK(c);
+    CHECK(weft_puts(c, "before") == 0);
+    size_t len;
+    CHECK(weft_gets(c, &len) && len == 6);
+    weft_sleep(60); /* the server closes meanwhile */
+    CHECK(weft_puts(c, "after") == 0); /* our handler still runs */
+    CHECK(weft_gets(c, &len) && len == 5);
+    weft_close(c);
+    /* New connections are refused now. */
+    CHECK(weft_connect(addr, weft_now() + 5000) == NULL && errno == ECONNREFUSED);
+    return NULL;
+}
+
+static void close_stops_accepting_and_lets_handlers_finish(void)
+{
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    int port = weft_listener_port(l);
+    the_server = weft_server_start(l, handler, NULL);
+    weft_co *c = weft_spawn(long_client, &port);
+    weft_co *k = weft_spawn(close_server_soon, the_server);
+    CHECK(the_server && c && k);
+    CHECK(weft_join(c, NULL, -1) == 0 && weft_join(k, NULL, -1) == 0);
+    CHECK(weft_run() == 0);
+}
+
+const struct test tests[] = {
+    {"many_clients_at_once_each_in_its_own_coroutine", many_clients_at_once_each_in_its_own_coroutine, 0},
+    {"channel_is_closed_when_the_handler_returns", channel_is_closed_when_the_handler_returns, 0},
+    {"keeps_serving_through_emfile_and_recovers", keeps_serving_through_emfile_and_recovers, 0},
+    {"close_stops_accepting_and_lets_handlers_finish", close_stops_accepting_and_lets_handlers_finish, 0},
+};
+const size_t tests_count = sizeof tests / sizeof tests[0];
