@@ -109,3 +109,4 @@ install: lib
 
 clean:
 	rm -rf $(O)
+.SECONDARY:

@@ -205,7 +205,7 @@ static ssize_t fill(weft_chan *c, int64_t deadline)
 /* Drop buffered bytes up to and including the next newline. True once it was found. */
 static bool skip_line(weft_chan *c)
 {
-    char *nl = memchr(c->rbuf + c->rstart, '\n', c->rend - c->rstart);
+    char *nl = c->rend > c->rstart ? memchr(c->rbuf + c->rstart, '\n', c->rend - c->rstart) : NULL;
     c->rstart = nl ? (size_t)(nl - c->rbuf) + 1 : c->rend;
     c->rscan = c->rstart;
     return nl != NULL;
@@ -230,7 +230,8 @@ const char *weft_gets(weft_chan *c, size_t *len)
         if (c->skipping && skip_line(c))
             c->skipping = false;
         if (!c->skipping) {
-            char *nl = memchr(c->rbuf + c->rscan, '\n', c->rend - c->rscan);
+            char *nl = c->rend > c->rscan ? memchr(c->rbuf + c->rscan, '\n', c->rend - c->rscan)
+                                          : NULL;
             if (nl) {
                 size_t n = (size_t)(nl - (c->rbuf + c->rstart));
                 return take_line(c, n, n + 1, len);
