@@ -3,14 +3,6 @@
 #include "echo_handler.h"
 #include "options.h"
 
-#include <signal.h>
-#include <string.h>
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    weft_stop(); /* weft_run returns after the current turn */
-}
 
 int main(int argc, char **argv)
 {
@@ -26,18 +18,11 @@ int main(int argc, char **argv)
     printf("listening on %s\n", weft_listener_addr(l));
     fflush(stdout);
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-
     weft_server *srv = weft_server_start(l, echo, &opts);
-    if (!srv) {
+    /* SIGINT/SIGTERM: stop accepting, answer every line already received, exit 0. */
+    if (!srv || weft_server_stop_on_signals(srv, -1) != 0) {
         perror("weft_server_start");
         return 1;
     }
-    int rc = weft_run();
-    weft_server_close(srv);
-    return rc == 0 ? 0 : 1;
+    return weft_run() == 0 ? 0 : 1;
 }

@@ -193,31 +193,61 @@ int weft_listener_close(weft_listener *l);
 weft_chan *weft_connect(const char *addr, int64_t deadline);
 
 /* ---- Serving ----------------------------------------------------------------------- */
+/* A server accepts clients on a listener and runs each in its own detached coroutine, named
+ * after the peer ("host:port" as the seed names them). Every limit below has a default, is
+ * settable, and costs only the offending connection. */
 
 typedef struct weft_server weft_server;
-/* A connection handler: runs in its own coroutine, named after the peer ("host:port");
- * the server closes the channel when it returns. */
+/* A connection handler: runs in its own coroutine; the server closes the channel (flushing
+ * what is left, within the write timeout) when it returns. */
 typedef void (*weft_handler)(weft_chan *c, void *arg);
+
+/* Defaults of weft_server_opts (used where a field is 0). */
+#define WEFT_MAX_CONNS_DEFAULT 16384u       /* handlers at once; more wait in the backlog */
+#define WEFT_IDLE_TIMEOUT_DEFAULT 300000    /* ms a read may wait: a line must arrive in it */
+#define WEFT_WRITE_TIMEOUT_DEFAULT 60000    /* ms a write may wait for a client that does not read */
+#define WEFT_GRACE_DEFAULT 5000             /* ms handlers get to finish on shutdown */
+
+typedef struct weft_server_opts {
+    size_t max_conns;         /* concurrent handlers; beyond it accepting pauses */
+    int64_t idle_timeout_ms;  /* read timeout of every client channel; -1: none */
+    int64_t write_timeout_ms; /* write timeout of every client channel; -1: none */
+    size_t maxline;           /* line limit of every client channel (WEFT_MAXLINE_DEFAULT) */
+    size_t wbuf;              /* write buffer limit of every client channel (WEFT_WBUF_DEFAULT) */
+    size_t stack_size;        /* handler stacks (WEFT_STACK_DEFAULT) */
+} weft_server_opts;
 
 typedef struct weft_server_stats {
     uint64_t accepted;      /* connections accepted so far */
     uint64_t active;        /* handlers running now */
     uint64_t accept_errors; /* failed accept calls (EMFILE and the like) */
-    uint64_t spawn_errors;  /* connections closed because no coroutine could be made */
+    uint64_t spawn_errors;  /* connections closed at once: no memory for their coroutine */
+    uint64_t limit_waits;   /* times accepting paused at max_conns */
 } weft_server_stats;
 
-/* Start serving l: an accept-loop coroutine spawns one detached coroutine per client running
- * handler(chan, arg). The server owns l. On EMFILE/ENFILE it backs off (10 ms doubling to
- * 1 s, no busy loop) and clients wait in the backlog. ENOMEM. */
+/* Start serving l with the default options. The server owns l. On EMFILE/ENFILE or any accept
+ * failure it backs off (10 ms doubling to 1 s, no busy loop) and clients wait in the backlog;
+ * when no coroutine can be made for a client (ENOMEM) that client alone is closed. ENOMEM. */
 weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg);
-/* Stop accepting, close the listener and free s; running handlers go on to their end.
- * Called from a coroutine or outside one (then it runs the scheduler until the accept loop
- * has ended). */
+/* Same with options (NULL or 0 fields: defaults). EINVAL, ENOMEM. */
+weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *arg,
+                                  const weft_server_opts *opts);
+/* Graceful shutdown: stop accepting and close the listener; give handlers grace_ms (-1:
+ * WEFT_GRACE_DEFAULT) to end; then stop their input: reads return what has already arrived and
+ * then fail with ECANCELED instead of waiting, so every line a client got in is answered; after
+ * a further write timeout, cancel what is left. Returns when every handler has ended, and
+ * frees s. From a coroutine or outside one (then it runs the scheduler meanwhile). */
+int weft_server_shutdown(weft_server *s, int64_t grace_ms);
+/* Stop accepting, close the listener and free s; running handlers go on to their end. */
 int weft_server_close(weft_server *s);
+/* On the first SIGINT or SIGTERM, shut s down gracefully (weft_server_shutdown with grace_ms);
+ * a second one ends the process at once. One server per process. */
+int weft_server_stop_on_signals(weft_server *s, int64_t grace_ms);
 /* Counters of s. */
 void weft_server_get_stats(const weft_server *s, weft_server_stats *st);
-/* Listen on addr, serve it with handler, and run the scheduler (returns only when stopped,
- * with 0, or -1 at once if listening failed). */
+/* Listen on addr, serve it with handler and default options, shut down gracefully on
+ * SIGINT/SIGTERM, and run the scheduler: returns 0 after such a shutdown, -1 at once if
+ * listening failed. */
 int weft_serve(const char *addr, weft_handler handler, void *arg);
 
 #ifdef __cplusplus

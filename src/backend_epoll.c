@@ -138,6 +138,14 @@ int backend_poll(backend *b, int timeout_ms)
     return 0;
 }
 
+void backend_cancel_wait(backend *b, int fd, int events, int err)
+{
+    if (fd < 0 || (size_t)fd >= b->nslots)
+        return;
+    fd_slot *slot = &b->slots[fd];
+    wake_slot(b, (events & WEFT_READABLE) ? &slot->reader : &slot->writer, err);
+}
+
 void backend_forget(backend *b, int fd)
 {
     if (fd < 0 || (size_t)fd >= b->nslots)

@@ -25,6 +25,7 @@ struct weft_chan {
     bool eof;          /* a read returned end of file */
     bool skipping;     /* discarding the rest of an over-long line */
     bool closed;       /* weft_close ran while others were inside */
+    bool input_stopped; /* reads take what has arrived but no longer wait (shutdown) */
     int users;         /* coroutines parked inside a call on this channel */
     int werr;          /* sticky EPIPE/ECONNRESET: the peer is gone */
     weft_buffering buffering;
@@ -155,9 +156,21 @@ static ssize_t read_some(weft_chan *c, char *dst, size_t n, int64_t deadline)
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return -1;
+        if (c->input_stopped) {
+            errno = ECANCELED;
+            return -1;
+        }
         if (chan_wait(c, WEFT_READABLE, deadline) != 0)
             return -1;
     }
+}
+
+void chan_stop_input(weft_chan *c)
+{
+    c->input_stopped = true;
+    sched *s = sched_peek();
+    if (s)
+        backend_cancel_wait(s->be, c->fd, WEFT_READABLE, ECANCELED);
 }
 
 /* Make room for at least one more byte after rend: slide unread bytes to the front, grow up

@@ -125,10 +125,16 @@ int backend_poll(backend *b, int timeout_ms);
 void backend_forget(backend *b, int fd);
 /* Number of coroutines parked on an fd: zero means no event can wake anyone. */
 size_t backend_waiting(const backend *b);
+/* Wake the coroutine waiting for events (one WEFT_ flag) on fd, if any, with err. */
+void backend_cancel_wait(backend *b, int fd, int events, int err);
 
 /* ---- Channels (chan.c) ---- */
 /* A channel over fd, already non-blocking; peer is its "host:port" name (copied). */
 weft_chan *chan_new(int fd, bool is_socket, const char *peer);
+/* Stop input for a graceful shutdown: reads still return what has already arrived (in the
+ * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
+ * parked now wakes with ECANCELED. Writes are unaffected. */
+void chan_stop_input(weft_chan *c);
 
 /* ---- Shared helpers ---- */
 /* Wait for fd: parks inside a coroutine, poll()s outside one. */
@@ -141,5 +147,17 @@ int fd_set_nonblock(int fd);
 void ignore_sigpipe(void);
 /* Format a socket address as "host:port", "[v6]:port" or "unix:path". */
 void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen);
+
+/* ---- Address strings (net.c) ---- */
+typedef struct parsed_addr {
+    bool is_unix;
+    bool wildcard;      /* "" or "*" as host: every interface */
+    char host[256];
+    char port[32];
+    char path[108];     /* sizeof sockaddr_un.sun_path */
+} parsed_addr;
+
+/* Split "host:port", "[v6]:port", ":port", "*:port" or "unix:/path" into pa. EINVAL. */
+int net_parse_addr(const char *addr, parsed_addr *pa);
 
 #endif

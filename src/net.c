@@ -51,15 +51,7 @@ void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen)
 
 /* ---- Address strings ---- */
 
-typedef struct parsed_addr {
-    bool is_unix;
-    bool wildcard;
-    char host[256];
-    char port[32];
-    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-} parsed_addr;
-
-static int parse_addr(const char *addr, parsed_addr *pa)
+int net_parse_addr(const char *addr, parsed_addr *pa)
 {
     memset(pa, 0, sizeof *pa);
     if (!addr)
@@ -186,7 +178,7 @@ static int listen_inet(weft_listener *l, const parsed_addr *pa, int backlog)
 weft_listener *weft_listen(const char *addr, int backlog)
 {
     parsed_addr pa;
-    if (parse_addr(addr, &pa) != 0)
+    if (net_parse_addr(addr, &pa) != 0)
         return NULL;
     weft_listener *l = calloc(1, sizeof *l);
     if (!l)
@@ -311,7 +303,7 @@ static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadl
 weft_chan *weft_connect(const char *addr, int64_t deadline)
 {
     parsed_addr pa;
-    if (parse_addr(addr, &pa) != 0)
+    if (net_parse_addr(addr, &pa) != 0)
         return NULL;
     int fd = -1;
     char peer[64];

@@ -1,37 +1,66 @@
 /* serve: the accept loop that gives each client its own coroutine, as the seed does with
- * `coroutine clients::$host:$port`. The server outlives its close while handlers still run
- * (they update its counters), so it is freed by whichever of the two ends last. */
+ * `coroutine clients::$host:$port`, plus the limits and the graceful shutdown around it.
+ * The server keeps a list of its connections so a shutdown can reach every handler. A server
+ * closed while handlers still run (they update its counters) is freed by the last of them. */
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #define BACKOFF_FIRST_MS 10
 #define BACKOFF_MAX_MS 1000
+
+typedef struct conn {
+    weft_server *srv;
+    weft_chan *c;
+    weft_co *co;
+    struct conn *prev, *next;
+} conn;
 
 struct weft_server {
     weft_listener *l;
     weft_handler handler;
     void *arg;
+    weft_server_opts o;
     weft_co *acceptor;
-    bool closed;
+    weft_co *slot_waiter;    /* the acceptor, parked at max_conns */
+    weft_co *drain_waiter;   /* a shutdown waiting for handlers to end */
+    weft_co *signal_watcher;
+    conn *conns;
+    bool closed;             /* given up by its owner: the last handler frees it */
+    bool shutting_down;
+    int64_t grace_ms;        /* of the shutdown under way */
+    int64_t signal_grace_ms; /* for a shutdown started by SIGINT/SIGTERM */
     weft_server_stats st;
 };
 
-typedef struct conn {
-    weft_server *srv;
-    weft_chan *c;
-} conn;
+static void conn_unlink(weft_server *srv, conn *k)
+{
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        srv->conns = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+}
 
 static void *conn_main(void *p)
 {
     conn *k = p;
     weft_server *srv = k->srv;
-    weft_chan *c = k->c;
+    srv->handler(k->c, srv->arg);
+    weft_close(k->c);
+    conn_unlink(srv, k);
     free(k);
-    srv->handler(c, srv->arg);
-    weft_close(c);
     srv->st.active--;
+    if (srv->slot_waiter)
+        sched_wake(srv->slot_waiter, 0);
+    if (srv->drain_waiter && srv->st.active == 0)
+        sched_wake(srv->drain_waiter, 0);
     if (srv->closed && srv->st.active == 0)
         free(srv);
     return NULL;
@@ -39,23 +68,44 @@ static void *conn_main(void *p)
 
 static void start_conn(weft_server *srv, weft_chan *c)
 {
-    conn *k = malloc(sizeof *k);
-    weft_co *co = NULL;
+    weft_chan_set_timeouts(c, srv->o.idle_timeout_ms, srv->o.write_timeout_ms);
+    weft_chan_set_maxline(c, srv->o.maxline);
+    weft_chan_set_wbuf(c, srv->o.wbuf);
+    conn *k = calloc(1, sizeof *k);
     if (k) {
         k->srv = srv;
         k->c = c;
-        weft_spawn_opts o = {.name = weft_chan_peer(c), .detached = 1};
-        co = weft_spawn_ex(conn_main, k, &o);
+        weft_spawn_opts so = {.name = weft_chan_peer(c), .stack_size = srv->o.stack_size,
+                              .detached = 1};
+        k->co = weft_spawn_ex(conn_main, k, &so);
     }
-    if (!co) {
-        /* No memory for this client: it pays, by a close; the server goes on. */
+    if (!k || !k->co) {
+        /* No memory for this client: it alone pays, with a close; the server goes on. */
         free(k);
         srv->st.spawn_errors++;
         weft_close(c);
         return;
     }
+    k->next = srv->conns;
+    if (srv->conns)
+        srv->conns->prev = k;
+    srv->conns = k;
     srv->st.accepted++;
     srv->st.active++;
+}
+
+/* Park the acceptor while max_conns handlers run: the clients wait in the backlog. */
+static int wait_for_slot(weft_server *srv)
+{
+    while (srv->st.active >= srv->o.max_conns) {
+        srv->st.limit_waits++;
+        srv->slot_waiter = weft_self();
+        int rc = sched_park(-1);
+        srv->slot_waiter = NULL;
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
 }
 
 /* Out of descriptors or memory: the pending clients stay in the kernel's backlog while we
@@ -65,7 +115,7 @@ static void *accept_loop(void *p)
 {
     weft_server *srv = p;
     int64_t backoff = 0;
-    for (;;) {
+    while (wait_for_slot(srv) == 0) {
         weft_chan *c = weft_accept(srv->l, -1);
         if (c) {
             backoff = 0;
@@ -73,27 +123,50 @@ static void *accept_loop(void *p)
             continue;
         }
         if (errno == ECANCELED || errno == EBADF)
-            return NULL;
+            break;
         srv->st.accept_errors++;
         backoff = backoff ? backoff * 2 : BACKOFF_FIRST_MS;
         if (backoff > BACKOFF_MAX_MS)
             backoff = BACKOFF_MAX_MS;
         if (weft_sleep(backoff) != 0)
-            return NULL;
+            break;
     }
+    return NULL;
 }
 
 weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg)
 {
+    return weft_server_start_ex(l, handler, arg, NULL);
+}
+
+weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *arg,
+                                  const weft_server_opts *opts)
+{
+    if (!l || !handler) {
+        errno = EINVAL;
+        return NULL;
+    }
     weft_server *srv = calloc(1, sizeof *srv);
     if (!srv)
         return NULL;
+    if (opts)
+        srv->o = *opts;
+    if (!srv->o.max_conns)
+        srv->o.max_conns = WEFT_MAX_CONNS_DEFAULT;
+    if (!srv->o.idle_timeout_ms)
+        srv->o.idle_timeout_ms = WEFT_IDLE_TIMEOUT_DEFAULT;
+    if (!srv->o.write_timeout_ms)
+        srv->o.write_timeout_ms = WEFT_WRITE_TIMEOUT_DEFAULT;
+    if (!srv->o.maxline)
+        srv->o.maxline = WEFT_MAXLINE_DEFAULT;
+    if (!srv->o.wbuf)
+        srv->o.wbuf = WEFT_WBUF_DEFAULT;
     srv->l = l;
     srv->handler = handler;
     srv->arg = arg;
     ignore_sigpipe(); /* handlers may write to their sockets' fds directly */
-    weft_spawn_opts o = {.name = weft_listener_addr(l)};
-    srv->acceptor = weft_spawn_ex(accept_loop, srv, &o);
+    weft_spawn_opts so = {.name = weft_listener_addr(l)};
+    srv->acceptor = weft_spawn_ex(accept_loop, srv, &so);
     if (!srv->acceptor) {
         free(srv);
         return NULL;
@@ -101,21 +174,165 @@ weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg
     return srv;
 }
 
-int weft_server_close(weft_server *srv)
+void weft_server_get_stats(const weft_server *srv, weft_server_stats *st)
 {
+    *st = srv->st;
+}
+
+/* ---- Stopping ---- */
+
+static void stop_signal_watcher(weft_server *srv);
+
+/* End the accept loop and close the listener. */
+static int stop_accepting(weft_server *srv)
+{
+    stop_signal_watcher(srv);
+    if (!srv->acceptor)
+        return 0;
     weft_cancel(srv->acceptor);
     int rc = weft_join(srv->acceptor, NULL, -1);
+    srv->acceptor = NULL;
     if (weft_listener_close(srv->l) != 0)
         rc = -1;
+    return rc;
+}
+
+int weft_server_close(weft_server *srv)
+{
+    int rc = stop_accepting(srv);
     srv->closed = true;
     if (srv->st.active == 0)
         free(srv);
     return rc;
 }
 
-void weft_server_get_stats(const weft_server *srv, weft_server_stats *st)
+/* Park until every handler has ended or the deadline. 0 when none is left. */
+static int wait_handlers(weft_server *srv, int64_t deadline)
 {
-    *st = srv->st;
+    while (srv->st.active > 0) {
+        srv->drain_waiter = weft_self();
+        int rc = sched_park(deadline);
+        srv->drain_waiter = NULL;
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int64_t after(int64_t ms)
+{
+    return ms < 0 ? -1 : weft_now() + ms;
+}
+
+static void *shutdown_main(void *p)
+{
+    weft_server *srv = p;
+    int rc = stop_accepting(srv);
+    if (wait_handlers(srv, after(srv->grace_ms)) != 0 && !weft_cancelled()) {
+        for (conn *k = srv->conns; k; k = k->next)
+            chan_stop_input(k->c);
+        if (wait_handlers(srv, after(srv->o.write_timeout_ms)) != 0 && !weft_cancelled()) {
+            for (conn *k = srv->conns; k; k = k->next)
+                weft_cancel(k->co);
+            wait_handlers(srv, -1);
+        }
+    }
+    srv->closed = true;
+    if (srv->st.active == 0)
+        free(srv); /* else (we were cancelled) the last handler frees it */
+    return (void *)(intptr_t)rc;
+}
+
+int weft_server_shutdown(weft_server *srv, int64_t grace_ms)
+{
+    if (srv->shutting_down) {
+        errno = EALREADY;
+        return -1;
+    }
+    srv->shutting_down = true;
+    srv->grace_ms = grace_ms < 0 ? WEFT_GRACE_DEFAULT : grace_ms;
+    /* The work runs in a coroutine of its own, so it can wait the same way whether the caller
+     * is a coroutine, the main program, or one of the handlers it waits for. */
+    weft_spawn_opts so = {.name = "weft-shutdown"};
+    weft_co *co = weft_spawn_ex(shutdown_main, srv, &so);
+    if (!co) {
+        srv->shutting_down = false;
+        return -1;
+    }
+    weft_co *self = weft_self();
+    for (conn *k = srv->conns; k && self; k = k->next) {
+        if (k->co == self) { /* a handler shutting down its own server: don't wait for us */
+            weft_detach(co);
+            return 0;
+        }
+    }
+    void *rc;
+    if (weft_join(co, &rc, -1) != 0)
+        return -1;
+    return rc ? -1 : 0;
+}
+
+/* ---- Signals ---- */
+
+/* A signal handler may only write to a pipe; a coroutine parked on the pipe's other end does
+ * the shutdown in ordinary context. */
+static int sig_pipe[2] = {-1, -1};
+static volatile sig_atomic_t sig_seen;
+
+static void on_stop_signal(int sig)
+{
+    if (sig_seen) { /* asked twice: stop now */
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
+    }
+    sig_seen = 1;
+    int saved = errno;
+    ssize_t w = write(sig_pipe[1], "", 1);
+    (void)w;
+    errno = saved;
+}
+
+static void *signal_watch(void *p)
+{
+    weft_server *srv = p;
+    char b;
+    while (read(sig_pipe[0], &b, 1) != 1) {
+        if (errno != EAGAIN && errno != EINTR)
+            return NULL;
+        if (errno == EAGAIN && weft_wait_fd(sig_pipe[0], WEFT_READABLE, -1) != 0)
+            return NULL; /* cancelled: the server stopped some other way */
+    }
+    srv->signal_watcher = NULL;
+    weft_server_shutdown(srv, srv->signal_grace_ms);
+    return NULL;
+}
+
+static void stop_signal_watcher(weft_server *srv)
+{
+    weft_co *w = srv->signal_watcher;
+    if (w && w != weft_self()) {
+        srv->signal_watcher = NULL;
+        weft_cancel(w); /* detached: it ends on its own */
+    }
+}
+
+int weft_server_stop_on_signals(weft_server *srv, int64_t grace_ms)
+{
+    if (sig_pipe[0] < 0) {
+        if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
+            return -1;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_stop_signal;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0)
+            return -1;
+    }
+    srv->signal_grace_ms = grace_ms;
+    weft_spawn_opts so = {.name = "weft-signals", .detached = 1};
+    srv->signal_watcher = weft_spawn_ex(signal_watch, srv, &so);
+    return srv->signal_watcher ? 0 : -1;
 }
 
 int weft_serve(const char *addr, weft_handler handler, void *arg)
@@ -128,8 +345,9 @@ int weft_serve(const char *addr, weft_handler handler, void *arg)
         weft_listener_close(l);
         return -1;
     }
-    int rc = weft_run();
-    if (weft_server_close(srv) != 0)
-        rc = -1;
-    return rc;
+    if (weft_server_stop_on_signals(srv, -1) != 0) {
+        weft_server_close(srv);
+        return -1;
+    }
+    return weft_run();
 }
