@@ -20,7 +20,7 @@ int main(int argc, char **argv)
 
     weft_server *srv = weft_server_start(l, echo, &opts);
     /* SIGINT/SIGTERM: stop accepting, answer every line already received, exit 0. */
-    if (!srv || weft_server_stop_on_signals(srv, -1) != 0) {
+    if (!srv || weft_server_stop_on_signals(srv, a.grace_ms) != 0) {
         perror("weft_server_start");
         return 1;
     }

@@ -1,4 +1,4 @@
-/* Command line shared by the example servers: [-p PORT] [-h HOST] [-q]. */
+/* Command line shared by the example servers: [-p PORT] [-h HOST] [-q] [-g GRACE_MS]. */
 #ifndef EXAMPLE_OPTIONS_H
 #define EXAMPLE_OPTIONS_H
 
@@ -10,6 +10,7 @@
 struct server_args {
     char addr[300]; /* "host:port" for weft_listen */
     int quiet;
+    long grace_ms;  /* -g: shutdown grace period (-1: the library's default) */
 };
 
 static inline void parse_server_args(int argc, char **argv, struct server_args *a)
@@ -17,13 +18,15 @@ static inline void parse_server_args(int argc, char **argv, struct server_args *
     const char *host = "127.0.0.1", *port = "1234";
     int opt;
     a->quiet = 0;
-    while ((opt = getopt(argc, argv, "p:h:q")) != -1) {
+    a->grace_ms = -1;
+    while ((opt = getopt(argc, argv, "p:h:qg:")) != -1) {
         switch (opt) {
         case 'p': port = optarg; break;
         case 'h': host = optarg; break;
         case 'q': a->quiet = 1; break;
+        case 'g': a->grace_ms = atol(optarg); break;
         default:
-            fprintf(stderr, "usage: %s [-p PORT] [-h HOST] [-q]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-p PORT] [-h HOST] [-q] [-g GRACE_MS]\n", argv[0]);
             exit(2);
         }
     }

@@ -46,6 +46,9 @@ void stack_give(stack *s);
 void stack_pool_drain(void);
 /* Install the SIGSEGV handler (on an alternate stack) that reports overflows. Per thread. */
 int stack_guard_init(void);
+/* Fault injection for tests: while positive, each stack_take fails with ENOMEM and
+ * decrements it. Per thread; zero in normal use. */
+extern _Thread_local unsigned stack_fail_next;
 
 /* ---- Timers (timer.c): a binary min-heap of deadlines ---- */
 typedef struct timer {

@@ -23,6 +23,7 @@
  * bounded to keep an idle server's memory from staying at its peak. */
 #define POOL_MAX 64
 
+_Thread_local unsigned stack_fail_next;
 static _Thread_local stack *pool_head;
 static _Thread_local size_t pool_len;
 
@@ -61,6 +62,11 @@ stack *stack_take(size_t size)
     size_t pg = page_size();
     size = (size + pg - 1) & ~(pg - 1);
 
+    if (stack_fail_next > 0) {
+        stack_fail_next--;
+        errno = ENOMEM;
+        return NULL;
+    }
     stack *s = pool_take(size);
     if (s)
         return s;
