@@ -15,14 +15,13 @@ int main(int argc, char **argv)
         perror(a.addr);
         return 1;
     }
-    printf("listening on %s\n", weft_listener_addr(l));
-    fflush(stdout);
-
     weft_server *srv = weft_server_start(l, echo, &opts);
     /* SIGINT/SIGTERM: stop accepting, answer every line already received, exit 0. */
     if (!srv || weft_server_stop_on_signals(srv, a.grace_ms) != 0) {
         perror("weft_server_start");
         return 1;
     }
+    printf("listening on %s\n", weft_listener_addr(l));
+    fflush(stdout);
     return weft_run() == 0 ? 0 : 1;
 }

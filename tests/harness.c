@@ -184,6 +184,14 @@ void read_exact_timeout(int fd, void *buf, size_t n, int timeout_ms)
     }
 }
 
+int test_scale(int n)
+{
+    const char *light = getenv("WEFT_TEST_LIGHT");
+    if (light && strcmp(light, "1") == 0)
+        return n / 10 > 0 ? n / 10 : 1;
+    return n;
+}
+
 int count_open_fds(void)
 {
     DIR *d = opendir("/proc/self/fd");

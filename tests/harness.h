@@ -38,6 +38,8 @@ void write_all(int fd, const void *buf, size_t n);
 void read_exact_timeout(int fd, void *buf, size_t n, int timeout_ms);
 /* Nonzero if fd has data to read within timeout_ms. */
 int readable_within(int fd, int timeout_ms);
+/* n, or a tenth of it (at least 1) when WEFT_TEST_LIGHT=1: for slow runners (valgrind). */
+int test_scale(int n);
 /* Count this process's open file descriptors. */
 int count_open_fds(void);
 

@@ -19,7 +19,7 @@ void test_server_start(struct test_server *ts, const weft_server_opts *opts,
                        unsigned stack_failures);
 /* If set, run in the server process before it serves (e.g. to install signal timers). */
 extern void (*test_server_child_setup)(void);
-/* Kill (SIGKILL) and reap it; fails the test if it had died already. */
+/* Stop it with SIGTERM (a graceful shutdown with no grace) and check it exited 0. */
 void test_server_stop(struct test_server *ts);
 /* The server's counters, asked over a fresh connection. */
 struct server_counts {

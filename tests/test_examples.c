@@ -52,7 +52,7 @@ static void echo_serves_500_clients_every_byte_verified(void)
 {
     int port;
     pid_t pid = start_server("examples/echo", "127.0.0.1", 1, &port, NULL);
-    load("127.0.0.1", port, 500, 200, 8192, 0);
+    load("127.0.0.1", port, test_scale(500), 200, 8192, 0);
     stop_server(pid, 1);
 }
 
@@ -60,7 +60,7 @@ static void echo_events_passes_the_same_verification(void)
 {
     int port;
     pid_t pid = start_server("examples/echo-events", "127.0.0.1", 1, &port, NULL);
-    load("127.0.0.1", port, 500, 200, 8192, 0);
+    load("127.0.0.1", port, test_scale(500), 200, 8192, 0);
     stop_server(pid, 1);
 }
 
@@ -68,7 +68,7 @@ static void echo_pipelined_over_ipv6(void)
 {
     int port;
     pid_t pid = start_server("examples/echo", "::1", 1, &port, NULL);
-    load("::1", port, 1, 5000, 64, 16);
+    load("::1", port, 1, test_scale(5000), 64, 16);
     load("::1", port, 50, 100, 0, 16); /* empty lines only */
     stop_server(pid, 1);
 }

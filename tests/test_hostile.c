@@ -40,13 +40,6 @@ static int memory_is_measurable(void)
 #endif
 }
 
-/* A scale knob for slow runners (valgrind): WEFT_TEST_LIGHT=1 divides the counts. */
-static int scaled(int n)
-{
-    const char *light = getenv("WEFT_TEST_LIGHT");
-    return light && *light == '1' ? (n / 10 > 0 ? n / 10 : 1) : n;
-}
-
 static int connect_nonblocking(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -86,7 +79,7 @@ static void endless_line_is_refused_with_bounded_memory(void)
     int bad = tcp_connect_loopback(ts.port);
     static char chunk[1 << 20];
     memset(chunk, 'z', sizeof chunk);
-    size_t sent = 0, limit = (size_t)scaled(256) << 20;
+    size_t sent = 0, limit = (size_t)test_scale(256) << 20;
     int rounds = 0;
     while (sent < limit) {
         ssize_t w = send(bad, chunk, sizeof chunk, MSG_NOSIGNAL);
@@ -115,7 +108,7 @@ static void slowloris_clients_are_dropped_at_the_idle_timeout(void)
     weft_server_opts o = {.idle_timeout_ms = 1500};
     struct test_server ts;
     test_server_start(&ts, &o, 0);
-    int n = scaled(2000);
+    int n = test_scale(2000);
     int *fds = calloc((size_t)n, sizeof *fds);
     CHECK(fds);
     for (int i = 0; i < n; i++)
@@ -159,7 +152,7 @@ static void clients_that_never_read_cost_bounded_memory(void)
     enum { N = 50 };
     int fds[N];
     size_t sent[N] = {0};
-    size_t limit = (size_t)scaled(64) << 20;
+    size_t limit = (size_t)64 << 20;
     for (int i = 0; i < N; i++)
         fds[i] = connect_nonblocking(ts.port);
     static char lines[64 * 1024];
@@ -221,7 +214,7 @@ static void connect_reset_storms_leak_nothing(void)
     int base_fds = test_server_fds(&ts);
     long base_rss = test_server_rss_kib(&ts);
 
-    int cycles = scaled(10000);
+    int cycles = test_scale(10000);
     static const char *partial[] = {"", "half a li", "x", "a whole line\nand half"};
     for (int done = 0; done < cycles; done += 100) {
         int fds[100];
@@ -318,7 +311,7 @@ static void eintr_everywhere(void)
     struct test_server ts;
     test_server_child_setup = signal_storm;
     test_server_start(&ts, NULL, 0);
-    struct echoload_opts o = {.host = "127.0.0.1", .port = ts.port, .conns = scaled(100),
+    struct echoload_opts o = {.host = "127.0.0.1", .port = ts.port, .conns = test_scale(100),
                               .lines = 100, .max_len = 4096, .seed = 7, .random_chunks = 1,
                               .timeout_ms = 120000};
     struct echoload_result r;

@@ -117,6 +117,7 @@ static void blocking_outside_coroutines(void)
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
+        weft_listener_close(l); /* the parent's */
         weft_chan *c = weft_connect(addr, -1);
         CHECK(c && weft_self() == NULL);
         CHECK(weft_puts(c, "ping") == 0);

@@ -15,6 +15,15 @@
 #include <unistd.h>
 #include <weft.h>
 
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
 static weft_server *the_server;
 
 /* Echo, except for two commands: "name" answers the handler's coroutine name, "stats" the
@@ -73,24 +82,24 @@ static void *client(void *p)
 
 static void many_clients_at_once_each_in_its_own_coroutine(void)
 {
-    enum { CLIENTS = 300 };
+    int clients = test_scale(300);
     weft_listener *l = weft_listen("127.0.0.1:0", 0);
     CHECK(l);
     the_server = weft_server_start(l, handler, NULL);
     CHECK(the_server);
-    static struct client_arg args[CLIENTS];
-    weft_co *cos[CLIENTS];
-    for (int i = 0; i < CLIENTS; i++) {
+    static struct client_arg args[300];
+    weft_co *cos[300];
+    for (int i = 0; i < clients; i++) {
         snprintf(args[i].addr, sizeof args[i].addr, "127.0.0.1:%d", weft_listener_port(l));
         args[i].id = i;
         args[i].lines = 50;
         CHECK((cos[i] = weft_spawn(client, &args[i])));
     }
-    for (int i = 0; i < CLIENTS; i++)
+    for (int i = 0; i < clients; i++)
         CHECK(weft_join(cos[i], NULL, -1) == 0);
     weft_server_stats st;
     weft_server_get_stats(the_server, &st);
-    CHECK(st.accepted == CLIENTS && st.accept_errors == 0);
+    CHECK(st.accepted == (uint64_t)clients && st.accept_errors == 0);
     CHECK(weft_server_close(the_server) == 0);
     CHECK(weft_run() == 0); /* the last handlers see their EOF and end */
     CHECK(weft_count() == 0);
@@ -147,7 +156,9 @@ static void channel_is_closed_when_the_handler_returns(void)
 
 static void serve_with_few_fds(int port_pipe)
 {
-    struct rlimit rl = {24, 24};
+    struct rlimit rl;
+    CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+    rl.rlim_cur = 24; /* the soft limit only: valgrind refuses to lower the hard one */
     CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
     weft_listener *l = weft_listen("127.0.0.1:0", 64);
     CHECK(l);
@@ -176,6 +187,12 @@ static void ask_line(int fd, const char *q, char *answer, size_t cap)
 
 static void keeps_serving_through_emfile_and_recovers(void)
 {
+    if (RUNNING_ON_VALGRIND) {
+        /* valgrind emulates RLIMIT_NOFILE by closing accepted fds above it, so the kernel's
+         * EMFILE, the thing under test, never happens there. Every other build runs it. */
+        fprintf(stderr, "  skipped under valgrind\n");
+        return;
+    }
     int p[2];
     CHECK(pipe(p) == 0);
     pid_t pid = fork();
