@@ -39,6 +39,7 @@ ifneq ($(SAN),)
 endif
 
 LIB_SRC := src/sched.c src/stack.c src/timer.c src/backend_epoll.c src/fd.c src/chan.c \
+           src/sync.c src/group.c \
            src/net.c src/serve.c
 ifeq ($(CTX),ucontext)
   LIB_SRC += src/ctx/ctx_ucontext.c
@@ -53,7 +54,7 @@ LIB_OBJ := $(patsubst %,$(O)/%.o,$(LIB_SRC))
 EXAMPLES := echo echo-blocking echo-events
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
 
-TESTS    := test_ctx test_stack test_timer test_sched test_chan test_net test_serve test_hostile test_shutdown \
+TESTS    := test_ctx test_stack test_timer test_sched test_chan test_net test_serve test_hostile test_shutdown test_sync \
             test_examples
 TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
 TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o

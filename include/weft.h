@@ -250,6 +250,124 @@ void weft_server_get_stats(const weft_server *s, weft_server_stats *st);
  * listening failed. */
 int weft_serve(const char *addr, weft_handler handler, void *arg);
 
+/* ---- Sync between coroutines ---------------------------------------------------------- */
+/* Queues, select, mutex, condition and wait group for the coroutines of one scheduler (one
+ * thread): no locks, no system calls. Every wait takes a deadline and fails with ETIMEDOUT
+ * or ECANCELED; outside a coroutine a wait runs the scheduler until it is satisfied. */
+
+typedef struct weft_queue weft_queue;
+
+/* A bounded FIFO of pointers (a Go channel with a buffer of capacity >= 1). EINVAL, ENOMEM. */
+weft_queue *weft_queue_new(size_t capacity);
+/* Append item, waiting while the queue is full. EPIPE (closed), ETIMEDOUT, ECANCELED. */
+int weft_queue_send(weft_queue *q, void *item, int64_t deadline);
+/* Take the oldest item, waiting while the queue is empty. EPIPE once it is closed and
+ * drained, ETIMEDOUT, ECANCELED. */
+int weft_queue_recv(weft_queue *q, void **item, int64_t deadline);
+/* Without waiting: EAGAIN when full (send) or empty (recv), EPIPE when closed. */
+int weft_queue_try_send(weft_queue *q, void *item);
+int weft_queue_try_recv(weft_queue *q, void **item);
+/* Close: waiting and later senders fail with EPIPE; receivers drain what is left, then EPIPE. */
+void weft_queue_close(weft_queue *q);
+/* Free q. EBUSY (and nothing freed) while a coroutine waits on it. */
+int weft_queue_free(weft_queue *q);
+/* Items queued now. */
+size_t weft_queue_len(const weft_queue *q);
+
+#define WEFT_SEND 1
+#define WEFT_RECV 2
+
+typedef struct weft_select_op {
+    weft_queue *q;
+    int op;     /* WEFT_SEND or WEFT_RECV */
+    void *item; /* in: the item to send; out: the item received */
+    int err;    /* out: 0, or EPIPE if the queue was closed (and drained, for a receive) */
+} weft_select_op;
+
+/* Wait until one of the n operations can complete, complete it, return its index (the first
+ * ready one in array order). -1: ETIMEDOUT, ECANCELED, EINVAL. */
+int weft_select(weft_select_op *ops, size_t n, int64_t deadline);
+
+typedef struct weft_mutex weft_mutex;
+weft_mutex *weft_mutex_new(void);
+/* Lock, waiting in FIFO order. ETIMEDOUT, ECANCELED, EDEADLK (already ours). */
+int weft_mutex_lock(weft_mutex *m, int64_t deadline);
+/* EBUSY if held. */
+int weft_mutex_trylock(weft_mutex *m);
+/* Unlock, handing the mutex to the longest waiter. EPERM if not ours. */
+int weft_mutex_unlock(weft_mutex *m);
+/* EBUSY while held or waited on. */
+int weft_mutex_free(weft_mutex *m);
+
+typedef struct weft_cond weft_cond;
+weft_cond *weft_cond_new(void);
+/* Unlock m, wait for a signal, lock m again (also when it fails). ETIMEDOUT, ECANCELED,
+ * EPERM (m is not ours). */
+int weft_cond_wait(weft_cond *c, weft_mutex *m, int64_t deadline);
+/* Wake the longest waiter / every waiter. */
+void weft_cond_signal(weft_cond *c);
+void weft_cond_broadcast(weft_cond *c);
+/* EBUSY while waited on. */
+int weft_cond_free(weft_cond *c);
+
+typedef struct weft_waitgroup weft_waitgroup;
+weft_waitgroup *weft_waitgroup_new(void);
+/* Add delta (may be negative) to the counter; at zero every waiter wakes. EINVAL if it would
+ * go below zero. */
+int weft_waitgroup_add(weft_waitgroup *wg, int delta);
+/* Same as add(-1). */
+int weft_waitgroup_done(weft_waitgroup *wg);
+/* Wait until the counter is zero. ETIMEDOUT, ECANCELED. */
+int weft_waitgroup_wait(weft_waitgroup *wg, int64_t deadline);
+/* EBUSY while waited on. */
+int weft_waitgroup_free(weft_waitgroup *wg);
+
+/* ---- Groups: structured concurrency --------------------------------------------------- */
+
+typedef struct weft_group weft_group;
+weft_group *weft_group_new(void);
+/* Spawn fn(arg) owned by g (its result is dropped; opts->detached is ignored). ENOMEM, EPIPE
+ * (g is closing). */
+weft_co *weft_group_spawn(weft_group *g, weft_fn fn, void *arg, const weft_spawn_opts *opts);
+/* Coroutines of g still running. */
+size_t weft_group_count(const weft_group *g);
+/* Wait until every coroutine of g has ended. ETIMEDOUT, ECANCELED, EBADF (g was closed by
+ * someone else meanwhile). */
+int weft_group_wait(weft_group *g, int64_t deadline);
+/* Cancel every coroutine of g, wait for them all to end, and free g. Others waiting on g wake
+ * with EBADF. Must not be called from one of g's own coroutines (EDEADLK). */
+int weft_group_close(weft_group *g);
+
+/* ---- Offload: blocking work on a thread pool ----------------------------------------- */
+
+/* Run fn(arg) on one of weft's pool threads while the calling coroutine parks (the others
+ * keep running); store its return value in *result. Outside a coroutine fn simply runs here.
+ * The pool starts on first use with WEFT_OFFLOAD_THREADS (default 4) threads. ECANCELED
+ * (the caller was cancelled: fn still runs to its end, its result is dropped), ENOMEM. */
+int weft_offload(void *(*fn)(void *), void *arg, void **result);
+
+/* ---- Across threads --------------------------------------------------------------------- */
+/* Each thread has its own scheduler. A thread queue is the one way for coroutines of
+ * different schedulers (or plain threads) to talk: sends and receives may come from any
+ * thread; a coroutine waiting on one is woken through its scheduler's eventfd. */
+
+typedef struct weft_tqueue weft_tqueue;
+/* A bounded, thread-safe FIFO of pointers, capacity >= 1. EINVAL, ENOMEM. */
+weft_tqueue *weft_tqueue_new(size_t capacity);
+/* As weft_queue_send/recv, from any thread, in or out of a coroutine. EPIPE, ETIMEDOUT,
+ * ECANCELED. */
+int weft_tqueue_send(weft_tqueue *q, void *item, int64_t deadline);
+int weft_tqueue_recv(weft_tqueue *q, void **item, int64_t deadline);
+/* Close: as weft_queue_close. */
+void weft_tqueue_close(weft_tqueue *q);
+/* Free q. EBUSY while anyone waits on it. */
+int weft_tqueue_free(weft_tqueue *q);
+
+/* Serve addr from nthreads threads (0: one per CPU), each with its own scheduler, event loop
+ * and SO_REUSEPORT listener, so the kernel spreads connections over them. SIGINT/SIGTERM shut
+ * every thread down gracefully. Returns 0 after that, -1 at once if listening failed. */
+int weft_serve_threads(const char *addr, weft_handler handler, void *arg, int nthreads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -73,17 +73,21 @@ static inline bool timer_armed(const timer *t) { return t->index != SIZE_MAX; }
 /* ---- Scheduler (sched.c) ---- */
 enum co_state { CO_READY, CO_RUNNING, CO_PARKED, CO_DONE };
 
+typedef struct weft_group weft_group;
+
 struct weft_co {
     ctx ctx;
     stack *stack;
     enum co_state state;
     bool detached;
     bool cancelled;
-    bool in_runq;
+    bool nocancel;        /* parked in a wait that cancellation must not cut short */
     int wake_errno;       /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
     timer timer;          /* deadline of the current park */
     weft_co *next;        /* run-queue link */
     weft_co *joiner;      /* coroutine parked in weft_join on this one */
+    weft_group *group;    /* owning group, if any, and the links of its member list */
+    weft_co *group_prev, *group_next;
     weft_fn fn;
     void *arg;
     void *result;
@@ -115,6 +119,47 @@ sched *sched_peek(void);
 int sched_park(int64_t deadline);
 /* Make a parked coroutine runnable; its sched_park returns with err (0 = success). */
 void sched_wake(weft_co *co, int err);
+/* Like sched_park, but neither a pending nor a new cancel ends it. */
+int sched_park_nocancel(int64_t deadline);
+
+/* Waiting on something other than an fd (queues, locks, groups): the waiter is a node, on
+ * the waiting side's stack, in the object's list; whoever satisfies the wait marks it done.
+ * Outside a coroutine the waiting side runs the scheduler until then. */
+typedef struct selector {
+    bool done;
+    int index;                   /* the operation that completed */
+} selector;
+typedef struct waiter {
+    weft_co *co;                 /* NULL: waiting outside any coroutine */
+    struct waiter *prev, *next;
+    bool done;
+    int err;                     /* set with done: 0, or why the wait failed (EPIPE, EBADF) */
+    void *item;                  /* what is handed over (queues) */
+    selector *sel;               /* set when this node is one of a weft_select's */
+    int index;                   /* its operation's index in that select */
+} waiter;
+
+typedef struct wait_list {
+    waiter *head, *tail;
+} wait_list;
+
+void wait_list_push(wait_list *l, waiter *w);
+void wait_list_remove(wait_list *l, waiter *w);
+/* The first waiter that can still be satisfied (skipping the nodes of a select that another
+ * operation already completed), taken off the list; NULL if none. */
+waiter *wait_list_pop(wait_list *l);
+/* Mark w done with err and wake its side. */
+void waiter_done(waiter *w, int err);
+/* Wait until w is done, the deadline passes or the caller is cancelled. 0 when done (w->err
+ * then tells the outcome); -1 with ETIMEDOUT/ECANCELED otherwise, and the caller must take w
+ * off its list. cancellable=false ignores cancellation. */
+int waiter_wait(waiter *w, int64_t deadline, bool cancellable);
+/* Initialise w for the calling side. */
+void waiter_init(waiter *w);
+
+/* ---- Groups (group.c) ---- */
+/* Called by the scheduler when a coroutine that belongs to a group ends. */
+void group_member_ended(weft_co *co);
 
 /* ---- Event backend (backend_epoll.c) ---- */
 backend *backend_new(void);

@@ -105,6 +105,8 @@ static void co_main(void *p)
 #endif
     co->result = co->fn(co->arg);
     co->state = CO_DONE;
+    if (co->group)
+        group_member_ended(co);
     if (co->joiner)
         sched_wake(co->joiner, 0);
     switch_to_loop(s, co, true);
@@ -139,12 +141,12 @@ static void run_co(sched *s, weft_co *co)
 
 /* ---- Parking and waking ---- */
 
-int sched_park(int64_t deadline)
+static int park(int64_t deadline, bool cancellable)
 {
     sched *s = tls_sched;
     weft_co *co = s->current;
 
-    if (co->cancelled) {
+    if (cancellable && co->cancelled) {
         errno = ECANCELED;
         return -1;
     }
@@ -154,13 +156,25 @@ int sched_park(int64_t deadline)
             return -1;
     }
     co->state = CO_PARKED;
+    co->nocancel = !cancellable;
     co->wake_errno = 0;
     switch_to_loop(s, co, false);
+    co->nocancel = false;
     if (co->wake_errno) {
         errno = co->wake_errno;
         return -1;
     }
     return 0;
+}
+
+int sched_park(int64_t deadline)
+{
+    return park(deadline, true);
+}
+
+int sched_park_nocancel(int64_t deadline)
+{
+    return park(deadline, false);
 }
 
 void sched_wake(weft_co *co, int err)
@@ -315,7 +329,23 @@ int weft_detach(weft_co *co)
     return 0;
 }
 
-/* Join from outside any coroutine: drive the loop until co ends. */
+/* Outside any coroutine, a wait runs the loop until *flag is set or the deadline. */
+static int drive_until(sched *s, const bool *flag, int64_t deadline)
+{
+    int rc = 0;
+    s->loop_depth++;
+    while (!*flag && rc == 0) {
+        if (deadline >= 0 && weft_now() >= deadline) {
+            errno = ETIMEDOUT;
+            rc = -1;
+            break;
+        }
+        rc = loop_turn(s, true, deadline);
+    }
+    s->loop_depth--;
+    return rc;
+}
+
 static int join_from_outside(sched *s, weft_co *co, int64_t deadline)
 {
     int rc = 0;
@@ -330,6 +360,50 @@ static int join_from_outside(sched *s, weft_co *co, int64_t deadline)
     }
     s->loop_depth--;
     return rc;
+}
+
+/* ---- Waiters ---- */
+
+void waiter_init(waiter *w)
+{
+    w->co = weft_self();
+    w->prev = w->next = NULL;
+    w->done = false;
+    w->err = 0;
+    w->sel = NULL;
+    w->index = 0;
+}
+
+void waiter_done(waiter *w, int err)
+{
+    w->done = true;
+    w->err = err;
+    if (w->sel) {
+        w->sel->done = true;
+        w->sel->index = w->index;
+    }
+    if (w->co)
+        sched_wake(w->co, 0);
+}
+
+int waiter_wait(waiter *w, int64_t deadline, bool cancellable)
+{
+    const bool *done = w->sel ? &w->sel->done : &w->done;
+    if (!w->co) {
+        sched *s = sched_get();
+        if (!s)
+            return -1;
+        int rc = drive_until(s, done, deadline);
+        sched_release_if_idle(s);
+        return *done ? 0 : rc;
+    }
+    for (;;) {
+        int rc = cancellable ? sched_park(deadline) : sched_park_nocancel(deadline);
+        if (*done) /* a timeout or cancel in the same turn as the hand-over loses */
+            return 0;
+        if (rc != 0)
+            return -1;
+    }
 }
 
 int weft_join(weft_co *co, void **result, int64_t deadline)
@@ -369,7 +443,7 @@ void weft_cancel(weft_co *co)
     if (co->state == CO_DONE)
         return;
     co->cancelled = true;
-    if (co->state == CO_PARKED)
+    if (co->state == CO_PARKED && !co->nocancel)
         sched_wake(co, ECANCELED);
 }
 
