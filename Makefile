@@ -6,6 +6,7 @@
 #   CC=...           compiler; e.g. aarch64-linux-gnu-gcc for the cross build
 #   CTX=auto|asm|ucontext   context switch: hand-written assembly where there is one
 #   SAN=1            AddressSanitizer + UndefinedBehaviorSanitizer
+#   TSAN=1           ThreadSanitizer (the multi-thread tests: make test-threads TSAN=1)
 #   RUN="..."        prefix to run built programs (e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu")
 #   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install`
 
@@ -37,9 +38,13 @@ ifneq ($(SAN),)
   ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
 endif
+ifneq ($(TSAN),)
+  ALL_CFLAGS += -fsanitize=thread -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=thread
+endif
 
 LIB_SRC := src/sched.c src/stack.c src/timer.c src/backend_epoll.c src/fd.c src/chan.c \
-           src/sync.c src/group.c \
+           src/sync.c src/group.c src/offload.c src/tqueue.c \
            src/net.c src/serve.c
 ifeq ($(CTX),ucontext)
   LIB_SRC += src/ctx/ctx_ucontext.c
@@ -112,3 +117,4 @@ install: lib
 clean:
 	rm -rf $(O)
 .SECONDARY:
+include tests/fuzz/fuzz.mk

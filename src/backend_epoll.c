@@ -23,6 +23,7 @@ struct backend {
     fd_slot *slots;    /* indexed by fd */
     size_t nslots;
     size_t waiting;
+    int wakeup_fd;     /* the scheduler's eventfd, or -1 */
     struct epoll_event events[MAX_EVENTS];
 };
 
@@ -31,6 +32,7 @@ backend *backend_new(void)
     backend *b = calloc(1, sizeof *b);
     if (!b)
         return NULL;
+    b->wakeup_fd = -1;
     b->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (b->epfd < 0) {
         free(b);
@@ -44,6 +46,15 @@ void backend_free(backend *b)
     close(b->epfd);
     free(b->slots);
     free(b);
+}
+
+int backend_watch_wakeup(backend *b, int fd)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd}; /* level: drained by read */
+    if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+        return -1;
+    b->wakeup_fd = fd;
+    return 0;
 }
 
 size_t backend_waiting(const backend *b)
@@ -126,6 +137,10 @@ int backend_poll(backend *b, int timeout_ms)
     for (int i = 0; i < n; i++) {
         int fd = b->events[i].data.fd;
         uint32_t ev = b->events[i].events;
+        if (fd == b->wakeup_fd) {
+            sched_drain_inbox(sched_peek());
+            continue;
+        }
         if ((size_t)fd >= b->nslots)
             continue;
         fd_slot *slot = &b->slots[fd];

@@ -378,8 +378,11 @@ static int put(weft_chan *c, const char *p, size_t n, int64_t deadline)
             c->wstart = c->wlen = 0;
             return send_all(c, p, n, deadline) < 0 ? -1 : 0;
         }
-        if (c->wlen >= c->wmax && flush_dl(c, deadline) != 0)
-            return -1;
+        if (c->wlen >= c->wmax) {
+            if (flush_dl(c, deadline) != 0)
+                return -1;
+            continue; /* empty now: a large remainder may go straight out */
+        }
         size_t room = c->wmax - c->wlen;
         size_t k = n < room ? n : room;
         if (c->wlen + k > c->wcap) {

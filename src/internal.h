@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 
 /* ---- Context switch (src/ctx/) ---- */
 #if defined(WEFT_CTX_UCONTEXT)
@@ -92,12 +93,25 @@ struct weft_co {
     void *arg;
     void *result;
     void *asan_fake_stack;
+    void *tsan_fiber;
     char name[64];
 };
 
 typedef struct backend backend;
 
-typedef struct sched {
+typedef struct sched sched;
+
+/* A wait that another thread ends: the other thread claims it under its own lock, then
+ * hands it to the waiter's scheduler through that scheduler's inbox and eventfd. delivered is
+ * only touched on the waiter's thread, so the waiter knows when the wake-up has arrived. */
+typedef struct rwait {
+    weft_co *co;
+    sched *s;
+    bool delivered;
+    struct rwait *inbox_next;
+} rwait;
+
+struct sched {
     ctx main_ctx;          /* the thread's own stack, where the loop runs */
     weft_co *current;      /* NULL while the loop itself runs */
     weft_co *runq_head, *runq_tail;
@@ -108,7 +122,11 @@ typedef struct sched {
     int loop_depth;        /* nested weft_run/join-from-outside loops */
     const void *main_stack_lo; /* for AddressSanitizer's fiber switch */
     size_t main_stack_size;
-} sched;
+    size_t external_waits; /* coroutines waiting for another thread (rwait) */
+    int wake_fd;           /* eventfd other threads write to; -1 until first needed */
+    pthread_mutex_t inbox_mu;
+    rwait *inbox;          /* wake-ups delivered by other threads */
+};
 
 /* This thread's scheduler, created on first use; NULL/ENOMEM. */
 sched *sched_get(void);
@@ -157,9 +175,32 @@ int waiter_wait(waiter *w, int64_t deadline, bool cancellable);
 /* Initialise w for the calling side. */
 void waiter_init(waiter *w);
 
+/* ---- Offload (offload.c) ---- */
+/* weft_offload, plus drop(arg, result), called on the worker thread if the caller was
+ * cancelled and left before fn returned (arg must then be heap memory drop frees). */
+int offload_call(void *(*fn)(void *), void *arg, void **result,
+                 void (*drop)(void *arg, void *result));
+
+/* ---- Name resolution (net.c) ---- */
+/* Tests: delay every resolver call by this many ms, to prove a slow resolver stalls nothing. */
+extern unsigned net_resolve_delay_ms;
+
 /* ---- Groups (group.c) ---- */
 /* Called by the scheduler when a coroutine that belongs to a group ends. */
 void group_member_ended(weft_co *co);
+
+/* Prepare r for the running coroutine and count it as waiting on another thread (this
+ * creates the scheduler's eventfd on first use). -1/errno on failure. */
+int rwait_begin(rwait *r);
+/* From any thread, once r has been claimed: deliver the wake-up to r's coroutine. */
+void rwait_wake(rwait *r);
+/* On the waiter's thread, after a claim: wait (not cancellable) until the wake-up has been
+ * delivered, so none is left in flight; then stop counting r. */
+void rwait_settle(rwait *r);
+/* Stop counting r when it was never claimed. */
+void rwait_end(rwait *r);
+/* Called by the backend when the scheduler's eventfd is readable. */
+void sched_drain_inbox(sched *s);
 
 /* ---- Event backend (backend_epoll.c) ---- */
 backend *backend_new(void);
@@ -171,6 +212,8 @@ int backend_wait(backend *b, int fd, int events, int64_t deadline);
 int backend_poll(backend *b, int timeout_ms);
 /* fd is about to be closed: wake its waiters with EBADF and drop it. */
 void backend_forget(backend *b, int fd);
+/* Watch fd (the scheduler's eventfd) and call sched_drain_inbox when it is readable. */
+int backend_watch_wakeup(backend *b, int fd);
 /* Number of coroutines parked on an fd: zero means no event can wake anyone. */
 size_t backend_waiting(const backend *b);
 /* Wake the coroutine waiting for events (one WEFT_ flag) on fd, if any, with err. */
@@ -207,5 +250,7 @@ typedef struct parsed_addr {
 
 /* Split "host:port", "[v6]:port", ":port", "*:port" or "unix:/path" into pa. EINVAL. */
 int net_parse_addr(const char *addr, parsed_addr *pa);
+/* weft_listen, optionally with SO_REUSEPORT so several threads can listen on one port. */
+weft_listener *net_listen(const char *addr, int backlog, bool reuseport);
 
 #endif

@@ -87,16 +87,64 @@ bad:
     return -1;
 }
 
+unsigned net_resolve_delay_ms;
+
+struct resolve_job {
+    const char *host, *port;
+    struct addrinfo hints;
+    struct addrinfo *res;
+    char host_copy[256], port_copy[32];
+};
+
+/* Runs on an offload thread: getaddrinfo may wait for DNS for seconds. */
+static void *resolve_blocking(void *p)
+{
+    struct resolve_job *j = p;
+    if (net_resolve_delay_ms)
+        usleep(net_resolve_delay_ms * 1000u);
+    return (void *)(intptr_t)getaddrinfo(j->host, j->port, &j->hints, &j->res);
+}
+
+static void resolve_drop(void *arg, void *result)
+{
+    struct resolve_job *j = arg;
+    if ((intptr_t)result == 0)
+        freeaddrinfo(j->res);
+    free(j);
+}
+
 static int resolve(const parsed_addr *pa, bool passive, struct addrinfo **res)
 {
-    struct addrinfo hints;
-    memset(&hints, 0, sizeof hints);
+    struct addrinfo hints = {0}, *found = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = passive ? AI_PASSIVE : 0;
-    int rc = getaddrinfo(pa->wildcard ? NULL : pa->host, pa->port, &hints, res);
-    if (rc == 0)
+    hints.ai_flags = (passive ? AI_PASSIVE : 0) | AI_NUMERICHOST;
+    const char *host = pa->wildcard ? NULL : pa->host;
+    /* Numeric addresses need no resolver: answer them here, without a thread hop. */
+    int rc = getaddrinfo(host, pa->port, &hints, &found);
+    if (rc == EAI_NONAME && host) {
+        /* Names go to an offload thread; the job is on the heap because a cancelled caller
+         * leaves before the lookup ends (resolve_drop then cleans up). */
+        struct resolve_job *j = calloc(1, sizeof *j);
+        if (!j)
+            return -1;
+        snprintf(j->host_copy, sizeof j->host_copy, "%s", pa->host);
+        snprintf(j->port_copy, sizeof j->port_copy, "%s", pa->port);
+        j->host = j->host_copy;
+        j->port = j->port_copy;
+        j->hints = hints;
+        j->hints.ai_flags &= ~AI_NUMERICHOST;
+        void *r;
+        if (offload_call(resolve_blocking, j, &r, resolve_drop) != 0)
+            return -1; /* ECANCELED: the job is the worker's to free now */
+        rc = (int)(intptr_t)r;
+        found = j->res;
+        free(j);
+    }
+    if (rc == 0) {
+        *res = found;
         return 0;
+    }
     if (rc == EAI_SYSTEM)
         return -1;
     errno = rc == EAI_MEMORY ? ENOMEM : (rc == EAI_SERVICE ? EINVAL : EHOSTUNREACH);
@@ -129,13 +177,15 @@ static int listen_unix(weft_listener *l, const parsed_addr *pa, int backlog)
     return 0;
 }
 
-static int listen_one(const struct addrinfo *ai, int backlog)
+static int listen_one(const struct addrinfo *ai, int backlog, bool reuseport)
 {
     int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
     if (fd < 0)
         return -1;
     int one = 1, zero = 0;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuseport)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (ai->ai_family == AF_INET6) /* "*:port" means both families on one socket */
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
@@ -147,7 +197,7 @@ static int listen_one(const struct addrinfo *ai, int backlog)
     return fd;
 }
 
-static int listen_inet(weft_listener *l, const parsed_addr *pa, int backlog)
+static int listen_inet(weft_listener *l, const parsed_addr *pa, int backlog, bool reuseport)
 {
     struct addrinfo *res;
     if (resolve(pa, true, &res) != 0)
@@ -160,7 +210,7 @@ static int listen_inet(weft_listener *l, const parsed_addr *pa, int backlog)
                 continue;
             if (!pa->wildcard && pass == 1)
                 break;
-            l->fd = listen_one(ai, backlog);
+            l->fd = listen_one(ai, backlog, reuseport);
         }
     }
     freeaddrinfo(res);
@@ -177,6 +227,11 @@ static int listen_inet(weft_listener *l, const parsed_addr *pa, int backlog)
 
 weft_listener *weft_listen(const char *addr, int backlog)
 {
+    return net_listen(addr, backlog, false);
+}
+
+weft_listener *net_listen(const char *addr, int backlog, bool reuseport)
+{
     parsed_addr pa;
     if (net_parse_addr(addr, &pa) != 0)
         return NULL;
@@ -185,7 +240,7 @@ weft_listener *weft_listen(const char *addr, int backlog)
         return NULL;
     if (backlog <= 0)
         backlog = SOMAXCONN;
-    int rc = pa.is_unix ? listen_unix(l, &pa, backlog) : listen_inet(l, &pa, backlog);
+    int rc = pa.is_unix ? listen_unix(l, &pa, backlog) : listen_inet(l, &pa, backlog, reuseport);
     if (rc != 0) {
         free(l);
         return NULL;

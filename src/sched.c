@@ -9,7 +9,9 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #define WEFT_ASAN 1
@@ -20,6 +22,23 @@
 #endif
 #ifdef WEFT_ASAN
 #include <sanitizer/common_interface_defs.h>
+#endif
+
+/* ThreadSanitizer must be told about every switch of stacks, or it mixes up the histories of
+ * the coroutines that share a thread. */
+#if defined(__SANITIZE_THREAD__)
+#define WEFT_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define WEFT_TSAN 1
+#endif
+#endif
+#ifdef WEFT_TSAN
+void *__tsan_get_current_fiber(void);
+void *__tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void *fiber);
+void __tsan_switch_to_fiber(void *fiber, unsigned flags);
+static _Thread_local void *tsan_main_fiber;
 #endif
 
 static _Thread_local sched *tls_sched;
@@ -51,6 +70,8 @@ sched *sched_get(void)
         errno = ENOMEM;
         return NULL;
     }
+    s->wake_fd = -1;
+    pthread_mutex_init(&s->inbox_mu, NULL);
     tls_sched = s;
     return s;
 }
@@ -62,6 +83,9 @@ static void sched_release_if_idle(sched *s)
     if (s->live || s->loop_depth || s->current)
         return;
     backend_free(s->be);
+    if (s->wake_fd >= 0)
+        close(s->wake_fd);
+    pthread_mutex_destroy(&s->inbox_mu);
     timer_heap_free(&s->timers);
     stack_pool_drain();
     free(s);
@@ -90,6 +114,9 @@ static void switch_to_loop(sched *s, weft_co *co, bool done)
 #else
     (void)done;
 #endif
+#ifdef WEFT_TSAN
+    __tsan_switch_to_fiber(tsan_main_fiber, 0);
+#endif
     ctx_switch(&co->ctx, &s->main_ctx);
 #ifdef WEFT_ASAN
     __sanitizer_finish_switch_fiber(co->asan_fake_stack, &s->main_stack_lo, &s->main_stack_size);
@@ -116,6 +143,9 @@ static void co_main(void *p)
 /* After a coroutine's last switch: its stack can be reused now that nothing runs on it. */
 static void co_reap(sched *s, weft_co *co)
 {
+#ifdef WEFT_TSAN
+    __tsan_destroy_fiber(co->tsan_fiber);
+#endif
     stack_give(co->stack);
     co->stack = NULL;
     s->live--;
@@ -129,6 +159,10 @@ static void run_co(sched *s, weft_co *co)
     co->state = CO_RUNNING;
 #ifdef WEFT_ASAN
     __sanitizer_start_switch_fiber(&asan_main_fake, co->stack->lo, co->stack->size);
+#endif
+#ifdef WEFT_TSAN
+    tsan_main_fiber = __tsan_get_current_fiber();
+    __tsan_switch_to_fiber(co->tsan_fiber, 0);
 #endif
     ctx_switch(&s->main_ctx, &co->ctx);
 #ifdef WEFT_ASAN
@@ -228,7 +262,7 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
 {
     int timeout = may_block ? poll_timeout(s, limit) : 0;
 
-    if (timeout < 0 && s->live > 0 && !backend_waiting(s->be)) {
+    if (timeout < 0 && s->live > 0 && !backend_waiting(s->be) && !s->external_waits) {
         errno = EDEADLK; /* everyone is parked on something no event can end */
         return -1;
     }
@@ -310,6 +344,9 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     co->timer.index = SIZE_MAX;
     co->state = CO_READY;
     ctx_make(&co->ctx, co->stack->lo, co->stack->size, co_main, co);
+#ifdef WEFT_TSAN
+    co->tsan_fiber = __tsan_create_fiber(0);
+#endif
     s->live++;
     runq_push(s, co);
     return co;
@@ -360,6 +397,77 @@ static int join_from_outside(sched *s, weft_co *co, int64_t deadline)
     }
     s->loop_depth--;
     return rc;
+}
+
+/* ---- Wake-ups from other threads ---- */
+
+int rwait_begin(rwait *r)
+{
+    sched *s = tls_sched;
+    if (s->wake_fd < 0) {
+        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (fd < 0)
+            return -1;
+        if (backend_watch_wakeup(s->be, fd) != 0) {
+            close(fd);
+            return -1;
+        }
+        s->wake_fd = fd;
+    }
+    r->co = s->current;
+    r->s = s;
+    r->delivered = false;
+    r->inbox_next = NULL;
+    s->external_waits++;
+    return 0;
+}
+
+void rwait_wake(rwait *r)
+{
+    sched *s = r->s;
+    if (s == tls_sched) { /* same thread: no need for the inbox */
+        r->delivered = true;
+        sched_wake(r->co, 0);
+        return;
+    }
+    /* The write stays under the lock: once r is drained its scheduler may end and close the
+     * eventfd, so it must not be used after the unlock. */
+    pthread_mutex_lock(&s->inbox_mu);
+    r->inbox_next = s->inbox;
+    s->inbox = r;
+    uint64_t one = 1;
+    ssize_t w = write(s->wake_fd, &one, sizeof one);
+    (void)w; /* only fails if the counter is saturated, and then it is readable anyway */
+    pthread_mutex_unlock(&s->inbox_mu);
+}
+
+void sched_drain_inbox(sched *s)
+{
+    uint64_t n;
+    ssize_t r = read(s->wake_fd, &n, sizeof n);
+    (void)r;
+    pthread_mutex_lock(&s->inbox_mu);
+    rwait *list = s->inbox;
+    s->inbox = NULL;
+    pthread_mutex_unlock(&s->inbox_mu);
+    while (list) {
+        rwait *next = list->inbox_next; /* read first: the waiter may free list once woken */
+        list->delivered = true;
+        sched_wake(list->co, 0);
+        list = next;
+    }
+}
+
+void rwait_settle(rwait *r)
+{
+    while (!r->delivered)
+        sched_park_nocancel(-1);
+    r->s->external_waits--;
+}
+
+void rwait_end(rwait *r)
+{
+    r->s->external_waits--;
 }
 
 /* ---- Waiters ---- */

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -278,6 +279,7 @@ int weft_server_shutdown(weft_server *srv, int64_t grace_ms)
  * the shutdown in ordinary context. */
 static int sig_pipe[2] = {-1, -1};
 static volatile sig_atomic_t sig_seen;
+static pthread_mutex_t sig_setup = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_stop_signal(int sig)
 {
@@ -293,14 +295,14 @@ static void on_stop_signal(int sig)
     errno = saved;
 }
 
+/* Every server's watcher (one per thread at most) waits for the pipe to become readable
+ * without emptying it, so one signal reaches the watchers of every thread. */
 static void *signal_watch(void *p)
 {
     weft_server *srv = p;
-    char b;
-    while (read(sig_pipe[0], &b, 1) != 1) {
-        if (errno != EAGAIN && errno != EINTR)
-            return NULL;
-        if (errno == EAGAIN && weft_wait_fd(sig_pipe[0], WEFT_READABLE, -1) != 0)
+    while (!sig_seen) {
+        /* Bounded waits: a signal that came before the fd was registered is seen too. */
+        if (weft_wait_fd(sig_pipe[0], WEFT_READABLE, weft_now() + 1000) != 0 && errno != ETIMEDOUT)
             return NULL; /* cancelled: the server stopped some other way */
     }
     srv->signal_watcher = NULL;
@@ -319,16 +321,20 @@ static void stop_signal_watcher(weft_server *srv)
 
 int weft_server_stop_on_signals(weft_server *srv, int64_t grace_ms)
 {
+    pthread_mutex_lock(&sig_setup);
+    int rc = 0;
     if (sig_pipe[0] < 0) {
-        if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
-            return -1;
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_stop_signal;
         sigemptyset(&sa.sa_mask);
-        if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0)
-            return -1;
+        if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0 || sigaction(SIGINT, &sa, NULL) != 0 ||
+            sigaction(SIGTERM, &sa, NULL) != 0)
+            rc = -1;
     }
+    pthread_mutex_unlock(&sig_setup);
+    if (rc != 0)
+        return -1;
     srv->signal_grace_ms = grace_ms;
     weft_spawn_opts so = {.name = "weft-signals", .detached = 1};
     srv->signal_watcher = weft_spawn_ex(signal_watch, srv, &so);
@@ -350,4 +356,74 @@ int weft_serve(const char *addr, weft_handler handler, void *arg)
         return -1;
     }
     return weft_run();
+}
+
+/* ---- Several threads ---- */
+
+typedef struct serve_thread {
+    pthread_t tid;
+    char addr[160];
+    weft_handler handler;
+    void *arg;
+    int rc;
+} serve_thread;
+
+/* One thread's share: its own listener on the shared port, server, scheduler and loop. */
+static int serve_here(weft_listener *l, weft_handler handler, void *arg)
+{
+    weft_server *srv = weft_server_start(l, handler, arg);
+    if (!srv) {
+        weft_listener_close(l);
+        return -1;
+    }
+    if (weft_server_stop_on_signals(srv, -1) != 0) {
+        weft_server_close(srv);
+        return -1;
+    }
+    return weft_run();
+}
+
+static void *serve_thread_main(void *p)
+{
+    serve_thread *t = p;
+    weft_listener *l = net_listen(t->addr, 0, true);
+    t->rc = l ? serve_here(l, t->handler, t->arg) : -1;
+    return NULL;
+}
+
+int weft_serve_threads(const char *addr, weft_handler handler, void *arg, int nthreads)
+{
+    if (nthreads <= 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        nthreads = cpus > 0 ? (int)cpus : 1;
+    }
+    if (strncmp(addr, "unix:", 5) == 0)
+        nthreads = 1; /* SO_REUSEPORT is for TCP: a Unix socket is served by one thread */
+    weft_listener *l = net_listen(addr, 0, true);
+    if (!l)
+        return -1;
+    serve_thread *threads = calloc((size_t)nthreads, sizeof *threads);
+    if (!threads) {
+        weft_listener_close(l);
+        return -1;
+    }
+    /* The others bind the port this one got (port 0 asks for any). */
+    int started = 0;
+    for (int i = 1; i < nthreads; i++) {
+        serve_thread *t = &threads[i];
+        snprintf(t->addr, sizeof t->addr, "%s", weft_listener_addr(l));
+        t->handler = handler;
+        t->arg = arg;
+        if (pthread_create(&t->tid, NULL, serve_thread_main, t) != 0)
+            break;
+        started++;
+    }
+    int rc = serve_here(l, handler, arg);
+    for (int i = 1; i <= started; i++) {
+        pthread_join(threads[i].tid, NULL);
+        if (threads[i].rc != 0)
+            rc = -1;
+    }
+    free(threads);
+    return rc;
 }

@@ -17,7 +17,7 @@
 
 static const char *current_test = "?";
 
-void check_failed(const char *expr, const char *file, int line)
+_Noreturn void check_failed(const char *expr, const char *file, int line)
 {
     fprintf(stderr, "  %s: CHECK(%s) failed at %s:%d (errno %d: %s)\n", current_test, expr, file,
             line, errno, strerror(errno));

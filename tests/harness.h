@@ -19,7 +19,7 @@ extern const struct test tests[];
 extern const size_t tests_count;
 
 /* Fail the running test with a message naming the place. */
-void check_failed(const char *expr, const char *file, int line);
+_Noreturn void check_failed(const char *expr, const char *file, int line);
 #define CHECK(cond) ((cond) ? (void)0 : check_failed(#cond, __FILE__, __LINE__))
 
 /* Start a built program (examples/echo, ...) with its stdout on a pipe, through $WEFT_RUN

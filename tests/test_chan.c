@@ -501,6 +501,27 @@ static void shutdown_sends_eof_and_reading_goes_on(void)
     close(sv[1]);
 }
 
+static void large_write_after_buffered_bytes_goes_straight_out(void)
+{
+    /* With a tiny write buffer already holding a byte, a big write must flush that byte and
+     * then send the rest directly, not in buffer-sized dribbles that outlast the timeout. */
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c && weft_chan_set_buffering(c, WEFT_BUF_FULL) == 0 && weft_chan_set_wbuf(c, 2) == 0);
+    CHECK(weft_chan_set_timeouts(c, -1, 1000) == 0);
+    static char big[20000];
+    memset(big, 'x', sizeof big);
+    CHECK(weft_write(c, "a", 1) == 1);
+    CHECK(weft_write(c, big, sizeof big) == (ssize_t)sizeof big);
+    CHECK(weft_flush(c) == 0);
+    static char back[20001];
+    read_exact_timeout(sv[1], back, sizeof back, 5000);
+    CHECK(back[0] == 'a' && back[1] == 'x' && back[20000] == 'x');
+    weft_close(c);
+    close(sv[1]);
+}
+
 static void channel_metadata(void)
 {
     int sv[2];
@@ -529,6 +550,7 @@ const struct test tests[] = {
     {"close_under_a_waiting_reader_wakes_it", close_under_a_waiting_reader_wakes_it, 0},
     {"writes_to_a_vanished_peer_fail_with_epipe", writes_to_a_vanished_peer_fail_with_epipe, 0},
     {"shutdown_sends_eof_and_reading_goes_on", shutdown_sends_eof_and_reading_goes_on, 0},
+    {"large_write_after_buffered_bytes_goes_straight_out", large_write_after_buffered_bytes_goes_straight_out, 0},
     {"channel_metadata", channel_metadata, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];

@@ -1,0 +1,145 @@
+/* Offload: a small process-wide pool of threads that run blocking calls (name resolution,
+ * file I/O, CPU-heavy steps) while the calling coroutine parks and its scheduler serves the
+ * others. A job lives on the heap: if its coroutine is cancelled it leaves at once, marks the
+ * job abandoned, and the worker frees it when the call returns. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+#define DEFAULT_THREADS 4
+#define MAX_THREADS 64
+
+typedef struct job {
+    void *(*fn)(void *);
+    void *arg;
+    void (*drop)(void *arg, void *result); /* cleans up after an abandoned call */
+    void *result;
+    bool done;       /* under pool.mu */
+    bool abandoned;  /* under pool.mu: the coroutine left; the worker frees the job */
+    rwait rw;
+    struct job *next;
+} job;
+
+static struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    job *head, *tail;
+    int threads;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0};
+
+static void *worker(void *unused)
+{
+    (void)unused;
+    pthread_mutex_lock(&pool.mu);
+    for (;;) {
+        while (!pool.head)
+            pthread_cond_wait(&pool.cv, &pool.mu);
+        job *j = pool.head;
+        pool.head = j->next;
+        if (!pool.head)
+            pool.tail = NULL;
+        pthread_mutex_unlock(&pool.mu);
+
+        void *r = j->fn(j->arg);
+
+        pthread_mutex_lock(&pool.mu);
+        j->result = r;
+        j->done = true;
+        if (j->abandoned) {
+            if (j->drop)
+                j->drop(j->arg, r);
+            free(j);
+        }
+        else
+            rwait_wake(&j->rw); /* claimed: the coroutine waits for exactly this */
+    }
+    return NULL;
+}
+
+/* Start the threads on first use (under pool.mu). */
+static int pool_start(void)
+{
+    if (pool.threads > 0)
+        return 0;
+    int n = DEFAULT_THREADS;
+    const char *env = getenv("WEFT_OFFLOAD_THREADS");
+    if (env && atoi(env) > 0)
+        n = atoi(env) < MAX_THREADS ? atoi(env) : MAX_THREADS;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (int i = 0; i < n; i++) {
+        pthread_t t;
+        if (pthread_create(&t, &attr, worker, NULL) != 0)
+            break;
+        pool.threads++;
+    }
+    pthread_attr_destroy(&attr);
+    if (pool.threads == 0) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return 0;
+}
+
+int weft_offload(void *(*fn)(void *), void *arg, void **result)
+{
+    return offload_call(fn, arg, result, NULL);
+}
+
+int offload_call(void *(*fn)(void *), void *arg, void **result,
+                 void (*drop)(void *arg, void *result))
+{
+    if (!weft_self()) { /* outside a coroutine, blocking is what the caller asked for */
+        void *r = fn(arg);
+        if (result)
+            *result = r;
+        return 0;
+    }
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        return -1;
+    j->fn = fn;
+    j->arg = arg;
+    j->drop = drop;
+    if (rwait_begin(&j->rw) != 0) {
+        free(j);
+        return -1;
+    }
+    pthread_mutex_lock(&pool.mu);
+    if (pool_start() != 0) {
+        pthread_mutex_unlock(&pool.mu);
+        rwait_end(&j->rw);
+        free(j);
+        return -1;
+    }
+    if (pool.tail)
+        pool.tail->next = j;
+    else
+        pool.head = j;
+    pool.tail = j;
+    pthread_cond_signal(&pool.cv);
+    pthread_mutex_unlock(&pool.mu);
+
+    for (;;) {
+        int rc = sched_park(-1);
+        pthread_mutex_lock(&pool.mu);
+        bool done = j->done;
+        if (!done && rc != 0) { /* cancelled while the call runs: leave it behind */
+            j->abandoned = true;
+            pthread_mutex_unlock(&pool.mu);
+            rwait_end(&j->rw);
+            errno = ECANCELED;
+            return -1;
+        }
+        pthread_mutex_unlock(&pool.mu);
+        if (done)
+            break;
+    }
+    rwait_settle(&j->rw);
+    if (result)
+        *result = j->result;
+    free(j);
+    return 0;
+}

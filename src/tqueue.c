@@ -1,0 +1,232 @@
+/* Thread queues: bounded FIFOs of pointers that any thread may use, so coroutines of
+ * different schedulers (and plain threads) can talk. One mutex guards a queue. A waiting
+ * coroutine is woken through its scheduler's inbox and eventfd (rwait), a waiting plain
+ * thread through a condition variable. As in the single-thread queues, whoever completes a
+ * wait hands the item over itself (claimed under the lock), so no wake-up is ever lost or
+ * doubled. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+
+typedef struct tq_waiter {
+    struct tq_waiter *prev, *next;
+    rwait rw;              /* a coroutine */
+    pthread_cond_t *cv;    /* or a plain thread */
+    bool claimed;
+    int err;
+    void *item;
+} tq_waiter;
+
+typedef struct tq_list {
+    tq_waiter *head, *tail;
+} tq_list;
+
+struct weft_tqueue {
+    pthread_mutex_t mu;
+    void **ring;
+    size_t cap, head, len;
+    bool closed;
+    tq_list senders, receivers;
+};
+
+static void list_push(tq_list *l, tq_waiter *w)
+{
+    w->next = NULL;
+    w->prev = l->tail;
+    if (l->tail)
+        l->tail->next = w;
+    else
+        l->head = w;
+    l->tail = w;
+}
+
+static void list_remove(tq_list *l, tq_waiter *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        l->head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        l->tail = w->prev;
+}
+
+/* Under q->mu: complete w's wait with err and wake it. */
+static void claim(tq_list *l, tq_waiter *w, int err)
+{
+    list_remove(l, w);
+    w->claimed = true;
+    w->err = err;
+    if (w->cv)
+        pthread_cond_signal(w->cv);
+    else
+        rwait_wake(&w->rw);
+}
+
+weft_tqueue *weft_tqueue_new(size_t capacity)
+{
+    if (capacity == 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    weft_tqueue *q = calloc(1, sizeof *q);
+    if (!q)
+        return NULL;
+    q->ring = malloc(capacity * sizeof *q->ring);
+    if (!q->ring) {
+        free(q);
+        return NULL;
+    }
+    q->cap = capacity;
+    pthread_mutex_init(&q->mu, NULL);
+    return q;
+}
+
+/* Under q->mu: park the caller in list as w until claimed or the deadline; returns with
+ * q->mu held. 0 when claimed (w->err tells the outcome), else -1 and w is off the list. A
+ * claimed coroutine must then call finish() after unlocking q. */
+static int tq_wait(weft_tqueue *q, tq_list *list, tq_waiter *w, int64_t deadline)
+{
+    if (weft_self()) {
+        if (rwait_begin(&w->rw) != 0)
+            return -1;
+        list_push(list, w);
+        pthread_mutex_unlock(&q->mu);
+        int rc = sched_park(deadline);
+        int err = errno;
+        pthread_mutex_lock(&q->mu);
+        while (!w->claimed && rc == 0) { /* not for us: park again */
+            pthread_mutex_unlock(&q->mu);
+            rc = sched_park(deadline);
+            err = errno;
+            pthread_mutex_lock(&q->mu);
+        }
+        if (!w->claimed) {
+            list_remove(list, w);
+            rwait_end(&w->rw);
+            errno = err;
+            return -1;
+        }
+        return 0; /* the caller settles the rwait once it has let go of q */
+    }
+    pthread_cond_t cv;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->cv = &cv;
+    list_push(list, w);
+    struct timespec ts = {deadline / 1000, (deadline % 1000) * 1000000};
+    int rc = 0;
+    while (!w->claimed && rc != ETIMEDOUT)
+        rc = deadline < 0 ? pthread_cond_wait(&cv, &q->mu) : pthread_cond_timedwait(&cv, &q->mu, &ts);
+    pthread_cond_destroy(&cv);
+    if (!w->claimed) {
+        list_remove(list, w);
+        errno = ETIMEDOUT;
+        return -1;
+    }
+    return 0;
+}
+
+/* After a claimed wait, with q unlocked (q may be freed as soon as we are off its lists): wait
+ * for the wake-up that is in flight to us. */
+static void finish(tq_waiter *w)
+{
+    if (w->claimed && !w->cv)
+        rwait_settle(&w->rw);
+}
+
+int weft_tqueue_send(weft_tqueue *q, void *item, int64_t deadline)
+{
+    pthread_mutex_lock(&q->mu);
+    int rc = 0;
+    if (q->closed) {
+        errno = EPIPE;
+        rc = -1;
+    } else if (q->len == 0 && q->receivers.head) {
+        tq_waiter *r = q->receivers.head;
+        r->item = item;
+        claim(&q->receivers, r, 0);
+    } else if (q->len < q->cap) {
+        q->ring[(q->head + q->len) % q->cap] = item;
+        q->len++;
+    } else {
+        tq_waiter w = {.item = item};
+        rc = tq_wait(q, &q->senders, &w, deadline);
+        int err = rc == 0 ? w.err : errno;
+        pthread_mutex_unlock(&q->mu);
+        finish(&w);
+        if (err) {
+            errno = err;
+            return -1;
+        }
+        return 0;
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+int weft_tqueue_recv(weft_tqueue *q, void **item, int64_t deadline)
+{
+    pthread_mutex_lock(&q->mu);
+    int rc = 0;
+    if (q->len > 0) {
+        *item = q->ring[q->head];
+        q->head = (q->head + 1) % q->cap;
+        q->len--;
+        if (q->senders.head) { /* the room just made is theirs */
+            tq_waiter *s = q->senders.head;
+            q->ring[(q->head + q->len) % q->cap] = s->item;
+            q->len++;
+            claim(&q->senders, s, 0);
+        }
+    } else if (q->closed) {
+        errno = EPIPE;
+        rc = -1;
+    } else {
+        tq_waiter w = {0};
+        rc = tq_wait(q, &q->receivers, &w, deadline);
+        int err = rc == 0 ? w.err : errno;
+        pthread_mutex_unlock(&q->mu);
+        finish(&w);
+        if (err) {
+            errno = err;
+            return -1;
+        }
+        *item = w.item;
+        return 0;
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+void weft_tqueue_close(weft_tqueue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    q->closed = true;
+    while (q->senders.head)
+        claim(&q->senders, q->senders.head, EPIPE);
+    while (q->receivers.head)
+        claim(&q->receivers, q->receivers.head, EPIPE);
+    pthread_mutex_unlock(&q->mu);
+}
+
+int weft_tqueue_free(weft_tqueue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    bool busy = q->senders.head || q->receivers.head;
+    pthread_mutex_unlock(&q->mu);
+    if (busy) {
+        errno = EBUSY;
+        return -1;
+    }
+    pthread_mutex_destroy(&q->mu);
+    free(q->ring);
+    free(q);
+    return 0;
+}
