@@ -127,9 +127,9 @@ int offload_call(void *(*fn)(void *), void *arg, void **result,
         pthread_mutex_lock(&pool.mu);
         bool done = j->done;
         if (!done && rc != 0) { /* cancelled while the call runs: leave it behind */
+            rwait_end(&j->rw); /* before the unlock: from then on the worker owns j */
             j->abandoned = true;
             pthread_mutex_unlock(&pool.mu);
-            rwait_end(&j->rw);
             errno = ECANCELED;
             return -1;
         }

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -278,17 +279,16 @@ int weft_server_shutdown(weft_server *srv, int64_t grace_ms)
 /* A signal handler may only write to a pipe; a coroutine parked on the pipe's other end does
  * the shutdown in ordinary context. */
 static int sig_pipe[2] = {-1, -1};
-static volatile sig_atomic_t sig_seen;
+static atomic_int sig_seen; /* lock-free, so safe in a handler and across threads */
 static pthread_mutex_t sig_setup = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_stop_signal(int sig)
 {
-    if (sig_seen) { /* asked twice: stop now */
+    if (atomic_exchange(&sig_seen, 1)) { /* asked twice: stop now */
         signal(sig, SIG_DFL);
         raise(sig);
         return;
     }
-    sig_seen = 1;
     int saved = errno;
     ssize_t w = write(sig_pipe[1], "", 1);
     (void)w;
@@ -300,7 +300,7 @@ static void on_stop_signal(int sig)
 static void *signal_watch(void *p)
 {
     weft_server *srv = p;
-    while (!sig_seen) {
+    while (!atomic_load(&sig_seen)) {
         /* Bounded waits: a signal that came before the fd was registered is seen too. */
         if (weft_wait_fd(sig_pipe[0], WEFT_READABLE, weft_now() + 1000) != 0 && errno != ETIMEDOUT)
             return NULL; /* cancelled: the server stopped some other way */

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,10 +30,15 @@ static _Thread_local size_t pool_len;
 
 static size_t page_size(void)
 {
-    static size_t pg;
-    if (!pg)
-        pg = (size_t)sysconf(_SC_PAGESIZE);
-    return pg;
+    /* Atomic: threads may race to fill it in (with the same value), and the SIGSEGV handler
+     * reads it. */
+    static _Atomic size_t pg;
+    size_t v = atomic_load_explicit(&pg, memory_order_relaxed);
+    if (!v) {
+        v = (size_t)sysconf(_SC_PAGESIZE);
+        atomic_store_explicit(&pg, v, memory_order_relaxed);
+    }
+    return v;
 }
 
 static stack *pool_take(size_t size)

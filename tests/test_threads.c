@@ -1,0 +1,346 @@
+/* Across threads: offload keeps the loop running and survives cancellation, a slow resolver
+ * stalls nothing, thread queues connect schedulers and plain threads, and weft_serve_threads
+ * spreads clients over several event loops. Run under ThreadSanitizer in CI. */
+#include "harness.h"
+#include "echoload.h"
+#include "../src/internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int ticks;
+static atomic_int busy;
+
+/* Counts loop turns while something else waits: proof the loop kept running. */
+static void *ticker(void *arg)
+{
+    (void)arg;
+    while (weft_sleep(2) == 0)
+        ticks++;
+    return NULL;
+}
+
+static void *slow_call(void *arg)
+{
+    usleep(200 * 1000);
+    atomic_store(&busy, 0);
+    return arg;
+}
+
+static void *offloader(void *arg)
+{
+    (void)arg;
+    void *r;
+    atomic_store(&busy, 1);
+    CHECK(weft_offload(slow_call, (void *)42, &r) == 0 && (intptr_t)r == 42);
+    return NULL;
+}
+
+static void offload_parks_only_the_caller(void)
+{
+    weft_co *t = weft_spawn(ticker, NULL);
+    weft_co *o = weft_spawn(offloader, NULL);
+    CHECK(t && o && weft_join(o, NULL, -1) == 0);
+    CHECK(ticks >= 10); /* 200 ms of 2 ms sleeps went on meanwhile */
+    weft_cancel(t);
+    CHECK(weft_join(t, NULL, -1) == 0);
+    void *r; /* outside a coroutine it simply runs */
+    CHECK(weft_offload(slow_call, (void *)7, &r) == 0 && (intptr_t)r == 7);
+}
+
+static void *cancelled_offloader(void *arg)
+{
+    (void)arg;
+    void *r;
+    atomic_store(&busy, 1);
+    CHECK(weft_offload(slow_call, NULL, &r) == -1 && errno == ECANCELED);
+    CHECK(atomic_load(&busy) == 1); /* we left before the call ended */
+    return NULL;
+}
+
+static void offload_cancel_leaves_the_call_behind(void)
+{
+    weft_co *o = weft_spawn(cancelled_offloader, NULL);
+    CHECK(o);
+    weft_yield();
+    weft_cancel(o);
+    CHECK(weft_join(o, NULL, -1) == 0);
+    while (atomic_load(&busy)) /* the worker finishes and frees the job on its own */
+        usleep(1000);
+}
+
+static void *connect_by_name(void *arg)
+{
+    weft_chan *c = weft_connect(arg, weft_now() + 10000);
+    CHECK(c);
+    CHECK(weft_puts(c, "hi") == 0);
+    weft_close(c);
+    return NULL;
+}
+
+static void slow_resolver_stalls_nothing(void)
+{
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    char addr[64];
+    snprintf(addr, sizeof addr, "localhost:%d", weft_listener_port(l));
+    net_resolve_delay_ms = 300; /* every lookup takes 300 ms, on an offload thread */
+    ticks = 0;
+    weft_co *t = weft_spawn(ticker, NULL);
+    weft_co *c = weft_spawn(connect_by_name, addr);
+    CHECK(t && c && weft_join(c, NULL, -1) == 0);
+    CHECK(ticks >= 20);
+    weft_cancel(t);
+    CHECK(weft_join(t, NULL, -1) == 0);
+    weft_listener_close(l);
+    net_resolve_delay_ms = 0;
+}
+
+/* ---- thread queues ---- */
+
+struct pingpong {
+    weft_tqueue *ping, *pong;
+    int rounds;
+};
+
+static void *echo_items(void *arg)
+{
+    struct pingpong *pp = arg;
+    void *item;
+    while (weft_tqueue_recv(pp->ping, &item, -1) == 0)
+        CHECK(weft_tqueue_send(pp->pong, (void *)((intptr_t)item + 1), -1) == 0);
+    CHECK(errno == EPIPE);
+    return NULL;
+}
+
+static void *other_scheduler(void *arg)
+{
+    weft_co *co = weft_spawn(echo_items, arg); /* this thread's own scheduler */
+    CHECK(co && weft_join(co, NULL, -1) == 0);
+    return NULL;
+}
+
+static void *ping(void *arg)
+{
+    struct pingpong *pp = arg;
+    for (intptr_t i = 0; i < pp->rounds; i++) {
+        void *back;
+        CHECK(weft_tqueue_send(pp->ping, (void *)i, -1) == 0);
+        CHECK(weft_tqueue_recv(pp->pong, &back, -1) == 0 && (intptr_t)back == i + 1);
+    }
+    return NULL;
+}
+
+static void tqueue_ping_pong_between_schedulers(void)
+{
+    struct pingpong pp = {weft_tqueue_new(4), weft_tqueue_new(4), test_scale(20000)};
+    CHECK(pp.ping && pp.pong);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, other_scheduler, &pp) == 0);
+    ticks = 0;
+    weft_co *tk = weft_spawn(ticker, NULL);
+    weft_co *p = weft_spawn(ping, &pp);
+    CHECK(tk && p && weft_join(p, NULL, -1) == 0);
+    weft_tqueue_close(pp.ping);
+    CHECK(pthread_join(t, NULL) == 0);
+    weft_cancel(tk);
+    CHECK(weft_join(tk, NULL, -1) == 0);
+    CHECK(weft_tqueue_free(pp.ping) == 0 && weft_tqueue_free(pp.pong) == 0);
+}
+
+static void *plain_producer(void *arg)
+{
+    weft_tqueue *q = arg;
+    for (intptr_t i = 1; i <= 1000; i++)
+        CHECK(weft_tqueue_send(q, (void *)i, -1) == 0); /* blocks: no scheduler here */
+    weft_tqueue_close(q);
+    return NULL;
+}
+
+static void *coroutine_consumer(void *arg)
+{
+    weft_tqueue *q = arg;
+    intptr_t expect = 1;
+    void *item;
+    while (weft_tqueue_recv(q, &item, -1) == 0)
+        CHECK((intptr_t)item == expect++);
+    CHECK(errno == EPIPE && expect == 1001);
+    return NULL;
+}
+
+static void *plain_consumer(void *arg)
+{
+    weft_tqueue *q = arg;
+    void *item;
+    intptr_t sum = 0;
+    while (weft_tqueue_recv(q, &item, -1) == 0)
+        sum += (intptr_t)item;
+    return (void *)sum;
+}
+
+static void *coroutine_producer(void *arg)
+{
+    for (intptr_t i = 1; i <= 1000; i++)
+        CHECK(weft_tqueue_send(arg, (void *)i, -1) == 0);
+    weft_tqueue_close(arg);
+    return NULL;
+}
+
+static void tqueue_with_plain_threads(void)
+{
+    weft_tqueue *q = weft_tqueue_new(2);
+    pthread_t t;
+    CHECK(q && pthread_create(&t, NULL, plain_producer, q) == 0);
+    weft_co *c = weft_spawn(coroutine_consumer, q);
+    CHECK(c && weft_join(c, NULL, -1) == 0);
+    CHECK(pthread_join(t, NULL) == 0 && weft_tqueue_free(q) == 0);
+
+    q = weft_tqueue_new(2);
+    void *sum;
+    CHECK(q && pthread_create(&t, NULL, plain_consumer, q) == 0);
+    weft_co *p = weft_spawn(coroutine_producer, q);
+    CHECK(p && weft_join(p, NULL, -1) == 0);
+    CHECK(pthread_join(t, &sum) == 0 && (intptr_t)sum == 500500);
+    CHECK(weft_tqueue_free(q) == 0);
+}
+
+static int tq_phase;
+
+static void *tq_timeout_then_cancel(void *arg)
+{
+    weft_tqueue *q = arg;
+    void *item;
+    int64_t deadline = weft_now() + 20;
+    CHECK(weft_tqueue_recv(q, &item, deadline) == -1 && errno == ETIMEDOUT);
+    CHECK(weft_now() >= deadline);
+    tq_phase = 1;
+    CHECK(weft_tqueue_recv(q, &item, -1) == -1 && errno == ECANCELED);
+    return NULL;
+}
+
+static void *plain_waits_for_close(void *arg)
+{
+    void *item;
+    CHECK(weft_tqueue_recv(arg, &item, -1) == -1 && errno == EPIPE);
+    return NULL;
+}
+
+static void tqueue_timeouts_cancel_and_close(void)
+{
+    weft_tqueue *q = weft_tqueue_new(1);
+    weft_co *c = weft_spawn(tq_timeout_then_cancel, q);
+    CHECK(q && c);
+    while (tq_phase == 0)
+        weft_yield();
+    CHECK(weft_tqueue_free(q) == -1 && errno == EBUSY); /* it waits in its second recv */
+    weft_cancel(c);
+    CHECK(weft_join(c, NULL, -1) == 0);
+    void *item;
+    CHECK(weft_tqueue_recv(q, &item, weft_now() + 20) == -1 && errno == ETIMEDOUT); /* plain */
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, plain_waits_for_close, q) == 0);
+    usleep(20000);
+    weft_tqueue_close(q);
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK(weft_tqueue_free(q) == 0);
+}
+
+/* ---- weft_serve_threads ---- */
+
+static pthread_t served_by[2];
+static pthread_mutex_t served_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void note_thread_and_echo(weft_chan *c, void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&served_mu);
+    pthread_t me = pthread_self();
+    if (!pthread_equal(served_by[0], me) && !served_by[0])
+        served_by[0] = me;
+    else if (!pthread_equal(served_by[0], me))
+        served_by[1] = me;
+    pthread_mutex_unlock(&served_mu);
+    const char *line;
+    size_t len;
+    while ((line = weft_gets(c, &len))) {
+        if (strcmp(line, "threads") == 0) {
+            pthread_mutex_lock(&served_mu);
+            int n = (served_by[0] != 0) + (served_by[1] != 0);
+            pthread_mutex_unlock(&served_mu);
+            weft_printf(c, "%d\n", n);
+        } else {
+            weft_putln(c, line, len);
+        }
+    }
+}
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof sin;
+    CHECK(bind(fd, (struct sockaddr *)&sin, sizeof sin) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&sin, &len) == 0);
+    close(fd);
+    return ntohs(sin.sin_port);
+}
+
+static void serve_threads_spreads_clients_over_loops(void)
+{
+    int port = free_port();
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        char addr[64];
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+        exit(weft_serve_threads(addr, note_thread_and_echo, NULL, 2) == 0 ? 0 : 1);
+    }
+    int fd = -1;
+    for (int i = 0; i < 500 && fd < 0; i++) { /* until it listens */
+        fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (connect(fd, (struct sockaddr *)&sin, sizeof sin) != 0) {
+            close(fd);
+            fd = -1;
+            usleep(10000);
+        }
+    }
+    CHECK(fd >= 0);
+    struct echoload_opts o = {.host = "127.0.0.1", .port = port, .conns = test_scale(200),
+                              .lines = 50, .max_len = 1000, .seed = 5, .random_chunks = 1,
+                              .timeout_ms = 120000};
+    struct echoload_result r;
+    int rc = echoload_run(&o, &r);
+    if (rc != 0)
+        fprintf(stderr, "  echoload: %s\n", r.error);
+    CHECK(rc == 0);
+    write_all(fd, "threads\n", 8);
+    char answer[8];
+    read_exact_timeout(fd, answer, 2, 20000);
+    CHECK(answer[0] == '2'); /* both loops served clients */
+    close(fd);
+    int status = stop_program(pid, SIGTERM);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+const struct test tests[] = {
+    {"offload_parks_only_the_caller", offload_parks_only_the_caller, 0},
+    {"offload_cancel_leaves_the_call_behind", offload_cancel_leaves_the_call_behind, 0},
+    {"slow_resolver_stalls_nothing", slow_resolver_stalls_nothing, 0},
+    {"tqueue_ping_pong_between_schedulers", tqueue_ping_pong_between_schedulers, 120},
+    {"tqueue_with_plain_threads", tqueue_with_plain_threads, 0},
+    {"tqueue_timeouts_cancel_and_close", tqueue_timeouts_cancel_and_close, 0},
+    {"serve_threads_spreads_clients_over_loops", serve_threads_spreads_clients_over_loops, 120},
+};
+const size_t tests_count = sizeof tests / sizeof tests[0];
