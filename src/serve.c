@@ -1,7 +1,8 @@
 /* serve: the accept loop that gives each client its own coroutine, as the seed does with
  * `coroutine clients::$host:$port`, plus the limits and the graceful shutdown around it.
- * The server keeps a list of its connections so a shutdown can reach every handler. A server
- * closed while handlers still run (they update its counters) is freed by the last of them. */
+ * Handlers run in a group the server owns, so stopping them all is one group call; a list of
+ * their channels lets a shutdown stop their input first. The server is freed only once its
+ * group is empty: by the shutdown, or by a reaper coroutine after a plain close. */
 #include "internal.h"
 
 #include <errno.h>
@@ -30,10 +31,9 @@ struct weft_server {
     weft_server_opts o;
     weft_co *acceptor;
     weft_co *slot_waiter;    /* the acceptor, parked at max_conns */
-    weft_co *drain_waiter;   /* a shutdown waiting for handlers to end */
+    weft_group *handlers;
     weft_co *signal_watcher;
     conn *conns;
-    bool closed;             /* given up by its owner: the last handler frees it */
     bool shutting_down;
     int64_t grace_ms;        /* of the shutdown under way */
     int64_t signal_grace_ms; /* for a shutdown started by SIGINT/SIGTERM */
@@ -61,10 +61,6 @@ static void *conn_main(void *p)
     srv->st.active--;
     if (srv->slot_waiter)
         sched_wake(srv->slot_waiter, 0);
-    if (srv->drain_waiter && srv->st.active == 0)
-        sched_wake(srv->drain_waiter, 0);
-    if (srv->closed && srv->st.active == 0)
-        free(srv);
     return NULL;
 }
 
@@ -79,7 +75,7 @@ static void start_conn(weft_server *srv, weft_chan *c)
         k->c = c;
         weft_spawn_opts so = {.name = weft_chan_peer(c), .stack_size = srv->o.stack_size,
                               .detached = 1};
-        k->co = weft_spawn_ex(conn_main, k, &so);
+        k->co = weft_group_spawn(srv->handlers, conn_main, k, &so);
     }
     if (!k || !k->co) {
         /* No memory for this client: it alone pays, with a close; the server goes on. */
@@ -167,10 +163,15 @@ weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *
     srv->handler = handler;
     srv->arg = arg;
     ignore_sigpipe(); /* handlers may write to their sockets' fds directly */
+    srv->handlers = weft_group_new();
     weft_spawn_opts so = {.name = weft_listener_addr(l)};
-    srv->acceptor = weft_spawn_ex(accept_loop, srv, &so);
+    if (srv->handlers)
+        srv->acceptor = weft_spawn_ex(accept_loop, srv, &so);
     if (!srv->acceptor) {
+        if (srv->handlers)
+            weft_group_close(srv->handlers);
         free(srv);
+        errno = ENOMEM;
         return NULL;
     }
     return srv;
@@ -199,26 +200,33 @@ static int stop_accepting(weft_server *srv)
     return rc;
 }
 
+/* Close the (empty, or cancelled and drained) group and free the server. */
+static void server_free(weft_server *srv)
+{
+    weft_group_close(srv->handlers);
+    free(srv);
+}
+
+/* After a plain close: wait for the handlers to end on their own, then free the server. */
+static void *reap_when_done(void *p)
+{
+    weft_server *srv = p;
+    weft_group_wait(srv->handlers, -1); /* nobody can cancel us: no one holds our handle */
+    server_free(srv);
+    return NULL;
+}
+
 int weft_server_close(weft_server *srv)
 {
     int rc = stop_accepting(srv);
-    srv->closed = true;
-    if (srv->st.active == 0)
-        free(srv);
-    return rc;
-}
-
-/* Park until every handler has ended or the deadline. 0 when none is left. */
-static int wait_handlers(weft_server *srv, int64_t deadline)
-{
-    while (srv->st.active > 0) {
-        srv->drain_waiter = weft_self();
-        int rc = sched_park(deadline);
-        srv->drain_waiter = NULL;
-        if (rc != 0)
-            return -1;
+    if (weft_group_count(srv->handlers) == 0) {
+        server_free(srv);
+        return rc;
     }
-    return 0;
+    weft_spawn_opts so = {.name = "weft-reaper", .detached = 1};
+    if (!weft_spawn_ex(reap_when_done, srv, &so))
+        return -1; /* no memory: the server stays allocated, harmless */
+    return rc;
 }
 
 static int64_t after(int64_t ms)
@@ -230,18 +238,12 @@ static void *shutdown_main(void *p)
 {
     weft_server *srv = p;
     int rc = stop_accepting(srv);
-    if (wait_handlers(srv, after(srv->grace_ms)) != 0 && !weft_cancelled()) {
+    if (weft_group_wait(srv->handlers, after(srv->grace_ms)) != 0) {
         for (conn *k = srv->conns; k; k = k->next)
             chan_stop_input(k->c);
-        if (wait_handlers(srv, after(srv->o.write_timeout_ms)) != 0 && !weft_cancelled()) {
-            for (conn *k = srv->conns; k; k = k->next)
-                weft_cancel(k->co);
-            wait_handlers(srv, -1);
-        }
+        weft_group_wait(srv->handlers, after(srv->o.write_timeout_ms));
     }
-    srv->closed = true;
-    if (srv->st.active == 0)
-        free(srv); /* else (we were cancelled) the last handler frees it */
+    server_free(srv); /* cancels what is left and waits for it */
     return (void *)(intptr_t)rc;
 }
 
