@@ -215,6 +215,9 @@ typedef struct weft_server_opts {
     size_t maxline;           /* line limit of every client channel (WEFT_MAXLINE_DEFAULT) */
     size_t wbuf;              /* write buffer limit of every client channel (WEFT_WBUF_DEFAULT) */
     size_t stack_size;        /* handler stacks (WEFT_STACK_DEFAULT) */
+    int keep_fd_limit;        /* nonzero: leave RLIMIT_NOFILE alone (by default the first
+                                 server raises the soft limit to the hard one, as Go does,
+                                 so thousands of clients need no ulimit) */
 } weft_server_opts;
 
 typedef struct weft_server_stats {

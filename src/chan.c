@@ -145,6 +145,7 @@ int weft_chan_set_timeouts(weft_chan *c, int64_t read_ms, int64_t write_ms)
 static ssize_t read_some(weft_chan *c, char *dst, size_t n, int64_t deadline)
 {
     for (;;) {
+        sched_spend_io();
         ssize_t r = read(c->fd, dst, n);
         if (r > 0)
             return r;
@@ -325,6 +326,7 @@ static ssize_t send_all(weft_chan *c, const char *p, size_t n, int64_t deadline)
 {
     size_t done = 0;
     while (done < n) {
+        sched_spend_io();
         ssize_t w = c->is_socket ? send(c->fd, p + done, n - done, MSG_NOSIGNAL)
                                  : write(c->fd, p + done, n - done);
         if (w > 0) {
@@ -347,6 +349,7 @@ static ssize_t send_all(weft_chan *c, const char *p, size_t n, int64_t deadline)
 static int flush_dl(weft_chan *c, int64_t deadline)
 {
     while (c->wstart < c->wlen) {
+        sched_spend_io();
         ssize_t w = c->is_socket
                         ? send(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart, MSG_NOSIGNAL)
                         : write(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart);

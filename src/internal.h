@@ -83,6 +83,7 @@ struct weft_co {
     bool detached;
     bool cancelled;
     bool nocancel;        /* parked in a wait that cancellation must not cut short */
+    unsigned io_streak;   /* I/O calls done since it last gave up the CPU (fairness) */
     int wake_errno;       /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
     timer timer;          /* deadline of the current park */
     weft_co *next;        /* run-queue link */
@@ -139,6 +140,11 @@ int sched_park(int64_t deadline);
 void sched_wake(weft_co *co, int err);
 /* Like sched_park, but neither a pending nor a new cancel ends it. */
 int sched_park_nocancel(int64_t deadline);
+/* Count one I/O call of the running coroutine; after IO_BUDGET calls that all found data or
+ * room without waiting, yield, so a client whose input never runs dry cannot starve the
+ * others. A no-op outside coroutines. */
+void sched_spend_io(void);
+#define IO_BUDGET 64
 
 /* Waiting on something other than an fd (queues, locks, groups): the waiter is a node, on
  * the waiting side's stack, in the object's list; whoever satisfies the wait marks it done.

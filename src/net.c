@@ -256,6 +256,7 @@ int weft_listener_fd(const weft_listener *l) { return l->fd; }
 static weft_chan *accept_now(weft_listener *l)
 {
     for (;;) {
+        sched_spend_io();
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);

@@ -108,6 +108,7 @@ static void runq_push(sched *s, weft_co *co)
  * sanitizer may drop its fake stack. */
 static void switch_to_loop(sched *s, weft_co *co, bool done)
 {
+    co->io_streak = 0;
 #ifdef WEFT_ASAN
     __sanitizer_start_switch_fiber(done ? NULL : &co->asan_fake_stack, s->main_stack_lo,
                                    s->main_stack_size);
@@ -593,6 +594,17 @@ int weft_yield(void)
     runq_push(s, co);
     switch_to_loop(s, co, false);
     return 0;
+}
+
+void sched_spend_io(void)
+{
+    sched *s = tls_sched;
+    weft_co *co = s ? s->current : NULL;
+    if (co && ++co->io_streak >= IO_BUDGET) {
+        co->state = CO_READY; /* a yield that a cancel does not skip */
+        runq_push(s, co);
+        switch_to_loop(s, co, false);
+    }
 }
 
 int weft_sleep(int64_t ms)

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #define BACKOFF_FIRST_MS 10
@@ -132,6 +133,23 @@ static void *accept_loop(void *p)
     return NULL;
 }
 
+/* The soft descriptor limit is often 1024 while the hard one is far higher: a server wants
+ * the latter. Once per process; failure is harmless (we keep what we had). */
+static void raise_fd_limit_once(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static void raise_fd_limit(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, raise_fd_limit_once);
+}
+
 weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg)
 {
     return weft_server_start_ex(l, handler, arg, NULL);
@@ -163,6 +181,8 @@ weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *
     srv->handler = handler;
     srv->arg = arg;
     ignore_sigpipe(); /* handlers may write to their sockets' fds directly */
+    if (!srv->o.keep_fd_limit)
+        raise_fd_limit();
     srv->handlers = weft_group_new();
     weft_spawn_opts so = {.name = weft_listener_addr(l)};
     if (srv->handlers)

@@ -522,6 +522,62 @@ static void large_write_after_buffered_bytes_goes_straight_out(void)
     close(sv[1]);
 }
 
+struct flood {
+    weft_chan *in, *out;
+    int lines;
+    int done;
+};
+
+/* Echo every line of in to out. Input is all there already and out never fills, so no
+ * call ever has to wait: only the I/O budget makes this coroutine let others run. */
+static void *flood_handler(void *arg)
+{
+    struct flood *f = arg;
+    const char *line;
+    size_t len;
+    while ((line = weft_gets(f->in, &len))) {
+        CHECK(weft_putln(f->out, line, len) == 0);
+        f->lines++;
+    }
+    f->done = 1;
+    return NULL;
+}
+
+static void *bystander(void *arg)
+{
+    struct flood *f = arg;
+    int turns = 0;
+    while (!f->done) {
+        CHECK(weft_yield() == 0);
+        turns++;
+    }
+    return (void *)(intptr_t)turns;
+}
+
+static void a_coroutine_whose_input_never_runs_dry_still_yields(void)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    static char block[100 * 1000];
+    for (size_t i = 0; i < sizeof block; i++)
+        block[i] = i % 50 == 49 ? '\n' : 'f';
+    write_all(sv[1], block, sizeof block); /* 2,000 lines, all in the socket already */
+    shutdown(sv[1], SHUT_WR);
+    int null = open("/dev/null", O_WRONLY);
+    struct flood f = {weft_chan_open(sv[0]), weft_chan_open(null), 0, 0};
+    CHECK(f.in && f.out && weft_chan_set_buffering(f.out, WEFT_BUF_LINE) == 0);
+    weft_co *h = weft_spawn(flood_handler, &f), *b = weft_spawn(bystander, &f);
+    void *turns;
+    CHECK(h && b && weft_join(h, NULL, -1) == 0 && weft_join(b, &turns, -1) == 0);
+    CHECK(f.lines == 2000);
+    /* 2,000 writes and ~25 reads without a single wait: the budget of 64 I/O calls per turn
+     * gives the bystander a turn at least every 64 of them. */
+    CHECK((intptr_t)turns >= 2000 / 64);
+    weft_close(f.in);
+    weft_close(f.out);
+    close(sv[1]);
+}
+
 static void channel_metadata(void)
 {
     int sv[2];
@@ -551,6 +607,7 @@ const struct test tests[] = {
     {"writes_to_a_vanished_peer_fail_with_epipe", writes_to_a_vanished_peer_fail_with_epipe, 0},
     {"shutdown_sends_eof_and_reading_goes_on", shutdown_sends_eof_and_reading_goes_on, 0},
     {"large_write_after_buffered_bytes_goes_straight_out", large_write_after_buffered_bytes_goes_straight_out, 0},
+    {"a_coroutine_whose_input_never_runs_dry_still_yields", a_coroutine_whose_input_never_runs_dry_still_yields, 0},
     {"channel_metadata", channel_metadata, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];

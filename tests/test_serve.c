@@ -162,7 +162,8 @@ static void serve_with_few_fds(int port_pipe)
     CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
     weft_listener *l = weft_listen("127.0.0.1:0", 64);
     CHECK(l);
-    the_server = weft_server_start(l, handler, NULL);
+    weft_server_opts o = {.keep_fd_limit = 1}; /* or it would raise the limit we just set */
+    the_server = weft_server_start_ex(l, handler, NULL, &o);
     CHECK(the_server);
     char msg[16];
     int n = snprintf(msg, sizeof msg, "%d\n", weft_listener_port(l));
@@ -244,6 +245,27 @@ static void keeps_serving_through_emfile_and_recovers(void)
     close(p[0]);
 }
 
+static void server_raises_the_soft_fd_limit_unless_told_not_to(void)
+{
+    struct rlimit rl;
+    CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+    if (rl.rlim_max < 200) {
+        fprintf(stderr, "  hard limit too low to tell\n");
+        return;
+    }
+    rl.rlim_cur = 100;
+    CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    weft_server_opts keep = {.keep_fd_limit = 1};
+    weft_server *s = weft_server_start_ex(l, handler, NULL, &keep);
+    CHECK(s && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur == 100);
+    CHECK(weft_server_close(s) == 0);
+    l = weft_listen("127.0.0.1:0", 0);
+    s = weft_server_start(l, handler, NULL);
+    CHECK(s && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur == rl.rlim_max);
+    CHECK(weft_server_close(s) == 0);
+}
+
 /* ---- Close ---- */
 
 static void *close_server_soon(void *arg)
@@ -290,5 +312,6 @@ const struct test tests[] = {
     {"channel_is_closed_when_the_handler_returns", channel_is_closed_when_the_handler_returns, 0},
     {"keeps_serving_through_emfile_and_recovers", keeps_serving_through_emfile_and_recovers, 0},
     {"close_stops_accepting_and_lets_handlers_finish", close_stops_accepting_and_lets_handlers_finish, 0},
+    {"server_raises_the_soft_fd_limit_unless_told_not_to", server_raises_the_soft_fd_limit_unless_told_not_to, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
