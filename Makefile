@@ -68,7 +68,7 @@ TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/server
 all: lib examples tests
 lib: $(O)/libweft.a $(O)/libweft.so
 examples: $(EX_BIN)
-tests: $(TEST_BIN) $(O)/tests/echoload
+tests: $(TEST_BIN) $(O)/tests/echoload $(O)/tests/soak
 
 $(O)/%.c.o: %.c include/weft.h src/internal.h
 	@mkdir -p $(dir $@)
@@ -118,3 +118,4 @@ clean:
 	rm -rf $(O)
 .SECONDARY:
 include tests/fuzz/fuzz.mk
+include tests/soak.mk
