@@ -119,3 +119,4 @@ clean:
 .SECONDARY:
 include tests/fuzz/fuzz.mk
 include tests/soak.mk
+include bench/bench.mk

@@ -1,0 +1,36 @@
+# Benchmarks against natural baselines measured in the same run (see bench/README.md).
+# Included by the top-level Makefile, whose O, CC, CPPFLAGS, ALL_CFLAGS, LDFLAGS, LDLIBS, RUN,
+# the rule $(O)/%.c.o: %.c and the targets $(O)/libweft.a, $(O)/tests/echoload.c.o,
+# $(O)/examples/echo_handler.c.o and $(O)/examples/echo-events it uses.
+#
+#   make bench                 every benchmark (others may add theirs as prerequisites)
+#   make bench-sync            queue/tqueue ping-pong, mutex hand-off, offload, yield
+#   make bench-echo-threads    echo server on weft_serve_threads, 1 vs 2 threads, vs echo-events
+#   QUICK=1                    a short run of each (CI)
+#
+# The runs hold $(O)/bench/.lock (flock), so under make -j they still run one at a time and
+# do not measure each other.
+
+QUICK ?=
+BENCH_QUICK := $(if $(filter-out 0,$(QUICK)),-q)
+BENCH_LOCK  := flock $(O)/bench/.lock
+
+# Measured code is built with -O2 whatever CFLAGS says (appended, so it wins over -O0).
+$(O)/bench/%.c.o: ALL_CFLAGS += -O2
+$(O)/bench/echo_threads_bench.c.o: tests/echoload.h examples/echo_handler.h
+
+$(O)/bench/sync_bench: $(O)/bench/sync_bench.c.o $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(O)/bench/echo_threads_bench: $(O)/bench/echo_threads_bench.c.o $(O)/tests/echoload.c.o \
+                               $(O)/examples/echo_handler.c.o $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: bench bench-sync bench-echo-threads
+bench: bench-sync bench-echo-threads
+
+bench-sync: $(O)/bench/sync_bench
+	$(BENCH_LOCK) $(RUN) $(O)/bench/sync_bench $(BENCH_QUICK)
+
+bench-echo-threads: $(O)/bench/echo_threads_bench $(O)/examples/echo-events
+	$(BENCH_LOCK) $(RUN) $(O)/bench/echo_threads_bench -e $(O)/examples/echo-events $(BENCH_QUICK)
