@@ -295,6 +295,22 @@ static int free_port(void)
     return ntohs(sin.sin_port);
 }
 
+/* Listening TCP sockets on port, from /proc/net/tcp (state 0A is LISTEN). */
+static int listeners_on(int port)
+{
+    FILE *f = fopen("/proc/net/tcp", "r");
+    CHECK(f);
+    char line[512];
+    int n = 0;
+    unsigned lport, state;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, " %*d: %*x:%x %*x:%*x %x", &lport, &state) == 2 && lport == (unsigned)port &&
+            state == 0x0A)
+            n++;
+    fclose(f);
+    return n;
+}
+
 static void serve_threads_spreads_clients_over_loops(void)
 {
     int port = free_port();
@@ -317,6 +333,9 @@ static void serve_threads_spreads_clients_over_loops(void)
         }
     }
     CHECK(fd >= 0);
+    for (int i = 0; i < 1000 && listeners_on(port) < 2; i++) /* both threads listen */
+        usleep(10000);
+    CHECK(listeners_on(port) == 2);
     struct echoload_opts o = {.host = "127.0.0.1", .port = port, .conns = test_scale(200),
                               .lines = 50, .max_len = 1000, .seed = 5, .random_chunks = 1,
                               .timeout_ms = 120000};
