@@ -26,6 +26,7 @@ struct weft_chan {
     bool skipping;     /* discarding the rest of an over-long line */
     bool closed;       /* weft_close ran while others were inside */
     bool input_stopped; /* reads take what has arrived but no longer wait (shutdown) */
+    weft_co *holder;    /* coroutine holding back this channel's line output, if any */
     int users;         /* coroutines parked inside a call on this channel */
     int werr;          /* sticky EPIPE/ECONNRESET: the peer is gone */
     weft_buffering buffering;
@@ -57,8 +58,12 @@ weft_chan *chan_new(int fd, bool is_socket, const char *peer)
     return c;
 }
 
+static int flush_dl(weft_chan *c, int64_t deadline);
+static void release_hold(weft_chan *c);
+
 static void chan_free(weft_chan *c)
 {
+    release_hold(c);
     free(c->rbuf);
     free(c->wbuf);
     free(c);
@@ -144,6 +149,9 @@ int weft_chan_set_timeouts(weft_chan *c, int64_t read_ms, int64_t write_ms)
  * file, -1 on error (EBADF: c may be gone). */
 static ssize_t read_some(weft_chan *c, char *dst, size_t n, int64_t deadline)
 {
+    /* Replies held back while input was buffered go before we read (and maybe wait) again. */
+    if (c->holder && flush_dl(c, deadline_after(c->write_timeout)) != 0 && errno == EBADF)
+        return -1;
     for (;;) {
         sched_spend_io();
         ssize_t r = read(c->fd, dst, n);
@@ -346,8 +354,19 @@ static ssize_t send_all(weft_chan *c, const char *p, size_t n, int64_t deadline)
     return (ssize_t)done;
 }
 
+/* Stop holding c's output back (it is being flushed). */
+static void release_hold(weft_chan *c)
+{
+    if (c->holder) {
+        if (c->holder->held_output == c)
+            c->holder->held_output = NULL;
+        c->holder = NULL;
+    }
+}
+
 static int flush_dl(weft_chan *c, int64_t deadline)
 {
+    release_hold(c);
     while (c->wstart < c->wlen) {
         sched_spend_io();
         ssize_t w = c->is_socket
@@ -370,6 +389,59 @@ static int flush_dl(weft_chan *c, int64_t deadline)
             return -1;
     }
     c->wstart = c->wlen = 0;
+    return 0;
+}
+
+/* Send what the socket takes now, without waiting. 0 when all went. */
+static int flush_nowait(weft_chan *c)
+{
+    while (c->wstart < c->wlen) {
+        ssize_t w = c->is_socket
+                        ? send(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart, MSG_NOSIGNAL)
+                        : write(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart);
+        if (w > 0) {
+            c->wstart += (size_t)w;
+        } else if (w < 0 && errno == EINTR) {
+            continue;
+        } else {
+            if (w < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+                c->werr = errno;
+                c->wstart = c->wlen = 0;
+            }
+            return -1;
+        }
+    }
+    c->wstart = c->wlen = 0;
+    return 0;
+}
+
+static void flush_held_output(weft_co *co, bool may_wait)
+{
+    weft_chan *c = co->held_output;
+    if (may_wait) {
+        flush_dl(c, deadline_after(c->write_timeout)); /* errors stay sticky or buffered */
+    } else if (flush_nowait(c) == 0 || c->werr) {
+        release_hold(c);
+    }
+}
+
+/* Line coalescing: in line mode a coroutine that has more complete lines of input buffered
+ * on the same channel holds its reply back, so replies to pipelined requests leave in one
+ * send. The hold ends when it reads past the buffered lines, writes with nothing buffered,
+ * parks, ends, or writes to another channel. */
+static bool input_line_buffered(const weft_chan *c)
+{
+    return c->rend > c->rscan && memchr(c->rbuf + c->rscan, '\n', c->rend - c->rscan);
+}
+
+static int hold_output(weft_chan *c)
+{
+    weft_co *co = weft_self();
+    if (co->held_output && co->held_output != c)
+        flush_held_output(co, true); /* one held channel per coroutine */
+    co->held_output = c;
+    c->holder = co;
+    sched_held_output_hook = flush_held_output;
     return 0;
 }
 
@@ -413,6 +485,8 @@ static int put(weft_chan *c, const char *p, size_t n, int64_t deadline)
 /* Apply the buffering mode once a whole write is in the buffer. */
 static int settle(weft_chan *c, bool has_newline, int64_t deadline)
 {
+    if (c->buffering == WEFT_BUF_LINE && has_newline && weft_self() && input_line_buffered(c))
+        return hold_output(c);
     if (c->buffering == WEFT_BUF_NONE || (c->buffering == WEFT_BUF_LINE && has_newline))
         return flush_dl(c, deadline);
     return 0;
@@ -515,6 +589,7 @@ int weft_close(weft_chan *c)
         err = errno;
     }
     c->closed = true;
+    release_hold(c); /* nothing may send on the fd number once it is closed */
     if (weft_fd_close(c->fd) != 0 && !err)
         err = errno;
     if (c->users == 0)

@@ -84,6 +84,7 @@ struct weft_co {
     bool cancelled;
     bool nocancel;        /* parked in a wait that cancellation must not cut short */
     unsigned io_streak;   /* I/O calls done since it last gave up the CPU (fairness) */
+    weft_chan *held_output; /* a channel whose line output it holds back (coalescing) */
     int wake_errno;       /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
     timer timer;          /* deadline of the current park */
     weft_co *next;        /* run-queue link */
@@ -145,6 +146,10 @@ int sched_park_nocancel(int64_t deadline);
  * others. A no-op outside coroutines. */
 void sched_spend_io(void);
 #define IO_BUDGET 64
+/* Set by the channel layer: send co->held_output (without waiting unless may_wait). The
+ * scheduler calls it when co parks or ends, so held-back output never waits on a coroutine
+ * that is itself waiting. */
+extern void (*sched_held_output_hook)(weft_co *co, bool may_wait);
 
 /* Waiting on something other than an fd (queues, locks, groups): the waiter is a node, on
  * the waiting side's stack, in the object's list; whoever satisfies the wait marks it done.

@@ -132,6 +132,8 @@ static void co_main(void *p)
     __sanitizer_finish_switch_fiber(NULL, &s->main_stack_lo, &s->main_stack_size);
 #endif
     co->result = co->fn(co->arg);
+    if (co->held_output)
+        sched_held_output_hook(co, true);
     co->state = CO_DONE;
     if (co->group)
         group_member_ended(co);
@@ -176,10 +178,17 @@ static void run_co(sched *s, weft_co *co)
 
 /* ---- Parking and waking ---- */
 
+void (*sched_held_output_hook)(weft_co *co, bool may_wait);
+
 static int park(int64_t deadline, bool cancellable)
 {
     sched *s = tls_sched;
     weft_co *co = s->current;
+
+    /* Without waiting: a wait here may already be registered, and a nested one could take
+     * its wake-up. What does not fit now goes when the coroutine next uses the channel. */
+    if (co->held_output)
+        sched_held_output_hook(co, false);
 
     if (cancellable && co->cancelled) {
         errno = ECANCELED;

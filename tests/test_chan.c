@@ -578,6 +578,65 @@ static void a_coroutine_whose_input_never_runs_dry_still_yields(void)
     close(sv[1]);
 }
 
+/* Echo lines, optionally sleeping after the first reply. */
+static void *echo_lines(void *arg)
+{
+    weft_chan *c = arg;
+    const char *line;
+    size_t len;
+    while ((line = weft_gets(c, &len))) {
+        CHECK(weft_putln(c, line, len) == 0);
+        if (len == 5 && memcmp(line, "sleep", 5) == 0)
+            CHECK(weft_sleep(50) == 0);
+    }
+    return NULL;
+}
+
+static void *client_seqpacket(void *arg)
+{
+    int fd = *(int *)arg;
+    char all[16 * 8 + 1], back[4096];
+    size_t n = 0;
+    for (int i = 0; i < 16; i++)
+        n += (size_t)snprintf(all + n, sizeof all - n, "line%02d\n", i);
+    /* 16 pipelined lines in one record: the replies come back in one record too. */
+    CHECK(send(fd, all, n, 0) == (ssize_t)n);
+    ssize_t r;
+    while ((r = recv(fd, back, sizeof back, MSG_DONTWAIT)) < 0 && errno == EAGAIN)
+        CHECK(weft_wait_fd(fd, WEFT_READABLE, weft_now() + 5000) == 0);
+    CHECK(r == (ssize_t)n && memcmp(back, all, n) == 0);
+    /* One line alone is answered at once. */
+    CHECK(send(fd, "solo\n", 5, 0) == 5);
+    while ((r = recv(fd, back, sizeof back, MSG_DONTWAIT)) < 0 && errno == EAGAIN)
+        CHECK(weft_wait_fd(fd, WEFT_READABLE, weft_now() + 5000) == 0);
+    CHECK(r == 5 && memcmp(back, "solo\n", 5) == 0);
+    /* A held reply goes out when its coroutine parks: "sleep" is answered before the
+     * handler sleeps, though "after" was already buffered behind it. */
+    CHECK(send(fd, "sleep\nafter\n", 12, 0) == 12);
+    while ((r = recv(fd, back, sizeof back, MSG_DONTWAIT)) < 0 && errno == EAGAIN)
+        CHECK(weft_wait_fd(fd, WEFT_READABLE, weft_now() + 5000) == 0);
+    CHECK(r == 6 && memcmp(back, "sleep\n", 6) == 0);
+    while ((r = recv(fd, back, sizeof back, MSG_DONTWAIT)) < 0 && errno == EAGAIN)
+        CHECK(weft_wait_fd(fd, WEFT_READABLE, weft_now() + 5000) == 0);
+    CHECK(r == 6 && memcmp(back, "after\n", 6) == 0);
+    shutdown(fd, SHUT_WR);
+    return NULL;
+}
+
+static void pipelined_replies_leave_in_one_send(void)
+{
+    /* SOCK_SEQPACKET keeps each send a record of its own, so the records the client gets
+     * count the server's sends. */
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0, sv) == 0);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c);
+    weft_co *s = weft_spawn(echo_lines, c), *k = weft_spawn(client_seqpacket, &sv[1]);
+    CHECK(s && k && weft_join(k, NULL, -1) == 0 && weft_join(s, NULL, -1) == 0);
+    weft_close(c);
+    close(sv[1]);
+}
+
 static void channel_metadata(void)
 {
     int sv[2];
@@ -608,6 +667,7 @@ const struct test tests[] = {
     {"shutdown_sends_eof_and_reading_goes_on", shutdown_sends_eof_and_reading_goes_on, 0},
     {"large_write_after_buffered_bytes_goes_straight_out", large_write_after_buffered_bytes_goes_straight_out, 0},
     {"a_coroutine_whose_input_never_runs_dry_still_yields", a_coroutine_whose_input_never_runs_dry_still_yields, 0},
+    {"pipelined_replies_leave_in_one_send", pipelined_replies_leave_in_one_send, 0},
     {"channel_metadata", channel_metadata, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
