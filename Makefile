@@ -34,6 +34,16 @@ CPPFLAGS += -Iinclude -D_GNU_SOURCE
 ALL_CFLAGS := -std=c11 $(WARN) -fPIC -pthread $(CFLAGS)
 LDLIBS  += -pthread
 TEST_LDLIBS := -lm
+# io_uring: built when liburing is there for this compiler (URING=0 to leave it out).
+HASH    := \#
+URING   ?= $(shell printf '$(HASH)include <liburing.h>\nint main(void){struct io_uring r;return io_uring_queue_init(1,&r,0);}\n' \
+             | $(CC) -x c - -luring -o /dev/null >/dev/null 2>&1 && echo 1)
+ifeq ($(URING),1)
+  CPPFLAGS += -DWEFT_HAVE_URING
+  LDLIBS += -luring
+  PC_PRIVATE := -luring
+endif
+
 ifneq ($(SAN),)
   ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
@@ -43,7 +53,8 @@ ifneq ($(TSAN),)
   LDFLAGS += -fsanitize=thread
 endif
 
-LIB_SRC := src/sched.c src/stack.c src/timer.c src/backend_epoll.c src/fd.c src/chan.c \
+LIB_SRC := src/sched.c src/stack.c src/timer.c src/backend.c src/backend_epoll.c \
+           src/backend_uring.c src/fd.c src/chan.c \
            src/sync.c src/group.c src/offload.c src/tqueue.c \
            src/net.c src/serve.c
 ifeq ($(CTX),ucontext)
@@ -70,11 +81,11 @@ lib: $(O)/libweft.a $(O)/libweft.so
 examples: $(EX_BIN)
 tests: $(TEST_BIN) $(O)/tests/echoload $(O)/tests/soak
 
-$(O)/%.c.o: %.c include/weft.h src/internal.h
+$(O)/%.c.o: %.c include/weft.h src/internal.h Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
-$(O)/%.S.o: %.S
+$(O)/%.S.o: %.S Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
@@ -111,7 +122,7 @@ install: lib
 	install -m 755 $(O)/libweft.so $(DESTDIR)$(PREFIX)/lib/libweft.so.$(VERSION)
 	ln -sf libweft.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libweft.so.0
 	ln -sf libweft.so.0 $(DESTDIR)$(PREFIX)/lib/libweft.so
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' weft.pc.in \
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@PRIVATE@|$(PC_PRIVATE)|' weft.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/weft.pc
 
 clean:

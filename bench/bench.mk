@@ -34,3 +34,31 @@ bench-sync: $(O)/bench/sync_bench
 
 bench-echo-threads: $(O)/bench/echo_threads_bench $(O)/examples/echo-events
 	$(BENCH_LOCK) $(RUN) $(O)/bench/echo_threads_bench -e $(O)/examples/echo-events $(BENCH_QUICK)
+
+# ---- Echo matrix and micro-benchmarks (bench/echo_bench.c, loadgen.c, base_*.c, micro.c) ----
+#   make bench-echo            weft echo (WEFT_BACKEND=epoll and =uring) vs base_epoll, base_uring
+#   make bench-micro           context switch, spawn+join, coroutines per process
+# liburing present? Without it base_uring is not built and the uring baseline is skipped.
+HAVE_LIBURING := $(shell echo '#include <liburing.h>' | $(CC) -E - >/dev/null 2>&1 && echo yes)
+BENCH_URING   := $(if $(HAVE_LIBURING),$(O)/bench/base_uring)
+
+$(O)/bench/loadgen: $(O)/bench/loadgen.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/bench/base_epoll: $(O)/bench/base_epoll.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/bench/base_uring: $(O)/bench/base_uring.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -luring
+$(O)/bench/echo_bench: $(O)/bench/echo_bench.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/bench/micro: $(O)/bench/micro.c.o $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: bench-echo bench-micro
+bench: bench-echo bench-micro
+
+bench-echo: $(O)/bench/echo_bench $(O)/bench/loadgen $(O)/bench/base_epoll $(BENCH_URING) $(O)/examples/echo
+	$(if $(HAVE_LIBURING),,@echo "note: liburing not found (apt-get install liburing-dev): the base_uring column is skipped")
+	$(BENCH_LOCK) $(RUN) $(O)/bench/echo_bench -b $(O) $(if $(HAVE_LIBURING),,-U) $(BENCH_QUICK)
+
+bench-micro: $(O)/bench/micro
+	$(BENCH_LOCK) $(RUN) $(O)/bench/micro $(BENCH_QUICK)

@@ -94,6 +94,18 @@ int weft_wait_fd(int fd, int events, int64_t deadline);
 /* Close fd, first waking every coroutine waiting on it with EBADF. */
 int weft_fd_close(int fd);
 
+/* ---- Event backend ----------------------------------------------------------------- */
+
+/* Choose this thread's event backend before its scheduler starts: "epoll", "uring" or "auto"
+ * (the default, also settable with the environment variable WEFT_BACKEND; auto is epoll,
+ * which measured faster here). A backend that cannot start falls back to epoll. EINVAL, EBUSY
+ * (the scheduler already runs). */
+int weft_set_backend(const char *name);
+/* The backend of this thread's scheduler: "epoll" or "uring". */
+const char *weft_backend_name(void);
+/* One line saying why that backend, e.g. "io_uring unavailable (...): epoll instead". */
+const char *weft_backend_reason(void);
+
 /* ---- Channels ---------------------------------------------------------------------- */
 /* A buffered byte stream over an fd, the C form of a Tcl channel. Reads yield until data
  * arrives; writes go through a bounded buffer flushed according to the buffering mode. A

@@ -6,172 +6,125 @@
 
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
 #define MAX_EVENTS 256
 
-typedef struct fd_slot {
-    weft_co *reader;   /* coroutine waiting for input, if any */
-    weft_co *writer;   /* coroutine waiting for output space, if any */
-    bool registered;
-} fd_slot;
-
-struct backend {
+typedef struct epoll_backend {
+    backend base;
     int epfd;
-    fd_slot *slots;    /* indexed by fd */
-    size_t nslots;
-    size_t waiting;
     int wakeup_fd;     /* the scheduler's eventfd, or -1 */
+    slot_table fds;
     struct epoll_event events[MAX_EVENTS];
-};
+} epoll_backend;
 
-backend *backend_new(void)
+static void epoll_free(backend *b)
 {
-    backend *b = calloc(1, sizeof *b);
-    if (!b)
-        return NULL;
-    b->wakeup_fd = -1;
-    b->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (b->epfd < 0) {
-        free(b);
-        return NULL;
-    }
-    return b;
+    epoll_backend *e = (epoll_backend *)b;
+    close(e->epfd);
+    slot_table_free(&e->fds);
+    free(e);
 }
 
-void backend_free(backend *b)
+static int epoll_watch_wakeup(backend *b, int fd)
 {
-    close(b->epfd);
-    free(b->slots);
-    free(b);
-}
-
-int backend_watch_wakeup(backend *b, int fd)
-{
+    epoll_backend *e = (epoll_backend *)b;
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd}; /* level: drained by read */
-    if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
         return -1;
-    b->wakeup_fd = fd;
+    e->wakeup_fd = fd;
     return 0;
 }
 
-size_t backend_waiting(const backend *b)
+static int epoll_wait_fd(backend *b, int fd, int events, int64_t deadline)
 {
-    return b->waiting;
-}
-
-static fd_slot *slot_for(backend *b, int fd)
-{
-    if ((size_t)fd >= b->nslots) {
-        size_t n = b->nslots ? b->nslots : 64;
-        while (n <= (size_t)fd)
-            n *= 2;
-        fd_slot *slots = realloc(b->slots, n * sizeof *slots);
-        if (!slots)
-            return NULL;
-        memset(slots + b->nslots, 0, (n - b->nslots) * sizeof *slots);
-        b->slots = slots;
-        b->nslots = n;
-    }
-    return &b->slots[fd];
-}
-
-static int slot_register(backend *b, int fd, fd_slot *slot)
-{
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.fd = fd};
-    if (epoll_ctl(b->epfd, EPOLL_CTL_ADD, fd, &ev) != 0 && errno != EEXIST)
-        return -1;
-    slot->registered = true;
-    return 0;
-}
-
-int backend_wait(backend *b, int fd, int events, int64_t deadline)
-{
-    if (fd < 0) {
-        errno = EBADF;
-        return -1;
-    }
-    fd_slot *slot = slot_for(b, fd);
+    epoll_backend *e = (epoll_backend *)b;
+    fd_slot *slot = slot_table_get(&e->fds, fd);
     if (!slot)
         return -1;
-    if (!slot->registered && slot_register(b, fd, slot) != 0) {
-        /* Regular files and the like cannot be polled: they are always ready. */
-        return errno == EPERM ? 0 : -1;
+    if (!slot->registered) {
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                                 .data.fd = fd};
+        if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) != 0 && errno != EEXIST)
+            /* Regular files and the like cannot be polled: they are always ready. */
+            return errno == EPERM ? 0 : -1;
+        slot->registered = true;
     }
-    weft_co *self = weft_self();
-    weft_co **w = (events & WEFT_READABLE) ? &slot->reader : &slot->writer;
-    if (*w) {
-        errno = EBUSY;
-        return -1;
-    }
-    *w = self;
-    b->waiting++;
-    int rc = sched_park(deadline);
-    /* Timeout or cancel: take ourselves out (slots may have moved while we were parked). */
-    slot = &b->slots[fd];
-    w = (events & WEFT_READABLE) ? &slot->reader : &slot->writer;
-    if (*w == self) {
-        *w = NULL;
-        b->waiting--;
-    }
-    return rc;
+    return slot_park(b, &e->fds, fd, events, deadline);
 }
 
-static void wake_slot(backend *b, weft_co **w, int err)
+static int epoll_poll(backend *b, int timeout_ms)
 {
-    if (*w) {
-        weft_co *co = *w;
-        *w = NULL;
-        b->waiting--;
-        sched_wake(co, err);
-    }
-}
-
-int backend_poll(backend *b, int timeout_ms)
-{
-    int n = epoll_wait(b->epfd, b->events, MAX_EVENTS, timeout_ms);
+    epoll_backend *e = (epoll_backend *)b;
+    int n = epoll_wait(e->epfd, e->events, MAX_EVENTS, timeout_ms);
     if (n < 0)
         return errno == EINTR ? 0 : -1;
     for (int i = 0; i < n; i++) {
-        int fd = b->events[i].data.fd;
-        uint32_t ev = b->events[i].events;
-        if (fd == b->wakeup_fd) {
+        int fd = e->events[i].data.fd;
+        uint32_t ev = e->events[i].events;
+        if (fd == e->wakeup_fd) {
             sched_drain_inbox(sched_peek());
             continue;
         }
-        if ((size_t)fd >= b->nslots)
+        if ((size_t)fd >= e->fds.n)
             continue;
-        fd_slot *slot = &b->slots[fd];
+        fd_slot *slot = &e->fds.slots[fd];
         /* Errors and hang-ups wake both sides: the retried call reports what happened. */
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-            wake_slot(b, &slot->reader, 0);
+            slot_wake(b, &slot->reader, 0);
         if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
-            wake_slot(b, &slot->writer, 0);
+            slot_wake(b, &slot->writer, 0);
     }
     return 0;
 }
 
-void backend_cancel_wait(backend *b, int fd, int events, int err)
+static void epoll_cancel_wait(backend *b, int fd, int events, int err)
 {
-    if (fd < 0 || (size_t)fd >= b->nslots)
+    epoll_backend *e = (epoll_backend *)b;
+    if (fd < 0 || (size_t)fd >= e->fds.n)
         return;
-    fd_slot *slot = &b->slots[fd];
-    wake_slot(b, (events & WEFT_READABLE) ? &slot->reader : &slot->writer, err);
+    fd_slot *slot = &e->fds.slots[fd];
+    slot_wake(b, (events & WEFT_READABLE) ? &slot->reader : &slot->writer, err);
 }
 
-void backend_forget(backend *b, int fd)
+static void epoll_forget(backend *b, int fd)
 {
-    if (fd < 0 || (size_t)fd >= b->nslots)
+    epoll_backend *e = (epoll_backend *)b;
+    if (fd < 0 || (size_t)fd >= e->fds.n)
         return;
-    fd_slot *slot = &b->slots[fd];
+    fd_slot *slot = &e->fds.slots[fd];
     if (slot->registered) {
         /* Explicitly: close() alone leaves the registration alive while a forked child
          * still holds the file, and its events would reach whoever reuses the number. */
-        epoll_ctl(b->epfd, EPOLL_CTL_DEL, fd, NULL);
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
         slot->registered = false;
     }
-    wake_slot(b, &slot->reader, EBADF);
-    wake_slot(b, &slot->writer, EBADF);
+    slot_wake(b, &slot->reader, EBADF);
+    slot_wake(b, &slot->writer, EBADF);
+}
+
+static const backend_ops epoll_ops = {
+    .name = "epoll",
+    .free = epoll_free,
+    .wait = epoll_wait_fd,
+    .poll = epoll_poll,
+    .forget = epoll_forget,
+    .watch_wakeup = epoll_watch_wakeup,
+    .cancel_wait = epoll_cancel_wait,
+};
+
+backend *epoll_backend_new(void)
+{
+    epoll_backend *e = calloc(1, sizeof *e);
+    if (!e)
+        return NULL;
+    e->base.ops = &epoll_ops;
+    e->wakeup_fd = -1;
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (e->epfd < 0) {
+        free(e);
+        return NULL;
+    }
+    return &e->base;
 }

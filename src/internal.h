@@ -124,6 +124,7 @@ struct sched {
     int loop_depth;        /* nested weft_run/join-from-outside loops */
     const void *main_stack_lo; /* for AddressSanitizer's fiber switch */
     size_t main_stack_size;
+    char backend_reason[96];   /* why this backend (a fallback says so) */
     size_t external_waits; /* coroutines waiting for another thread (rwait) */
     int wake_fd;           /* eventfd other threads write to; -1 until first needed */
     pthread_mutex_t inbox_mu;
@@ -213,22 +214,75 @@ void rwait_end(rwait *r);
 /* Called by the backend when the scheduler's eventfd is readable. */
 void sched_drain_inbox(sched *s);
 
-/* ---- Event backend (backend_epoll.c) ---- */
-backend *backend_new(void);
-void backend_free(backend *b);
-/* Park the running coroutine until fd has one of events, the deadline passes, or the fd is
- * forgotten. Errors as weft_wait_fd. */
-int backend_wait(backend *b, int fd, int events, int64_t deadline);
-/* Wait up to timeout_ms (-1: forever) for events and wake their waiters. */
-int backend_poll(backend *b, int timeout_ms);
-/* fd is about to be closed: wake its waiters with EBADF and drop it. */
-void backend_forget(backend *b, int fd);
-/* Watch fd (the scheduler's eventfd) and call sched_drain_inbox when it is readable. */
-int backend_watch_wakeup(backend *b, int fd);
-/* Number of coroutines parked on an fd: zero means no event can wake anyone. */
-size_t backend_waiting(const backend *b);
-/* Wake the coroutine waiting for events (one WEFT_ flag) on fd, if any, with err. */
-void backend_cancel_wait(backend *b, int fd, int events, int err);
+/* ---- Event backends (backend.c picks one; backend_epoll.c, backend_uring.c) ---- */
+/* The only code that talks to the kernel's event interface. It parks coroutines until an fd
+ * is ready; what it offers is the same whichever is built. */
+typedef struct backend_ops {
+    const char *name;
+    void (*free)(backend *b);
+    /* Park the running coroutine until fd has one of events, the deadline passes, or the fd
+     * is forgotten; errors as weft_wait_fd. Called only after the fd said EAGAIN. */
+    int (*wait)(backend *b, int fd, int events, int64_t deadline);
+    /* Wait up to timeout_ms (-1: forever) for events and wake their waiters. */
+    int (*poll)(backend *b, int timeout_ms);
+    /* fd is about to be closed: wake its waiters with EBADF and drop it. */
+    void (*forget)(backend *b, int fd);
+    /* Watch fd (the scheduler's eventfd) and call sched_drain_inbox when it is readable. */
+    int (*watch_wakeup)(backend *b, int fd);
+    /* Wake the coroutine waiting for events (one WEFT_ flag) on fd, if any, with err. */
+    void (*cancel_wait)(backend *b, int fd, int events, int err);
+} backend_ops;
+
+/* Every backend starts with this. */
+struct backend {
+    const backend_ops *ops;
+    size_t waiting; /* coroutines parked on an fd: zero means no event can wake anyone */
+};
+
+/* The per-fd waiters both backends keep. */
+typedef struct fd_slot {
+    weft_co *reader;   /* coroutine waiting for input, if any */
+    weft_co *writer;   /* coroutine waiting for output space, if any */
+    bool registered;   /* epoll: in the interest list */
+    bool read_armed;   /* io_uring: a poll for input is in flight */
+    bool write_armed;  /* io_uring: a poll for output is in flight */
+    uint32_t gen;      /* io_uring: bumped when the fd is forgotten, to drop stale polls */
+} fd_slot;
+
+typedef struct slot_table {
+    fd_slot *slots;    /* indexed by fd */
+    size_t n;
+} slot_table;
+
+/* The slot of fd, growing the table as needed; NULL/ENOMEM. */
+fd_slot *slot_table_get(slot_table *t, int fd);
+void slot_table_free(slot_table *t);
+/* Take the coroutine out of *w (if any) and wake it with err. */
+void slot_wake(backend *b, weft_co **w, int err);
+/* Park in *w (reader or writer slot) until woken or the deadline; EBUSY if taken. The slot
+ * may move while parked: it is found again through t and fd. */
+int slot_park(backend *b, slot_table *t, int fd, int events, int64_t deadline);
+
+/* This thread's choice (weft_set_backend, $WEFT_BACKEND, else auto), with a reason when it
+ * fell back; NULL/ENOMEM only if no backend at all could start. */
+backend *backend_new(char *reason, size_t reason_len);
+backend *epoll_backend_new(void);
+/* NULL with errno when io_uring cannot start here (ENOSYS, EPERM, ENOMEM, ...). */
+backend *uring_backend_new(void);
+
+static inline void backend_free(backend *b) { b->ops->free(b); }
+static inline int backend_wait(backend *b, int fd, int events, int64_t deadline)
+{
+    return b->ops->wait(b, fd, events, deadline);
+}
+static inline int backend_poll(backend *b, int timeout_ms) { return b->ops->poll(b, timeout_ms); }
+static inline void backend_forget(backend *b, int fd) { b->ops->forget(b, fd); }
+static inline int backend_watch_wakeup(backend *b, int fd) { return b->ops->watch_wakeup(b, fd); }
+static inline size_t backend_waiting(const backend *b) { return b->waiting; }
+static inline void backend_cancel_wait(backend *b, int fd, int events, int err)
+{
+    b->ops->cancel_wait(b, fd, events, err);
+}
 
 /* ---- Channels (chan.c) ---- */
 /* A channel over fd, already non-blocking; peer is its "host:port" name (copied). */

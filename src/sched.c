@@ -65,7 +65,8 @@ sched *sched_get(void)
     sched *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    if (stack_guard_init() != 0 || !(s->be = backend_new())) {
+    if (stack_guard_init() != 0 ||
+        !(s->be = backend_new(s->backend_reason, sizeof s->backend_reason))) {
         free(s);
         errno = ENOMEM;
         return NULL;

@@ -3,6 +3,7 @@
 # its output, and end with the total: "N passed, N failed".
 passed=0
 failed=0
+echo "event backend: ${WEFT_BACKEND:-auto}"
 for t in "$@"; do
     out=$(mktemp)
     $WEFT_RUN "$t" 2>&1 | tee "$out"

@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -269,7 +270,27 @@ static void coroutines_spawn_coroutines(void)
     CHECK(count == 1000);
 }
 
+static void backend_choice_and_fallback(void)
+{
+    CHECK(weft_set_backend("bogus") == -1 && errno == EINVAL);
+    CHECK(weft_set_backend("epoll") == 0);
+    CHECK(strcmp(weft_backend_name(), "epoll") == 0); /* this starts the scheduler */
+    CHECK(strstr(weft_backend_reason(), "as asked"));
+    CHECK(weft_set_backend("uring") == -1 && errno == EBUSY);
+    CHECK(weft_run() == 0); /* nothing to run: the idle scheduler is let go */
+    CHECK(weft_set_backend("uring") == 0);
+    const char *name = weft_backend_name(), *why = weft_backend_reason();
+    /* io_uring where it can start, else epoll saying why (qemu-user, seccomp, ...). */
+    CHECK(strcmp(name, "uring") == 0 || (strcmp(name, "epoll") == 0 && strstr(why, "unavailable")));
+    fprintf(stderr, "  uring asked: %s (%s)\n", name, why);
+    CHECK(weft_run() == 0);
+    CHECK(weft_set_backend("auto") == 0);
+    CHECK(strcmp(weft_backend_name(), "epoll") == 0);
+    CHECK(weft_run() == 0);
+}
+
 const struct test tests[] = {
+    {"backend_choice_and_fallback", backend_choice_and_fallback, 0},
     {"runs_in_spawn_order_and_round_robin", runs_in_spawn_order_and_round_robin, 0},
     {"join_returns_results", join_returns_results, 0},
     {"join_misuse_is_refused", join_misuse_is_refused, 0},

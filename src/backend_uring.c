@@ -1,0 +1,208 @@
+/* The io_uring backend. A wait arms a one-shot poll for its direction (unless one is already
+ * in flight), and the loop submits every armed poll of a turn in one io_uring_enter that also
+ * waits for completions: one system call per turn however many coroutines wait. Completions
+ * carry the fd, the direction and a generation, so a poll that completes after its fd was
+ * forgotten (and its number reused) is recognised and dropped. Built when liburing is there;
+ * elsewhere uring_backend_new says ENOSYS and the scheduler uses epoll. */
+#include "internal.h"
+
+#include <errno.h>
+
+#ifdef WEFT_HAVE_URING
+
+#include <liburing.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define RING_ENTRIES 256
+#define UD_WAKEUP UINT64_MAX        /* the scheduler's eventfd */
+#define UD_IGNORE (UINT64_MAX - 1)  /* cancellations: their completions mean nothing */
+
+typedef struct uring_backend {
+    backend base;
+    struct io_uring ring;
+    slot_table fds;
+    int wakeup_fd;
+} uring_backend;
+
+static uint64_t user_data(uint32_t gen, int fd, int dir)
+{
+    return ((uint64_t)gen << 32) | ((uint64_t)(uint32_t)fd << 1) | (uint64_t)dir;
+}
+
+/* A submission entry, submitting what is queued if the ring is full. */
+static struct io_uring_sqe *get_sqe(uring_backend *u)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+    if (!sqe) {
+        io_uring_submit(&u->ring);
+        sqe = io_uring_get_sqe(&u->ring);
+    }
+    if (!sqe)
+        errno = EAGAIN;
+    return sqe;
+}
+
+static void uring_free(backend *b)
+{
+    uring_backend *u = (uring_backend *)b;
+    io_uring_queue_exit(&u->ring);
+    slot_table_free(&u->fds);
+    free(u);
+}
+
+static int arm_wakeup(uring_backend *u)
+{
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (!sqe)
+        return -1;
+    io_uring_prep_poll_multishot(sqe, u->wakeup_fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, UD_WAKEUP);
+    return 0;
+}
+
+static int uring_watch_wakeup(backend *b, int fd)
+{
+    uring_backend *u = (uring_backend *)b;
+    u->wakeup_fd = fd;
+    return arm_wakeup(u);
+}
+
+static int uring_wait_fd(backend *b, int fd, int events, int64_t deadline)
+{
+    uring_backend *u = (uring_backend *)b;
+    fd_slot *slot = slot_table_get(&u->fds, fd);
+    if (!slot)
+        return -1;
+    int dir = (events & WEFT_READABLE) ? 0 : 1;
+    bool *armed = dir ? &slot->write_armed : &slot->read_armed;
+    if (!*armed) {
+        struct io_uring_sqe *sqe = get_sqe(u);
+        if (!sqe)
+            return -1;
+        io_uring_prep_poll_add(sqe, fd, dir ? POLLOUT : POLLIN | POLLRDHUP);
+        io_uring_sqe_set_data64(sqe, user_data(slot->gen, fd, dir));
+        *armed = true;
+    }
+    return slot_park(b, &u->fds, fd, events, deadline);
+}
+
+static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
+{
+    uint64_t ud = cqe->user_data;
+    if (ud == UD_WAKEUP) {
+        sched_drain_inbox(sched_peek());
+        if (!(cqe->flags & IORING_CQE_F_MORE))
+            arm_wakeup(u); /* the kernel ended the multishot poll: start another */
+        return;
+    }
+    if (ud == UD_IGNORE)
+        return;
+    int fd = (int)((ud >> 1) & 0x7fffffff), dir = (int)(ud & 1);
+    if ((size_t)fd >= u->fds.n || u->fds.slots[fd].gen != (uint32_t)(ud >> 32))
+        return; /* for an fd since forgotten */
+    fd_slot *slot = &u->fds.slots[fd];
+    if (dir) {
+        slot->write_armed = false;
+        slot_wake(&u->base, &slot->writer, 0);
+    } else {
+        slot->read_armed = false;
+        slot_wake(&u->base, &slot->reader, 0);
+    }
+}
+
+static int uring_poll(backend *b, int timeout_ms)
+{
+    uring_backend *u = (uring_backend *)b;
+    struct io_uring_cqe *cqe;
+    int rc;
+    if (timeout_ms == 0) {
+        rc = io_uring_submit(&u->ring);
+    } else {
+        struct __kernel_timespec ts = {timeout_ms / 1000, (long long)(timeout_ms % 1000) * 1000000};
+        rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, timeout_ms < 0 ? NULL : &ts, NULL);
+    }
+    if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN) {
+        errno = -rc;
+        return -1;
+    }
+    unsigned head, seen = 0;
+    io_uring_for_each_cqe(&u->ring, head, cqe) {
+        complete(u, cqe);
+        seen++;
+    }
+    io_uring_cq_advance(&u->ring, seen);
+    return 0;
+}
+
+static void uring_cancel_wait(backend *b, int fd, int events, int err)
+{
+    uring_backend *u = (uring_backend *)b;
+    if (fd < 0 || (size_t)fd >= u->fds.n)
+        return;
+    fd_slot *slot = &u->fds.slots[fd];
+    slot_wake(b, (events & WEFT_READABLE) ? &slot->reader : &slot->writer, err);
+}
+
+static void uring_forget(backend *b, int fd)
+{
+    uring_backend *u = (uring_backend *)b;
+    if (fd < 0 || (size_t)fd >= u->fds.n)
+        return;
+    fd_slot *slot = &u->fds.slots[fd];
+    if (slot->read_armed || slot->write_armed) {
+        /* A poll in flight holds the file open: cancel it now, before the close. */
+        struct io_uring_sqe *sqe = get_sqe(u);
+        if (sqe) {
+            io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+            io_uring_sqe_set_data64(sqe, UD_IGNORE);
+            io_uring_submit(&u->ring);
+        }
+        slot->read_armed = slot->write_armed = false;
+    }
+    slot->gen++;
+    slot_wake(b, &slot->reader, EBADF);
+    slot_wake(b, &slot->writer, EBADF);
+}
+
+static const backend_ops uring_ops = {
+    .name = "uring",
+    .free = uring_free,
+    .wait = uring_wait_fd,
+    .poll = uring_poll,
+    .forget = uring_forget,
+    .watch_wakeup = uring_watch_wakeup,
+    .cancel_wait = uring_cancel_wait,
+};
+
+backend *uring_backend_new(void)
+{
+    uring_backend *u = calloc(1, sizeof *u);
+    if (!u)
+        return NULL;
+    /* One thread submits and reaps, so the kernel may defer work to our own io_uring_enter;
+     * older kernels refuse these flags, then plain setup. */
+    int rc = io_uring_queue_init(RING_ENTRIES, &u->ring,
+                                 IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+    if (rc == -EINVAL)
+        rc = io_uring_queue_init(RING_ENTRIES, &u->ring, 0);
+    if (rc < 0) {
+        free(u);
+        errno = -rc;
+        return NULL;
+    }
+    u->base.ops = &uring_ops;
+    u->wakeup_fd = -1;
+    return &u->base;
+}
+
+#else
+
+backend *uring_backend_new(void)
+{
+    errno = ENOSYS; /* built without liburing */
+    return NULL;
+}
+
+#endif
