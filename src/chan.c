@@ -145,15 +145,33 @@ int weft_chan_set_timeouts(weft_chan *c, int64_t read_ms, int64_t write_ms)
 
 /* ---- Input ---- */
 
+/* The I/O budget's yield, counted as a stay in the channel like a wait: a close meanwhile
+ * leaves c for us to free and fails with EBADF. */
+static int chan_spend(weft_chan *c)
+{
+    c->users++;
+    sched_spend_io();
+    c->users--;
+    if (c->closed) {
+        if (c->users == 0)
+            chan_free(c);
+        errno = EBADF;
+        return -1;
+    }
+    return 0;
+}
+
 /* Read once from the fd into dst, waiting while nothing is there. >0 bytes, 0 at end of
  * file, -1 on error (EBADF: c may be gone). */
 static ssize_t read_some(weft_chan *c, char *dst, size_t n, int64_t deadline)
 {
-    /* Replies held back while input was buffered go before we read (and maybe wait) again. */
-    if (c->holder && flush_dl(c, deadline_after(c->write_timeout)) != 0 && errno == EBADF)
+    /* Our replies held back while input was buffered go before we read (and maybe wait). */
+    if (c->holder && c->holder == weft_self() &&
+        flush_dl(c, deadline_after(c->write_timeout)) != 0 && errno == EBADF)
         return -1;
     for (;;) {
-        sched_spend_io();
+        if (chan_spend(c) != 0)
+            return -1;
         ssize_t r = read(c->fd, dst, n);
         if (r > 0)
             return r;
@@ -268,8 +286,11 @@ const char *weft_gets(weft_chan *c, size_t *len)
         }
         if (c->eof) {
             size_t have = c->rend - c->rstart;
-            if (have > 0 && !c->skipping && rbuf_room(c, c->maxline + 1) == 0)
+            if (have > 0 && !c->skipping) {
+                if (rbuf_room(c, c->maxline + 1) != 0)
+                    return NULL; /* ENOMEM: the line stays, a later call may return it */
                 return take_line(c, have, have, len);
+            }
             c->rstart = c->rend = c->rscan = 0;
             c->skipping = false;
             errno = 0;
@@ -334,7 +355,8 @@ static ssize_t send_all(weft_chan *c, const char *p, size_t n, int64_t deadline)
 {
     size_t done = 0;
     while (done < n) {
-        sched_spend_io();
+        if (chan_spend(c) != 0)
+            return -1;
         ssize_t w = c->is_socket ? send(c->fd, p + done, n - done, MSG_NOSIGNAL)
                                  : write(c->fd, p + done, n - done);
         if (w > 0) {
@@ -368,7 +390,8 @@ static int flush_dl(weft_chan *c, int64_t deadline)
 {
     release_hold(c);
     while (c->wstart < c->wlen) {
-        sched_spend_io();
+        if (chan_spend(c) != 0)
+            return -1;
         ssize_t w = c->is_socket
                         ? send(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart, MSG_NOSIGNAL)
                         : write(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart);

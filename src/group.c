@@ -11,6 +11,7 @@ struct weft_group {
     size_t count;
     wait_list waiters; /* in weft_group_wait or weft_group_close, for count to reach 0 */
     bool closing;
+    bool closed;       /* weft_group_close has finished: the last waiter out frees g */
     int users;         /* coroutines inside weft_group_wait */
 };
 
@@ -88,7 +89,7 @@ int weft_group_wait(weft_group *g, int64_t deadline)
     int rc = group_wait(g, deadline, true);
     g->users--;
     if (g->closing) { /* closed under us; the closer frees g unless we are the last out */
-        if (g->users == 0 && !g->members && !g->waiters.head)
+        if (g->closed && g->users == 0)
             free(g);
         errno = EBADF;
         return -1;
@@ -116,6 +117,7 @@ int weft_group_close(weft_group *g)
      * the group would be freed under them. */
     while (g->count > 0)
         group_wait(g, -1, false);
+    g->closed = true;
     if (g->users == 0)
         free(g);
     return 0;

@@ -89,6 +89,7 @@ struct weft_co {
     timer timer;          /* deadline of the current park */
     weft_co *next;        /* run-queue link */
     weft_co *joiner;      /* coroutine parked in weft_join on this one */
+    bool joined_outside;  /* the thread itself joins it, from outside any coroutine */
     weft_group *group;    /* owning group, if any, and the links of its member list */
     weft_co *group_prev, *group_next;
     weft_fn fn;
@@ -162,6 +163,7 @@ typedef struct selector {
 typedef struct waiter {
     weft_co *co;                 /* NULL: waiting outside any coroutine */
     struct waiter *prev, *next;
+    bool linked;                 /* in some wait list now */
     bool done;
     int err;                     /* set with done: 0, or why the wait failed (EPIPE, EBADF) */
     void *item;                  /* what is handed over (queues) */

@@ -135,8 +135,11 @@ static int resolve(const parsed_addr *pa, bool passive, struct addrinfo **res)
         j->hints = hints;
         j->hints.ai_flags &= ~AI_NUMERICHOST;
         void *r;
-        if (offload_call(resolve_blocking, j, &r, resolve_drop) != 0)
-            return -1; /* ECANCELED: the job is the worker's to free now */
+        if (offload_call(resolve_blocking, j, &r, resolve_drop) != 0) {
+            if (errno != ECANCELED) /* else the job is the worker's to free now */
+                free(j);
+            return -1;
+        }
         rc = (int)(intptr_t)r;
         found = j->res;
         free(j);
@@ -253,10 +256,26 @@ int weft_listener_port(const weft_listener *l) { return l->port; }
 int weft_listener_fd(const weft_listener *l) { return l->fd; }
 
 /* Accept one connection without waiting: a channel, or NULL with errno (EAGAIN: none). */
+/* The I/O budget's yield, counted as a stay in the listener (see chan_spend). */
+static int listener_spend(weft_listener *l)
+{
+    l->users++;
+    sched_spend_io();
+    l->users--;
+    if (l->closed) {
+        if (l->users == 0)
+            free(l);
+        errno = EBADF;
+        return -1;
+    }
+    return 0;
+}
+
 static weft_chan *accept_now(weft_listener *l)
 {
     for (;;) {
-        sched_spend_io();
+        if (listener_spend(l) != 0)
+            return NULL;
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);

@@ -97,6 +97,10 @@ int offload_call(void *(*fn)(void *), void *arg, void **result,
             *result = r;
         return 0;
     }
+    if (weft_cancelled()) { /* don't start what we could not wait for */
+        errno = ECANCELED;
+        return -1;
+    }
     job *j = calloc(1, sizeof *j);
     if (!j)
         return -1;

@@ -273,11 +273,14 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
 {
     int timeout = may_block ? poll_timeout(s, limit) : 0;
 
-    if (timeout < 0 && s->live > 0 && !backend_waiting(s->be) && !s->external_waits) {
+    /* (With no coroutine at all this is a wait outside any coroutine that nothing can end.) */
+    if (timeout < 0 && !backend_waiting(s->be) && !s->external_waits) {
         errno = EDEADLK; /* everyone is parked on something no event can end */
         return -1;
     }
-    if (backend_poll(s->be, timeout) != 0)
+    /* With work queued and nothing that only the kernel can report, skip the system call. */
+    bool quiet = timeout == 0 && !backend_waiting(s->be) && !s->external_waits;
+    if (!quiet && backend_poll(s->be, timeout) != 0)
         return -1;
     expire_timers(s);
 
@@ -365,7 +368,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
 
 int weft_detach(weft_co *co)
 {
-    if (co->detached || co->joiner) {
+    if (co->detached || co->joiner || co->joined_outside) {
         errno = EINVAL;
         return -1;
     }
@@ -444,11 +447,14 @@ void rwait_wake(rwait *r)
     /* The write stays under the lock: once r is drained its scheduler may end and close the
      * eventfd, so it must not be used after the unlock. */
     pthread_mutex_lock(&s->inbox_mu);
+    bool first = s->inbox == NULL; /* else a write is already pending the drain */
     r->inbox_next = s->inbox;
     s->inbox = r;
-    uint64_t one = 1;
-    ssize_t w = write(s->wake_fd, &one, sizeof one);
-    (void)w; /* only fails if the counter is saturated, and then it is readable anyway */
+    if (first) {
+        uint64_t one = 1;
+        ssize_t w = write(s->wake_fd, &one, sizeof one);
+        (void)w; /* fails only if the counter is saturated, and then it is readable anyway */
+    }
     pthread_mutex_unlock(&s->inbox_mu);
 }
 
@@ -487,6 +493,7 @@ void waiter_init(waiter *w)
 {
     w->co = weft_self();
     w->prev = w->next = NULL;
+    w->linked = false;
     w->done = false;
     w->err = 0;
     w->sel = NULL;
@@ -528,13 +535,13 @@ int waiter_wait(waiter *w, int64_t deadline, bool cancellable)
 int weft_join(weft_co *co, void **result, int64_t deadline)
 {
     sched *s = tls_sched;
-    if (co->detached || co->joiner) {
-        errno = EINVAL;
-        return -1;
-    }
     weft_co *self = s ? s->current : NULL;
     if (co == self) {
         errno = EDEADLK;
+        return -1;
+    }
+    if (co->detached || co->joiner || co->joined_outside) {
+        errno = EINVAL;
         return -1;
     }
     if (co->state != CO_DONE) {
@@ -544,9 +551,11 @@ int weft_join(weft_co *co, void **result, int64_t deadline)
             rc = sched_park(deadline);
             co->joiner = NULL;
         } else {
+            co->joined_outside = true;
             rc = join_from_outside(s, co, deadline);
+            co->joined_outside = false;
         }
-        if (rc != 0)
+        if (rc != 0 && co->state != CO_DONE) /* it ended in the same turn: that counts */
             return -1;
     }
     if (result)

@@ -38,6 +38,7 @@ struct weft_server {
     bool shutting_down;
     int64_t grace_ms;        /* of the shutdown under way */
     int64_t signal_grace_ms; /* for a shutdown started by SIGINT/SIGTERM */
+    int signal_generation;   /* of signals when the watcher started */
     weft_server_stats st;
 };
 
@@ -212,8 +213,11 @@ static int stop_accepting(weft_server *srv)
     stop_signal_watcher(srv);
     if (!srv->acceptor)
         return 0;
+    /* The acceptor touches srv until it ends, so wait for it even if we are cancelled. */
     weft_cancel(srv->acceptor);
-    int rc = weft_join(srv->acceptor, NULL, -1);
+    while (weft_join(srv->acceptor, NULL, -1) != 0 && weft_self())
+        sched_park_nocancel(weft_now() + 1);
+    int rc = 0;
     srv->acceptor = NULL;
     if (weft_listener_close(srv->l) != 0)
         rc = -1;
@@ -238,6 +242,11 @@ static void *reap_when_done(void *p)
 
 int weft_server_close(weft_server *srv)
 {
+    if (srv->shutting_down) {
+        errno = EALREADY;
+        return -1;
+    }
+    srv->shutting_down = true; /* from now on, one way out only */
     int rc = stop_accepting(srv);
     if (weft_group_count(srv->handlers) == 0) {
         server_free(srv);
@@ -298,37 +307,42 @@ int weft_server_shutdown(weft_server *srv, int64_t grace_ms)
 
 /* ---- Signals ---- */
 
-/* A signal handler may only write to a pipe; a coroutine parked on the pipe's other end does
- * the shutdown in ordinary context. */
+/* A signal handler may only write to a pipe and touch lock-free atomics; coroutines parked on
+ * the pipe do the shutdown in ordinary context. Each signal bumps a generation and writes a
+ * byte; every server's watcher (one per thread at most) waits for the pipe to become readable
+ * again without emptying it (edge-triggered: each write is a new edge for every thread's
+ * event loop) and acts when the generation moved past the one it started with. */
 static int sig_pipe[2] = {-1, -1};
-static atomic_int sig_seen; /* lock-free, so safe in a handler and across threads */
+static atomic_int sig_generation;
+static atomic_int sig_shutdowns; /* signal-started shutdowns under way */
 static pthread_mutex_t sig_setup = PTHREAD_MUTEX_INITIALIZER;
 
 static void on_stop_signal(int sig)
 {
-    if (atomic_exchange(&sig_seen, 1)) { /* asked twice: stop now */
+    if (atomic_load(&sig_shutdowns) > 0) { /* asked again while stopping: stop now */
         signal(sig, SIG_DFL);
         raise(sig);
         return;
     }
+    atomic_fetch_add(&sig_generation, 1);
     int saved = errno;
     ssize_t w = write(sig_pipe[1], "", 1);
-    (void)w;
+    (void)w; /* a full pipe is readable already */
     errno = saved;
 }
 
-/* Every server's watcher (one per thread at most) waits for the pipe to become readable
- * without emptying it, so one signal reaches the watchers of every thread. */
 static void *signal_watch(void *p)
 {
     weft_server *srv = p;
-    while (!atomic_load(&sig_seen)) {
-        /* Bounded waits: a signal that came before the fd was registered is seen too. */
-        if (weft_wait_fd(sig_pipe[0], WEFT_READABLE, weft_now() + 1000) != 0 && errno != ETIMEDOUT)
+    int start = srv->signal_generation;
+    while (atomic_load(&sig_generation) == start) {
+        if (weft_wait_fd(sig_pipe[0], WEFT_READABLE, -1) != 0)
             return NULL; /* cancelled: the server stopped some other way */
     }
     srv->signal_watcher = NULL;
+    atomic_fetch_add(&sig_shutdowns, 1);
     weft_server_shutdown(srv, srv->signal_grace_ms);
+    atomic_fetch_sub(&sig_shutdowns, 1);
     return NULL;
 }
 
@@ -358,6 +372,7 @@ int weft_server_stop_on_signals(weft_server *srv, int64_t grace_ms)
     if (rc != 0)
         return -1;
     srv->signal_grace_ms = grace_ms;
+    srv->signal_generation = atomic_load(&sig_generation);
     weft_spawn_opts so = {.name = "weft-signals", .detached = 1};
     srv->signal_watcher = weft_spawn_ex(signal_watch, srv, &so);
     return srv->signal_watcher ? 0 : -1;

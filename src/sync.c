@@ -12,6 +12,7 @@
 
 void wait_list_push(wait_list *l, waiter *w)
 {
+    w->linked = true;
     w->next = NULL;
     w->prev = l->tail;
     if (l->tail)
@@ -32,6 +33,7 @@ void wait_list_remove(wait_list *l, waiter *w)
     else
         l->tail = w->prev;
     w->prev = w->next = NULL;
+    w->linked = false;
 }
 
 waiter *wait_list_pop(wait_list *l)
@@ -239,9 +241,10 @@ int weft_select(weft_select_op *ops, size_t n, int64_t deadline)
     }
     int rc = waiter_wait(&nodes[0], deadline, true);
     for (size_t i = 0; i < n; i++) { /* whatever is still linked goes */
-        wait_list *l = ops[i].op == WEFT_SEND ? &ops[i].q->senders : &ops[i].q->receivers;
-        if (nodes[i].prev || nodes[i].next || l->head == &nodes[i])
-            wait_list_remove(l, &nodes[i]);
+        if (!nodes[i].linked)
+            continue; /* its queue may be closed and freed by now: not ours to touch */
+        wait_list_remove(ops[i].op == WEFT_SEND ? &ops[i].q->senders : &ops[i].q->receivers,
+                         &nodes[i]);
     }
     if (rc != 0)
         return -1;

@@ -28,6 +28,7 @@ struct weft_tqueue {
     void **ring;
     size_t cap, head, len;
     bool closed;
+    int users;             /* waiters not yet gone: free must wait for them (under mu) */
     tq_list senders, receivers;
 };
 
@@ -157,8 +158,10 @@ int weft_tqueue_send(weft_tqueue *q, void *item, int64_t deadline)
         q->len++;
     } else {
         tq_waiter w = {.item = item};
+        q->users++;
         rc = tq_wait(q, &q->senders, &w, deadline);
         int err = rc == 0 ? w.err : errno;
+        q->users--;
         pthread_mutex_unlock(&q->mu);
         finish(&w);
         if (err) {
@@ -190,8 +193,10 @@ int weft_tqueue_recv(weft_tqueue *q, void **item, int64_t deadline)
         rc = -1;
     } else {
         tq_waiter w = {0};
+        q->users++;
         rc = tq_wait(q, &q->receivers, &w, deadline);
         int err = rc == 0 ? w.err : errno;
+        q->users--;
         pthread_mutex_unlock(&q->mu);
         finish(&w);
         if (err) {
@@ -219,7 +224,7 @@ void weft_tqueue_close(weft_tqueue *q)
 int weft_tqueue_free(weft_tqueue *q)
 {
     pthread_mutex_lock(&q->mu);
-    bool busy = q->senders.head || q->receivers.head;
+    bool busy = q->users > 0; /* waiting, or woken and not yet out of q */
     pthread_mutex_unlock(&q->mu);
     if (busy) {
         errno = EBUSY;

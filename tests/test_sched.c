@@ -129,8 +129,12 @@ static void *canceller(void *arg)
 {
     weft_co **victims = arg;
     weft_yield(); /* let them all park first */
-    for (int i = 0; i < 3; i++)
-        weft_cancel(victims[i]);
+    /* The joiner first, on its own turn: had its joinee ended in the same turn, the join
+     * would have counted as done. */
+    weft_cancel(victims[2]);
+    weft_yield();
+    weft_cancel(victims[0]);
+    weft_cancel(victims[1]);
     return NULL;
 }
 
