@@ -457,14 +457,20 @@ static bool input_line_buffered(const weft_chan *c)
     return c->rend > c->rscan && memchr(c->rbuf + c->rscan, '\n', c->rend - c->rscan);
 }
 
+static void install_hook(void)
+{
+    sched_held_output_hook = flush_held_output;
+}
+
 static int hold_output(weft_chan *c)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT; /* threads may get here together */
+    pthread_once(&once, install_hook);
     weft_co *co = weft_self();
     if (co->held_output && co->held_output != c)
         flush_held_output(co, true); /* one held channel per coroutine */
     co->held_output = c;
     c->holder = co;
-    sched_held_output_hook = flush_held_output;
     return 0;
 }
 
