@@ -114,8 +114,13 @@ $(O)/tests/echoload: $(O)/tests/echoload_main.c.o $(O)/tests/echoload.c.o
 run: $(O)/examples/echo
 	$(RUN) $(O)/examples/echo -p $(PORT)
 
+# The Tcl package's tests (tcl/) run too where Tcl 8.6's headers are and the build is native.
+TCL_TESTS ?= $(if $(and $(wildcard /usr/include/tcl8.6/tcl.h),$(if $(RUN),,1),\
+               $(filter $(shell uname -m),$(firstword $(subst -, ,$(MACHINE))))),1,0)
+
 test: all
-	@WEFT_RUN="$(RUN)" WEFT_BUILD="$(O)" sh tests/run.sh $(TEST_BIN)
+	@WEFT_RUN="$(RUN)" WEFT_BUILD="$(O)" TCL_TESTS="$(TCL_TESTS)" \
+	 TCL_MAKE_ARGS="O=$(abspath $(O)) CC=$(CC) SAN=$(SAN)" sh tests/run.sh $(TEST_BIN)
 
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
@@ -126,6 +131,10 @@ install: lib
 	ln -sf libweft.so.0 $(DESTDIR)$(PREFIX)/lib/libweft.so
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@PRIVATE@|$(PC_PRIVATE)|' weft.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/weft.pc
+ifneq ($(wildcard /usr/include/tcl8.6/tcl.h),)
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(MAKE) -C tcl install O=$(abspath $(O)) \
+	    PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)
+endif
 
 clean:
 	rm -rf $(O)

@@ -19,5 +19,21 @@ for t in "$@"; do
     fi
     rm -f "$out"
 done
+# The Tcl package (tcl/): its own make, without our make's flags (CFLAGS on our command line
+# would replace the ones it needs).
+if [ "${TCL_TESTS:-0}" = 1 ]; then
+    out=$(mktemp)
+    # shellcheck disable=SC2086
+    env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C tcl test $TCL_MAKE_ARGS 2>&1 | tee "$out"
+    line=$(grep -E '^tcl: [0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1)
+    if [ -z "$line" ]; then
+        echo "FAIL tcl: no summary"
+        failed=$((failed + 1))
+    else
+        passed=$((passed + $(echo "$line" | sed -E 's/.*: ([0-9]+) passed.*/\1/')))
+        failed=$((failed + $(echo "$line" | sed -E 's/.* ([0-9]+) failed$/\1/')))
+    fi
+    rm -f "$out"
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
