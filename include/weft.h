@@ -73,7 +73,8 @@ int weft_sleep(int64_t ms);
 /* Wait until the deadline. ECANCELED. */
 int weft_sleep_until(int64_t deadline);
 /* Run this thread's scheduler until no coroutine is left or weft_stop() is called; returns
- * 0. EDEADLK if called from a coroutine. */
+ * 0. EDEADLK if called from a coroutine, or if every coroutine left is parked on something
+ * no event or timer can end (a deadlock: they stay parked). */
 int weft_run(void);
 /* Make weft_run() return after the current turn; coroutines stay as they are. */
 void weft_stop(void);
@@ -87,9 +88,10 @@ size_t weft_count(void);
 #define WEFT_WRITABLE 2
 
 /* Wait until fd is readable or writable (one of the WEFT_ flags) or the deadline passes.
- * The fd must be non-blocking and closed with weft_fd_close. ETIMEDOUT, ECANCELED,
- * EBUSY (another coroutine already waits for the same event on fd), EBADF (fd closed by
- * weft_fd_close meanwhile). */
+ * Edge-triggered: call it only after a non-blocking call on fd failed with EAGAIN, and
+ * retry that call after it returns (it may return early). The fd must be non-blocking and
+ * closed with weft_fd_close. ETIMEDOUT, ECANCELED, EBUSY (another coroutine already waits
+ * for the same event on fd), EBADF (fd closed by weft_fd_close meanwhile). */
 int weft_wait_fd(int fd, int events, int64_t deadline);
 /* Close fd, first waking every coroutine waiting on it with EBADF. */
 int weft_fd_close(int fd);
@@ -199,7 +201,8 @@ int weft_listener_port(const weft_listener *l);
 /* The listening fd. */
 int weft_listener_fd(const weft_listener *l);
 /* Accept one client as a channel. Parks until one arrives (blocks outside a coroutine).
- * ETIMEDOUT, ECANCELED, EBADF, EMFILE/ENFILE (out of descriptors: retry later). */
+ * ETIMEDOUT, ECANCELED, EBADF, EMFILE/ENFILE (out of descriptors: retry later), ENOMEM,
+ * EBUSY (another coroutine already accepts on l). */
 weft_chan *weft_accept(weft_listener *l, int64_t deadline);
 /* Stop listening, free l (and remove a Unix socket's file). Waiters wake with EBADF. */
 int weft_listener_close(weft_listener *l);
@@ -251,13 +254,14 @@ weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg
 /* Same with options (NULL or 0 fields: defaults). EINVAL, ENOMEM. */
 weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *arg,
                                   const weft_server_opts *opts);
-/* Graceful shutdown: stop accepting and close the listener; give handlers grace_ms (-1:
+/* Graceful shutdown (EALREADY if s is already stopping): stop accepting, close the listener; give handlers grace_ms (-1:
  * WEFT_GRACE_DEFAULT) to end; then stop their input: reads return what has already arrived and
  * then fail with ECANCELED instead of waiting, so every line a client got in is answered; after
  * a further write timeout, cancel what is left. Returns when every handler has ended, and
  * frees s. From a coroutine or outside one (then it runs the scheduler meanwhile). */
 int weft_server_shutdown(weft_server *s, int64_t grace_ms);
-/* Stop accepting, close the listener and free s; running handlers go on to their end. */
+/* Stop accepting, close the listener and free s once its running handlers have gone on to
+ * their end. EALREADY if s is already stopping. */
 int weft_server_close(weft_server *s);
 /* On the first SIGINT or SIGTERM, shut s down gracefully (weft_server_shutdown with grace_ms);
  * a second one ends the process at once. At most one such server per thread; every thread's
@@ -363,7 +367,9 @@ int weft_group_close(weft_group *g);
 /* Run fn(arg) on one of weft's pool threads while the calling coroutine parks (the others
  * keep running); store its return value in *result. Outside a coroutine fn simply runs here.
  * The pool starts on first use with WEFT_OFFLOAD_THREADS (default 4) threads. ECANCELED
- * (the caller was cancelled: fn still runs to its end, its result is dropped), ENOMEM. */
+ * (the caller was cancelled: fn still runs to its end, its result is dropped, so arg must
+ * outlive it; a caller cancelled beforehand runs nothing), ENOMEM, EAGAIN (no pool thread
+ * could start), EMFILE (no eventfd). */
 int weft_offload(void *(*fn)(void *), void *arg, void **result);
 
 /* ---- Across threads --------------------------------------------------------------------- */
@@ -375,7 +381,7 @@ typedef struct weft_tqueue weft_tqueue;
 /* A bounded, thread-safe FIFO of pointers, capacity >= 1. EINVAL, ENOMEM. */
 weft_tqueue *weft_tqueue_new(size_t capacity);
 /* As weft_queue_send/recv, from any thread, in or out of a coroutine. EPIPE, ETIMEDOUT,
- * ECANCELED. */
+ * ECANCELED; EMFILE/ENFILE if the scheduler's eventfd cannot be made. */
 int weft_tqueue_send(weft_tqueue *q, void *item, int64_t deadline);
 int weft_tqueue_recv(weft_tqueue *q, void **item, int64_t deadline);
 /* Close: as weft_queue_close. */
