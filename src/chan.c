@@ -69,12 +69,11 @@ static void chan_free(weft_chan *c)
     free(c);
 }
 
-/* Park until fd is ready. If the channel was closed meanwhile, it fails with EBADF and the
- * channel may already be freed: the caller must return at once without touching c. */
-static int chan_wait(weft_chan *c, int events, int64_t deadline)
+/* After a stay in c (a wait or a budget yield): if c was closed meanwhile, free it if we are
+ * the last one out and fail with EBADF; the caller must then return at once without
+ * touching c. Else pass rc on. */
+static int chan_leave(weft_chan *c, int rc)
 {
-    c->users++;
-    int rc = fd_wait(c->fd, events, deadline);
     c->users--;
     if (c->closed) {
         if (c->users == 0)
@@ -83,6 +82,13 @@ static int chan_wait(weft_chan *c, int events, int64_t deadline)
         return -1;
     }
     return rc;
+}
+
+/* Park until fd is ready (see chan_leave for a close meanwhile). */
+static int chan_wait(weft_chan *c, int events, int64_t deadline)
+{
+    c->users++;
+    return chan_leave(c, fd_wait(c->fd, events, deadline));
 }
 
 weft_chan *weft_chan_open(int fd)
@@ -151,14 +157,7 @@ static int chan_spend(weft_chan *c)
 {
     c->users++;
     sched_spend_io();
-    c->users--;
-    if (c->closed) {
-        if (c->users == 0)
-            chan_free(c);
-        errno = EBADF;
-        return -1;
-    }
-    return 0;
+    return chan_leave(c, 0);
 }
 
 /* Read once from the fd into dst, waiting while nothing is there. >0 bytes, 0 at end of

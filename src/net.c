@@ -256,11 +256,10 @@ int weft_listener_port(const weft_listener *l) { return l->port; }
 int weft_listener_fd(const weft_listener *l) { return l->fd; }
 
 /* Accept one connection without waiting: a channel, or NULL with errno (EAGAIN: none). */
-/* The I/O budget's yield, counted as a stay in the listener (see chan_spend). */
-static int listener_spend(weft_listener *l)
+/* After a stay in l (a wait or a budget yield), as chan_leave: a close meanwhile frees l
+ * when we are the last one out and fails with EBADF. */
+static int listener_leave(weft_listener *l, int rc)
 {
-    l->users++;
-    sched_spend_io();
     l->users--;
     if (l->closed) {
         if (l->users == 0)
@@ -268,7 +267,14 @@ static int listener_spend(weft_listener *l)
         errno = EBADF;
         return -1;
     }
-    return 0;
+    return rc;
+}
+
+static int listener_spend(weft_listener *l)
+{
+    l->users++;
+    sched_spend_io();
+    return listener_leave(l, 0);
 }
 
 static weft_chan *accept_now(weft_listener *l)
@@ -304,15 +310,7 @@ weft_chan *weft_accept(weft_listener *l, int64_t deadline)
         if (c || (errno != EAGAIN && errno != EWOULDBLOCK))
             return c;
         l->users++;
-        int rc = fd_wait(l->fd, WEFT_READABLE, deadline);
-        l->users--;
-        if (l->closed) {
-            if (l->users == 0)
-                free(l);
-            errno = EBADF;
-            return NULL;
-        }
-        if (rc != 0)
+        if (listener_leave(l, fd_wait(l->fd, WEFT_READABLE, deadline)) != 0)
             return NULL;
     }
 }

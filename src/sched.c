@@ -380,28 +380,13 @@ int weft_detach(weft_co *co)
     return 0;
 }
 
-/* Outside any coroutine, a wait runs the loop until *flag is set or the deadline. */
-static int drive_until(sched *s, const bool *flag, int64_t deadline)
+/* Outside any coroutine, a wait runs the loop until *flag is set (or co has ended, when
+ * given) or the deadline. */
+static int drive_until(sched *s, const bool *flag, const weft_co *co, int64_t deadline)
 {
     int rc = 0;
     s->loop_depth++;
-    while (!*flag && rc == 0) {
-        if (deadline >= 0 && weft_now() >= deadline) {
-            errno = ETIMEDOUT;
-            rc = -1;
-            break;
-        }
-        rc = loop_turn(s, true, deadline);
-    }
-    s->loop_depth--;
-    return rc;
-}
-
-static int join_from_outside(sched *s, weft_co *co, int64_t deadline)
-{
-    int rc = 0;
-    s->loop_depth++;
-    while (co->state != CO_DONE && rc == 0) {
+    while (!(flag && *flag) && !(co && co->state == CO_DONE) && rc == 0) {
         if (deadline >= 0 && weft_now() >= deadline) {
             errno = ETIMEDOUT;
             rc = -1;
@@ -519,7 +504,7 @@ int waiter_wait(waiter *w, int64_t deadline, bool cancellable)
         sched *s = sched_get();
         if (!s)
             return -1;
-        int rc = drive_until(s, done, deadline);
+        int rc = drive_until(s, done, NULL, deadline);
         sched_release_if_idle(s);
         return *done ? 0 : rc;
     }
@@ -552,7 +537,7 @@ int weft_join(weft_co *co, void **result, int64_t deadline)
             co->joiner = NULL;
         } else {
             co->joined_outside = true;
-            rc = join_from_outside(s, co, deadline);
+            rc = drive_until(s, NULL, co, deadline);
             co->joined_outside = false;
         }
         if (rc != 0 && co->state != CO_DONE) /* it ended in the same turn: that counts */

@@ -142,6 +142,23 @@ static void finish(tq_waiter *w)
         rwait_settle(&w->rw);
 }
 
+/* Under q->mu: wait in list as w, then let go of q (it is unlocked on return) and settle.
+ * 0 when handed over, else -1 with errno (the claim's error, or ETIMEDOUT/ECANCELED). */
+static int wait_and_unlock(weft_tqueue *q, tq_list *list, tq_waiter *w, int64_t deadline)
+{
+    q->users++;
+    int rc = tq_wait(q, list, w, deadline);
+    int err = rc == 0 ? w->err : errno;
+    q->users--;
+    pthread_mutex_unlock(&q->mu);
+    finish(w);
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
 int weft_tqueue_send(weft_tqueue *q, void *item, int64_t deadline)
 {
     pthread_mutex_lock(&q->mu);
@@ -158,17 +175,7 @@ int weft_tqueue_send(weft_tqueue *q, void *item, int64_t deadline)
         q->len++;
     } else {
         tq_waiter w = {.item = item};
-        q->users++;
-        rc = tq_wait(q, &q->senders, &w, deadline);
-        int err = rc == 0 ? w.err : errno;
-        q->users--;
-        pthread_mutex_unlock(&q->mu);
-        finish(&w);
-        if (err) {
-            errno = err;
-            return -1;
-        }
-        return 0;
+        return wait_and_unlock(q, &q->senders, &w, deadline);
     }
     pthread_mutex_unlock(&q->mu);
     return rc;
@@ -193,16 +200,8 @@ int weft_tqueue_recv(weft_tqueue *q, void **item, int64_t deadline)
         rc = -1;
     } else {
         tq_waiter w = {0};
-        q->users++;
-        rc = tq_wait(q, &q->receivers, &w, deadline);
-        int err = rc == 0 ? w.err : errno;
-        q->users--;
-        pthread_mutex_unlock(&q->mu);
-        finish(&w);
-        if (err) {
-            errno = err;
+        if (wait_and_unlock(q, &q->receivers, &w, deadline) != 0)
             return -1;
-        }
         *item = w.item;
         return 0;
     }
