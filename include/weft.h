@@ -194,6 +194,10 @@ typedef struct weft_listener weft_listener;
 /* Listen on addr with the given backlog (0: SOMAXCONN). NULL: EINVAL (bad address),
  * EADDRINUSE, EAI-style resolution failures as EHOSTUNREACH, ENOMEM. */
 weft_listener *weft_listen(const char *addr, int backlog);
+/* weft_listen with flags: WEFT_LISTEN_REUSEPORT lets several listeners (one per thread, each
+ * with its own scheduler) share a TCP port, the kernel spreading connections over them. */
+#define WEFT_LISTEN_REUSEPORT 1
+weft_listener *weft_listen_ex(const char *addr, int backlog, int flags);
 /* The listening address, as "127.0.0.1:1234" (the real port if 0 was asked). */
 const char *weft_listener_addr(const weft_listener *l);
 /* The listening port (0 for Unix sockets). */

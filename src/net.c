@@ -233,6 +233,15 @@ weft_listener *weft_listen(const char *addr, int backlog)
     return net_listen(addr, backlog, false);
 }
 
+weft_listener *weft_listen_ex(const char *addr, int backlog, int flags)
+{
+    if (flags & ~WEFT_LISTEN_REUSEPORT) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return net_listen(addr, backlog, flags & WEFT_LISTEN_REUSEPORT);
+}
+
 weft_listener *net_listen(const char *addr, int backlog, bool reuseport)
 {
     parsed_addr pa;

@@ -234,7 +234,22 @@ static void connect_times_out(void)
     weft_listener_close(l);
 }
 
+static void reuseport_listeners_share_a_port(void)
+{
+    weft_listener *a = weft_listen_ex("127.0.0.1:0", 0, WEFT_LISTEN_REUSEPORT);
+    CHECK(a);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", weft_listener_port(a));
+    weft_listener *b = weft_listen_ex(addr, 0, WEFT_LISTEN_REUSEPORT);
+    CHECK(b && weft_listener_port(b) == weft_listener_port(a));
+    CHECK(weft_listen(addr, 0) == NULL && errno == EADDRINUSE); /* without the flag: taken */
+    CHECK(weft_listen_ex(addr, 0, 4) == NULL && errno == EINVAL);
+    weft_listener_close(a);
+    weft_listener_close(b);
+}
+
 const struct test tests[] = {
+    {"reuseport_listeners_share_a_port", reuseport_listeners_share_a_port, 0},
     {"tcp_over_ipv4", tcp_over_ipv4, 0},
     {"tcp_over_ipv6", tcp_over_ipv6, 0},
     {"tcp_with_host_names", tcp_with_host_names, 0},
