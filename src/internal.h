@@ -31,11 +31,12 @@ void ctx_switch(ctx *from, ctx *to);
 
 /* ---- Stacks (stack.c) ---- */
 typedef struct stack {
-    void *lo;        /* lowest usable byte (just above the guard page) */
+    void *lo;        /* lowest usable byte (just above the guard page, if any) */
     size_t size;     /* usable bytes */
     struct stack *next_free;
     void *map;       /* the whole mapping, guard included */
     size_t map_size;
+    bool guarded;    /* else a canary at lo, checked whenever its coroutine switches out */
     unsigned valgrind_id;
 } stack;
 
@@ -43,6 +44,10 @@ typedef struct stack {
 stack *stack_take(size_t size);
 /* Give s back to the pool (or unmap it when the pool is full). */
 void stack_give(stack *s);
+/* For an unguarded stack: false if its canary was overwritten (the stack overflowed). */
+bool stack_canary_ok(const stack *s);
+/* Report an overflow of co's stack on stderr and end the process (SIGABRT). */
+_Noreturn void stack_overflow_abort(const weft_co *co);
 /* Unmap every pooled stack of this thread. */
 void stack_pool_drain(void);
 /* Install the SIGSEGV handler (on an alternate stack) that reports overflows. Per thread. */

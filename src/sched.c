@@ -110,6 +110,8 @@ static void runq_push(sched *s, weft_co *co)
 static void switch_to_loop(sched *s, weft_co *co, bool done)
 {
     co->io_streak = 0;
+    if (!co->stack->guarded && !stack_canary_ok(co->stack))
+        stack_overflow_abort(co); /* before anything else runs on corrupted memory */
 #ifdef WEFT_ASAN
     __sanitizer_start_switch_fiber(done ? NULL : &co->asan_fake_stack, s->main_stack_lo,
                                    s->main_stack_size);

@@ -1,6 +1,14 @@
 /* Coroutine stacks: mmap'd with a PROT_NONE guard page at the low (overflow) end, kept in a
  * per-thread pool for reuse. An overflow faults on the guard page; the SIGSEGV handler, on an
- * alternate signal stack, names the coroutine and lets the process die of the signal. */
+ * alternate signal stack, names the coroutine and lets the process die of the signal.
+ * A guard page splits its mapping in two, and the kernel allows vm.max_map_count mappings
+ * (65,530 by default), so guards cap a process near 24,000 coroutines (we leave a quarter of
+ * the budget to everything else); past that, spawns fail with ENOMEM. WEFT_STACK_GUARD=auto
+ * opts in to more: past the budget, stacks come without a guard, merge into few mappings and
+ * carry a 64-byte canary at their low end, checked every time their coroutine switches out,
+ * so an overflow ends the process naming the coroutine before anything else runs. That check
+ * is best effort: a frame whose unwritten part straddles the canary can skip it, which is
+ * why it is not the default. (WEFT_STACK_GUARD=never: canaries only, for tests.) */
 #include "internal.h"
 
 #include <errno.h>
@@ -8,6 +16,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -24,7 +33,14 @@
  * bounded to keep an idle server's memory from staying at its peak. */
 #define POOL_MAX 64
 
+static void write_str(const char *s)
+{
+    ssize_t r = write(STDERR_FILENO, s, strlen(s));
+    (void)r;
+}
+
 _Thread_local unsigned stack_fail_next;
+static atomic_size_t guarded_stacks; /* mapped stacks with a guard page, all threads */
 static _Thread_local stack *pool_head;
 static _Thread_local size_t pool_len;
 
@@ -54,8 +70,59 @@ static stack *pool_take(size_t size)
     return NULL;
 }
 
+#define CANARY_WORDS 8
+
+static uint64_t canary_word(const stack *s)
+{
+    return 0x57454654535441ull ^ (uint64_t)(uintptr_t)s->lo; /* differs per stack */
+}
+
+static void canary_set(stack *s)
+{
+    uint64_t *w = s->lo, v = canary_word(s);
+    for (int i = 0; i < CANARY_WORDS; i++)
+        w[i] = v;
+}
+
+bool stack_canary_ok(const stack *s)
+{
+    const uint64_t *w = s->lo;
+    uint64_t v = canary_word(s);
+    for (int i = 0; i < CANARY_WORDS; i++)
+        if (w[i] != v)
+            return false;
+    return true;
+}
+
+/* Whether the next new stack gets a guard page: "always", "never", or by default while the
+ * guarded stacks leave room in the kernel's mapping budget. */
+static bool want_guard(void)
+{
+    static _Atomic int mode = -1; /* 0 never, 1 always (the default), 2 auto */
+    static atomic_size_t limit;
+    int m = atomic_load(&mode);
+    if (m < 0) {
+        const char *env = getenv("WEFT_STACK_GUARD");
+        m = env && !strcmp(env, "never") ? 0 : env && !strcmp(env, "auto") ? 2 : 1;
+        size_t max = 65530;
+        FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+        if (f) {
+            if (fscanf(f, "%zu", &max) != 1)
+                max = 65530;
+            fclose(f);
+        }
+        /* Two mappings per guarded stack; keep a quarter of the budget for everything else. */
+        atomic_store(&limit, max * 3 / 4 / 2);
+        atomic_store(&mode, m);
+    }
+    return m == 1 || (m == 2 && atomic_load(&guarded_stacks) < atomic_load(&limit));
+    /* (m == 1 past the budget: the mprotect below fails and the spawn with it, ENOMEM.) */
+}
+
 static void stack_unmap(stack *s)
 {
+    if (s->guarded)
+        atomic_fetch_sub(&guarded_stacks, 1);
 #ifdef HAVE_VALGRIND
     VALGRIND_STACK_DEREGISTER(s->valgrind_id);
 #endif
@@ -74,12 +141,16 @@ stack *stack_take(size_t size)
         return NULL;
     }
     stack *s = pool_take(size);
-    if (s)
+    if (s) {
+        if (!s->guarded)
+            canary_set(s);
         return s;
+    }
     s = malloc(sizeof *s);
     if (!s)
         return NULL;
-    s->map_size = size + pg;
+    s->guarded = want_guard();
+    s->map_size = size + (s->guarded ? pg : 0);
     s->map = mmap(NULL, s->map_size, PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (s->map == MAP_FAILED) {
@@ -89,13 +160,15 @@ stack *stack_take(size_t size)
     }
     /* The guard splits the mapping in two; when the kernel's map count is exhausted this
      * fails with ENOMEM, and so does the spawn. */
-    if (mprotect(s->map, pg, PROT_NONE) != 0) {
+    if (s->guarded && mprotect(s->map, pg, PROT_NONE) != 0) {
         munmap(s->map, s->map_size);
         free(s);
         errno = ENOMEM;
         return NULL;
     }
-    s->lo = (char *)s->map + pg;
+    if (s->guarded)
+        atomic_fetch_add(&guarded_stacks, 1);
+    s->lo = (char *)s->map + (s->guarded ? pg : 0);
     s->size = size;
     s->next_free = NULL;
 #ifdef HAVE_VALGRIND
@@ -103,7 +176,17 @@ stack *stack_take(size_t size)
 #else
     s->valgrind_id = 0;
 #endif
+    if (!s->guarded)
+        canary_set(s);
     return s;
+}
+
+void stack_overflow_abort(const weft_co *co)
+{
+    write_str("weft: stack overflow in coroutine '");
+    write_str(co->name);
+    write_str("' (its stack canary was overwritten; raise its stack_size in weft_spawn_ex)\n");
+    abort();
 }
 
 void stack_give(stack *s)
@@ -141,11 +224,6 @@ static int handler_err;
 static _Thread_local void *altstack;
 static pthread_key_t altstack_key;
 
-static void write_str(const char *s)
-{
-    ssize_t r = write(STDERR_FILENO, s, strlen(s));
-    (void)r;
-}
 
 static void on_segv(int sig, siginfo_t *si, void *uctx)
 {

@@ -108,7 +108,77 @@ static void overflow_is_reported_with_the_coroutine_name(void)
     CHECK(strstr(out, "stack overflow in coroutine 'runaway-recursion'"));
 }
 
+/* ---- Past the mapping budget: canaries ---- */
+
+static void *park(void *arg)
+{
+    (void)arg;
+    weft_sleep(100000);
+    return NULL;
+}
+
+/* Writes over the low end of its own stack, as a runaway frame would, then switches out. */
+static void *scribble_then_yield(void *arg)
+{
+    (void)arg;
+    stack *s = weft_self()->stack;
+    CHECK(!s->guarded && stack_canary_ok(s));
+    memset(s->lo, 0x41, 16);
+    weft_yield(); /* the switch out checks the canary */
+    return NULL;
+}
+
+static void unguarded_overflow_is_caught_by_the_canary(void)
+{
+    int err[2];
+    CHECK(pipe(err) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        dup2(err[1], 2);
+        setenv("WEFT_STACK_GUARD", "never", 1);
+        weft_spawn_opts v = {.name = "canary-victim", .stack_size = 16 * 1024, .detached = 1};
+        CHECK(weft_spawn_ex(scribble_then_yield, NULL, &v));
+        CHECK(weft_spawn_ex(park, NULL, NULL)); /* must never run on corrupted memory */
+        weft_run();
+        _exit(0); /* not reached */
+    }
+    close(err[1]);
+    char out[4096];
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof out - 1 && (r = read(err[0], out + n, sizeof out - 1 - n)) > 0)
+        n += (size_t)r;
+    out[n] = '\0';
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+    CHECK(strstr(out, "stack overflow in coroutine 'canary-victim'"));
+}
+
+static void more_coroutines_than_guard_pages_allow(void)
+{
+    /* With WEFT_STACK_GUARD=auto, 40,000 parked coroutines: past the ~24,000 guarded stacks
+     * the mapping budget allows, the rest come with canaries instead of failing. */
+    setenv("WEFT_STACK_GUARD", "auto", 1);
+    int n = test_scale(40000);
+    weft_co **cos = calloc((size_t)n, sizeof *cos);
+    CHECK(cos);
+    weft_spawn_opts o = {.stack_size = 16 * 1024};
+    for (int i = 0; i < n; i++)
+        CHECK((cos[i] = weft_spawn_ex(park, NULL, &o)));
+    CHECK(weft_yield() == 0); /* every one runs and parks */
+    CHECK(weft_count() == (size_t)n);
+    for (int i = 0; i < n; i++)
+        weft_cancel(cos[i]);
+    for (int i = 0; i < n; i++)
+        CHECK(weft_join(cos[i], NULL, -1) == 0);
+    free(cos);
+}
+
 const struct test tests[] = {
+    {"unguarded_overflow_is_caught_by_the_canary", unguarded_overflow_is_caught_by_the_canary, 0},
+    {"more_coroutines_than_guard_pages_allow", more_coroutines_than_guard_pages_allow, 120},
     {"guard_page_below_every_stack", guard_page_below_every_stack, 0},
     {"pool_reuses_stacks_of_the_same_size", pool_reuses_stacks_of_the_same_size, 0},
     {"spawn_honours_stack_size", spawn_honours_stack_size, 0},
