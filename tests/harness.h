@@ -40,6 +40,10 @@ void read_exact_timeout(int fd, void *buf, size_t n, int timeout_ms);
 int readable_within(int fd, int timeout_ms);
 /* n, or a tenth of it (at least 1) when WEFT_TEST_LIGHT=1: for slow runners (valgrind). */
 int test_scale(int n);
+/* Nonzero when resident memory measures weft: a plain native build (not under a sanitizer's
+ * shadow memory and quarantine, nor an emulator or valgrind via $WEFT_RUN). Memory bounds are
+ * asserted only then; the figures are printed everywhere. */
+int memory_is_measurable(void);
 /* Count this process's open file descriptors. */
 int count_open_fds(void);
 

@@ -247,7 +247,7 @@ static void endless_line_keeps_memory_bounded(void)
     CHECK(c && r && w);
     CHECK(weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
     /* 32 MiB went through; the default 64 KiB limit keeps the peak far below that. */
-    CHECK(max_rss_kib() - before < 4096);
+    CHECK(!memory_is_measurable() || max_rss_kib() - before < 4096);
     weft_close(c);
     close(sv[1]);
 }
@@ -381,7 +381,7 @@ static void writer_that_outruns_its_reader_parks(void)
     CHECK(w && r);
     CHECK(weft_join(r, NULL, -1) == 0 && weft_join(w, NULL, -1) == 0);
     CHECK(b.done);
-    CHECK(max_rss_kib() - before < 4096);
+    CHECK(!memory_is_measurable() || max_rss_kib() - before < 4096);
     weft_close(b.c);
     close(sv[1]);
 }
