@@ -33,7 +33,8 @@ fuzz-build: $(FUZZ_BIN)
 
 $(FUZZ_BIN): $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRC) include/weft.h src/internal.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(CPPFLAGS) -std=c11 $(WARN) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $< $(LIB_SRC) -pthread
+	$(FUZZ_CC) $(CPPFLAGS) -std=c11 $(WARN) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $< $(LIB_SRC) -pthread \
+	    $(filter -l%,$(LDLIBS))
 
 # libFuzzer stops itself after FUZZ_SECONDS; `timeout` is only a backstop for a hang it
 # cannot interrupt. The summary line comes from -print_final_stats.
