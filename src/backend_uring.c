@@ -1,9 +1,13 @@
-/* The io_uring backend. A wait arms a one-shot poll for its direction (unless one is already
- * in flight), and the loop submits every armed poll of a turn in one io_uring_enter that also
- * waits for completions: one system call per turn however many coroutines wait. Completions
- * carry the fd, the direction and a generation, so a poll that completes after its fd was
- * forgotten (and its number reused) is recognised and dropped. Built when liburing is there;
- * elsewhere uring_backend_new says ENOSYS and the scheduler uses epoll. */
+/* The io_uring backend. Reads, sends and accepts that found nothing to do (EAGAIN) are
+ * submitted as operations: the coroutine parks, and the completion carries the data, the
+ * count or the new fd, so no readiness round trip and retry is needed. Other waits (connect,
+ * weft_wait_fd) arm a one-shot poll. The loop submits everything queued in a turn in the one
+ * io_uring_enter that also waits for completions: one system call per turn however many
+ * coroutines wait. A poll's completion carries the fd, the direction and a generation, so one
+ * that completes after its fd was forgotten (and the number reused) is dropped; an
+ * operation's carries a pointer to its state on the waiting coroutine's stack, which stays
+ * valid because the coroutine never leaves before that completion arrives. Built when liburing
+ * is there; elsewhere uring_backend_new says ENOSYS and the scheduler uses epoll. */
 #include "internal.h"
 
 #include <errno.h>
@@ -12,12 +16,21 @@
 
 #include <liburing.h>
 #include <poll.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 #define RING_ENTRIES 256
 #define UD_WAKEUP UINT64_MAX        /* the scheduler's eventfd */
 #define UD_IGNORE (UINT64_MAX - 1)  /* cancellations: their completions mean nothing */
+#define UD_OP (1ull << 62)          /* an operation: the rest is a pointer to its state */
+
+/* An operation in flight, on its coroutine's stack. */
+typedef struct uop {
+    weft_co *co;
+    int res;
+    bool done;
+} uop;
 
 typedef struct uring_backend {
     backend base;
@@ -28,7 +41,8 @@ typedef struct uring_backend {
 
 static uint64_t user_data(uint32_t gen, int fd, int dir)
 {
-    return ((uint64_t)gen << 32) | ((uint64_t)(uint32_t)fd << 1) | (uint64_t)dir;
+    /* gen keeps to 29 bits so that the top bits stay free for UD_OP and the specials. */
+    return ((uint64_t)(gen & 0x1fffffff) << 32) | ((uint64_t)(uint32_t)fd << 1) | (uint64_t)dir;
 }
 
 /* A submission entry, submitting what is queued if the ring is full. */
@@ -99,8 +113,15 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
     }
     if (ud == UD_IGNORE)
         return;
+    if (ud & UD_OP) {
+        uop *op = (uop *)(uintptr_t)(ud & ~UD_OP);
+        op->res = cqe->res;
+        op->done = true;
+        sched_wake(op->co, 0);
+        return;
+    }
     int fd = (int)((ud >> 1) & 0x7fffffff), dir = (int)(ud & 1);
-    if ((size_t)fd >= u->fds.n || u->fds.slots[fd].gen != (uint32_t)(ud >> 32))
+    if ((size_t)fd >= u->fds.n || (u->fds.slots[fd].gen & 0x1fffffff) != (uint32_t)(ud >> 32))
         return; /* for an fd since forgotten */
     fd_slot *slot = &u->fds.slots[fd];
     if (dir) {
@@ -136,13 +157,98 @@ static int uring_poll(backend *b, int timeout_ms)
     return 0;
 }
 
+/* Ask the kernel to cancel the operation op; its completion still comes (with -ECANCELED, or
+ * with its result if it won the race). */
+static void cancel_op(uring_backend *u, uop *op)
+{
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (sqe) {
+        io_uring_prep_cancel64(sqe, UD_OP | (uint64_t)(uintptr_t)op, 0);
+        io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    }
+}
+
 static void uring_cancel_wait(backend *b, int fd, int events, int err)
 {
     uring_backend *u = (uring_backend *)b;
     if (fd < 0 || (size_t)fd >= u->fds.n)
         return;
     fd_slot *slot = &u->fds.slots[fd];
+    if ((events & WEFT_READABLE) && slot->read_op)
+        cancel_op(u, slot->read_op); /* the reader gets its data, or ECANCELED */
     slot_wake(b, (events & WEFT_READABLE) ? &slot->reader : &slot->writer, err);
+}
+
+/* Submit sqe as op and park until its completion. A timeout or cancel asks the kernel to
+ * cancel it and still waits for the completion: the kernel may be writing into our buffer. */
+static int run_op(uring_backend *u, int fd, struct io_uring_sqe *sqe, uop *op, int64_t deadline)
+{
+    fd_slot *slot = slot_table_get(&u->fds, fd);
+    if (!slot)
+        return -1;
+    slot->ops++;
+    op->co = weft_self();
+    op->done = false;
+    io_uring_sqe_set_data64(sqe, UD_OP | (uint64_t)(uintptr_t)op);
+    u->base.waiting++;
+    int rc = 0, err = 0;
+    while (!op->done) {
+        rc = sched_park(deadline);
+        if (rc != 0 && !op->done) {
+            err = errno;
+            cancel_op(u, op);
+            while (!op->done)
+                sched_park_nocancel(-1);
+        }
+    }
+    u->base.waiting--;
+    u->fds.slots[fd].ops--; /* the table may have moved */
+    if (op->res >= 0)
+        return op->res; /* done, even if a timeout came too: nothing is lost */
+    errno = op->res == -ECANCELED && err ? err : -op->res;
+    return -1;
+}
+
+static ssize_t uring_read(backend *b, int fd, void *buf, size_t n, int64_t deadline)
+{
+    uring_backend *u = (uring_backend *)b;
+    fd_slot *slot = slot_table_get(&u->fds, fd);
+    struct io_uring_sqe *sqe = slot ? get_sqe(u) : NULL;
+    if (!sqe)
+        return -1;
+    uop op;
+    io_uring_prep_read(sqe, fd, buf, (unsigned)(n > UINT32_MAX ? UINT32_MAX : n), (uint64_t)-1);
+    slot->read_op = &op;
+    int r = run_op(u, fd, sqe, &op, deadline);
+    u->fds.slots[fd].read_op = NULL; /* the table may have moved */
+    return r;
+}
+
+static ssize_t uring_send(backend *b, int fd, const void *buf, size_t n, bool socket,
+                          int64_t deadline)
+{
+    uring_backend *u = (uring_backend *)b;
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (!sqe)
+        return -1;
+    unsigned len = (unsigned)(n > UINT32_MAX ? UINT32_MAX : n);
+    if (socket)
+        io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+    else
+        io_uring_prep_write(sqe, fd, buf, len, (uint64_t)-1);
+    uop op;
+    return run_op(u, fd, sqe, &op, deadline);
+}
+
+static int uring_accept(backend *b, int fd, void *sa, unsigned *salen, int64_t deadline)
+{
+    uring_backend *u = (uring_backend *)b;
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (!sqe)
+        return -1;
+    io_uring_prep_accept(sqe, fd, sa, (socklen_t *)salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    uop op;
+    return run_op(u, fd, sqe, &op, deadline);
 }
 
 static void uring_forget(backend *b, int fd)
@@ -151,8 +257,9 @@ static void uring_forget(backend *b, int fd)
     if (fd < 0 || (size_t)fd >= u->fds.n)
         return;
     fd_slot *slot = &u->fds.slots[fd];
-    if (slot->read_armed || slot->write_armed) {
-        /* A poll in flight holds the file open: cancel it now, before the close. */
+    if (slot->read_armed || slot->write_armed || slot->ops) {
+        /* A poll or an operation in flight holds the file open: cancel it now, before the
+         * close (operations then complete with -ECANCELED and their coroutines go on). */
         struct io_uring_sqe *sqe = get_sqe(u);
         if (sqe) {
             io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
@@ -174,6 +281,9 @@ static const backend_ops uring_ops = {
     .forget = uring_forget,
     .watch_wakeup = uring_watch_wakeup,
     .cancel_wait = uring_cancel_wait,
+    .read = uring_read,
+    .send = uring_send,
+    .accept = uring_accept,
 };
 
 backend *uring_backend_new(void)

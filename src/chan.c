@@ -60,6 +60,7 @@ weft_chan *chan_new(int fd, bool is_socket, const char *peer)
 
 static int flush_dl(weft_chan *c, int64_t deadline);
 static void release_hold(weft_chan *c);
+static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, int64_t deadline);
 
 static void chan_free(weft_chan *c)
 {
@@ -186,7 +187,21 @@ static ssize_t read_some(weft_chan *c, char *dst, size_t n, int64_t deadline)
             errno = ECANCELED;
             return -1;
         }
-        if (chan_wait(c, WEFT_READABLE, deadline) != 0)
+        r = chan_op(c, true, dst, n, deadline);
+        /* -2: the backend only reports readiness. EAGAIN from the operation: a kernel that
+         * honours O_NONBLOCK inside io_uring; wait for readiness rather than spin. */
+        if (r == -2 || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+            if (chan_wait(c, WEFT_READABLE, deadline) != 0)
+                return -1;
+            continue;
+        }
+        if (r > 0)
+            return r;
+        if (r == 0) {
+            c->eof = true;
+            return 0;
+        }
+        if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
             return -1;
     }
 }
@@ -348,29 +363,61 @@ int weft_eof(const weft_chan *c)
 
 /* ---- Output ---- */
 
+/* On a backend that performs I/O itself (io_uring), after EAGAIN: hand it the read or send
+ * and park until done. -2 when the backend only reports readiness; -1 with EBADF when c was
+ * closed meanwhile (then c may be gone). */
+static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, int64_t deadline)
+{
+    if (!io_ops_available())
+        return -2;
+    c->users++;
+    ssize_t r = is_read ? io_read(c->fd, buf, n, deadline)
+                        : io_send(c->fd, buf, n, c->is_socket, deadline);
+    int err = errno;
+    if (chan_leave(c, 0) != 0)
+        return -1;
+    errno = err;
+    return r;
+}
+
+/* Send some of [p, p + n), waiting as needed: the count sent, or -1 (EPIPE and ECONNRESET
+ * are made sticky; EBADF: c may be gone). */
+static ssize_t send_some(weft_chan *c, const char *p, size_t n, int64_t deadline)
+{
+    for (;;) {
+        if (chan_spend(c) != 0)
+            return -1;
+        ssize_t w = c->is_socket ? send(c->fd, p, n, MSG_NOSIGNAL) : write(c->fd, p, n);
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            w = chan_op(c, false, (void *)p, n, deadline);
+            if (w == -2 || (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+                if (chan_wait(c, WEFT_WRITABLE, deadline) != 0)
+                    return -1;
+                continue;
+            }
+        }
+        if (w > 0)
+            return w;
+        if (w < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+            continue;
+        if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+            c->werr = errno;
+        if (w == 0)
+            errno = EIO; /* a send of n > 0 bytes that moved none */
+        return -1;
+    }
+}
+
 /* Send [p, p + n) straight to the fd, waiting as needed; returns bytes sent (n unless an
  * error stopped it, then -1 with errno; EBADF: c may be gone). */
 static ssize_t send_all(weft_chan *c, const char *p, size_t n, int64_t deadline)
 {
     size_t done = 0;
     while (done < n) {
-        if (chan_spend(c) != 0)
+        ssize_t w = send_some(c, p + done, n - done, deadline);
+        if (w < 0)
             return -1;
-        ssize_t w = c->is_socket ? send(c->fd, p + done, n - done, MSG_NOSIGNAL)
-                                 : write(c->fd, p + done, n - done);
-        if (w > 0) {
-            done += (size_t)w;
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-            if (errno == EPIPE || errno == ECONNRESET)
-                c->werr = errno;
-            return -1;
-        }
-        if (chan_wait(c, WEFT_WRITABLE, deadline) != 0)
-            return -1;
+        done += (size_t)w;
     }
     return (ssize_t)done;
 }
@@ -389,26 +436,13 @@ static int flush_dl(weft_chan *c, int64_t deadline)
 {
     release_hold(c);
     while (c->wstart < c->wlen) {
-        if (chan_spend(c) != 0)
-            return -1;
-        ssize_t w = c->is_socket
-                        ? send(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart, MSG_NOSIGNAL)
-                        : write(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart);
-        if (w > 0) {
-            c->wstart += (size_t)w;
-            continue;
-        }
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-            if (errno == EPIPE || errno == ECONNRESET) {
-                c->werr = errno;
+        ssize_t w = send_some(c, c->wbuf + c->wstart, c->wlen - c->wstart, deadline);
+        if (w < 0) {
+            if (errno == EPIPE || errno == ECONNRESET)
                 c->wstart = c->wlen = 0; /* undeliverable: the peer is gone */
-            }
             return -1;
         }
-        if (chan_wait(c, WEFT_WRITABLE, deadline) != 0)
-            return -1;
+        c->wstart += (size_t)w;
     }
     c->wstart = c->wlen = 0;
     return 0;

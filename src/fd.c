@@ -50,6 +50,30 @@ int fd_wait(int fd, int events, int64_t deadline)
     return poll_wait(fd, events, deadline);
 }
 
+bool io_ops_available(void)
+{
+    sched *s = sched_peek();
+    return s && s->current && s->be->ops->read;
+}
+
+ssize_t io_read(int fd, void *buf, size_t n, int64_t deadline)
+{
+    backend *b = sched_peek()->be;
+    return b->ops->read(b, fd, buf, n, deadline);
+}
+
+ssize_t io_send(int fd, const void *buf, size_t n, bool socket, int64_t deadline)
+{
+    backend *b = sched_peek()->be;
+    return b->ops->send(b, fd, buf, n, socket, deadline);
+}
+
+int io_accept(int fd, void *sa, unsigned *salen, int64_t deadline)
+{
+    backend *b = sched_peek()->be;
+    return b->ops->accept(b, fd, sa, salen, deadline);
+}
+
 int weft_wait_fd(int fd, int events, int64_t deadline)
 {
     if (events != WEFT_READABLE && events != WEFT_WRITABLE) {

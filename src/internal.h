@@ -238,6 +238,13 @@ typedef struct backend_ops {
     int (*watch_wakeup)(backend *b, int fd);
     /* Wake the coroutine waiting for events (one WEFT_ flag) on fd, if any, with err. */
     void (*cancel_wait)(backend *b, int fd, int events, int err);
+    /* Optional (io_uring; NULL for epoll): after the fd said EAGAIN, perform the read, send
+     * or accept itself and park until it completes; the result is the system call's (-1 with
+     * errno), or ETIMEDOUT/ECANCELED if the deadline or a cancel ended it first (data that
+     * had already arrived is returned, never dropped). */
+    ssize_t (*read)(backend *b, int fd, void *buf, size_t n, int64_t deadline);
+    ssize_t (*send)(backend *b, int fd, const void *buf, size_t n, bool socket, int64_t deadline);
+    int (*accept)(backend *b, int fd, void *sa, unsigned *salen, int64_t deadline);
 } backend_ops;
 
 /* Every backend starts with this. */
@@ -254,6 +261,8 @@ typedef struct fd_slot {
     bool read_armed;   /* io_uring: a poll for input is in flight */
     bool write_armed;  /* io_uring: a poll for output is in flight */
     uint32_t gen;      /* io_uring: bumped when the fd is forgotten, to drop stale polls */
+    void *read_op;     /* io_uring: the read in flight, so a shutdown can cancel it */
+    unsigned ops;      /* io_uring: operations in flight on this fd */
 } fd_slot;
 
 typedef struct slot_table {
@@ -302,6 +311,12 @@ void chan_stop_input(weft_chan *c);
 /* ---- Shared helpers ---- */
 /* Wait for fd: parks inside a coroutine, poll()s outside one. */
 int fd_wait(int fd, int events, int64_t deadline);
+/* True when the running coroutine's backend performs I/O itself (see backend_ops.read). */
+bool io_ops_available(void);
+/* Those operations, for after EAGAIN (only when io_ops_available()). */
+ssize_t io_read(int fd, void *buf, size_t n, int64_t deadline);
+ssize_t io_send(int fd, const void *buf, size_t n, bool socket, int64_t deadline);
+int io_accept(int fd, void *sa, unsigned *salen, int64_t deadline);
 /* Deadline for a relative timeout in ms (-1 stays -1). */
 int64_t deadline_after(int64_t timeout_ms);
 /* Make fd non-blocking and close-on-exec. */

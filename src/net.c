@@ -286,7 +286,22 @@ static int listener_spend(weft_listener *l)
     return listener_leave(l, 0);
 }
 
-static weft_chan *accept_now(weft_listener *l)
+/* A channel for a freshly accepted fd. */
+static weft_chan *accepted(int fd, const struct sockaddr_storage *ss, socklen_t len)
+{
+    char peer[64];
+    sockaddr_format(ss, len, peer, sizeof peer);
+    if (ss->ss_family != AF_UNIX)
+        set_nodelay(fd);
+    weft_chan *c = chan_new(fd, true, peer);
+    if (!c) {
+        close(fd);
+        errno = ENOMEM;
+    }
+    return c;
+}
+
+weft_chan *weft_accept(weft_listener *l, int64_t deadline)
 {
     for (;;) {
         if (listener_spend(l) != 0)
@@ -294,33 +309,30 @@ static weft_chan *accept_now(weft_listener *l)
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue; /* that client is gone, not the listener */
-            return NULL;
+        if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            l->users++;
+            if (io_ops_available()) { /* io_uring: the accept itself waits */
+                len = sizeof ss;
+                unsigned ulen = len;
+                fd = io_accept(l->fd, &ss, &ulen, deadline);
+                len = ulen;
+                int err = errno;
+                if (listener_leave(l, 0) != 0) { /* closed meanwhile */
+                    if (fd >= 0)
+                        close(fd);
+                    return NULL;
+                }
+                errno = err;
+            } else if (listener_leave(l, fd_wait(l->fd, WEFT_READABLE, deadline)) != 0) {
+                return NULL;
+            } else {
+                continue;
+            }
         }
-        char peer[64];
-        sockaddr_format(&ss, len, peer, sizeof peer);
-        if (ss.ss_family != AF_UNIX)
-            set_nodelay(fd);
-        weft_chan *c = chan_new(fd, true, peer);
-        if (!c) {
-            close(fd);
-            errno = ENOMEM;
-        }
-        return c;
-    }
-}
-
-weft_chan *weft_accept(weft_listener *l, int64_t deadline)
-{
-    for (;;) {
-        weft_chan *c = accept_now(l);
-        if (c || (errno != EAGAIN && errno != EWOULDBLOCK))
-            return c;
-        l->users++;
-        if (listener_leave(l, fd_wait(l->fd, WEFT_READABLE, deadline)) != 0)
-            return NULL;
+        if (fd >= 0)
+            return accepted(fd, &ss, len);
+        if (errno != EINTR && errno != ECONNABORTED && errno != EAGAIN && errno != EWOULDBLOCK)
+            return NULL; /* (a client gone before we took it costs nothing: try again) */
     }
 }
 

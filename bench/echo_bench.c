@@ -1,0 +1,413 @@
+/* echo_bench: the echo matrix of `make bench` (bench/README.md).
+ *
+ * For each row (connections N, lines in flight P, line size S) it runs each server in its own
+ * process pinned to CPU 0 -- weft's examples/echo with WEFT_BACKEND=epoll and =uring, and the
+ * hand-written baselines base_epoll and base_uring -- and drives it with bench/loadgen pinned
+ * to CPU 1, which verifies every byte. Every server is measured REPS times, in rotating order,
+ * within the same run; the median of each figure is shown. Then the idle memory per connection
+ * (10,000 connections parked) for each server.
+ *
+ * Exit status 1 only on a real failure: a loadgen that reports a mismatch or an error, a
+ * server that does not start or crashes. A low ratio is never a failure.
+ *
+ * Usage: echo_bench -b BUILD_DIR [-q] [-U] [-t SECONDS] [-r REPS] [-R ROW]
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAXREP 9
+enum { S_WEFT_EPOLL, S_WEFT_URING, S_BASE_EPOLL, S_BASE_URING, NSERV };
+static const char *serv_name[NSERV] = {"weft/epoll", "weft/uring", "base_epoll", "base_uring"};
+
+struct row {
+    int n, p, s;
+    const char *label;
+};
+static const struct row rows[] = {
+    {1, 1, 64, "N=1"},
+    {100, 1, 64, "N=100"},
+    {1000, 1, 64, "N=1000"},
+    {10000, 1, 64, "N=10000"},
+    {1000, 16, 64, "N=1000 P=16"},
+    {100, 1, 16384, "N=100 S=16K"},
+};
+#define NROWS (int)(sizeof rows / sizeof rows[0])
+
+struct res {
+    int ok;
+    double rtps, rtcpu, p50, p99, p999, cpu;
+};
+
+static char build[512];
+static int have_uring = 1, failures;
+static pid_t live_server = -1, live_loadgen = -1;
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "echo_bench: FAIL: watchdog expired\n";
+    if (live_loadgen > 0)
+        kill(live_loadgen, SIGKILL);
+    if (live_server > 0)
+        kill(live_server, SIGKILL);
+    write(2, msg, sizeof msg - 1);
+    _exit(1);
+}
+
+static void server_path(int s, char *buf, size_t n)
+{
+    if (s == S_WEFT_EPOLL || s == S_WEFT_URING)
+        snprintf(buf, n, "%s/examples/echo", build);
+    else
+        snprintf(buf, n, "%s/bench/%s", build, serv_name[s]);
+}
+
+/* Start server s pinned to CPU 0; returns its pid and sets *port, or -1. */
+static pid_t server_start(int s, int *port, int *outfd)
+{
+    char path[600];
+    server_path(s, path, sizeof path);
+    int pfd[2];
+    if (pipe(pfd) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(0, &set);
+        sched_setaffinity(0, sizeof set, &set);
+        if (s == S_WEFT_EPOLL)
+            setenv("WEFT_BACKEND", "epoll", 1);
+        else if (s == S_WEFT_URING)
+            setenv("WEFT_BACKEND", "uring", 1);
+        dup2(pfd[1], 1);
+        close(pfd[0]);
+        close(pfd[1]);
+        execl(path, path, "-q", "-p", "0", (char *)NULL);
+        fprintf(stderr, "echo_bench: exec %s: %s\n", path, strerror(errno));
+        _exit(127);
+    }
+    close(pfd[1]);
+    live_server = pid;
+    char line[256];
+    size_t len = 0;
+    *port = 0;
+    while (len < sizeof line - 1) {
+        struct pollfd p = {.fd = pfd[0], .events = POLLIN};
+        if (poll(&p, 1, 10000) <= 0)
+            break;
+        ssize_t r = read(pfd[0], line + len, sizeof line - 1 - len);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+        line[len] = 0;
+        char *nl = strchr(line, '\n'), *colon;
+        if (nl && (colon = strrchr(line, ':')) && strstr(line, "listening on")) {
+            *port = atoi(colon + 1);
+            break;
+        }
+    }
+    if (*port <= 0) {
+        fprintf(stderr, "echo_bench: FAIL: %s did not start (no \"listening on\")\n", serv_name[s]);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        live_server = -1;
+        close(pfd[0]);
+        return -1;
+    }
+    *outfd = pfd[0];
+    return pid;
+}
+
+/* Stop the server; 0 if it ended normally (exit or our signal), -1 if it crashed. */
+static int server_stop(int s, pid_t pid, int outfd)
+{
+    int st = 0, crashed = 0;
+    pid_t w = waitpid(pid, &st, WNOHANG);
+    if (w == pid) {
+        crashed = 1; /* it ended before we asked */
+    } else {
+        kill(pid, SIGTERM);
+        for (int i = 0; i < 300 && (w = waitpid(pid, &st, WNOHANG)) == 0; i++)
+            usleep(10000);
+        if (w == 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+        } else if (WIFSIGNALED(st) && WTERMSIG(st) != SIGTERM) {
+            crashed = 1;
+        }
+    }
+    live_server = -1;
+    close(outfd);
+    if (crashed) {
+        fprintf(stderr, "echo_bench: FAIL: %s ended on its own (status 0x%x)\n", serv_name[s], st);
+        return -1;
+    }
+    return 0;
+}
+
+static double field(const char *out, const char *key)
+{
+    const char *p = strstr(out, key);
+    return p ? atof(p + strlen(key)) : 0;
+}
+
+/* Run loadgen with args; output in out. 0 if it reported status=OK. */
+static int run_loadgen(char *const args[], char *out, size_t n)
+{
+    int pfd[2];
+    if (pipe(pfd) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(pfd[1], 1);
+        close(pfd[0]);
+        close(pfd[1]);
+        execv(args[0], args);
+        _exit(127);
+    }
+    close(pfd[1]);
+    live_loadgen = pid;
+    size_t len = 0;
+    ssize_t r;
+    while (len < n - 1 && (r = read(pfd[0], out + len, n - 1 - len)) > 0)
+        len += (size_t)r;
+    out[len] = 0;
+    close(pfd[0]);
+    int st;
+    waitpid(pid, &st, 0);
+    live_loadgen = -1;
+    return (WIFEXITED(st) && WEXITSTATUS(st) == 0 && strstr(out, "status=OK")) ? 0 : -1;
+}
+
+static struct res measure(int s, const struct row *rw, double secs)
+{
+    struct res r = {0};
+    int port, outfd;
+    pid_t pid = server_start(s, &port, &outfd);
+    if (pid < 0) {
+        failures++;
+        return r;
+    }
+    char lg[600], a_port[16], a_pid[16], a_c[16], a_p[16], a_s[16], a_t[32], out[1024];
+    snprintf(lg, sizeof lg, "%s/bench/loadgen", build);
+    snprintf(a_port, sizeof a_port, "%d", port);
+    snprintf(a_pid, sizeof a_pid, "%d", (int)pid);
+    snprintf(a_c, sizeof a_c, "%d", rw->n);
+    snprintf(a_p, sizeof a_p, "%d", rw->p);
+    snprintf(a_s, sizeof a_s, "%d", rw->s);
+    snprintf(a_t, sizeof a_t, "%g", secs);
+    char *args[] = {lg, "-p", a_port, "-S", a_pid, "-c", a_c, "-P", a_p, "-s", a_s, "-t", a_t,
+                    "-a", "1", NULL};
+    int lr = run_loadgen(args, out, sizeof out);
+    int sr = server_stop(s, pid, outfd);
+    if (lr != 0 || sr != 0) {
+        fprintf(stderr, "echo_bench: FAIL: %s, %s: loadgen said: %s\n", serv_name[s], rw->label,
+                out[0] ? out : "(nothing)");
+        failures++;
+        return r;
+    }
+    r.ok = 1;
+    r.rtps = field(out, "rt_per_s=");
+    r.rtcpu = field(out, "rt_per_cpu_s=");
+    r.p50 = field(out, "p50_us=");
+    r.p99 = field(out, "p99_us=");
+    r.p999 = field(out, "p999_us=");
+    r.cpu = field(out, "server_cpu_s=");
+    return r;
+}
+
+static int cmpd(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    if (n == 0)
+        return 0;
+    qsort(v, (size_t)n, sizeof *v, cmpd);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void fmt_num(char *b, size_t n, double v)
+{
+    if (v >= 1e6)
+        snprintf(b, n, "%.2fM", v / 1e6);
+    else if (v >= 1e3)
+        snprintf(b, n, "%.1fk", v / 1e3);
+    else
+        snprintf(b, n, "%.0f", v);
+}
+
+static void ratio(char *b, size_t n, double x, double best, int ok)
+{
+    if (!ok || best <= 0)
+        snprintf(b, n, "-");
+    else
+        snprintf(b, n, "%.2f", x / best);
+}
+
+int main(int argc, char **argv)
+{
+    int quick = 0, reps = 0, only_row = -1;
+    double secs = 0;
+    int opt;
+    while ((opt = getopt(argc, argv, "b:qUt:r:R:")) != -1) {
+        switch (opt) {
+        case 'b': snprintf(build, sizeof build, "%s", optarg); break;
+        case 'q': quick = 1; break;
+        case 'U': have_uring = 0; break;
+        case 't': secs = atof(optarg); break;
+        case 'r': reps = atoi(optarg); break;
+        case 'R': only_row = atoi(optarg); break;
+        default:
+            fprintf(stderr, "usage: echo_bench -b BUILD_DIR [-q] [-U] [-t SECONDS] [-r REPS] [-R ROW]\n");
+            return 2;
+        }
+    }
+    if (!build[0])
+        snprintf(build, sizeof build, "build");
+    if (secs <= 0)
+        secs = quick ? 1 : 3;
+    if (reps <= 0)
+        reps = quick ? 1 : 3;
+    if (reps > MAXREP)
+        reps = MAXREP;
+    signal(SIGALRM, on_alarm);
+    alarm(quick ? 600 : 3600);
+    signal(SIGPIPE, SIG_IGN);
+
+    int nserv = have_uring ? NSERV : S_BASE_URING;
+    time_t now = time(NULL);
+    char date[64];
+    strftime(date, sizeof date, "%Y-%m-%d %H:%M", localtime(&now));
+    printf("== echo: round trips, servers on CPU 0, loadgen on CPU 1, %g s x %d reps (median), %s ==\n",
+           secs, reps, date);
+    if (!have_uring)
+        printf("note: built without liburing: no base_uring column\n");
+    printf("rt/s: round trips per second; rt/cpu-s: per server CPU-second (the fair figure);\n"
+           "ratio: weft / best baseline of the same run (rt: higher is better; p99: lower is better)\n\n");
+    printf("%-12s %-10s %9s %10s %8s %8s %9s %6s\n", "row", "server", "rt/s", "rt/cpu-s",
+           "p50 us", "p99 us", "p999 us", "cpu s");
+
+    struct res med[NROWS][NSERV];
+    memset(med, 0, sizeof med);
+    for (int ri = 0; ri < NROWS; ri++) {
+        if (only_row >= 0 && ri != only_row)
+            continue;
+        const struct row *rw = &rows[ri];
+        double v[6][NSERV][MAXREP];
+        int nok[NSERV] = {0};
+        for (int k = 0; k < reps; k++) {
+            for (int j = 0; j < nserv; j++) {
+                int s = (j + k + ri) % nserv; /* rotate the order */
+                struct res r = measure(s, rw, secs);
+                if (!r.ok)
+                    continue;
+                int i = nok[s]++;
+                v[0][s][i] = r.rtps, v[1][s][i] = r.rtcpu, v[2][s][i] = r.p50;
+                v[3][s][i] = r.p99, v[4][s][i] = r.p999, v[5][s][i] = r.cpu;
+            }
+        }
+        for (int s = 0; s < nserv; s++) {
+            struct res *m = &med[ri][s];
+            if (!nok[s])
+                continue;
+            m->ok = 1;
+            m->rtps = median(v[0][s], nok[s]);
+            m->rtcpu = median(v[1][s], nok[s]);
+            m->p50 = median(v[2][s], nok[s]);
+            m->p99 = median(v[3][s], nok[s]);
+            m->p999 = median(v[4][s], nok[s]);
+            m->cpu = median(v[5][s], nok[s]);
+            char a[16], b[16];
+            fmt_num(a, sizeof a, m->rtps);
+            fmt_num(b, sizeof b, m->rtcpu);
+            printf("%-12s %-10s %9s %10s %8.0f %8.0f %9.0f %6.2f\n", s == 0 ? rw->label : "",
+                   serv_name[s], a, b, m->p50, m->p99, m->p999, m->cpu);
+        }
+        fflush(stdout);
+    }
+
+    /* the ratio table */
+    printf("\n== echo ratios: weft / best baseline (same run) ==\n");
+    printf("%-12s %-10s | %-21s | %-21s | %-21s\n", "", "", "rt/cpu-s (>= 1 good)",
+           "rt/s (>= 1 good)", "p99 (<= 1 good)");
+    printf("%-12s %-10s | %10s %10s | %10s %10s | %10s %10s\n", "row", "best", "weft/epoll",
+           "weft/uring", "weft/epoll", "weft/uring", "weft/epoll", "weft/uring");
+    for (int ri = 0; ri < NROWS; ri++) {
+        if (only_row >= 0 && ri != only_row)
+            continue;
+        struct res *m = med[ri];
+        /* best baseline: the higher rt/cpu-s (for rt/s and p99, the best of the two figures) */
+        int bc = -1;
+        double best_rt = 0, best_p99 = 0;
+        for (int s = S_BASE_EPOLL; s < nserv; s++) {
+            if (!m[s].ok)
+                continue;
+            if (bc < 0 || m[s].rtcpu > m[bc].rtcpu)
+                bc = s;
+            if (m[s].rtps > best_rt)
+                best_rt = m[s].rtps;
+            if (best_p99 == 0 || m[s].p99 < best_p99)
+                best_p99 = m[s].p99;
+        }
+        char r1[16], r2[16], r3[16], r4[16], r5[16], r6[16];
+        double bcpu = bc >= 0 ? m[bc].rtcpu : 0;
+        ratio(r1, sizeof r1, m[S_WEFT_EPOLL].rtcpu, bcpu, m[S_WEFT_EPOLL].ok);
+        ratio(r2, sizeof r2, m[S_WEFT_URING].rtcpu, bcpu, m[S_WEFT_URING].ok);
+        ratio(r3, sizeof r3, m[S_WEFT_EPOLL].rtps, best_rt, m[S_WEFT_EPOLL].ok);
+        ratio(r4, sizeof r4, m[S_WEFT_URING].rtps, best_rt, m[S_WEFT_URING].ok);
+        ratio(r5, sizeof r5, m[S_WEFT_EPOLL].p99, best_p99, m[S_WEFT_EPOLL].ok);
+        ratio(r6, sizeof r6, m[S_WEFT_URING].p99, best_p99, m[S_WEFT_URING].ok);
+        printf("%-12s %-10s | %10s %10s | %10s %10s | %10s %10s\n", rows[ri].label,
+               bc >= 0 ? serv_name[bc] : "-", r1, r2, r3, r4, r5, r6);
+    }
+
+    /* idle memory: 10,000 connections, one verified line each, then parked */
+    int idle_n = 10000;
+    printf("\n== idle memory: server RSS growth / connection, %d connections parked in a read ==\n",
+           idle_n);
+    for (int s = 0; s < nserv; s++) {
+        int port, outfd;
+        pid_t pid = server_start(s, &port, &outfd);
+        if (pid < 0) {
+            failures++;
+            continue;
+        }
+        char lg[600], a_port[16], a_pid[16], a_c[16], out[1024];
+        snprintf(lg, sizeof lg, "%s/bench/loadgen", build);
+        snprintf(a_port, sizeof a_port, "%d", port);
+        snprintf(a_pid, sizeof a_pid, "%d", (int)pid);
+        snprintf(a_c, sizeof a_c, "%d", idle_n);
+        char *args[] = {lg, "-I", "-p", a_port, "-S", a_pid, "-c", a_c, "-t", "1", "-a", "1", NULL};
+        int lr = run_loadgen(args, out, sizeof out);
+        int sr = server_stop(s, pid, outfd);
+        if (lr != 0 || sr != 0) {
+            fprintf(stderr, "echo_bench: FAIL: idle memory, %s: %s\n", serv_name[s], out);
+            failures++;
+            continue;
+        }
+        printf("%-10s %8.0f bytes/conn  (RSS %.1f -> %.1f MiB)\n", serv_name[s],
+               field(out, "bytes_per_conn="), field(out, "rss_before_kib=") / 1024,
+               field(out, "rss_after_kib=") / 1024);
+    }
+    if (failures)
+        printf("\necho_bench: %d FAILURE(S): see the messages above\n", failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,480 @@
+/* loadgen: a verifying, pipelining load generator for line echo servers (bench/README.md).
+ *
+ * One process, one thread, one edge-triggered epoll loop, pinned to its own CPU. Opens N
+ * connections to 127.0.0.1:PORT; on each keeps up to P lines of S bytes (the last one '\n')
+ * in flight; checks every echoed byte against what was sent, in order, and exits 1 at the
+ * first difference. Each line's latency is taken from the send() that started it to the
+ * recv() that completed its echo.
+ *
+ * Phases: connect every connection; warm up (one verified round trip on each, so the server
+ * has accepted them all); measure for -t seconds (round trips completed, latencies, the
+ * server's CPU time from /proc/PID/stat); drain (stop sending, wait for every line in flight,
+ * still verified); close.
+ *
+ * With -I (idle mode) it only connects and warms up, then prints the server's RSS growth per
+ * connection (VmRSS of /proc/PID/status before connecting and after), holding the connections
+ * open for -t seconds first so the server settles.
+ *
+ * Output: one line of key=value pairs on stdout (see usage()). Exit 0 only if every byte was
+ * verified; 1 on a mismatch, an unexpected close or error, or no progress for 10 s.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define NPATTERN 61          /* distinct line contents (prime, so connections differ) */
+#define RBUF (256 * 1024)    /* shared receive buffer */
+#define STALL_NS (10LL * 1000000000LL)
+#define MAX_IOV 64
+
+struct conn {
+    int fd;
+    int inflight;            /* lines started, not yet fully echoed */
+    uint64_t sent;           /* stream bytes sent */
+    uint64_t rcvd;           /* stream bytes received and verified */
+    uint64_t limit;          /* send no byte at or past this offset */
+    int64_t *ts;             /* ring of P send times of lines in flight */
+    unsigned ts_head;        /* index of the oldest line in flight */
+    int want_out;            /* output blocked: wait for EPOLLOUT */
+};
+
+static struct {
+    int port, nconns, depth, cpu;
+    size_t size;
+    double secs;
+    pid_t server;
+    int idle;
+    int sending;             /* 0 once draining */
+    int measuring;
+    char *pattern;           /* NPATTERN lines of size bytes */
+    struct conn *c;
+    long long rt_measured;
+    int64_t last_progress;
+    /* latency histogram: log-linear, 64 sub-buckets per power of two, in ns */
+    uint64_t hist[64 * 64];
+    uint64_t hist_n;
+} g;
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "loadgen: FAIL: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    printf("status=FAIL\n");
+    fflush(stdout);
+    exit(1);
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static unsigned hist_index(uint64_t v)
+{
+    if (v < 64)
+        return (unsigned)v;
+    unsigned msb = 63u - (unsigned)__builtin_clzll(v); /* >= 6 */
+    unsigned sub = (unsigned)(v >> (msb - 6)) & 63u;
+    unsigned idx = (msb - 5) * 64 + sub;
+    return idx < 64 * 64 ? idx : 64 * 64 - 1;
+}
+
+static uint64_t hist_value(unsigned idx)
+{
+    if (idx < 64)
+        return idx;
+    unsigned msb = idx / 64 + 5, sub = idx % 64;
+    return ((uint64_t)(64 + sub) << (msb - 6)) + ((1ULL << (msb - 6)) >> 1); /* bucket middle */
+}
+
+static double percentile_us(double q)
+{
+    if (g.hist_n == 0)
+        return 0;
+    uint64_t want = (uint64_t)(q * (double)g.hist_n), seen = 0;
+    if (want >= g.hist_n)
+        want = g.hist_n - 1;
+    for (unsigned i = 0; i < 64 * 64; i++) {
+        seen += g.hist[i];
+        if (seen > want)
+            return (double)hist_value(i) / 1000.0;
+    }
+    return 0;
+}
+
+/* The byte at stream offset off of connection ci. */
+static inline const char *stream_at(int ci, uint64_t off, size_t *avail)
+{
+    uint64_t line = off / g.size;
+    size_t in = (size_t)(off % g.size);
+    const char *p = g.pattern + ((line + (uint64_t)ci * 7u) % NPATTERN) * g.size;
+    *avail = g.size - in;
+    return p + in;
+}
+
+static double server_cpu(void)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)g.server);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die("cannot read %s: %s", path, strerror(errno));
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        die("bad %s", path);
+    unsigned long long ut = 0, st = 0;
+    /* after ") ": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        die("bad %s", path);
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static long server_rss_kib(void)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)g.server);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die("cannot read %s: %s", path, strerror(errno));
+    long kib = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
+}
+
+/* Send what the window allows: lines up to limit, at most depth in flight. */
+static void pump_out(int ci, int64_t now)
+{
+    struct conn *c = &g.c[ci];
+    if (c->want_out)
+        return;
+    for (int rounds = 0; rounds < 64; rounds++) {
+        /* start new lines while the window allows */
+        uint64_t want_end = c->sent;
+        if (g.sending || c->sent % g.size != 0) {
+            uint64_t lines_started = (c->sent + g.size - 1) / g.size;
+            uint64_t lines_done = c->rcvd / g.size;
+            uint64_t allow = lines_done + (uint64_t)g.depth;
+            if (!g.sending)
+                allow = lines_started; /* draining: only finish a started line */
+            if (c->limit && allow * g.size > c->limit)
+                allow = c->limit / g.size;
+            want_end = allow * g.size;
+        }
+        if (want_end <= c->sent)
+            return;
+        struct iovec iov[MAX_IOV];
+        int n = 0;
+        uint64_t off = c->sent;
+        while (off < want_end && n < MAX_IOV) {
+            size_t avail;
+            const char *p = stream_at(ci, off, &avail);
+            if (avail > want_end - off)
+                avail = (size_t)(want_end - off);
+            iov[n].iov_base = (void *)p;
+            iov[n].iov_len = avail;
+            n++;
+            off += avail;
+        }
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->want_out = 1;
+                return;
+            }
+            die("conn %d: send: %s", ci, strerror(errno));
+        }
+        /* time-stamp every line whose first byte just left */
+        uint64_t first_new_line = (c->sent + g.size - 1) / g.size;
+        uint64_t end = c->sent + (uint64_t)w;
+        for (uint64_t l = first_new_line; l * g.size < end; l++) {
+            unsigned slot = (c->ts_head + (unsigned)c->inflight) % (unsigned)g.depth;
+            c->ts[slot] = now;
+            c->inflight++;
+        }
+        c->sent = end;
+        if (end < want_end) {
+            c->want_out = 1; /* short write: the socket buffer is full */
+            return;
+        }
+    }
+}
+
+static char rbuf[RBUF];
+
+static void handle_in(int ci, int64_t *nowp)
+{
+    struct conn *c = &g.c[ci];
+    for (int rounds = 0; rounds < 16; rounds++) {
+        size_t room = sizeof rbuf;
+        ssize_t r = recv(c->fd, rbuf, room, MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            die("conn %d: recv: %s (after %llu bytes)", ci, strerror(errno),
+                (unsigned long long)c->rcvd);
+        }
+        if (r == 0)
+            die("conn %d: server closed the connection after %llu of %llu bytes", ci,
+                (unsigned long long)c->rcvd, (unsigned long long)c->sent);
+        if (c->rcvd + (uint64_t)r > c->sent)
+            die("conn %d: received %llu bytes more than were sent", ci,
+                (unsigned long long)(c->rcvd + (uint64_t)r - c->sent));
+        int64_t now = now_ns();
+        *nowp = now;
+        size_t done = 0;
+        while (done < (size_t)r) {
+            size_t avail;
+            const char *exp = stream_at(ci, c->rcvd, &avail);
+            size_t k = (size_t)r - done < avail ? (size_t)r - done : avail;
+            if (memcmp(rbuf + done, exp, k) != 0) {
+                size_t i = 0;
+                while (i < k && rbuf[done + i] == exp[i])
+                    i++;
+                die("conn %d: MISMATCH at stream byte %llu (line %llu, column %zu): "
+                    "expected 0x%02x, got 0x%02x", ci, (unsigned long long)(c->rcvd + i),
+                    (unsigned long long)((c->rcvd + i) / g.size),
+                    (size_t)((c->rcvd + i) % g.size), (unsigned char)exp[i],
+                    (unsigned char)rbuf[done + i]);
+            }
+            done += k;
+            c->rcvd += k;
+            if (k == avail) { /* a line completed */
+                int64_t lat = now - c->ts[c->ts_head];
+                c->ts_head = (c->ts_head + 1) % (unsigned)g.depth;
+                c->inflight--;
+                if (g.measuring) {
+                    g.rt_measured++;
+                    g.hist[hist_index(lat > 0 ? (uint64_t)lat : 0)]++;
+                    g.hist_n++;
+                }
+            }
+        }
+        g.last_progress = now;
+        if ((size_t)r < room)
+            return; /* drained: edge-triggered epoll reports the next arrival */
+    }
+}
+
+/* Run the loop until every connection satisfies done(), or the deadline (0: none). */
+static void run_loop(int ep, int (*done)(void), int64_t deadline, struct epoll_event *evs, int maxev)
+{
+    int64_t now = now_ns();
+    g.last_progress = now;
+    while (!done()) {
+        if (deadline && now >= deadline)
+            return;
+        int timeout = 100;
+        int n = epoll_wait(ep, evs, maxev, timeout);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("epoll_wait: %s", strerror(errno));
+        }
+        now = now_ns();
+        for (int i = 0; i < n; i++) {
+            int ci = (int)evs[i].data.u32;
+            if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+                handle_in(ci, &now);
+            if (evs[i].events & EPOLLOUT)
+                g.c[ci].want_out = 0;
+            if (evs[i].events & (EPOLLIN | EPOLLOUT))
+                pump_out(ci, now);
+        }
+        if (now - g.last_progress > STALL_NS)
+            die("no progress for %lld s (server stuck?)", STALL_NS / 1000000000LL);
+    }
+}
+
+static int all_idle(void)
+{
+    for (int i = 0; i < g.nconns; i++)
+        if (g.c[i].rcvd < g.c[i].sent || (g.c[i].limit && g.c[i].sent < g.c[i].limit))
+            return 0;
+    return 1;
+}
+
+static int never(void) { return 0; }
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: loadgen -p PORT -S SERVER_PID [-c CONNS] [-P DEPTH] [-s LINE_BYTES] [-t SECONDS]\n"
+            "               [-a CPU] [-I]\n"
+            "  prints: status=OK conns= depth= size= secs= rt= rt_per_s= p50_us= p99_us= p999_us=\n"
+            "          server_cpu_s= rt_per_cpu_s=        (-I: rss_before_kib= rss_after_kib= bytes_per_conn=)\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    g.nconns = 1;
+    g.depth = 1;
+    g.size = 64;
+    g.secs = 5;
+    g.cpu = 1;
+    int opt;
+    while ((opt = getopt(argc, argv, "p:S:c:P:s:t:a:I")) != -1) {
+        switch (opt) {
+        case 'p': g.port = atoi(optarg); break;
+        case 'S': g.server = (pid_t)atoi(optarg); break;
+        case 'c': g.nconns = atoi(optarg); break;
+        case 'P': g.depth = atoi(optarg); break;
+        case 's': g.size = (size_t)atol(optarg); break;
+        case 't': g.secs = atof(optarg); break;
+        case 'a': g.cpu = atoi(optarg); break;
+        case 'I': g.idle = 1; break;
+        default: usage();
+        }
+    }
+    if (g.port <= 0 || g.server <= 0 || g.nconns < 1 || g.depth < 1 || g.size < 2 ||
+        g.size > (1u << 24) || g.secs <= 0 || g.secs > 3600)
+        usage();
+
+    if (g.cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(g.cpu, &set);
+        if (sched_setaffinity(0, sizeof set, &set) != 0)
+            fprintf(stderr, "loadgen: cannot pin to CPU %d: %s (going on unpinned)\n", g.cpu,
+                    strerror(errno));
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+
+    /* line contents: random bytes other than '\n', NUL and '\r' included, then '\n' */
+    g.pattern = malloc((size_t)NPATTERN * g.size);
+    if (!g.pattern)
+        die("out of memory");
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < (size_t)NPATTERN * g.size; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        char b = (char)(x >> 24);
+        if (b == '\n')
+            b = 0;
+        g.pattern[i] = (i % g.size == g.size - 1) ? '\n' : b;
+    }
+
+    g.c = calloc((size_t)g.nconns, sizeof *g.c);
+    int64_t *ts = calloc((size_t)g.nconns * (size_t)g.depth, sizeof *ts);
+    int maxev = g.nconns < 1024 ? g.nconns : 1024;
+    struct epoll_event *evs = calloc((size_t)maxev, sizeof *evs);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (!g.c || !ts || !evs || ep < 0)
+        die("setup: %s", strerror(errno));
+    long rss_before = g.idle ? server_rss_kib() : 0;
+
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int64_t t_conn = now_ns();
+    for (int i = 0; i < g.nconns; i++) {
+        struct conn *c = &g.c[i];
+        c->ts = ts + (size_t)i * (size_t)g.depth;
+        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (c->fd < 0)
+            die("socket %d: %s", i, strerror(errno));
+        struct timeval tv = {.tv_sec = 10};
+        setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        int one = 1;
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        int tries = 0;
+        while (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+            if ((errno == EINTR || errno == EAGAIN || errno == ECONNREFUSED) && ++tries < 50) {
+                usleep(20000);
+                continue;
+            }
+            die("connect %d: %s", i, strerror(errno));
+        }
+        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) != 0)
+            die("epoll_ctl: %s", strerror(errno));
+    }
+    double conn_secs = (double)(now_ns() - t_conn) / 1e9;
+
+    /* warm-up: one verified round trip per connection */
+    g.sending = 1;
+    for (int i = 0; i < g.nconns; i++) {
+        g.c[i].limit = g.size;
+        pump_out(i, now_ns());
+    }
+    run_loop(ep, all_idle, now_ns() + 60LL * 1000000000LL, evs, maxev);
+    if (!all_idle())
+        die("warm-up did not finish in 60 s");
+
+    if (g.idle) {
+        /* hold the connections, let the server settle, then sample its RSS */
+        struct timespec ts2 = {.tv_sec = (time_t)g.secs, .tv_nsec = (long)((g.secs - (double)(time_t)g.secs) * 1e9)};
+        nanosleep(&ts2, NULL);
+        long rss_after = server_rss_kib();
+        printf("status=OK conns=%d rss_before_kib=%ld rss_after_kib=%ld bytes_per_conn=%.0f connect_s=%.2f\n",
+               g.nconns, rss_before, rss_after,
+               (double)(rss_after - rss_before) * 1024.0 / g.nconns, conn_secs);
+        return 0;
+    }
+
+    /* measure */
+    for (int i = 0; i < g.nconns; i++)
+        g.c[i].limit = 0;
+    double cpu0 = server_cpu();
+    int64_t t0 = now_ns();
+    g.measuring = 1;
+    for (int i = 0; i < g.nconns; i++)
+        pump_out(i, t0);
+    run_loop(ep, never, t0 + (int64_t)(g.secs * 1e9), evs, maxev);
+    int64_t t1 = now_ns();
+    double cpu1 = server_cpu();
+    g.measuring = 0;
+
+    /* drain: finish and verify every line in flight */
+    g.sending = 0;
+    for (int i = 0; i < g.nconns; i++) {
+        g.c[i].want_out = 0;
+        pump_out(i, t1);
+    }
+    run_loop(ep, all_idle, now_ns() + 30LL * 1000000000LL, evs, maxev);
+    if (!all_idle())
+        die("drain did not finish in 30 s");
+    for (int i = 0; i < g.nconns; i++)
+        close(g.c[i].fd);
+
+    double el = (double)(t1 - t0) / 1e9, cpu = cpu1 - cpu0;
+    printf("status=OK conns=%d depth=%d size=%zu secs=%.3f rt=%lld rt_per_s=%.0f p50_us=%.1f "
+           "p99_us=%.1f p999_us=%.1f server_cpu_s=%.3f rt_per_cpu_s=%.0f connect_s=%.2f\n",
+           g.nconns, g.depth, g.size, el, g.rt_measured, (double)g.rt_measured / el,
+           percentile_us(0.50), percentile_us(0.99), percentile_us(0.999), cpu,
+           cpu > 0 ? (double)g.rt_measured / cpu : 0.0, conn_secs);
+    return 0;
+}

@@ -1,0 +1,339 @@
+/* micro: weft's per-operation costs against what C gives without it (bench/README.md).
+ * Public API only.
+ *
+ *   switch      two coroutines calling weft_yield in turn (ns per yield: one coroutine to the
+ *               other), against two ucontexts calling swapcontext in turn and against a plain
+ *               (not inlined) function call
+ *   spawn+join  weft_spawn + weft_join of a coroutine that returns at once, from a coroutine,
+ *               against pthread_create + pthread_join
+ *   many        spawn up to 1,000,000 parked coroutines (16 KiB stacks via weft_spawn_ex, each
+ *               blocked in weft_queue_recv): how many succeeded, why it stopped (errno), memory
+ *               per coroutine (RSS growth) and the spawn rate. It stops early, and says so,
+ *               when the RSS growth would pass half of MemAvailable.
+ *
+ * Each timing is repeated (5 times, 1 with -q) and the median shown. Exit 0 unless something
+ * misbehaves (a coroutine that does not run, a join that fails); a ratio is never a failure.
+ * Usage: micro [-q] [-n MAX_COROUTINES]
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "weft.h"
+
+static int quick;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmpd(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_of(double (*fn)(void), int reps)
+{
+    double v[9];
+    if (reps > 9)
+        reps = 9;
+    for (int i = 0; i < reps; i++)
+        v[i] = fn();
+    qsort(v, (size_t)reps, sizeof v[0], cmpd);
+    return v[reps / 2];
+}
+
+static void fail(const char *what)
+{
+    fprintf(stderr, "micro: FAIL: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+/* ---- context switch ---- */
+
+static long yield_iters;
+
+static void *yielder(void *arg)
+{
+    long *count = arg;
+    for (long i = 0; i < yield_iters; i++) {
+        weft_yield();
+        (*count)++;
+    }
+    return NULL;
+}
+
+static double bench_weft_switch(void)
+{
+    long a = 0, b = 0;
+    yield_iters = quick ? 200000 : 2000000;
+    weft_co *x = weft_spawn(yielder, &a), *y = weft_spawn(yielder, &b);
+    if (!x || !y)
+        fail("weft_spawn");
+    double t0 = now_s();
+    if (weft_join(x, NULL, -1) != 0 || weft_join(y, NULL, -1) != 0)
+        fail("weft_join");
+    double t = now_s() - t0;
+    if (a != yield_iters || b != yield_iters) {
+        errno = 0;
+        fail("yield count");
+    }
+    return t * 1e9 / (double)(2 * yield_iters); /* ns per yield: one coroutine to the other */
+}
+
+static ucontext_t uc_main, uc_a, uc_b;
+static long uc_iters;
+
+static void uc_fn_a(void)
+{
+    for (long i = 0; i < uc_iters; i++)
+        swapcontext(&uc_a, &uc_b);
+}
+
+static void uc_fn_b(void)
+{
+    for (;;)
+        swapcontext(&uc_b, &uc_a);
+}
+
+static double bench_swapcontext(void)
+{
+    static char sa[64 * 1024], sb[64 * 1024];
+    uc_iters = quick ? 100000 : 1000000;
+    getcontext(&uc_a);
+    uc_a.uc_stack.ss_sp = sa;
+    uc_a.uc_stack.ss_size = sizeof sa;
+    uc_a.uc_link = &uc_main;
+    makecontext(&uc_a, uc_fn_a, 0);
+    getcontext(&uc_b);
+    uc_b.uc_stack.ss_sp = sb;
+    uc_b.uc_stack.ss_size = sizeof sb;
+    uc_b.uc_link = &uc_main;
+    makecontext(&uc_b, uc_fn_b, 0);
+    double t0 = now_s();
+    swapcontext(&uc_main, &uc_a);
+    double t = now_s() - t0;
+    return t * 1e9 / (double)(2 * uc_iters); /* ns per swapcontext */
+}
+
+__attribute__((noinline)) static long plain_fn(long x)
+{
+    __asm__ volatile("" : "+r"(x));
+    return x + 1;
+}
+static long (*volatile plain_ptr)(long) = plain_fn;
+
+static double bench_call(void)
+{
+    long n = quick ? 10000000 : 100000000, x = 0;
+    double t0 = now_s();
+    for (long i = 0; i < n; i++)
+        x = plain_ptr(x);
+    double t = now_s() - t0;
+    if (x != n) {
+        errno = 0;
+        fail("call count");
+    }
+    return t * 1e9 / (double)n;
+}
+
+/* ---- spawn + join ---- */
+
+static void *nothing(void *arg) { return arg; }
+
+static long sj_iters;
+
+static void *spawner(void *arg)
+{
+    double *out = arg;
+    double t0 = now_s();
+    for (long i = 0; i < sj_iters; i++) {
+        void *r = NULL;
+        weft_co *c = weft_spawn(nothing, (void *)1);
+        if (!c || weft_join(c, &r, -1) != 0 || r != (void *)1)
+            fail("spawn+join");
+    }
+    *out = (now_s() - t0) * 1e9 / (double)sj_iters;
+    return NULL;
+}
+
+static double bench_weft_spawn(void)
+{
+    double ns = 0;
+    sj_iters = quick ? 100000 : 1000000;
+    weft_co *c = weft_spawn(spawner, &ns);
+    if (!c || weft_join(c, NULL, -1) != 0)
+        fail("spawner");
+    return ns;
+}
+
+static double bench_pthread_spawn(void)
+{
+    long n = quick ? 5000 : 30000;
+    double t0 = now_s();
+    for (long i = 0; i < n; i++) {
+        pthread_t t;
+        void *r = NULL;
+        if (pthread_create(&t, NULL, nothing, (void *)1) != 0 || pthread_join(t, &r) != 0 ||
+            r != (void *)1)
+            fail("pthread_create+join");
+    }
+    return (now_s() - t0) * 1e9 / (double)n;
+}
+
+/* ---- how many coroutines ---- */
+
+static long rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+static long meminfo_kib(const char *key)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    long kib = 0;
+    size_t kl = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl) && sscanf(line + kl, ": %ld", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+static long count_maps(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    long n = 0;
+    int ch;
+    while (f && (ch = getc(f)) != EOF)
+        n += ch == '\n';
+    if (f)
+        fclose(f);
+    return n;
+}
+
+static long parked;
+
+static void *parker(void *arg)
+{
+    weft_queue *q = arg;
+    void *item;
+    parked++;
+    weft_queue_recv(q, &item, -1); /* returns EPIPE when q is closed */
+    parked--;
+    return NULL;
+}
+
+static void bench_many(long target)
+{
+    weft_queue *q = weft_queue_new(1);
+    if (!q)
+        fail("weft_queue_new");
+    long budget_kib = meminfo_kib("MemAvailable") / 2;
+    long rss0 = rss_kib(), maps0 = count_maps();
+    weft_spawn_opts o = {.name = "p", .stack_size = 16 * 1024, .detached = 1};
+    long n = 0;
+    int err = 0;
+    const char *why = "reached the target";
+    double t0 = now_s();
+    while (n < target) {
+        long batch = target - n < 10000 ? target - n : 10000;
+        for (long i = 0; i < batch; i++) {
+            if (!weft_spawn_ex(parker, q, &o)) {
+                err = errno;
+                why = "weft_spawn_ex failed";
+                break;
+            }
+            n++;
+        }
+        weft_yield(); /* outside a coroutine: one scheduler turn, so the new ones run and park */
+        if (err)
+            break;
+        if (rss_kib() - rss0 > budget_kib) {
+            why = "stopped at the memory budget (half of MemAvailable)";
+            break;
+        }
+    }
+    double t = now_s() - t0;
+    for (int i = 0; i < 10 && parked < n; i++)
+        weft_yield();
+    long rss1 = rss_kib(), maps1 = count_maps();
+    printf("coroutines parked      %10ld of %ld (%s%s%s)\n", parked, target, why,
+           err ? ": " : "", err ? strerror(err) : "");
+    printf("  spawn rate           %10.0f /s   (spawn + first run + park)\n", (double)n / t);
+    printf("  memory per coroutine %10.0f bytes RSS  (16 KiB stacks; %ld kernel mappings, "
+           "vm.max_map_count limits them)\n",
+           n ? (double)(rss1 - rss0) * 1024.0 / (double)n : 0.0, maps1 - maps0);
+    if (parked != n) {
+        errno = 0;
+        fail("not every spawned coroutine ran and parked");
+    }
+    weft_queue_close(q); /* every parked receiver wakes with EPIPE and ends */
+    double t1 = now_s();
+    weft_run();
+    printf("  teardown             %10.3f s\n", now_s() - t1);
+    if (weft_count() != 0 || parked != 0) {
+        errno = 0;
+        fail("coroutines left after teardown");
+    }
+    weft_queue_free(q);
+}
+
+int main(int argc, char **argv)
+{
+    long target = 1000000;
+    int opt;
+    while ((opt = getopt(argc, argv, "qn:")) != -1) {
+        if (opt == 'q')
+            quick = 1;
+        else if (opt == 'n')
+            target = atol(optarg);
+        else {
+            fprintf(stderr, "usage: micro [-q] [-n MAX_COROUTINES]\n");
+            return 2;
+        }
+    }
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(0, &set);
+    sched_setaffinity(0, sizeof set, &set); /* one CPU: steadier, and threads pay a real switch */
+    int reps = quick ? 1 : 5;
+
+    printf("== micro: %s, median of %d ==\n", quick ? "quick" : "full", reps);
+    double sw = median_of(bench_weft_switch, reps);
+    double uc = median_of(bench_swapcontext, reps);
+    double call = median_of(bench_call, reps);
+    printf("switch: weft_yield     %8.1f ns   swapcontext %8.1f ns   function call %6.2f ns\n", sw,
+           uc, call);
+    printf("  swapcontext / weft   %8.1fx  (target >= 50x)   weft / function call %.1fx\n",
+           uc / sw, sw / call);
+    double ws = median_of(bench_weft_spawn, reps);
+    double ps = median_of(bench_pthread_spawn, reps);
+    printf("spawn+join: weft       %8.1f ns   pthread_create+join %8.1f ns\n", ws, ps);
+    printf("  pthread / weft       %8.1fx  (target >= 50x)\n", ps / ws);
+    bench_many(target);
+    return 0;
+}
