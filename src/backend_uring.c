@@ -139,7 +139,9 @@ static int uring_poll(backend *b, int timeout_ms)
     struct io_uring_cqe *cqe;
     int rc;
     if (timeout_ms == 0) {
-        rc = io_uring_submit(&u->ring);
+        /* Not a plain submit: with DEFER_TASKRUN, completions are only posted when we ask
+         * for events, and a busy loop (always something runnable) would never see them. */
+        rc = io_uring_submit_and_get_events(&u->ring);
     } else {
         struct __kernel_timespec ts = {timeout_ms / 1000, (long long)(timeout_ms % 1000) * 1000000};
         rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, timeout_ms < 0 ? NULL : &ts, NULL);
