@@ -355,7 +355,8 @@ static void stop_signal_watcher(weft_server *srv)
     }
 }
 
-int weft_server_stop_on_signals(weft_server *srv, int64_t grace_ms)
+/* Install the handlers and the pipe, once per process. */
+static int signals_setup(void)
 {
     pthread_mutex_lock(&sig_setup);
     int rc = 0;
@@ -369,13 +370,25 @@ int weft_server_stop_on_signals(weft_server *srv, int64_t grace_ms)
             rc = -1;
     }
     pthread_mutex_unlock(&sig_setup);
-    if (rc != 0)
+    return rc;
+}
+
+/* Watch for signals newer than generation gen (taken when the caller began serving, so a
+ * signal that came while this thread was still starting is not missed). */
+static int stop_on_signals_since(weft_server *srv, int64_t grace_ms, int gen)
+{
+    if (signals_setup() != 0)
         return -1;
     srv->signal_grace_ms = grace_ms;
-    srv->signal_generation = atomic_load(&sig_generation);
+    srv->signal_generation = gen;
     weft_spawn_opts so = {.name = "weft-signals", .detached = 1};
     srv->signal_watcher = weft_spawn_ex(signal_watch, srv, &so);
     return srv->signal_watcher ? 0 : -1;
+}
+
+int weft_server_stop_on_signals(weft_server *srv, int64_t grace_ms)
+{
+    return stop_on_signals_since(srv, grace_ms, atomic_load(&sig_generation));
 }
 
 int weft_serve(const char *addr, weft_handler handler, void *arg)
@@ -402,18 +415,19 @@ typedef struct serve_thread {
     char addr[160];
     weft_handler handler;
     void *arg;
+    int gen;     /* signal generation when serving began */
     int rc;
 } serve_thread;
 
 /* One thread's share: its own listener on the shared port, server, scheduler and loop. */
-static int serve_here(weft_listener *l, weft_handler handler, void *arg)
+static int serve_here(weft_listener *l, weft_handler handler, void *arg, int gen)
 {
     weft_server *srv = weft_server_start(l, handler, arg);
     if (!srv) {
         weft_listener_close(l);
         return -1;
     }
-    if (weft_server_stop_on_signals(srv, -1) != 0) {
+    if (stop_on_signals_since(srv, -1, gen) != 0) {
         weft_server_close(srv);
         return -1;
     }
@@ -424,7 +438,7 @@ static void *serve_thread_main(void *p)
 {
     serve_thread *t = p;
     weft_listener *l = net_listen(t->addr, 0, true);
-    t->rc = l ? serve_here(l, t->handler, t->arg) : -1;
+    t->rc = l ? serve_here(l, t->handler, t->arg, t->gen) : -1;
     return NULL;
 }
 
@@ -436,6 +450,9 @@ int weft_serve_threads(const char *addr, weft_handler handler, void *arg, int nt
     }
     if (strncmp(addr, "unix:", 5) == 0)
         nthreads = 1; /* SO_REUSEPORT is for TCP: a Unix socket is served by one thread */
+    if (signals_setup() != 0) /* before any thread listens: a signal must never kill us */
+        return -1;
+    int gen = atomic_load(&sig_generation);
     weft_listener *l = net_listen(addr, 0, true);
     if (!l)
         return -1;
@@ -451,11 +468,12 @@ int weft_serve_threads(const char *addr, weft_handler handler, void *arg, int nt
         snprintf(t->addr, sizeof t->addr, "%s", weft_listener_addr(l));
         t->handler = handler;
         t->arg = arg;
+        t->gen = gen;
         if (pthread_create(&t->tid, NULL, serve_thread_main, t) != 0)
             break;
         started++;
     }
-    int rc = serve_here(l, handler, arg);
+    int rc = serve_here(l, handler, arg, gen);
     for (int i = 1; i <= started; i++) {
         pthread_join(threads[i].tid, NULL);
         if (threads[i].rc != 0)
