@@ -222,7 +222,8 @@ static ssize_t uring_read(backend *b, int fd, void *buf, size_t n, int64_t deadl
     io_uring_prep_read(sqe, fd, buf, (unsigned)(n > UINT32_MAX ? UINT32_MAX : n), (uint64_t)-1);
     slot->read_op = &op;
     int r = run_op(u, fd, sqe, &op, deadline);
-    u->fds.slots[fd].read_op = NULL; /* the table may have moved */
+    if (u->fds.slots[fd].read_op == &op) /* (the table may have moved; the fd been reused) */
+        u->fds.slots[fd].read_op = NULL;
     return r;
 }
 

@@ -495,13 +495,21 @@ static void install_hook(void)
     sched_held_output_hook = flush_held_output;
 }
 
-static int hold_output(weft_chan *c)
+static int hold_output(weft_chan *c, int64_t deadline)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT; /* threads may get here together */
     pthread_once(&once, install_hook);
     weft_co *co = weft_self();
-    if (co->held_output && co->held_output != c)
-        flush_held_output(co, true); /* one held channel per coroutine */
+    if (c->holder && c->holder != co)
+        return flush_dl(c, deadline); /* another coroutine's hold: no sharing, send it all */
+    if (co->held_output && co->held_output != c) {
+        /* One held channel per coroutine: send the other one first. That may wait, so c
+         * counts us as inside it, and a close meanwhile is seen (EBADF, c gone). */
+        c->users++;
+        flush_held_output(co, true);
+        if (chan_leave(c, 0) != 0)
+            return -1;
+    }
     co->held_output = c;
     c->holder = co;
     return 0;
@@ -548,7 +556,7 @@ static int put(weft_chan *c, const char *p, size_t n, int64_t deadline)
 static int settle(weft_chan *c, bool has_newline, int64_t deadline)
 {
     if (c->buffering == WEFT_BUF_LINE && has_newline && weft_self() && input_line_buffered(c))
-        return hold_output(c);
+        return hold_output(c, deadline);
     if (c->buffering == WEFT_BUF_NONE || (c->buffering == WEFT_BUF_LINE && has_newline))
         return flush_dl(c, deadline);
     return 0;

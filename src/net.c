@@ -323,6 +323,13 @@ weft_chan *weft_accept(weft_listener *l, int64_t deadline)
                     return NULL;
                 }
                 errno = err;
+                if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                    /* A kernel that honours O_NONBLOCK inside io_uring: wait for readiness. */
+                    l->users++;
+                    if (listener_leave(l, fd_wait(l->fd, WEFT_READABLE, deadline)) != 0)
+                        return NULL;
+                    continue;
+                }
             } else if (listener_leave(l, fd_wait(l->fd, WEFT_READABLE, deadline)) != 0) {
                 return NULL;
             } else {

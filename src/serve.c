@@ -338,6 +338,10 @@ static void *signal_watch(void *p)
     while (atomic_load(&sig_generation) == start) {
         if (weft_wait_fd(sig_pipe[0], WEFT_READABLE, -1) != 0)
             return NULL; /* cancelled: the server stopped some other way */
+        /* A level-triggered backend (io_uring's poll) reports the never-drained pipe of an
+         * older signal again and again: pace those wake-ups instead of spinning. */
+        if (atomic_load(&sig_generation) == start && weft_sleep(100) != 0)
+            return NULL;
     }
     srv->signal_watcher = NULL;
     atomic_fetch_add(&sig_shutdowns, 1);
