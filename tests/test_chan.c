@@ -637,6 +637,53 @@ static void pipelined_replies_leave_in_one_send(void)
     close(sv[1]);
 }
 
+/* Two writers on a channel whose reader has lines buffered, then a close by the reader: the
+ * first writer's held reply must not outlive the channel (it used to be flushed, from a
+ * freed channel, when that writer next parked). Sanitizers and valgrind watch this one. */
+static weft_chan *shared;
+
+static void *reader_then_closer(void *arg)
+{
+    (void)arg;
+    size_t len;
+    CHECK(weft_gets(shared, &len) && len == 1); /* two more lines stay buffered */
+    weft_yield();
+    weft_yield(); /* both writers write meanwhile */
+    CHECK(weft_close(shared) == 0);
+    return NULL;
+}
+
+static void *writer(void *arg)
+{
+    weft_yield();
+    CHECK(weft_puts(shared, arg) == 0);
+    weft_yield();
+    weft_yield();
+    weft_yield();
+    CHECK(weft_sleep(1) == 0); /* a park: held output would be flushed here */
+    return NULL;
+}
+
+static void held_replies_of_two_writers_and_a_close(void)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    write_all(sv[1], "a\nb\nc\n", 6);
+    shared = weft_chan_open(sv[0]);
+    weft_co *r = weft_spawn(reader_then_closer, NULL);
+    weft_co *a = weft_spawn(writer, "from-a"), *b = weft_spawn(writer, "from-b");
+    CHECK(shared && r && a && b);
+    CHECK(weft_join(r, NULL, -1) == 0 && weft_join(a, NULL, -1) == 0 && weft_join(b, NULL, -1) == 0);
+    /* Both replies got out, in the order written, before the close. */
+    char got[32] = "";
+    size_t n = 0;
+    ssize_t k;
+    while (n < sizeof got - 1 && (k = read(sv[1], got + n, sizeof got - 1 - n)) > 0)
+        n += (size_t)k;
+    CHECK(strcmp(got, "from-a\nfrom-b\n") == 0);
+    close(sv[1]);
+}
+
 static void channel_metadata(void)
 {
     int sv[2];
@@ -668,6 +715,7 @@ const struct test tests[] = {
     {"large_write_after_buffered_bytes_goes_straight_out", large_write_after_buffered_bytes_goes_straight_out, 0},
     {"a_coroutine_whose_input_never_runs_dry_still_yields", a_coroutine_whose_input_never_runs_dry_still_yields, 0},
     {"pipelined_replies_leave_in_one_send", pipelined_replies_leave_in_one_send, 0},
+    {"held_replies_of_two_writers_and_a_close", held_replies_of_two_writers_and_a_close, 0},
     {"channel_metadata", channel_metadata, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
