@@ -10,8 +10,10 @@
 #include <stdlib.h>
 #include <time.h>
 
+/* A waiter's node (first, so a list's head converts back) sits in the same wait lists as
+ * the single-thread queues use; here q->mu guards them. */
 typedef struct tq_waiter {
-    struct tq_waiter *prev, *next;
+    waiter node;
     rwait rw;              /* a coroutine */
     pthread_cond_t *cv;    /* or a plain thread */
     bool claimed;
@@ -19,46 +21,24 @@ typedef struct tq_waiter {
     void *item;
 } tq_waiter;
 
-typedef struct tq_list {
-    tq_waiter *head, *tail;
-} tq_list;
-
 struct weft_tqueue {
     pthread_mutex_t mu;
     void **ring;
     size_t cap, head, len;
     bool closed;
     int users;             /* waiters not yet gone: free must wait for them (under mu) */
-    tq_list senders, receivers;
+    wait_list senders, receivers;
 };
 
-static void list_push(tq_list *l, tq_waiter *w)
+static tq_waiter *first(const wait_list *l)
 {
-    w->next = NULL;
-    w->prev = l->tail;
-    if (l->tail)
-        l->tail->next = w;
-    else
-        l->head = w;
-    l->tail = w;
-}
-
-static void list_remove(tq_list *l, tq_waiter *w)
-{
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        l->head = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        l->tail = w->prev;
+    return (tq_waiter *)l->head;
 }
 
 /* Under q->mu: complete w's wait with err and wake it. */
-static void claim(tq_list *l, tq_waiter *w, int err)
+static void claim(wait_list *l, tq_waiter *w, int err)
 {
-    list_remove(l, w);
+    wait_list_remove(l, &w->node);
     w->claimed = true;
     w->err = err;
     if (w->cv)
@@ -89,12 +69,12 @@ weft_tqueue *weft_tqueue_new(size_t capacity)
 /* Under q->mu: park the caller in list as w until claimed or the deadline; returns with
  * q->mu held. 0 when claimed (w->err tells the outcome), else -1 and w is off the list. A
  * claimed coroutine must then call finish() after unlocking q. */
-static int tq_wait(weft_tqueue *q, tq_list *list, tq_waiter *w, int64_t deadline)
+static int tq_wait(weft_tqueue *q, wait_list *list, tq_waiter *w, int64_t deadline)
 {
     if (weft_self()) {
         if (rwait_begin(&w->rw) != 0)
             return -1;
-        list_push(list, w);
+        wait_list_push(list, &w->node);
         pthread_mutex_unlock(&q->mu);
         int rc = sched_park(deadline);
         int err = errno;
@@ -106,7 +86,7 @@ static int tq_wait(weft_tqueue *q, tq_list *list, tq_waiter *w, int64_t deadline
             pthread_mutex_lock(&q->mu);
         }
         if (!w->claimed) {
-            list_remove(list, w);
+            wait_list_remove(list, &w->node);
             rwait_end(&w->rw);
             errno = err;
             return -1;
@@ -120,14 +100,14 @@ static int tq_wait(weft_tqueue *q, tq_list *list, tq_waiter *w, int64_t deadline
     pthread_cond_init(&cv, &ca);
     pthread_condattr_destroy(&ca);
     w->cv = &cv;
-    list_push(list, w);
+    wait_list_push(list, &w->node);
     struct timespec ts = {deadline / 1000, (deadline % 1000) * 1000000};
     int rc = 0;
     while (!w->claimed && rc != ETIMEDOUT)
         rc = deadline < 0 ? pthread_cond_wait(&cv, &q->mu) : pthread_cond_timedwait(&cv, &q->mu, &ts);
     pthread_cond_destroy(&cv);
     if (!w->claimed) {
-        list_remove(list, w);
+        wait_list_remove(list, &w->node);
         errno = ETIMEDOUT;
         return -1;
     }
@@ -144,7 +124,7 @@ static void finish(tq_waiter *w)
 
 /* Under q->mu: wait in list as w, then let go of q (it is unlocked on return) and settle.
  * 0 when handed over, else -1 with errno (the claim's error, or ETIMEDOUT/ECANCELED). */
-static int wait_and_unlock(weft_tqueue *q, tq_list *list, tq_waiter *w, int64_t deadline)
+static int wait_and_unlock(weft_tqueue *q, wait_list *list, tq_waiter *w, int64_t deadline)
 {
     q->users++;
     int rc = tq_wait(q, list, w, deadline);
@@ -167,7 +147,7 @@ int weft_tqueue_send(weft_tqueue *q, void *item, int64_t deadline)
         errno = EPIPE;
         rc = -1;
     } else if (q->len == 0 && q->receivers.head) {
-        tq_waiter *r = q->receivers.head;
+        tq_waiter *r = first(&q->receivers);
         r->item = item;
         claim(&q->receivers, r, 0);
     } else if (q->len < q->cap) {
@@ -190,7 +170,7 @@ int weft_tqueue_recv(weft_tqueue *q, void **item, int64_t deadline)
         q->head = (q->head + 1) % q->cap;
         q->len--;
         if (q->senders.head) { /* the room just made is theirs */
-            tq_waiter *s = q->senders.head;
+            tq_waiter *s = first(&q->senders);
             q->ring[(q->head + q->len) % q->cap] = s->item;
             q->len++;
             claim(&q->senders, s, 0);
@@ -214,9 +194,9 @@ void weft_tqueue_close(weft_tqueue *q)
     pthread_mutex_lock(&q->mu);
     q->closed = true;
     while (q->senders.head)
-        claim(&q->senders, q->senders.head, EPIPE);
+        claim(&q->senders, first(&q->senders), EPIPE);
     while (q->receivers.head)
-        claim(&q->receivers, q->receivers.head, EPIPE);
+        claim(&q->receivers, first(&q->receivers), EPIPE);
     pthread_mutex_unlock(&q->mu);
 }
 
