@@ -279,7 +279,10 @@ static const char *take_line(weft_chan *c, size_t n, size_t consumed, size_t *le
 
 const char *weft_gets(weft_chan *c, size_t *len)
 {
-    int64_t deadline = deadline_after(c->read_timeout);
+    /* The clock is read only if a line has to be waited for: a gets served from the buffer
+     * (pipelined input) costs no clock_gettime. */
+    int64_t deadline = 0;
+    bool deadline_set = false;
     for (;;) {
         if (c->skipping && skip_line(c))
             c->skipping = false;
@@ -309,6 +312,10 @@ const char *weft_gets(weft_chan *c, size_t *len)
             c->skipping = false;
             errno = 0;
             return NULL;
+        }
+        if (!deadline_set) {
+            deadline = deadline_after(c->read_timeout);
+            deadline_set = true;
         }
         ssize_t r = fill(c, deadline);
         if (r < 0)
