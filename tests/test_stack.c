@@ -82,7 +82,8 @@ static void *overflower(void *arg)
     return (void *)overflow(0);
 }
 
-static void overflow_is_reported_with_the_coroutine_name(void)
+/* Run fn in a child process with its stderr captured into out; returns the wait status. */
+static int run_child(void (*fn)(void), char *out, size_t cap)
 {
     int err[2];
     CHECK(pipe(err) == 0);
@@ -90,20 +91,32 @@ static void overflow_is_reported_with_the_coroutine_name(void)
     CHECK(pid >= 0);
     if (pid == 0) {
         dup2(err[1], 2);
-        weft_spawn_opts o = {.name = "runaway-recursion", .stack_size = 64 * 1024};
-        CHECK(weft_spawn_ex(overflower, NULL, &o));
-        weft_run();
-        _exit(0); /* not reached: the overflow ends the process */
+        fn();
+        _exit(0); /* not reached in these tests: the process is meant to die */
     }
     close(err[1]);
-    char out[4096];
     size_t n = 0;
     ssize_t r;
-    while (n < sizeof out - 1 && (r = read(err[0], out + n, sizeof out - 1 - n)) > 0)
+    while (n < cap - 1 && (r = read(err[0], out + n, cap - 1 - n)) > 0)
         n += (size_t)r;
     out[n] = '\0';
+    close(err[0]);
     int status;
     CHECK(waitpid(pid, &status, 0) == pid);
+    return status;
+}
+
+static void spawn_overflower(void)
+{
+    weft_spawn_opts o = {.name = "runaway-recursion", .stack_size = 64 * 1024};
+    CHECK(weft_spawn_ex(overflower, NULL, &o));
+    weft_run();
+}
+
+static void overflow_is_reported_with_the_coroutine_name(void)
+{
+    char out[4096];
+    int status = run_child(spawn_overflower, out, sizeof out);
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV);
     CHECK(strstr(out, "stack overflow in coroutine 'runaway-recursion'"));
 }
@@ -128,30 +141,19 @@ static void *scribble_then_yield(void *arg)
     return NULL;
 }
 
+static void spawn_scribbler(void)
+{
+    setenv("WEFT_STACK_GUARD", "never", 1);
+    weft_spawn_opts v = {.name = "canary-victim", .stack_size = 16 * 1024, .detached = 1};
+    CHECK(weft_spawn_ex(scribble_then_yield, NULL, &v));
+    CHECK(weft_spawn_ex(park, NULL, NULL)); /* must never run on corrupted memory */
+    weft_run();
+}
+
 static void unguarded_overflow_is_caught_by_the_canary(void)
 {
-    int err[2];
-    CHECK(pipe(err) == 0);
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        dup2(err[1], 2);
-        setenv("WEFT_STACK_GUARD", "never", 1);
-        weft_spawn_opts v = {.name = "canary-victim", .stack_size = 16 * 1024, .detached = 1};
-        CHECK(weft_spawn_ex(scribble_then_yield, NULL, &v));
-        CHECK(weft_spawn_ex(park, NULL, NULL)); /* must never run on corrupted memory */
-        weft_run();
-        _exit(0); /* not reached */
-    }
-    close(err[1]);
     char out[4096];
-    size_t n = 0;
-    ssize_t r;
-    while (n < sizeof out - 1 && (r = read(err[0], out + n, sizeof out - 1 - n)) > 0)
-        n += (size_t)r;
-    out[n] = '\0';
-    int status;
-    CHECK(waitpid(pid, &status, 0) == pid);
+    int status = run_child(spawn_scribbler, out, sizeof out);
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
     CHECK(strstr(out, "stack overflow in coroutine 'canary-victim'"));
 }
