@@ -266,6 +266,53 @@ static void server_raises_the_soft_fd_limit_unless_told_not_to(void)
     CHECK(weft_server_close(s) == 0);
 }
 
+/* ---- weft_serve: listen, serve, stop on a signal ---- */
+
+static void echo_handler(weft_chan *c, void *arg)
+{
+    (void)arg;
+    const char *line;
+    size_t len;
+    while ((line = weft_gets(c, &len)))
+        weft_putln(c, line, len);
+}
+
+static void serve_runs_until_a_signal_and_returns_0(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0); /* a free port for the child to take */
+    struct sockaddr_in sin = {.sin_family = AF_INET};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sin;
+    CHECK(bind(fd, (struct sockaddr *)&sin, sizeof sin) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&sin, &sl) == 0);
+    close(fd);
+    int port = ntohs(sin.sin_port);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        char addr[64];
+        snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+        exit(weft_serve(addr, echo_handler, NULL) == 0 ? 0 : 1);
+    }
+    int c = -1;
+    for (int i = 0; i < 500 && c < 0; i++) { /* until it listens */
+        c = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(c, (struct sockaddr *)&sin, sizeof sin) != 0) {
+            close(c);
+            c = -1;
+            usleep(10000);
+        }
+    }
+    CHECK(c >= 0);
+    write_all(c, "served\n", 7);
+    char back[7];
+    read_exact_timeout(c, back, 7, 20000);
+    CHECK(memcmp(back, "served\n", 7) == 0);
+    close(c);
+    int status = stop_program(pid, SIGTERM);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 /* ---- Close ---- */
 
 static void *close_server_soon(void *arg)
@@ -313,5 +360,6 @@ const struct test tests[] = {
     {"keeps_serving_through_emfile_and_recovers", keeps_serving_through_emfile_and_recovers, 0},
     {"close_stops_accepting_and_lets_handlers_finish", close_stops_accepting_and_lets_handlers_finish, 0},
     {"server_raises_the_soft_fd_limit_unless_told_not_to", server_raises_the_soft_fd_limit_unless_told_not_to, 0},
+    {"serve_runs_until_a_signal_and_returns_0", serve_runs_until_a_signal_and_returns_0, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
