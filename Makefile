@@ -53,7 +53,7 @@ ifneq ($(TSAN),)
   LDFLAGS += -fsanitize=thread
 endif
 
-LIB_SRC := src/sched.c src/stack.c src/timer.c src/backend.c src/backend_epoll.c \
+LIB_SRC := src/sched.c src/stack.c src/buf.c src/timer.c src/backend.c src/backend_epoll.c \
            src/backend_uring.c src/fd.c src/chan.c \
            src/sync.c src/group.c src/offload.c src/tqueue.c \
            src/net.c src/serve.c

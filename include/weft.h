@@ -143,8 +143,8 @@ int weft_chan_set_buffering(weft_chan *c, weft_buffering mode);
 int weft_chan_set_maxline(weft_chan *c, size_t max);
 /* Set the write buffer limit in bytes, 1 or more; pending output is kept. EINVAL. */
 int weft_chan_set_wbuf(weft_chan *c, size_t max);
-/* Per-operation timeouts in ms (-1: none, the default): a read or a flush that waits longer
- * fails with ETIMEDOUT. */
+/* Per-operation timeouts in ms (-1: none, the default): a read or a flush that waits longer,
+ * counted from its first wait, fails with ETIMEDOUT. */
 int weft_chan_set_timeouts(weft_chan *c, int64_t read_ms, int64_t write_ms);
 
 /* Read one line. Returns it without its '\n' (a "\r" before it is kept), NUL-terminated for

@@ -1,7 +1,9 @@
 /* The epoll backend. Each fd is registered once, edge-triggered, for both directions, the
  * first time a coroutine waits on it; after that a wait costs no system call, only a slot
  * update. Edge-triggered events are only reliable if the waiter has seen EAGAIN first, which
- * is the contract of backend_wait: a wait always follows a failed non-blocking call. */
+ * is the contract of backend_wait: a wait always follows a failed non-blocking call -- or,
+ * for reads of a stream socket, a short read with no edge since (input_hint), which says the
+ * same without the extra system call. */
 #include "internal.h"
 
 #include <errno.h>
@@ -70,6 +72,11 @@ static int epoll_poll(backend *b, int timeout_ms)
         if ((size_t)fd >= e->fds.n)
             continue;
         fd_slot *slot = &e->fds.slots[fd];
+        /* Noted even with no reader parked: one may be about to decide whether to read. */
+        if (ev & EPOLLIN)
+            slot->in_edge = true;
+        if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            slot->in_hup = true; /* its edge comes once: from now on always try the read */
         /* Errors and hang-ups wake both sides: the retried call reports what happened. */
         if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
             slot_wake(b, &slot->reader, 0);
@@ -77,6 +84,19 @@ static int epoll_poll(backend *b, int timeout_ms)
             slot_wake(b, &slot->writer, 0);
     }
     return 0;
+}
+
+static bool epoll_input_hint(backend *b, int fd)
+{
+    epoll_backend *e = (epoll_backend *)b;
+    if (fd < 0 || (size_t)fd >= e->fds.n)
+        return true;
+    fd_slot *slot = &e->fds.slots[fd];
+    if (!slot->registered || slot->in_hup)
+        return true; /* no edges seen for it yet, or the last one is spent */
+    bool edge = slot->in_edge;
+    slot->in_edge = false;
+    return edge;
 }
 
 static void epoll_cancel_wait(backend *b, int fd, int events, int err)
@@ -100,6 +120,7 @@ static void epoll_forget(backend *b, int fd)
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
         slot->registered = false;
     }
+    slot->in_edge = slot->in_hup = false;
     slot_wake(b, &slot->reader, EBADF);
     slot_wake(b, &slot->writer, EBADF);
 }
@@ -112,6 +133,7 @@ static const backend_ops epoll_ops = {
     .forget = epoll_forget,
     .watch_wakeup = epoll_watch_wakeup,
     .cancel_wait = epoll_cancel_wait,
+    .input_hint = epoll_input_hint,
 };
 
 backend *epoll_backend_new(void)

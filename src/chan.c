@@ -16,12 +16,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define RBUF_INITIAL 4096
-#define WBUF_INITIAL 4096
+#define RBUF_INITIAL BUF_SIZE
+#define WBUF_INITIAL BUF_SIZE
+#define READ_AGAIN (-3) /* read_some gave the read buffer back while it waited: take another */
 
 struct weft_chan {
     int fd;
     bool is_socket;
+    bool stream;       /* a stream socket: a short read means its input is drained for now */
+    bool drained;      /* the last read came back short (stream sockets only) */
     bool eof;          /* a read returned end of file */
     bool skipping;     /* discarding the rest of an over-long line */
     bool closed;       /* weft_close ran while others were inside */
@@ -35,10 +38,28 @@ struct weft_chan {
     int64_t read_timeout, write_timeout;
     char *rbuf;
     size_t rcap, rstart, rend, rscan;
+    size_t rwant;      /* capacity the read buffer last had, to start at when re-taken */
     char *wbuf;
     size_t wcap, wstart, wlen;
     char peer[64];
 };
+
+/* A deadline made from a timeout when first needed, so that only a call that has to wait
+ * reads the clock: a gets served from the buffer or a write the socket takes at once cost no
+ * clock_gettime. The timeout counts from that first wait. */
+typedef struct lazy_deadline {
+    int64_t timeout_ms; /* -1: none */
+    int64_t at;         /* DEADLINE_UNSET until computed */
+} lazy_deadline;
+#define DEADLINE_UNSET INT64_MIN
+#define LAZY(timeout) {(timeout), DEADLINE_UNSET}
+
+static int64_t deadline_of(lazy_deadline *dl)
+{
+    if (dl->at == DEADLINE_UNSET)
+        dl->at = deadline_after(dl->timeout_ms);
+    return dl->at;
+}
 
 weft_chan *chan_new(int fd, bool is_socket, const char *peer)
 {
@@ -58,15 +79,59 @@ weft_chan *chan_new(int fd, bool is_socket, const char *peer)
     return c;
 }
 
-static int flush_dl(weft_chan *c, int64_t deadline);
+weft_chan *chan_new_stream(int fd, const char *peer)
+{
+    weft_chan *c = chan_new(fd, true, peer);
+    if (c)
+        c->stream = true;
+    return c;
+}
+
+static int flush_dl(weft_chan *c, lazy_deadline *dl);
 static void release_hold(weft_chan *c);
-static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, int64_t deadline);
+static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, lazy_deadline *dl);
+
+/* Buffers go back to this thread's pool only while it has a scheduler, whose release drains
+ * the pool; otherwise nothing would ever free them. */
+static void give_buf(char *p, size_t size)
+{
+    if (p && sched_peek())
+        buf_give(p, size);
+    else
+        free(p);
+}
+
+/* A buffer of cap bytes: a new one (pooled if BUF_SIZE) when p is NULL, else p grown. */
+static char *grow_buf(char *p, size_t cap)
+{
+    char *b = !p && cap == BUF_SIZE ? buf_take() : realloc(p, cap);
+    if (!b)
+        errno = ENOMEM;
+    return b;
+}
+
+/* Waiting for input with nothing buffered either way: give both buffers back, so an idle
+ * connection holds none. Never while a write is in progress (wlen > wstart). */
+static void chan_go_idle(weft_chan *c)
+{
+    if (c->rbuf && c->rstart == c->rend) {
+        c->rwant = c->rcap;
+        give_buf(c->rbuf, c->rcap);
+        c->rbuf = NULL;
+        c->rcap = c->rstart = c->rend = c->rscan = 0;
+    }
+    if (c->wbuf && c->wlen == c->wstart) {
+        give_buf(c->wbuf, c->wcap);
+        c->wbuf = NULL;
+        c->wcap = c->wstart = c->wlen = 0;
+    }
+}
 
 static void chan_free(weft_chan *c)
 {
     release_hold(c);
-    free(c->rbuf);
-    free(c->wbuf);
+    give_buf(c->rbuf, c->rcap);
+    give_buf(c->wbuf, c->wcap);
     free(c);
 }
 
@@ -86,10 +151,10 @@ static int chan_leave(weft_chan *c, int rc)
 }
 
 /* Park until fd is ready (see chan_leave for a close meanwhile). */
-static int chan_wait(weft_chan *c, int events, int64_t deadline)
+static int chan_wait(weft_chan *c, int events, lazy_deadline *dl)
 {
     c->users++;
-    return chan_leave(c, fd_wait(c->fd, events, deadline));
+    return chan_leave(c, fd_wait(c->fd, events, deadline_of(dl)));
 }
 
 weft_chan *weft_chan_open(int fd)
@@ -101,13 +166,17 @@ weft_chan *weft_chan_open(int fd)
     }
     char peer[64] = "";
     bool is_socket = S_ISSOCK(st.st_mode);
+    int type = 0;
     if (is_socket) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0)
             sockaddr_format(&ss, len, peer, sizeof peer);
+        len = sizeof type;
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
+            type = 0;
     }
-    return chan_new(fd, is_socket, peer);
+    return type == SOCK_STREAM ? chan_new_stream(fd, peer) : chan_new(fd, is_socket, peer);
 }
 
 int weft_chan_fd(const weft_chan *c) { return c->fd; }
@@ -161,46 +230,69 @@ static int chan_spend(weft_chan *c)
     return chan_leave(c, 0);
 }
 
+/* Whether a read now may find input. A stream socket whose last read came back short has
+ * none until the backend sees an edge, so the read that would only say EAGAIN is skipped;
+ * the hint is asked before every read so that each edge is consumed by the read after it. */
+static bool worth_reading(weft_chan *c)
+{
+    sched *s = sched_peek();
+    if (!s || !s->current)
+        return true; /* blocking use: poll() decides, not the backend */
+    backend *b = s->be;
+    bool hint = b->ops->input_hint && b->ops->input_hint(b, c->fd);
+    return !c->drained || hint;
+}
+
+/* What a read that returned r of n bytes tells: >0 data, 0 end of file. */
+static ssize_t got(weft_chan *c, ssize_t r, size_t n)
+{
+    if (r == 0)
+        c->eof = true;
+    else
+        c->drained = c->stream && (size_t)r < n;
+    return r;
+}
+
 /* Read once from the fd into dst, waiting while nothing is there. >0 bytes, 0 at end of
- * file, -1 on error (EBADF: c may be gone). */
-static ssize_t read_some(weft_chan *c, char *dst, size_t n, int64_t deadline)
+ * file, -1 on error (EBADF: c may be gone). A wait with nothing buffered gives the buffers
+ * back (chan_go_idle); if dst was in the read buffer (in_rbuf) it then returns READ_AGAIN
+ * after the wait, for the caller to take a buffer again. */
+static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, bool in_rbuf)
 {
     /* Our replies held back while input was buffered go before we read (and maybe wait). */
     if (c->holder && c->holder == weft_self() &&
-        flush_dl(c, deadline_after(c->write_timeout)) != 0 && errno == EBADF)
+        flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout)) != 0 && errno == EBADF)
         return -1;
     for (;;) {
         if (chan_spend(c) != 0)
             return -1;
-        ssize_t r = read(c->fd, dst, n);
-        if (r > 0)
-            return r;
-        if (r == 0) {
-            c->eof = true;
-            return 0;
+        if (worth_reading(c)) {
+            ssize_t r = read(c->fd, dst, n);
+            if (r >= 0)
+                return got(c, r, n);
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                return -1;
         }
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return -1;
         if (c->input_stopped) {
             errno = ECANCELED;
             return -1;
         }
-        r = chan_op(c, true, dst, n, deadline);
+        ssize_t r = chan_op(c, true, dst, n, dl);
         /* -2: the backend only reports readiness. EAGAIN from the operation: a kernel that
          * honours O_NONBLOCK inside io_uring; wait for readiness rather than spin. */
         if (r == -2 || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
-            if (chan_wait(c, WEFT_READABLE, deadline) != 0)
+            chan_go_idle(c);
+            if (chan_wait(c, WEFT_READABLE, dl) != 0)
                 return -1;
+            c->drained = false; /* woken: input came */
+            if (in_rbuf && !c->rbuf)
+                return READ_AGAIN;
             continue;
         }
-        if (r > 0)
-            return r;
-        if (r == 0) {
-            c->eof = true;
-            return 0;
-        }
+        if (r >= 0)
+            return got(c, r, n);
         if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
             return -1;
     }
@@ -232,28 +324,29 @@ static int rbuf_room(weft_chan *c, size_t limit)
         errno = EMSGSIZE;
         return -1;
     }
-    size_t cap = c->rcap ? c->rcap * 2 : RBUF_INITIAL;
+    size_t cap = c->rcap ? c->rcap * 2 : c->rwant > RBUF_INITIAL ? c->rwant : RBUF_INITIAL;
     if (cap > limit)
         cap = limit;
-    char *p = realloc(c->rbuf, cap);
-    if (!p) {
-        errno = ENOMEM;
+    char *p = grow_buf(c->rbuf, cap);
+    if (!p)
         return -1;
-    }
     c->rbuf = p;
     c->rcap = cap;
     return 0;
 }
 
 /* Read more input into rbuf (the line limit bounds its size). */
-static ssize_t fill(weft_chan *c, int64_t deadline)
+static ssize_t fill(weft_chan *c, lazy_deadline *dl)
 {
-    if (rbuf_room(c, c->maxline + 1) != 0)
-        return -1;
-    ssize_t r = read_some(c, c->rbuf + c->rend, c->rcap - c->rend, deadline);
-    if (r > 0)
-        c->rend += (size_t)r;
-    return r;
+    for (;;) {
+        if (rbuf_room(c, c->maxline + 1) != 0)
+            return -1;
+        ssize_t r = read_some(c, c->rbuf + c->rend, c->rcap - c->rend, dl, true);
+        if (r > 0)
+            c->rend += (size_t)r;
+        if (r != READ_AGAIN)
+            return r;
+    }
 }
 
 /* Drop buffered bytes up to and including the next newline. True once it was found. */
@@ -279,10 +372,7 @@ static const char *take_line(weft_chan *c, size_t n, size_t consumed, size_t *le
 
 const char *weft_gets(weft_chan *c, size_t *len)
 {
-    /* The clock is read only if a line has to be waited for: a gets served from the buffer
-     * (pipelined input) costs no clock_gettime. */
-    int64_t deadline = 0;
-    bool deadline_set = false;
+    lazy_deadline dl = LAZY(c->read_timeout);
     for (;;) {
         if (c->skipping && skip_line(c))
             c->skipping = false;
@@ -313,11 +403,7 @@ const char *weft_gets(weft_chan *c, size_t *len)
             errno = 0;
             return NULL;
         }
-        if (!deadline_set) {
-            deadline = deadline_after(c->read_timeout);
-            deadline_set = true;
-        }
-        ssize_t r = fill(c, deadline);
+        ssize_t r = fill(c, &dl);
         if (r < 0)
             return NULL;
     }
@@ -334,9 +420,9 @@ ssize_t weft_read(weft_chan *c, void *buf, size_t n)
             return 0;
         /* Large reads skip the buffer: no copy, and no buffer growth for bulk data. */
         if (n >= RBUF_INITIAL)
-            return read_some(c, buf, n, deadline_after(c->read_timeout));
+            return read_some(c, buf, n, &(lazy_deadline)LAZY(c->read_timeout), false);
         c->rstart = c->rend = c->rscan = 0;
-        ssize_t r = fill(c, deadline_after(c->read_timeout));
+        ssize_t r = fill(c, &(lazy_deadline)LAZY(c->read_timeout));
         if (r <= 0)
             return r;
         have = c->rend - c->rstart;
@@ -373,13 +459,13 @@ int weft_eof(const weft_chan *c)
 /* On a backend that performs I/O itself (io_uring), after EAGAIN: hand it the read or send
  * and park until done. -2 when the backend only reports readiness; -1 with EBADF when c was
  * closed meanwhile (then c may be gone). */
-static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, int64_t deadline)
+static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, lazy_deadline *dl)
 {
     if (!io_ops_available())
         return -2;
     c->users++;
-    ssize_t r = is_read ? io_read(c->fd, buf, n, deadline)
-                        : io_send(c->fd, buf, n, c->is_socket, deadline);
+    ssize_t r = is_read ? io_read(c->fd, buf, n, deadline_of(dl))
+                        : io_send(c->fd, buf, n, c->is_socket, deadline_of(dl));
     int err = errno;
     if (chan_leave(c, 0) != 0)
         return -1;
@@ -389,16 +475,16 @@ static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, int64_t 
 
 /* Send some of [p, p + n), waiting as needed: the count sent, or -1 (EPIPE and ECONNRESET
  * are made sticky; EBADF: c may be gone). */
-static ssize_t send_some(weft_chan *c, const char *p, size_t n, int64_t deadline)
+static ssize_t send_some(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
 {
     for (;;) {
         if (chan_spend(c) != 0)
             return -1;
         ssize_t w = c->is_socket ? send(c->fd, p, n, MSG_NOSIGNAL) : write(c->fd, p, n);
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            w = chan_op(c, false, (void *)p, n, deadline);
+            w = chan_op(c, false, (void *)p, n, dl);
             if (w == -2 || (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
-                if (chan_wait(c, WEFT_WRITABLE, deadline) != 0)
+                if (chan_wait(c, WEFT_WRITABLE, dl) != 0)
                     return -1;
                 continue;
             }
@@ -417,11 +503,11 @@ static ssize_t send_some(weft_chan *c, const char *p, size_t n, int64_t deadline
 
 /* Send [p, p + n) straight to the fd, waiting as needed; returns bytes sent (n unless an
  * error stopped it, then -1 with errno; EBADF: c may be gone). */
-static ssize_t send_all(weft_chan *c, const char *p, size_t n, int64_t deadline)
+static ssize_t send_all(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
 {
     size_t done = 0;
     while (done < n) {
-        ssize_t w = send_some(c, p + done, n - done, deadline);
+        ssize_t w = send_some(c, p + done, n - done, dl);
         if (w < 0)
             return -1;
         done += (size_t)w;
@@ -439,11 +525,11 @@ static void release_hold(weft_chan *c)
     }
 }
 
-static int flush_dl(weft_chan *c, int64_t deadline)
+static int flush_dl(weft_chan *c, lazy_deadline *dl)
 {
     release_hold(c);
     while (c->wstart < c->wlen) {
-        ssize_t w = send_some(c, c->wbuf + c->wstart, c->wlen - c->wstart, deadline);
+        ssize_t w = send_some(c, c->wbuf + c->wstart, c->wlen - c->wstart, dl);
         if (w < 0) {
             if (errno == EPIPE || errno == ECONNRESET)
                 c->wstart = c->wlen = 0; /* undeliverable: the peer is gone */
@@ -482,7 +568,7 @@ static void flush_held_output(weft_co *co, bool may_wait)
 {
     weft_chan *c = co->held_output;
     if (may_wait) {
-        flush_dl(c, deadline_after(c->write_timeout)); /* errors stay sticky or buffered */
+        flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout)); /* errors stay sticky or buffered */
     } else if (flush_nowait(c) == 0 || c->werr) {
         release_hold(c);
     }
@@ -502,13 +588,13 @@ static void install_hook(void)
     sched_held_output_hook = flush_held_output;
 }
 
-static int hold_output(weft_chan *c, int64_t deadline)
+static int hold_output(weft_chan *c, lazy_deadline *dl)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT; /* threads may get here together */
     pthread_once(&once, install_hook);
     weft_co *co = weft_self();
     if (c->holder && c->holder != co)
-        return flush_dl(c, deadline); /* another coroutine's hold: no sharing, send it all */
+        return flush_dl(c, dl); /* another coroutine's hold: no sharing, send it all */
     if (co->held_output && co->held_output != c) {
         /* One held channel per coroutine: send the other one first. That may wait, so c
          * counts us as inside it, and a close meanwhile is seen (EBADF, c gone). */
@@ -523,15 +609,15 @@ static int hold_output(weft_chan *c, int64_t deadline)
 }
 
 /* Copy [p, p + n) into the write buffer, flushing whenever it reaches wmax. */
-static int put(weft_chan *c, const char *p, size_t n, int64_t deadline)
+static int put(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
 {
     while (n > 0) {
         if (c->wlen == c->wstart && n >= c->wmax) {
             c->wstart = c->wlen = 0;
-            return send_all(c, p, n, deadline) < 0 ? -1 : 0;
+            return send_all(c, p, n, dl) < 0 ? -1 : 0;
         }
         if (c->wlen >= c->wmax) {
-            if (flush_dl(c, deadline) != 0)
+            if (flush_dl(c, dl) != 0)
                 return -1;
             continue; /* empty now: a large remainder may go straight out */
         }
@@ -543,11 +629,9 @@ static int put(weft_chan *c, const char *p, size_t n, int64_t deadline)
                 cap *= 2;
             if (cap > c->wmax)
                 cap = c->wmax;
-            char *b = realloc(c->wbuf, cap);
-            if (!b) {
-                errno = ENOMEM;
+            char *b = grow_buf(c->wbuf, cap);
+            if (!b)
                 return -1;
-            }
             c->wbuf = b;
             c->wcap = cap;
         }
@@ -560,12 +644,12 @@ static int put(weft_chan *c, const char *p, size_t n, int64_t deadline)
 }
 
 /* Apply the buffering mode once a whole write is in the buffer. */
-static int settle(weft_chan *c, bool has_newline, int64_t deadline)
+static int settle(weft_chan *c, bool has_newline, lazy_deadline *dl)
 {
     if (c->buffering == WEFT_BUF_LINE && has_newline && weft_self() && input_line_buffered(c))
-        return hold_output(c, deadline);
+        return hold_output(c, dl);
     if (c->buffering == WEFT_BUF_NONE || (c->buffering == WEFT_BUF_LINE && has_newline))
-        return flush_dl(c, deadline);
+        return flush_dl(c, dl);
     return 0;
 }
 
@@ -582,11 +666,11 @@ ssize_t weft_write(weft_chan *c, const void *buf, size_t n)
 {
     if (write_ok(c) != 0)
         return -1;
-    int64_t deadline = deadline_after(c->write_timeout);
-    if (put(c, buf, n, deadline) != 0)
+    lazy_deadline dl = LAZY(c->write_timeout);
+    if (put(c, buf, n, &dl) != 0)
         return -1;
     bool nl = c->buffering == WEFT_BUF_LINE && memchr(buf, '\n', n) != NULL;
-    if (settle(c, nl, deadline) != 0)
+    if (settle(c, nl, &dl) != 0)
         return -1;
     return (ssize_t)n;
 }
@@ -595,10 +679,10 @@ int weft_putln(weft_chan *c, const void *line, size_t n)
 {
     if (write_ok(c) != 0)
         return -1;
-    int64_t deadline = deadline_after(c->write_timeout);
-    if (put(c, line, n, deadline) != 0 || put(c, "\n", 1, deadline) != 0)
+    lazy_deadline dl = LAZY(c->write_timeout);
+    if (put(c, line, n, &dl) != 0 || put(c, "\n", 1, &dl) != 0)
         return -1;
-    return settle(c, true, deadline);
+    return settle(c, true, &dl);
 }
 
 int weft_puts(weft_chan *c, const char *s)
@@ -647,7 +731,7 @@ int weft_flush(weft_chan *c)
 {
     if (write_ok(c) != 0)
         return -1;
-    return flush_dl(c, deadline_after(c->write_timeout));
+    return flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout));
 }
 
 int weft_shutdown(weft_chan *c)

@@ -1,5 +1,5 @@
 /* weft internals shared between the subsystem files; nothing here is public.
- * Layers, bottom up: ctx (switch), stack, timer, sched, backend, chan, net. Each file only
+ * Layers, bottom up: ctx (switch), stack, buf, timer, sched, backend, chan, net. Each file only
  * calls into the ones listed before it. */
 #ifndef WEFT_INTERNAL_H
 #define WEFT_INTERNAL_H
@@ -56,6 +56,15 @@ int stack_guard_init(void);
  * decrements it. Per thread; zero in normal use. */
 extern _Thread_local unsigned stack_fail_next;
 
+/* ---- I/O buffers (buf.c), pooled per thread ---- */
+#define BUF_SIZE 4096
+/* A buffer of BUF_SIZE bytes (from this thread's pool, else malloc). NULL/ENOMEM. */
+void *buf_take(void);
+/* Give back a malloc'd buffer of size bytes: pooled if BUF_SIZE and the pool has room. */
+void buf_give(void *p, size_t size);
+/* Free this thread's pooled buffers. */
+void buf_pool_drain(void);
+
 /* ---- Timers (timer.c): a binary min-heap of deadlines ---- */
 typedef struct timer {
     int64_t deadline;
@@ -91,7 +100,8 @@ struct weft_co {
     unsigned io_streak;   /* I/O calls done since it last gave up the CPU (fairness) */
     weft_chan *held_output; /* a channel whose line output it holds back (coalescing) */
     int wake_errno;       /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
-    timer timer;          /* deadline of the current park */
+    int64_t deadline;     /* of the current park; -1: none */
+    timer timer;          /* in the heap at or before deadline (see sched.c: lazy timers) */
     weft_co *next;        /* run-queue link */
     weft_co *joiner;      /* coroutine parked in weft_join on this one */
     bool joined_outside;  /* the thread itself joins it, from outside any coroutine */
@@ -243,6 +253,10 @@ typedef struct backend_ops {
      * errno), or ETIMEDOUT/ECANCELED if the deadline or a cancel ended it first (data that
      * had already arrived is returned, never dropped). */
     ssize_t (*read)(backend *b, int fd, void *buf, size_t n, int64_t deadline);
+    /* Optional (epoll): a read is about to be tried on fd. False if no input can have come
+     * since the last call (the fd is registered edge-triggered and raised no edge), so a
+     * reader that last came back short may park without trying; true otherwise. */
+    bool (*input_hint)(backend *b, int fd);
     ssize_t (*send)(backend *b, int fd, const void *buf, size_t n, bool socket, int64_t deadline);
     int (*accept)(backend *b, int fd, void *sa, unsigned *salen, int64_t deadline);
 } backend_ops;
@@ -258,6 +272,8 @@ typedef struct fd_slot {
     weft_co *reader;   /* coroutine waiting for input, if any */
     weft_co *writer;   /* coroutine waiting for output space, if any */
     bool registered;   /* epoll: in the interest list */
+    bool in_edge;      /* epoll: input arrived since the last input_hint */
+    bool in_hup;       /* epoll: the peer hung up or an error is pending: always try */
     bool read_armed;   /* io_uring: a poll for input is in flight */
     bool write_armed;  /* io_uring: a poll for output is in flight */
     uint32_t gen;      /* io_uring: bumped when the fd is forgotten, to drop stale polls */
@@ -303,6 +319,9 @@ static inline void backend_cancel_wait(backend *b, int fd, int events, int err)
 /* ---- Channels (chan.c) ---- */
 /* A channel over fd, already non-blocking; peer is its "host:port" name (copied). */
 weft_chan *chan_new(int fd, bool is_socket, const char *peer);
+/* The same, for a stream socket (TCP, Unix SOCK_STREAM), whose short reads mean "no more
+ * input for now" and so may skip a read that would find nothing. */
+weft_chan *chan_new_stream(int fd, const char *peer);
 /* Stop input for a graceful shutdown: reads still return what has already arrived (in the
  * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
  * parked now wakes with ECANCELED. Writes are unaffected. */

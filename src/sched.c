@@ -89,6 +89,7 @@ static void sched_release_if_idle(sched *s)
     pthread_mutex_destroy(&s->inbox_mu);
     timer_heap_free(&s->timers);
     stack_pool_drain();
+    buf_pool_drain();
     free(s);
     tls_sched = NULL;
 }
@@ -154,6 +155,7 @@ static void co_reap(sched *s, weft_co *co)
 #endif
     stack_give(co->stack);
     co->stack = NULL;
+    timer_heap_remove(&s->timers, &co->timer); /* a lazy one may remain */
     s->live--;
     if (co->detached)
         free(co);
@@ -183,6 +185,45 @@ static void run_co(sched *s, weft_co *co)
 
 void (*sched_held_output_hook)(weft_co *co, bool may_wait);
 
+/* Lazy timers. A wait that ends early (its fd became ready) leaves its timer in the heap,
+ * and the next wait with a later deadline leaves it there too: a server's idle timeout,
+ * renewed by every read, then costs no heap operation at all. A timer may therefore sit
+ * before its coroutine's deadline, or belong to a coroutine that no longer waits with one.
+ * That is sorted out only when the timer's time comes (expire_timers), or when it is first
+ * and the loop is about to sleep (idle_timers_top). Only a deadline earlier than the timer
+ * moves it. */
+static int arm_timer(sched *s, weft_co *co, int64_t deadline)
+{
+    if (timer_armed(&co->timer)) {
+        if (co->timer.deadline <= deadline)
+            return 0;
+        timer_heap_remove(&s->timers, &co->timer);
+    }
+    co->timer.deadline = deadline;
+    return timer_heap_add(&s->timers, &co->timer);
+}
+
+static weft_co *timer_owner(timer *t)
+{
+    return (weft_co *)((char *)t - offsetof(weft_co, timer));
+}
+
+static bool waits_with_deadline(const weft_co *co)
+{
+    return co->state == CO_PARKED && co->deadline >= 0;
+}
+
+/* With nothing runnable: the earliest timer, after dropping those whose coroutine waits
+ * without a deadline (so that a real deadlock is still seen). It may be early: then the loop
+ * wakes once for nothing and expire_timers moves it. */
+static timer *idle_timers_top(sched *s)
+{
+    timer *t;
+    while ((t = timer_heap_peek(&s->timers)) && !waits_with_deadline(timer_owner(t)))
+        timer_heap_remove(&s->timers, t);
+    return t;
+}
+
 static int park(int64_t deadline, bool cancellable)
 {
     sched *s = tls_sched;
@@ -197,11 +238,9 @@ static int park(int64_t deadline, bool cancellable)
         errno = ECANCELED;
         return -1;
     }
-    if (deadline >= 0) {
-        co->timer.deadline = deadline;
-        if (timer_heap_add(&s->timers, &co->timer) != 0)
-            return -1;
-    }
+    if (deadline >= 0 && arm_timer(s, co, deadline) != 0)
+        return -1;
+    co->deadline = deadline;
     co->state = CO_PARKED;
     co->nocancel = !cancellable;
     co->wake_errno = 0;
@@ -229,7 +268,7 @@ void sched_wake(weft_co *co, int err)
     sched *s = tls_sched;
     if (co->state != CO_PARKED)
         return;
-    timer_heap_remove(&s->timers, &co->timer);
+    co->deadline = -1; /* its timer, if any, stays in the heap (lazy) */
     co->wake_errno = err;
     co->state = CO_READY;
     runq_push(s, co);
@@ -239,13 +278,21 @@ void sched_wake(weft_co *co, int err)
 
 static void expire_timers(sched *s)
 {
-    timer *t = timer_heap_peek(&s->timers);
-    if (!t)
+    if (!timer_heap_peek(&s->timers))
         return;
     int64_t now = weft_now();
+    timer *t;
     while ((t = timer_heap_peek(&s->timers)) && t->deadline <= now) {
-        weft_co *co = (weft_co *)((char *)t - offsetof(weft_co, timer));
-        sched_wake(co, ETIMEDOUT); /* also disarms t */
+        weft_co *co = timer_owner(t);
+        timer_heap_remove(&s->timers, t);
+        if (!waits_with_deadline(co))
+            continue; /* stale */
+        if (co->deadline <= now) {
+            sched_wake(co, ETIMEDOUT);
+        } else {
+            t->deadline = co->deadline; /* renewed since it was armed */
+            timer_heap_add(&s->timers, t); /* cannot fail: the heap just had room for it */
+        }
     }
 }
 
@@ -255,7 +302,7 @@ static int poll_timeout(sched *s, int64_t limit)
 {
     if (s->runq_head)
         return 0;
-    timer *t = timer_heap_peek(&s->timers);
+    timer *t = idle_timers_top(s);
     int64_t until = t ? t->deadline : -1;
     if (limit >= 0 && (until < 0 || limit < until))
         until = limit;
@@ -358,6 +405,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     co->fn = fn;
     co->arg = arg;
     co->timer.index = SIZE_MAX;
+    co->deadline = -1;
     co->state = CO_READY;
     ctx_make(&co->ctx, co->stack->lo, co->stack->size, co_main, co);
 #ifdef WEFT_TSAN
