@@ -224,7 +224,8 @@ static int run_op(uring_backend *u, int fd, struct io_uring_sqe *sqe, uop *op, i
     return -1;
 }
 
-static ssize_t uring_read(backend *b, int fd, void *buf, size_t n, int64_t deadline)
+static ssize_t uring_read(backend *b, int fd, void *buf, size_t n, bool socket,
+                          int64_t deadline)
 {
     uring_backend *u = (uring_backend *)b;
     fd_slot *slot = slot_table_get(&u->fds, fd);
@@ -232,7 +233,11 @@ static ssize_t uring_read(backend *b, int fd, void *buf, size_t n, int64_t deadl
     if (!sqe)
         return -1;
     uop op;
-    io_uring_prep_read(sqe, fd, buf, (unsigned)(n > UINT32_MAX ? UINT32_MAX : n), (uint64_t)-1);
+    unsigned len = (unsigned)(n > UINT32_MAX ? UINT32_MAX : n);
+    if (socket)
+        io_uring_prep_recv(sqe, fd, buf, len, 0);
+    else
+        io_uring_prep_read(sqe, fd, buf, len, (uint64_t)-1);
     slot->read_op = &op;
     int r = run_op(u, fd, sqe, &op, deadline);
     if (u->fds.slots[fd].read_op == &op) /* (the table may have moved; the fd been reused) */

@@ -111,10 +111,11 @@ static char *grow_buf(char *p, size_t cap)
 }
 
 /* Waiting for input with nothing buffered either way: give both buffers back, so an idle
- * connection holds none. Never while a write is in progress (wlen > wstart). */
-static void chan_go_idle(weft_chan *c)
+ * connection holds none; the read buffer only if no read into it is pending (io_uring's).
+ * Never while a write is in progress (wlen > wstart). */
+static void chan_go_idle(weft_chan *c, bool keep_rbuf)
 {
-    if (c->rbuf && c->rstart == c->rend) {
+    if (c->rbuf && c->rstart == c->rend && !keep_rbuf) {
         c->rwant = c->rcap;
         give_buf(c->rbuf, c->rcap);
         c->rbuf = NULL;
@@ -267,7 +268,8 @@ static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, b
         if (chan_spend(c) != 0)
             return -1;
         if (worth_reading(c)) {
-            ssize_t r = read(c->fd, dst, n);
+            /* recv, not read: read goes through the VFS (vfs_read, fdget_pos) first. */
+            ssize_t r = c->is_socket ? recv(c->fd, dst, n, 0) : read(c->fd, dst, n);
             if (r >= 0)
                 return got(c, r, n);
             if (errno == EINTR)
@@ -279,11 +281,12 @@ static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, b
             errno = ECANCELED;
             return -1;
         }
+        chan_go_idle(c, in_rbuf); /* an operation below reads into dst */
         ssize_t r = chan_op(c, true, dst, n, dl);
         /* -2: the backend only reports readiness. EAGAIN from the operation: a kernel that
          * honours O_NONBLOCK inside io_uring; wait for readiness rather than spin. */
         if (r == -2 || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
-            chan_go_idle(c);
+            chan_go_idle(c, false);
             if (chan_wait(c, WEFT_READABLE, dl) != 0)
                 return -1;
             c->drained = false; /* woken: input came */
@@ -464,7 +467,7 @@ static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, lazy_dea
     if (!io_ops_available())
         return -2;
     c->users++;
-    ssize_t r = is_read ? io_read(c->fd, buf, n, deadline_of(dl))
+    ssize_t r = is_read ? io_read(c->fd, buf, n, c->is_socket, deadline_of(dl))
                         : io_send(c->fd, buf, n, c->is_socket, deadline_of(dl));
     int err = errno;
     if (chan_leave(c, 0) != 0)

@@ -56,10 +56,10 @@ bool io_ops_available(void)
     return s && s->current && s->be->ops->read;
 }
 
-ssize_t io_read(int fd, void *buf, size_t n, int64_t deadline)
+ssize_t io_read(int fd, void *buf, size_t n, bool socket, int64_t deadline)
 {
     backend *b = sched_peek()->be;
-    return b->ops->read(b, fd, buf, n, deadline);
+    return b->ops->read(b, fd, buf, n, socket, deadline);
 }
 
 ssize_t io_send(int fd, const void *buf, size_t n, bool socket, int64_t deadline)

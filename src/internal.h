@@ -252,7 +252,7 @@ typedef struct backend_ops {
      * or accept itself and park until it completes; the result is the system call's (-1 with
      * errno), or ETIMEDOUT/ECANCELED if the deadline or a cancel ended it first (data that
      * had already arrived is returned, never dropped). */
-    ssize_t (*read)(backend *b, int fd, void *buf, size_t n, int64_t deadline);
+    ssize_t (*read)(backend *b, int fd, void *buf, size_t n, bool socket, int64_t deadline);
     /* Optional (epoll): a read is about to be tried on fd. False if no input can have come
      * since the last call (the fd is registered edge-triggered and raised no edge), so a
      * reader that last came back short may park without trying; true otherwise. */
@@ -333,7 +333,7 @@ int fd_wait(int fd, int events, int64_t deadline);
 /* True when the running coroutine's backend performs I/O itself (see backend_ops.read). */
 bool io_ops_available(void);
 /* Those operations, for after EAGAIN (only when io_ops_available()). */
-ssize_t io_read(int fd, void *buf, size_t n, int64_t deadline);
+ssize_t io_read(int fd, void *buf, size_t n, bool socket, int64_t deadline);
 ssize_t io_send(int fd, const void *buf, size_t n, bool socket, int64_t deadline);
 int io_accept(int fd, void *sa, unsigned *salen, int64_t deadline);
 /* Deadline for a relative timeout in ms (-1 stays -1). */

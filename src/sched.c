@@ -41,6 +41,8 @@ void __tsan_switch_to_fiber(void *fiber, unsigned flags);
 static _Thread_local void *tsan_main_fiber;
 #endif
 
+#define PREFETCH_STACK_LINES 8 /* a wake-up returns through about 450 bytes of frames */
+
 static _Thread_local sched *tls_sched;
 #ifdef WEFT_ASAN
 static _Thread_local void *asan_main_fake;
@@ -314,6 +316,19 @@ static int poll_timeout(sched *s, int64_t limit)
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
+/* With thousands of connections a coroutine's stack is cold when it is resumed, and the
+ * switch stalls on it: fetch the frames it will return through while the one before runs. */
+static void prefetch_stack(const weft_co *co)
+{
+#if defined(__GNUC__) && !defined(WEFT_CTX_UCONTEXT)
+    const char *sp = co->ctx.sp;
+    for (int i = 0; i < PREFETCH_STACK_LINES; i++)
+        __builtin_prefetch(sp + 64 * i);
+#else
+    (void)co;
+#endif
+}
+
 /* One turn: collect I/O events and expired timers, then run every coroutine that was
  * runnable at that moment once (those made runnable meanwhile wait for the next turn, so a
  * coroutine that keeps yielding cannot starve I/O). Returns -1/EDEADLK if no coroutine can
@@ -338,6 +353,8 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
     while (batch) {
         weft_co *co = batch;
         batch = co->next;
+        if (batch)
+            prefetch_stack(batch);
         run_co(s, co);
     }
     return 0;

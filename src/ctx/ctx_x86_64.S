@@ -22,12 +22,18 @@ ctx_switch:
     subq    $8, %rsp
     stmxcsr (%rsp)
     fnstcw  4(%rsp)
+    movl    (%rsp), %eax
+    movzwl  4(%rsp), %edx
     movq    %rsp, (%rdi)
 
     movq    (%rsi), %rsp
-    ldmxcsr (%rsp)
-    fldcw   4(%rsp)
-    addq    $8, %rsp
+    /* Loading the control words costs more than comparing them, and they almost never
+     * differ between contexts. */
+    cmpl    (%rsp), %eax
+    jne     2f
+    cmpw    4(%rsp), %dx
+    jne     2f
+1:  addq    $8, %rsp
     popq    %r15
     popq    %r14
     popq    %r13
@@ -35,6 +41,9 @@ ctx_switch:
     popq    %rbx
     popq    %rbp
     ret
+2:  ldmxcsr (%rsp)
+    fldcw   4(%rsp)
+    jmp     1b
     .cfi_endproc
     .size   ctx_switch, .-ctx_switch
 
