@@ -11,7 +11,7 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
-#define MAX_EVENTS 256
+#define MAX_EVENTS 512
 
 typedef struct epoll_backend {
     backend base;

@@ -683,8 +683,14 @@ int weft_putln(weft_chan *c, const void *line, size_t n)
     if (write_ok(c) != 0)
         return -1;
     lazy_deadline dl = LAZY(c->write_timeout);
-    if (put(c, line, n, &dl) != 0 || put(c, "\n", 1, &dl) != 0)
+    if (c->wlen + n < c->wcap && c->wlen + n < c->wmax) {
+        /* The common case, a line that fits: one copy and the newline, no put loop. */
+        memcpy(c->wbuf + c->wlen, line, n);
+        c->wbuf[c->wlen + n] = '\n';
+        c->wlen += n + 1;
+    } else if (put(c, line, n, &dl) != 0 || put(c, "\n", 1, &dl) != 0) {
         return -1;
+    }
     return settle(c, true, &dl);
 }
 

@@ -41,7 +41,7 @@ void __tsan_switch_to_fiber(void *fiber, unsigned flags);
 static _Thread_local void *tsan_main_fiber;
 #endif
 
-#define PREFETCH_STACK_LINES 8 /* a wake-up returns through about 450 bytes of frames */
+#define PREFETCH_STACK_LINES 4 /* the registers and the innermost frames */
 
 static _Thread_local sched *tls_sched;
 #ifdef WEFT_ASAN
