@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -422,6 +423,202 @@ static void read_and_write_timeouts(void)
     close(sv[1]);
 }
 
+/* A read timeout renewed by every line: the timer armed by the first wait comes due while
+ * lines still arrive, and must then move to the later deadline, not fire. Once input stops,
+ * it fires a full timeout after the last line. */
+static int renew_fd;
+
+static void *trickle_lines(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 60; i++) { /* 1.2 s in all: longer than the 1 s timeout */
+        weft_sleep(20);
+        write_all(renew_fd, "tick\n", 5);
+    }
+    return NULL;
+}
+
+static void *read_until_timeout(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    int lines = 0;
+    int64_t last = weft_now();
+    const char *l;
+    while ((l = weft_gets(c, &len)) != NULL) {
+        CHECK(len == 4 && memcmp(l, "tick", 4) == 0);
+        lines++;
+        last = weft_now();
+    }
+    CHECK(errno == ETIMEDOUT);
+    CHECK(lines == 60);
+    CHECK(weft_now() - last >= 1000);
+    return NULL;
+}
+
+static void a_read_timeout_renewed_by_input_fires_only_after_input_stops(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    renew_fd = sv[1];
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c && weft_chan_set_timeouts(c, 1000, -1) == 0);
+    weft_co *r = weft_spawn(read_until_timeout, c);
+    weft_co *w = weft_spawn(trickle_lines, NULL);
+    CHECK(r && w && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    close(sv[1]);
+}
+
+/* After a read with a timeout, the timer it armed stays behind (lazily); a coroutine that
+ * then waits for something that can never come must still be reported as a deadlock at
+ * once, not after the old timeout. */
+static void *gets_then_waits_forever(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    CHECK(weft_gets(c, &len) != NULL && len == 5);
+    weft_queue *q = weft_queue_new(1);
+    void *item;
+    CHECK(q && weft_queue_recv(q, &item, -1) == -1 && errno == ECANCELED);
+    weft_queue_free(q);
+    return NULL;
+}
+
+static void deadlock_is_seen_despite_a_timer_left_by_a_read(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c && weft_chan_set_timeouts(c, 600000, -1) == 0);
+    weft_co *co = weft_spawn(gets_then_waits_forever, c);
+    CHECK(co);
+    CHECK(weft_yield() == 0); /* it parks in gets, arming a 10-minute timer */
+    write_all(sv[1], "hello\n", 6);
+    CHECK(weft_run() == -1 && errno == EDEADLK);
+    weft_cancel(co);
+    CHECK(weft_join(co, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    close(sv[1]);
+}
+
+/* Input that arrives while its reader is busy elsewhere (not parked on the fd) raises its
+ * edge with nobody waiting; the reader, whose last read came back short, must still see it
+ * rather than park for an edge that already came. Another coroutine parked on a pipe keeps
+ * the loop polling meanwhile. */
+static int busy_fd;
+static bool second_line_sent;
+
+static void *reader_busy_between_lines(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && len == 3 && memcmp(l, "one", 3) == 0); /* a short read: drained */
+    write_all(busy_fd, "two\n", 4);
+    second_line_sent = true;
+    for (int i = 0; i < 20; i++) /* the loop polls and sees the edge, nobody parked */
+        CHECK(weft_yield() == 0);
+    l = weft_gets(c, &len);
+    CHECK(l && len == 3 && memcmp(l, "two", 3) == 0);
+    return NULL;
+}
+
+static void *park_on_a_pipe(void *arg)
+{
+    int *p = arg;
+    CHECK(weft_wait_fd(p[0], WEFT_READABLE, -1) == 0);
+    return NULL;
+}
+
+static void an_edge_that_comes_while_the_reader_is_busy_is_not_lost(void)
+{
+    int sv[2], p[2];
+    tcp_pair(sv);
+    CHECK(pipe(p) == 0);
+    busy_fd = sv[1];
+    weft_chan *c = weft_chan_open(sv[0]);
+    weft_co *w = weft_spawn(park_on_a_pipe, p);
+    weft_co *r = weft_spawn(reader_busy_between_lines, c);
+    CHECK(c && w && r && weft_yield() == 0); /* r waits in gets: its fd is registered */
+    write_all(sv[1], "one\n", 4);
+    CHECK(weft_join(r, NULL, -1) == 0);
+    CHECK(second_line_sent);
+    CHECK(write(p[1], "x", 1) == 1);
+    CHECK(weft_join(w, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    close(sv[1]);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* Idle connections hold no buffers: 1,000 coroutines, each having read a line and answered
+ * it, parked waiting for the next, cost their stack page and a few small structs. Holding a
+ * read and a write buffer each (as before the pool) would add 8 KiB per connection. */
+#define IDLE_CONNS 1000
+
+static size_t rss_now_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kib = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %zu kB", &kib) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+static void *answer_then_idle(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && weft_putln(c, l, len) == 0);
+    CHECK(weft_gets(c, &len) == NULL && weft_eof(c));
+    CHECK(weft_close(c) == 0);
+    return NULL;
+}
+
+static void idle_connections_hold_no_buffers(void)
+{
+    struct rlimit rl;
+    CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+    if (rl.rlim_cur < 2 * IDLE_CONNS + 64 && rl.rlim_max >= 2 * IDLE_CONNS + 64) {
+        rl.rlim_cur = 2 * IDLE_CONNS + 64;
+        CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+    }
+    static int peer[IDLE_CONNS];
+    static weft_co *co[IDLE_CONNS];
+    CHECK(weft_yield() == 0); /* the scheduler and its backend exist before we measure */
+    size_t before = rss_now_kib();
+    for (int i = 0; i < IDLE_CONNS; i++) {
+        int sv[2];
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+        peer[i] = sv[1];
+        write_all(peer[i], "ping\n", 5);
+        weft_chan *c = weft_chan_open(sv[0]);
+        CHECK(c && (co[i] = weft_spawn(answer_then_idle, c)));
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(weft_yield() == 0); /* all answer and park */
+    char reply[5];
+    for (int i = 0; i < IDLE_CONNS; i++) {
+        read_exact_timeout(peer[i], reply, 5, 5000);
+        CHECK(memcmp(reply, "ping\n", 5) == 0);
+    }
+    size_t per_conn = (rss_now_kib() - before) * 1024 / IDLE_CONNS;
+    printf("idle connections: %zu bytes each (%s)\n", per_conn, weft_backend_name());
+    /* io_uring's read in flight holds its buffer: only epoll gives the read buffer back. */
+    if (memory_is_measurable() && strcmp(weft_backend_name(), "epoll") == 0)
+        CHECK(per_conn < 8192);
+    for (int i = 0; i < IDLE_CONNS; i++)
+        close(peer[i]);
+    for (int i = 0; i < IDLE_CONNS; i++)
+        CHECK(weft_join(co[i], NULL, -1) == 0);
+}
+
 /* ---- Close and errors ---- */
 
 static void *gets_until_closed(void *arg)
@@ -717,5 +914,9 @@ const struct test tests[] = {
     {"pipelined_replies_leave_in_one_send", pipelined_replies_leave_in_one_send, 0},
     {"held_replies_of_two_writers_and_a_close", held_replies_of_two_writers_and_a_close, 0},
     {"channel_metadata", channel_metadata, 0},
+    {"a_read_timeout_renewed_by_input_fires_only_after_input_stops", a_read_timeout_renewed_by_input_fires_only_after_input_stops, 0},
+    {"deadlock_is_seen_despite_a_timer_left_by_a_read", deadlock_is_seen_despite_a_timer_left_by_a_read, 0},
+    {"an_edge_that_comes_while_the_reader_is_busy_is_not_lost", an_edge_that_comes_while_the_reader_is_busy_is_not_lost, 10},
+    {"idle_connections_hold_no_buffers", idle_connections_hold_no_buffers, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
