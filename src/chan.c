@@ -384,6 +384,11 @@ const char *weft_gets(weft_chan *c, size_t *len)
                                           : NULL;
             if (nl) {
                 size_t n = (size_t)(nl - (c->rbuf + c->rstart));
+                if (n > c->maxline) { /* whole in a buffer grown before the limit was lowered */
+                    c->rstart = c->rscan = (size_t)(nl - c->rbuf) + 1;
+                    errno = EMSGSIZE;
+                    return NULL;
+                }
                 return take_line(c, n, n + 1, len);
             }
             c->rscan = c->rend;

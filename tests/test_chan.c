@@ -619,6 +619,36 @@ static void idle_connections_hold_no_buffers(void)
         CHECK(weft_join(co[i], NULL, -1) == 0);
 }
 
+/* A limit lowered while a longer line already sits whole in the buffer still applies. */
+static void *lower_the_limit_under_a_buffered_line(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && len == 1 && l[0] == 'a');
+    CHECK(weft_chan_set_maxline(c, 100) == 0);
+    CHECK(weft_gets(c, &len) == NULL && errno == EMSGSIZE);
+    l = weft_gets(c, &len);
+    CHECK(l && len == 5 && memcmp(l, "short", 5) == 0);
+    return NULL;
+}
+
+static void a_lowered_line_limit_applies_to_buffered_input(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    char msg[2 + 500 + 1 + 6];
+    memcpy(msg, "a\n", 2);
+    memset(msg + 2, 'b', 500);
+    memcpy(msg + 502, "\nshort\n", 7);
+    write_all(sv[1], msg, sizeof msg); /* one write: it all arrives in one read */
+    weft_chan *c = weft_chan_open(sv[0]);
+    weft_co *r = weft_spawn(lower_the_limit_under_a_buffered_line, c);
+    CHECK(c && r && weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    close(sv[1]);
+}
+
 /* ---- Close and errors ---- */
 
 static void *gets_until_closed(void *arg)
@@ -918,5 +948,6 @@ const struct test tests[] = {
     {"deadlock_is_seen_despite_a_timer_left_by_a_read", deadlock_is_seen_despite_a_timer_left_by_a_read, 0},
     {"an_edge_that_comes_while_the_reader_is_busy_is_not_lost", an_edge_that_comes_while_the_reader_is_busy_is_not_lost, 10},
     {"idle_connections_hold_no_buffers", idle_connections_hold_no_buffers, 0},
+    {"a_lowered_line_limit_applies_to_buffered_input", a_lowered_line_limit_applies_to_buffered_input, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
