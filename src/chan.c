@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define RBUF_INITIAL BUF_SIZE
@@ -683,11 +684,43 @@ ssize_t weft_write(weft_chan *c, const void *buf, size_t n)
     return (ssize_t)n;
 }
 
+/* A long line with nothing buffered before it, on a socket in line or no buffering: send it
+ * and its newline straight from the caller's memory (often the read buffer, for an echo)
+ * instead of copying both into the write buffer first. What the socket does not take goes
+ * through the buffer as usual. */
+static int putln_direct(weft_chan *c, const char *line, size_t n, lazy_deadline *dl)
+{
+    if (chan_spend(c) != 0)
+        return -1;
+    struct iovec iov[2] = {{(void *)line, n}, {"\n", 1}};
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = 2};
+    ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+    if (w < 0) {
+        if (errno == EPIPE || errno == ECONNRESET) {
+            c->werr = errno;
+            return -1;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+        w = 0;
+    }
+    size_t sent = (size_t)w;
+    if (sent == n + 1)
+        return 0;
+    if (sent < n && put(c, line + sent, n - sent, dl) != 0)
+        return -1;
+    if (put(c, "\n", 1, dl) != 0)
+        return -1;
+    return flush_dl(c, dl);
+}
+
 int weft_putln(weft_chan *c, const void *line, size_t n)
 {
     if (write_ok(c) != 0)
         return -1;
     lazy_deadline dl = LAZY(c->write_timeout);
+    if (n >= BUF_SIZE && c->wlen == c->wstart && c->is_socket && c->buffering != WEFT_BUF_FULL)
+        return putln_direct(c, line, n, &dl);
     if (c->wlen + n < c->wcap && c->wlen + n < c->wmax) {
         /* The common case, a line that fits: one copy and the newline, no put loop. */
         memcpy(c->wbuf + c->wlen, line, n);

@@ -649,6 +649,58 @@ static void a_lowered_line_limit_applies_to_buffered_input(void)
     close(sv[1]);
 }
 
+/* Long lines with nothing buffered go out straight from the caller's memory; when the
+ * socket takes only part, the rest must follow through the buffer, in order, newline last. */
+#define LONG_LINE (256 * 1024)
+#define LONG_LINES 6
+
+static void *put_long_lines(void *arg)
+{
+    weft_chan *c = arg;
+    char *line = malloc(LONG_LINE);
+    CHECK(line);
+    for (int i = 0; i < LONG_LINES; i++) {
+        for (size_t k = 0; k < LONG_LINE; k++)
+            line[k] = (char)('a' + (k * 7 + (size_t)i) % 26);
+        CHECK(weft_putln(c, line, LONG_LINE - (size_t)i) == 0);
+    }
+    free(line);
+    CHECK(weft_shutdown(c) == 0);
+    return NULL;
+}
+
+static void *read_long_lines(void *arg)
+{
+    weft_chan *c = arg;
+    char *got = malloc(LONG_LINE + 1);
+    CHECK(got);
+    for (int i = 0; i < LONG_LINES; i++) {
+        size_t n = LONG_LINE - (size_t)i + 1;
+        CHECK(weft_read_exact(c, got, n) == (ssize_t)n);
+        for (size_t k = 0; k + 1 < n; k++)
+            CHECK(got[k] == (char)('a' + (k * 7 + (size_t)i) % 26));
+        CHECK(got[n - 1] == '\n');
+    }
+    CHECK(weft_read(c, got, 1) == 0 && weft_eof(c)); /* nothing more */
+    free(got);
+    return NULL;
+}
+
+static void long_lines_sent_directly_arrive_whole_and_in_order(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    int small = 16 * 1024; /* small socket buffers: each line goes out in many parts */
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    weft_chan *c = weft_chan_open(sv[0]), *peer = weft_chan_open(sv[1]);
+    weft_co *w = weft_spawn(put_long_lines, c);
+    weft_co *r = weft_spawn(read_long_lines, peer);
+    CHECK(c && peer && w && r);
+    CHECK(weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0 && weft_close(peer) == 0);
+}
+
 /* ---- Close and errors ---- */
 
 static void *gets_until_closed(void *arg)
@@ -949,5 +1001,6 @@ const struct test tests[] = {
     {"an_edge_that_comes_while_the_reader_is_busy_is_not_lost", an_edge_that_comes_while_the_reader_is_busy_is_not_lost, 10},
     {"idle_connections_hold_no_buffers", idle_connections_hold_no_buffers, 0},
     {"a_lowered_line_limit_applies_to_buffered_input", a_lowered_line_limit_applies_to_buffered_input, 0},
+    {"long_lines_sent_directly_arrive_whole_and_in_order", long_lines_sent_directly_arrive_whole_and_in_order, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
