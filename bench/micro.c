@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <ucontext.h>
 #include <unistd.h>
 
@@ -282,7 +283,8 @@ static void *parker(void *arg)
     return NULL;
 }
 
-static void bench_many(long target)
+/* Returns the errno that stopped it short (0 if none). */
+static int bench_many(long target)
 {
     weft_queue *q = weft_queue_new(1);
     if (!q)
@@ -335,15 +337,40 @@ static void bench_many(long target)
         fail("coroutines left after teardown");
     }
     weft_queue_free(q);
+    return err;
+}
+
+/* The default stacks (a guard page each) stop at vm.max_map_count; show the same count with
+ * WEFT_STACK_GUARD=auto, which guards stacks while mappings last and canary-checks the rest.
+ * In a fresh process, since the mode is chosen when the first scheduler starts. */
+static void many_again_with_auto_guards(const char *self, long target)
+{
+    char n[32];
+    snprintf(n, sizeof n, "%ld", target);
+    printf("again with WEFT_STACK_GUARD=auto (guard pages while mappings last, then canaries):\n");
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("WEFT_STACK_GUARD", "auto", 1);
+        execl(self, self, "-M", "-n", n, (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    if (pid < 0 || waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        errno = 0;
+        fail("the WEFT_STACK_GUARD=auto run");
+    }
 }
 
 int main(int argc, char **argv)
 {
     long target = 1000000;
-    int opt;
-    while ((opt = getopt(argc, argv, "qn:")) != -1) {
+    int opt, many_only = 0;
+    while ((opt = getopt(argc, argv, "qMn:")) != -1) {
         if (opt == 'q')
             quick = 1;
+        else if (opt == 'M')
+            many_only = 1; /* only the coroutine count (the auto-guard run) */
         else if (opt == 'n')
             target = atol(optarg);
         else {
@@ -351,6 +378,8 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (many_only)
+        return bench_many(target) ? 1 : 0;
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(0, &set);
@@ -370,6 +399,7 @@ int main(int argc, char **argv)
     double ps = median_of(bench_pthread_spawn, reps);
     printf("spawn+join: weft       %8.1f ns   pthread_create+join %8.1f ns\n", ws, ps);
     printf("  pthread / weft       %8.1fx  (target >= 50x)\n", ps / ws);
-    bench_many(target);
+    if (bench_many(target) == ENOMEM && !getenv("WEFT_STACK_GUARD"))
+        many_again_with_auto_guards("/proc/self/exe", quick && target > 200000 ? 200000 : target);
     return 0;
 }
