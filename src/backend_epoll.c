@@ -46,7 +46,7 @@ static int epoll_wait_fd(backend *b, int fd, int events, int64_t deadline)
     if (!slot)
         return -1;
     if (!slot->registered) {
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLPRI | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                                  .data.fd = fd};
         if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) != 0 && errno != EEXIST)
             /* Regular files and the like cannot be polled: they are always ready. */
@@ -75,10 +75,12 @@ static int epoll_poll(backend *b, int timeout_ms)
         /* Noted even with no reader parked: one may be about to decide whether to read. */
         if (ev & EPOLLIN)
             slot->in_edge = true;
-        if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
-            slot->in_hup = true; /* its edge comes once: from now on always try the read */
+        /* A hang-up's edge comes once, and urgent data makes reads stop short of the rest:
+         * from now on always try the read. */
+        if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
+            slot->in_hup = true;
         /* Errors and hang-ups wake both sides: the retried call reports what happened. */
-        if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        if (ev & (EPOLLIN | EPOLLPRI | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
             slot_wake(b, &slot->reader, 0);
         if (ev & (EPOLLOUT | EPOLLHUP | EPOLLERR))
             slot_wake(b, &slot->writer, 0);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -24,7 +25,7 @@
 struct weft_chan {
     int fd;
     bool is_socket;
-    bool stream;       /* a stream socket: a short read means its input is drained for now */
+    bool stream;       /* TCP: a short read means its input is drained for now */
     bool drained;      /* the last read came back short (stream sockets only) */
     bool eof;          /* a read returned end of file */
     bool skipping;     /* discarding the rest of an over-long line */
@@ -32,6 +33,9 @@ struct weft_chan {
     bool input_stopped; /* reads take what has arrived but no longer wait (shutdown) */
     weft_co *holder;    /* coroutine holding back this channel's line output, if any */
     int users;         /* coroutines parked inside a call on this channel */
+    int reading;       /* reads in flight into rbuf (io_uring): rbuf must stay */
+    bool sending;      /* a writer is inside a send (take_turn): wbuf must stay */
+    wait_list turns;   /* writers waiting for their turn to send */
     int werr;          /* sticky EPIPE/ECONNRESET: the peer is gone */
     weft_buffering buffering;
     size_t maxline;
@@ -80,7 +84,7 @@ weft_chan *chan_new(int fd, bool is_socket, const char *peer)
     return c;
 }
 
-weft_chan *chan_new_stream(int fd, const char *peer)
+weft_chan *chan_new_tcp(int fd, const char *peer)
 {
     weft_chan *c = chan_new(fd, true, peer);
     if (c)
@@ -116,7 +120,7 @@ static char *grow_buf(char *p, size_t cap)
  * Never while a write is in progress (wlen > wstart). */
 static void chan_go_idle(weft_chan *c, bool keep_rbuf)
 {
-    if (c->rbuf && c->rstart == c->rend && !keep_rbuf) {
+    if (c->rbuf && c->rstart == c->rend && !keep_rbuf && !c->reading) {
         c->rwant = c->rcap;
         give_buf(c->rbuf, c->rcap);
         c->rbuf = NULL;
@@ -168,7 +172,7 @@ weft_chan *weft_chan_open(int fd)
     }
     char peer[64] = "";
     bool is_socket = S_ISSOCK(st.st_mode);
-    int type = 0;
+    int type = 0, proto = 0;
     if (is_socket) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
@@ -177,8 +181,12 @@ weft_chan *weft_chan_open(int fd)
         len = sizeof type;
         if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
             type = 0;
+        len = sizeof proto;
+        if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) != 0)
+            proto = 0;
     }
-    return type == SOCK_STREAM ? chan_new_stream(fd, peer) : chan_new(fd, is_socket, peer);
+    bool tcp = type == SOCK_STREAM && proto == IPPROTO_TCP;
+    return tcp ? chan_new_tcp(fd, peer) : chan_new(fd, is_socket, peer);
 }
 
 int weft_chan_fd(const weft_chan *c) { return c->fd; }
@@ -255,20 +263,31 @@ static ssize_t got(weft_chan *c, ssize_t r, size_t n)
     return r;
 }
 
-/* Read once from the fd into dst, waiting while nothing is there. >0 bytes, 0 at end of
- * file, -1 on error (EBADF: c may be gone). A wait with nothing buffered gives the buffers
- * back (chan_go_idle); if dst was in the read buffer (in_rbuf) it then returns READ_AGAIN
- * after the wait, for the caller to take a buffer again. */
-static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, bool in_rbuf)
+/* Before a read that may wait: our replies held back while input was buffered go first,
+ * then the I/O budget is counted (it may yield). -1 with EBADF when c was closed meanwhile
+ * (then c may be gone). Both may switch away: compute pointers into c's buffers after. */
+static int before_read(weft_chan *c)
 {
-    /* Our replies held back while input was buffered go before we read (and maybe wait). */
     if (c->holder && c->holder == weft_self() &&
         flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout)) != 0 && errno == EBADF)
         return -1;
+    return chan_spend(c);
+}
+
+/* Read once from the fd into dst, waiting while nothing is there; the caller has called
+ * before_read. >0 bytes, 0 at end of file, -1 on error (EBADF: c may be gone). A wait with
+ * nothing buffered gives the buffers back (chan_go_idle), and anything may happen to c's
+ * buffers while we wait (another coroutine may read or close): if dst was in the read buffer
+ * (in_rbuf), any wait returns READ_AGAIN, for the caller to find its target again. */
+static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, bool in_rbuf)
+{
+    if (c->reading) {
+        errno = EBUSY; /* another coroutine's read operation is filling the buffer */
+        return -1;
+    }
     for (;;) {
-        if (chan_spend(c) != 0)
-            return -1;
-        if (worth_reading(c)) {
+        /* Stopped input never waits, so it always tries: what has arrived is still owed. */
+        if (c->input_stopped || worth_reading(c)) {
             /* recv, not read: read goes through the VFS (vfs_read, fdget_pos) first. */
             ssize_t r = c->is_socket ? recv(c->fd, dst, n, 0) : read(c->fd, dst, n);
             if (r >= 0)
@@ -288,16 +307,21 @@ static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, b
          * honours O_NONBLOCK inside io_uring; wait for readiness rather than spin. */
         if (r == -2 || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
             chan_go_idle(c, false);
-            if (chan_wait(c, WEFT_READABLE, dl) != 0)
-                return -1;
+            if (chan_wait(c, WEFT_READABLE, dl) != 0) {
+                /* Input stopped under us: what arrived meanwhile is still owed; one more
+                 * try (input_stopped forces it), then ECANCELED. */
+                if (errno != ECANCELED || !c->input_stopped)
+                    return -1;
+            }
             c->drained = false; /* woken: input came */
-            if (in_rbuf && !c->rbuf)
-                return READ_AGAIN;
-            continue;
-        }
-        if (r >= 0)
+        } else if (r >= 0) {
             return got(c, r, n);
-        if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+        } else if (errno != EINTR && !(errno == ECANCELED && c->input_stopped)) {
+            return -1; /* (EBADF: c may be gone, so input_stopped is read only otherwise) */
+        }
+        if (in_rbuf)
+            return READ_AGAIN;
+        if (chan_spend(c) != 0)
             return -1;
     }
 }
@@ -343,7 +367,7 @@ static int rbuf_room(weft_chan *c, size_t limit)
 static ssize_t fill(weft_chan *c, lazy_deadline *dl)
 {
     for (;;) {
-        if (rbuf_room(c, c->maxline + 1) != 0)
+        if (before_read(c) != 0 || rbuf_room(c, c->maxline + 1) != 0)
             return -1;
         ssize_t r = read_some(c, c->rbuf + c->rend, c->rcap - c->rend, dl, true);
         if (r > 0)
@@ -429,7 +453,9 @@ ssize_t weft_read(weft_chan *c, void *buf, size_t n)
             return 0;
         /* Large reads skip the buffer: no copy, and no buffer growth for bulk data. */
         if (n >= RBUF_INITIAL)
-            return read_some(c, buf, n, &(lazy_deadline)LAZY(c->read_timeout), false);
+            return before_read(c) != 0
+                       ? -1
+                       : read_some(c, buf, n, &(lazy_deadline)LAZY(c->read_timeout), false);
         c->rstart = c->rend = c->rscan = 0;
         ssize_t r = fill(c, &(lazy_deadline)LAZY(c->read_timeout));
         if (r <= 0)
@@ -472,10 +498,16 @@ static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, lazy_dea
 {
     if (!io_ops_available())
         return -2;
+    if (is_read && c->reading) {
+        errno = EBUSY; /* one reader waits at a time, as with epoll's fd slots */
+        return -1;
+    }
     c->users++;
+    c->reading += is_read;
     ssize_t r = is_read ? io_read(c->fd, buf, n, c->is_socket, deadline_of(dl))
                         : io_send(c->fd, buf, n, c->is_socket, deadline_of(dl));
     int err = errno;
+    c->reading -= is_read;
     if (chan_leave(c, 0) != 0)
         return -1;
     errno = err;
@@ -510,17 +542,52 @@ static ssize_t send_some(weft_chan *c, const char *p, size_t n, lazy_deadline *d
     }
 }
 
+/* Writers take turns to send. A send may wait (and under io_uring the kernel reads from the
+ * buffer meanwhile), and while it does, another coroutine writing to the same channel must
+ * neither send its bytes in between nor move the buffer: it waits here for its turn.
+ * -1 with ECANCELED, or EBADF when c was closed meanwhile (then c may be gone). */
+static int take_turn(weft_chan *c)
+{
+    while (c->sending) {
+        waiter w;
+        waiter_init(&w);
+        wait_list_push(&c->turns, &w);
+        c->users++;
+        int rc = waiter_wait(&w, -1, true);
+        if (w.linked)
+            wait_list_remove(&c->turns, &w);
+        if (chan_leave(c, rc) != 0)
+            return -1;
+    }
+    c->sending = true;
+    return 0;
+}
+
+static void end_turn(weft_chan *c)
+{
+    c->sending = false;
+    waiter *w = wait_list_pop(&c->turns);
+    if (w)
+        waiter_done(w, 0);
+}
+
 /* Send [p, p + n) straight to the fd, waiting as needed; returns bytes sent (n unless an
  * error stopped it, then -1 with errno; EBADF: c may be gone). */
 static ssize_t send_all(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
 {
+    if (take_turn(c) != 0)
+        return -1;
     size_t done = 0;
     while (done < n) {
         ssize_t w = send_some(c, p + done, n - done, dl);
-        if (w < 0)
+        if (w < 0) {
+            if (errno != EBADF) /* else c is gone */
+                end_turn(c);
             return -1;
+        }
         done += (size_t)w;
     }
+    end_turn(c);
     return (ssize_t)done;
 }
 
@@ -537,22 +604,34 @@ static void release_hold(weft_chan *c)
 static int flush_dl(weft_chan *c, lazy_deadline *dl)
 {
     release_hold(c);
+    if (c->wstart == c->wlen && !c->sending) {
+        c->wstart = c->wlen = 0;
+        return 0;
+    }
+    if (take_turn(c) != 0)
+        return -1;
     while (c->wstart < c->wlen) {
         ssize_t w = send_some(c, c->wbuf + c->wstart, c->wlen - c->wstart, dl);
         if (w < 0) {
+            if (errno == EBADF)
+                return -1; /* c may be gone */
             if (errno == EPIPE || errno == ECONNRESET)
                 c->wstart = c->wlen = 0; /* undeliverable: the peer is gone */
+            end_turn(c);
             return -1;
         }
         c->wstart += (size_t)w;
     }
     c->wstart = c->wlen = 0;
+    end_turn(c);
     return 0;
 }
 
 /* Send what the socket takes now, without waiting. 0 when all went. */
 static int flush_nowait(weft_chan *c)
 {
+    if (c->sending)
+        return -1; /* another writer is at it: what is left goes with its send */
     while (c->wstart < c->wlen) {
         ssize_t w = c->is_socket
                         ? send(c->fd, c->wbuf + c->wstart, c->wlen - c->wstart, MSG_NOSIGNAL)
@@ -633,6 +712,12 @@ static int put(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
         size_t room = c->wmax - c->wlen;
         size_t k = n < room ? n : room;
         if (c->wlen + k > c->wcap) {
+            if (c->sending) { /* another writer sends from wbuf: let it finish first */
+                if (take_turn(c) != 0)
+                    return -1;
+                end_turn(c);
+                continue;
+            }
             size_t cap = c->wcap ? c->wcap : WBUF_INITIAL;
             while (cap < c->wlen + k)
                 cap *= 2;
@@ -690,8 +775,6 @@ ssize_t weft_write(weft_chan *c, const void *buf, size_t n)
  * through the buffer as usual. */
 static int putln_direct(weft_chan *c, const char *line, size_t n, lazy_deadline *dl)
 {
-    if (chan_spend(c) != 0)
-        return -1;
     struct iovec iov[2] = {{(void *)line, n}, {"\n", 1}};
     struct msghdr m = {.msg_iov = iov, .msg_iovlen = 2};
     ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
@@ -719,8 +802,13 @@ int weft_putln(weft_chan *c, const void *line, size_t n)
     if (write_ok(c) != 0)
         return -1;
     lazy_deadline dl = LAZY(c->write_timeout);
-    if (n >= BUF_SIZE && c->wlen == c->wstart && c->is_socket && c->buffering != WEFT_BUF_FULL)
-        return putln_direct(c, line, n, &dl);
+    if (n >= BUF_SIZE && c->is_socket && c->buffering != WEFT_BUF_FULL) {
+        if (chan_spend(c) != 0)
+            return -1;
+        /* Checked after the budget's yield: another writer may have buffered meanwhile. */
+        if (c->wlen == c->wstart && !c->sending)
+            return putln_direct(c, line, n, &dl);
+    }
     if (c->wlen + n < c->wcap && c->wlen + n < c->wmax) {
         /* The common case, a line that fits: one copy and the newline, no put loop. */
         memcpy(c->wbuf + c->wlen, line, n);
@@ -798,6 +886,9 @@ int weft_close(weft_chan *c)
     }
     c->closed = true;
     release_hold(c); /* nothing may send on the fd number once it is closed */
+    waiter *w;
+    while ((w = wait_list_pop(&c->turns)))
+        waiter_done(w, EBADF); /* writers waiting for their turn: EBADF via chan_leave */
     if (weft_fd_close(c->fd) != 0 && !err)
         err = errno;
     if (c->users == 0)

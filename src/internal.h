@@ -273,7 +273,7 @@ typedef struct fd_slot {
     weft_co *writer;   /* coroutine waiting for output space, if any */
     bool registered;   /* epoll: in the interest list */
     bool in_edge;      /* epoll: input arrived since the last input_hint */
-    bool in_hup;       /* epoll: the peer hung up or an error is pending: always try */
+    bool in_hup;       /* epoll: hang-up, error or urgent data seen: always try reads */
     bool read_armed;   /* io_uring: a poll for input is in flight */
     bool write_armed;  /* io_uring: a poll for output is in flight */
     uint32_t gen;      /* io_uring: bumped when the fd is forgotten, to drop stale polls */
@@ -319,9 +319,10 @@ static inline void backend_cancel_wait(backend *b, int fd, int events, int err)
 /* ---- Channels (chan.c) ---- */
 /* A channel over fd, already non-blocking; peer is its "host:port" name (copied). */
 weft_chan *chan_new(int fd, bool is_socket, const char *peer);
-/* The same, for a stream socket (TCP, Unix SOCK_STREAM), whose short reads mean "no more
- * input for now" and so may skip a read that would find nothing. */
-weft_chan *chan_new_stream(int fd, const char *peer);
+/* The same, for a TCP socket, whose short reads mean "no more input for now" (urgent data
+ * aside, which epoll reports apart) and so may skip a read that would find nothing. Not for
+ * Unix sockets: their reads also stop short at passed fds and credentials. */
+weft_chan *chan_new_tcp(int fd, const char *peer);
 /* Stop input for a graceful shutdown: reads still return what has already arrived (in the
  * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
  * parked now wakes with ECANCELED. Writes are unaffected. */

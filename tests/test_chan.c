@@ -16,6 +16,8 @@
 #include <unistd.h>
 #include <weft.h>
 
+#include "../src/internal.h" /* chan_stop_input, what a graceful shutdown does to a channel */
+
 /* A connected TCP pair on 127.0.0.1: sv[0] is wrapped in a channel by the tests, sv[1] is
  * driven with plain blocking calls. */
 static void tcp_pair(int sv[2])
@@ -701,6 +703,292 @@ static void long_lines_sent_directly_arrive_whole_and_in_order(void)
     CHECK(weft_close(c) == 0 && weft_close(peer) == 0);
 }
 
+/* Two coroutines reading one channel: one parks in gets (and gives its buffers back while
+ * idle), the other reads meanwhile and another channel takes the pooled buffer. When the
+ * first wakes it must find its target again, not write into a buffer it no longer owns. */
+static int two_fd[2], other_fd[2];
+static weft_chan *two_c, *other_c;
+static char first_reader_got[16];
+
+static void *first_reader(void *arg)
+{
+    (void)arg;
+    size_t len;
+    const char *l = weft_gets(two_c, &len);
+    if (l)
+        snprintf(first_reader_got, sizeof first_reader_got, "%s", l);
+    else
+        snprintf(first_reader_got, sizeof first_reader_got, "errno %d", errno);
+    return NULL;
+}
+
+static void *second_reader(void *arg)
+{
+    (void)arg;
+    CHECK(weft_write(other_c, "BBBBBBBB", 8) == 8); /* takes a pooled buffer */
+    write_all(two_fd[1], "line1\n", 6);
+    size_t len;
+    const char *l = weft_gets(two_c, &len);
+    CHECK((l && len == 5 && memcmp(l, "line1", 5) == 0) || (!l && errno == EBUSY));
+    write_all(two_fd[1], "line2\n", 6);
+    CHECK(weft_sleep(50) == 0);
+    CHECK(weft_flush(other_c) == 0);
+    char out[8];
+    read_exact_timeout(other_fd[1], out, 8, 5000);
+    CHECK(memcmp(out, "BBBBBBBB", 8) == 0);
+    return NULL;
+}
+
+static void two_readers_of_one_channel_keep_to_their_buffers(void)
+{
+    tcp_pair(two_fd);
+    tcp_pair(other_fd);
+    two_c = weft_chan_open(two_fd[0]);
+    other_c = weft_chan_open(other_fd[0]);
+    CHECK(two_c && other_c && weft_chan_set_buffering(other_c, WEFT_BUF_FULL) == 0);
+    CHECK(weft_chan_set_timeouts(two_c, 2000, -1) == 0);
+    weft_co *a = weft_spawn(first_reader, NULL), *b = weft_spawn(second_reader, NULL);
+    CHECK(a && b && weft_join(b, NULL, -1) == 0 && weft_join(a, NULL, -1) == 0);
+    /* The first reader got the line the second did not take, or nothing: never garbage. */
+    CHECK(strcmp(first_reader_got, "line2") == 0 || strcmp(first_reader_got, "line1") == 0 ||
+          strncmp(first_reader_got, "errno", 5) == 0);
+    CHECK(weft_close(two_c) == 0 && weft_close(other_c) == 0);
+    close(two_fd[1]);
+    close(other_fd[1]);
+}
+
+/* TCP urgent data makes recv stop short at the mark although more data follows: a reader
+ * whose last read came back short must not take that for "drained" and wait forever. */
+static int urgent_peer;
+
+static void *send_with_urgent_data(void *arg)
+{
+    (void)arg;
+    CHECK(weft_sleep(20) == 0);
+    CHECK(send(urgent_peer, "hello\n", 6, 0) == 6);
+    CHECK(weft_sleep(20) == 0);
+    CHECK(send(urgent_peer, "abX", 3, MSG_OOB) == 3); /* 'X' is the urgent byte */
+    CHECK(send(urgent_peer, "cd\n", 3, 0) == 3);
+    return NULL;
+}
+
+static void *read_around_urgent_data(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && len == 5 && memcmp(l, "hello", 5) == 0); /* a short read: nothing more yet */
+    CHECK(weft_sleep(100) == 0); /* all of "abXcd\n" has arrived */
+    l = weft_gets(c, &len);
+    CHECK(l && len == 4 && memcmp(l, "abcd", 4) == 0); /* the urgent byte is out of band */
+    return NULL;
+}
+
+static void urgent_data_does_not_stall_a_reader(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    urgent_peer = sv[1];
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c && weft_chan_set_timeouts(c, 5000, -1) == 0);
+    weft_co *r = weft_spawn(read_around_urgent_data, c), *w = weft_spawn(send_with_urgent_data, NULL);
+    CHECK(r && w && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    close(sv[1]);
+}
+
+/* A Unix socket's read stops short after a message that passed a file descriptor, with the
+ * rest still queued: no "drained" guess there either. */
+static int unix_peer;
+
+static void *send_a_passed_fd(void *arg)
+{
+    (void)arg;
+    CHECK(weft_sleep(20) == 0);
+    CHECK(send(unix_peer, "hello\n", 6, 0) == 6);
+    CHECK(weft_sleep(20) == 0);
+    char cbuf[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec iov = {"ab", 2};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                       .msg_controllen = sizeof cbuf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    int one = 0; /* pass stdin: any open descriptor will do */
+    memcpy(CMSG_DATA(cm), &one, sizeof one);
+    CHECK(sendmsg(unix_peer, &m, 0) == 2);
+    CHECK(send(unix_peer, "cd\n", 3, 0) == 3);
+    return NULL;
+}
+
+static void *read_around_a_passed_fd(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && len == 5 && memcmp(l, "hello", 5) == 0);
+    CHECK(weft_sleep(100) == 0);
+    l = weft_gets(c, &len);
+    CHECK(l && len == 4 && memcmp(l, "abcd", 4) == 0);
+    return NULL;
+}
+
+static void a_passed_fd_does_not_stall_a_unix_reader(void)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    unix_peer = sv[1];
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c && weft_chan_set_timeouts(c, 5000, -1) == 0);
+    weft_co *r = weft_spawn(read_around_a_passed_fd, c), *w = weft_spawn(send_a_passed_fd, NULL);
+    CHECK(r && w && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    close(sv[1]);
+}
+
+/* Two writers of long lines on one channel: each line leaves whole, whichever way it goes
+ * (directly, or through the buffer, which the second writer grows while the first is in the
+ * middle of sending from it), even when one writer yields for the I/O budget. */
+static size_t two_len;
+static int lines_fd[2];
+static weft_chan *lines_c, *busy_c;
+
+static void *long_line_after_budget(void *arg)
+{
+    (void)arg;
+    char *line = malloc(two_len);
+    CHECK(line);
+    memset(line, 'A', two_len);
+    for (int i = 0; i < 63; i++) /* the budget's next call yields */
+        CHECK(weft_write(busy_c, "x", 1) == 1);
+    CHECK(weft_putln(lines_c, line, two_len) == 0);
+    free(line);
+    return NULL;
+}
+
+static void *long_line_at_once(void *arg)
+{
+    (void)arg;
+    char *line = malloc(two_len);
+    CHECK(line);
+    memset(line, 'B', two_len);
+    CHECK(weft_putln(lines_c, line, two_len) == 0); /* partly sent, the rest waits */
+    free(line);
+    return NULL;
+}
+
+static void *read_two_lines(void *arg)
+{
+    (void)arg;
+    size_t total = 2 * (two_len + 1), have = 0;
+    char *got = malloc(total);
+    CHECK(got && fcntl(lines_fd[1], F_SETFL, O_NONBLOCK) == 0);
+    for (int i = 0; i < 2000 && have < total; i++) { /* slowly, a piece at a time */
+        ssize_t r = read(lines_fd[1], got + have, total - have);
+        if (r > 0)
+            have += (size_t)r;
+        CHECK(weft_sleep(2) == 0);
+    }
+    CHECK(have == total);
+    for (int line = 0; line < 2; line++) {
+        const char *l = got + (size_t)line * (two_len + 1);
+        for (size_t k = 1; k < two_len; k++)
+            CHECK(l[k] == l[0]);
+        CHECK(l[two_len] == '\n');
+    }
+    free(got);
+    return NULL;
+}
+
+static void two_writers(size_t len, int sndbuf)
+{
+    int dv[2];
+    two_len = len;
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, lines_fd) == 0);
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, dv) == 0);
+    setsockopt(lines_fd[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    lines_c = weft_chan_open(lines_fd[0]);
+    busy_c = weft_chan_open(dv[0]);
+    CHECK(lines_c && busy_c && weft_chan_set_buffering(busy_c, WEFT_BUF_NONE) == 0);
+    weft_co *a = weft_spawn(long_line_after_budget, NULL);
+    weft_co *b = weft_spawn(long_line_at_once, NULL);
+    weft_co *r = weft_spawn(read_two_lines, NULL);
+    CHECK(a && b && r);
+    CHECK(weft_join(a, NULL, -1) == 0 && weft_join(b, NULL, -1) == 0);
+    CHECK(weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(lines_c) == 0 && weft_close(busy_c) == 0);
+    close(lines_fd[1]);
+    close(dv[1]);
+}
+
+static void long_lines_of_two_writers_stay_whole(void)
+{
+    two_writers(20000, 4096);  /* lines sent directly, the rest through the buffer */
+    two_writers(3000, 65536);  /* buffered lines: the buffer grows under a parked sender */
+}
+
+/* A graceful shutdown stops input: reads then return what has already arrived and fail
+ * with ECANCELED instead of waiting. A request that came in while its handler was busy, after
+ * a read that came back short, is still read. */
+static int stop_peer;
+
+static void *stop_input_after_a_short_read(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *l = weft_gets(c, &len); /* waits, then a short read */
+    CHECK(l && len == 4 && memcmp(l, "req1", 4) == 0);
+    write_all(stop_peer, "req2\n", 5); /* arrives while the handler is busy */
+    chan_stop_input(c);
+    l = weft_gets(c, &len);
+    CHECK(l && len == 4 && memcmp(l, "req2", 4) == 0);
+    CHECK(weft_gets(c, &len) == NULL && errno == ECANCELED); /* nothing more: no wait */
+    return NULL;
+}
+
+static void *stopped_while_parked(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && len == 4 && memcmp(l, "req3", 4) == 0); /* arrived with the stop */
+    CHECK(weft_gets(c, &len) == NULL && errno == ECANCELED);
+    return NULL;
+}
+
+static void *send_then_stop(void *arg)
+{
+    weft_chan *c = arg;
+    CHECK(weft_sleep(20) == 0); /* the reader is parked */
+    write_all(stop_peer, "req3\n", 5);
+    chan_stop_input(c); /* same turn: the reader is woken with ECANCELED, req3 unread */
+    return NULL;
+}
+
+static void stopped_input_still_returns_what_has_arrived(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    stop_peer = sv[1];
+    weft_chan *c = weft_chan_open(sv[0]);
+    weft_co *r = weft_spawn(stop_input_after_a_short_read, c);
+    CHECK(c && r && weft_yield() == 0);
+    write_all(sv[1], "req1\n", 5);
+    CHECK(weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    close(sv[1]);
+
+    tcp_pair(sv);
+    stop_peer = sv[1];
+    c = weft_chan_open(sv[0]);
+    r = weft_spawn(stopped_while_parked, c);
+    weft_co *s = weft_spawn(send_then_stop, c);
+    CHECK(c && r && s && weft_join(s, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    close(sv[1]);
+}
+
 /* ---- Close and errors ---- */
 
 static void *gets_until_closed(void *arg)
@@ -1002,5 +1290,10 @@ const struct test tests[] = {
     {"idle_connections_hold_no_buffers", idle_connections_hold_no_buffers, 0},
     {"a_lowered_line_limit_applies_to_buffered_input", a_lowered_line_limit_applies_to_buffered_input, 0},
     {"long_lines_sent_directly_arrive_whole_and_in_order", long_lines_sent_directly_arrive_whole_and_in_order, 0},
+    {"two_readers_of_one_channel_keep_to_their_buffers", two_readers_of_one_channel_keep_to_their_buffers, 0},
+    {"urgent_data_does_not_stall_a_reader", urgent_data_does_not_stall_a_reader, 20},
+    {"a_passed_fd_does_not_stall_a_unix_reader", a_passed_fd_does_not_stall_a_unix_reader, 20},
+    {"long_lines_of_two_writers_stay_whole", long_lines_of_two_writers_stay_whole, 0},
+    {"stopped_input_still_returns_what_has_arrived", stopped_input_still_returns_what_has_arrived, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
