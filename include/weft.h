@@ -110,8 +110,10 @@ const char *weft_backend_reason(void);
 
 /* ---- Channels ---------------------------------------------------------------------- */
 /* A buffered byte stream over an fd, the C form of a Tcl channel. Reads yield until data
- * arrives; writes go through a bounded buffer flushed according to the buffering mode. A
- * channel is used by one coroutine at a time for reading and one for writing. */
+ * arrives; writes go through a bounded buffer flushed according to the buffering mode.
+ * Several coroutines may share a channel: writers take turns to send, so a write of up to the
+ * write-buffer limit is never split by another's; only one reader may wait at a time (another
+ * gets EBUSY). */
 
 typedef struct weft_chan weft_chan;
 
