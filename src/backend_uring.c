@@ -1,7 +1,7 @@
 /* The io_uring backend. Reads, sends and accepts that found nothing to do (EAGAIN) are
  * submitted as operations: the coroutine parks, and the completion carries the data, the
- * count or the new fd, so no readiness round trip and retry is needed. Other waits (connect,
- * weft_wait_fd) arm a one-shot poll. The loop submits everything queued in a turn in the one
+ * count or the new fd, so no readiness round trip and retry is needed; connects too, from
+ * the start. Other waits (weft_wait_fd) arm a one-shot poll. The loop submits everything queued in a turn in the one
  * io_uring_enter that also waits for completions: one system call per turn however many
  * coroutines wait. A poll's completion carries the fd, the direction and a generation, so one
  * that completes after its fd was forgotten (and the number reused) is dropped; an
@@ -272,6 +272,17 @@ static int uring_accept(backend *b, int fd, void *sa, unsigned *salen, int64_t d
     return run_op(u, fd, sqe, &op, deadline);
 }
 
+static int uring_connect(backend *b, int fd, const void *sa, unsigned salen, int64_t deadline)
+{
+    uring_backend *u = (uring_backend *)b;
+    struct io_uring_sqe *sqe = get_sqe(u);
+    if (!sqe)
+        return -1;
+    io_uring_prep_connect(sqe, fd, sa, salen);
+    uop op;
+    return run_op(u, fd, sqe, &op, deadline) < 0 ? -1 : 0;
+}
+
 static void uring_forget(backend *b, int fd)
 {
     uring_backend *u = (uring_backend *)b;
@@ -305,6 +316,7 @@ static const backend_ops uring_ops = {
     .read = uring_read,
     .send = uring_send,
     .accept = uring_accept,
+    .connect = uring_connect,
 };
 
 backend *uring_backend_new(void)

@@ -74,6 +74,12 @@ int io_accept(int fd, void *sa, unsigned *salen, int64_t deadline)
     return b->ops->accept(b, fd, sa, salen, deadline);
 }
 
+int io_connect(int fd, const void *sa, unsigned salen, int64_t deadline)
+{
+    backend *b = sched_peek()->be;
+    return b->ops->connect(b, fd, sa, salen, deadline);
+}
+
 int weft_wait_fd(int fd, int events, int64_t deadline)
 {
     if (events != WEFT_READABLE && events != WEFT_WRITABLE) {

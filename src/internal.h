@@ -249,16 +249,17 @@ typedef struct backend_ops {
     /* Wake the coroutine waiting for events (one WEFT_ flag) on fd, if any, with err. */
     void (*cancel_wait)(backend *b, int fd, int events, int err);
     /* Optional (io_uring; NULL for epoll): after the fd said EAGAIN, perform the read, send
-     * or accept itself and park until it completes; the result is the system call's (-1 with
-     * errno), or ETIMEDOUT/ECANCELED if the deadline or a cancel ended it first (data that
-     * had already arrived is returned, never dropped). */
+     * or accept itself (a connect from the start) and park until it completes; the result is
+     * the system call's (-1 with errno), or ETIMEDOUT/ECANCELED if the deadline or a cancel
+     * ended it first (data that had already arrived is returned, never dropped). */
     ssize_t (*read)(backend *b, int fd, void *buf, size_t n, bool socket, int64_t deadline);
+    ssize_t (*send)(backend *b, int fd, const void *buf, size_t n, bool socket, int64_t deadline);
+    int (*accept)(backend *b, int fd, void *sa, unsigned *salen, int64_t deadline);
+    int (*connect)(backend *b, int fd, const void *sa, unsigned salen, int64_t deadline);
     /* Optional (epoll): a read is about to be tried on fd. False if no input can have come
      * since the last call (the fd is registered edge-triggered and raised no edge), so a
      * reader that last came back short may park without trying; true otherwise. */
     bool (*input_hint)(backend *b, int fd);
-    ssize_t (*send)(backend *b, int fd, const void *buf, size_t n, bool socket, int64_t deadline);
-    int (*accept)(backend *b, int fd, void *sa, unsigned *salen, int64_t deadline);
 } backend_ops;
 
 /* Every backend starts with this. */
@@ -333,10 +334,12 @@ void chan_stop_input(weft_chan *c);
 int fd_wait(int fd, int events, int64_t deadline);
 /* True when the running coroutine's backend performs I/O itself (see backend_ops.read). */
 bool io_ops_available(void);
-/* Those operations, for after EAGAIN (only when io_ops_available()). */
+/* Those operations, for after EAGAIN or, for connect, instead of the system call (only when
+ * io_ops_available()). */
 ssize_t io_read(int fd, void *buf, size_t n, bool socket, int64_t deadline);
 ssize_t io_send(int fd, const void *buf, size_t n, bool socket, int64_t deadline);
 int io_accept(int fd, void *sa, unsigned *salen, int64_t deadline);
+int io_connect(int fd, const void *sa, unsigned salen, int64_t deadline);
 /* Deadline for a relative timeout in ms (-1 stays -1). */
 int64_t deadline_after(int64_t timeout_ms);
 /* Make fd non-blocking and close-on-exec. */

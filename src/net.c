@@ -377,7 +377,10 @@ static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadl
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    int rc = connect(fd, sa, salen);
+    /* io_uring performs the whole connect as one operation; elsewhere (or on a kernel that
+     * hands back EINPROGRESS) wait for the socket to become writable. */
+    bool op = io_ops_available();
+    int rc = op ? io_connect(fd, sa, salen, deadline) : connect(fd, sa, salen);
     if (rc != 0 && errno == EINPROGRESS)
         rc = connect_finish(fd, deadline);
     /* A Unix socket whose backlog is full says EAGAIN: back off briefly and retry. */
@@ -388,7 +391,7 @@ static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadl
         }
         if (weft_sleep(pause < 100 ? pause : 100) != 0)
             break;
-        rc = connect(fd, sa, salen);
+        rc = op ? io_connect(fd, sa, salen, deadline) : connect(fd, sa, salen);
     }
     if (rc != 0) {
         int e = errno;
