@@ -225,3 +225,19 @@ int count_open_fds(void)
     closedir(d);
     return n - 3; /* ".", ".." and the directory's own fd */
 }
+
+long proc_status_kib(pid_t pid, const char *field)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    CHECK(f);
+    long v = -1;
+    size_t flen = strlen(field);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, field, flen) == 0)
+            v = atol(line + flen);
+    fclose(f);
+    CHECK(v >= 0);
+    return v;
+}

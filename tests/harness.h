@@ -44,6 +44,8 @@ int test_scale(int n);
  * shadow memory and quarantine, nor an emulator or valgrind via $WEFT_RUN). Memory bounds are
  * asserted only then; the figures are printed everywhere. */
 int memory_is_measurable(void);
+/* A field of /proc/PID/status in kB ("VmRSS:", "VmHWM:"); fails the test if it is missing. */
+long proc_status_kib(pid_t pid, const char *field);
 /* Count this process's open file descriptors. */
 int count_open_fds(void);
 

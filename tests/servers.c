@@ -126,30 +126,14 @@ int test_server_fds(struct test_server *ts)
     return atoi(a) - 1;
 }
 
-static long status_field(struct test_server *ts, const char *field)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%d/status", (int)ts->pid);
-    FILE *f = fopen(path, "r");
-    CHECK(f);
-    long v = -1;
-    size_t flen = strlen(field);
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, field, flen) == 0)
-            v = atol(line + flen);
-    fclose(f);
-    CHECK(v >= 0);
-    return v;
-}
-
 long test_server_rss_kib(struct test_server *ts)
 {
-    return status_field(ts, "VmRSS:");
+    return proc_status_kib(ts->pid, "VmRSS:");
 }
 
 long test_server_hwm_kib(struct test_server *ts)
 {
-    return status_field(ts, "VmHWM:");
+    return proc_status_kib(ts->pid, "VmHWM:");
 }
 
 void expect_echo(int fd, const char *line)

@@ -559,19 +559,6 @@ static void an_edge_that_comes_while_the_reader_is_busy_is_not_lost(void)
  * read and a write buffer each (as before the pool) would add 8 KiB per connection. */
 #define IDLE_CONNS 1000
 
-static size_t rss_now_kib(void)
-{
-    FILE *f = fopen("/proc/self/status", "r");
-    char line[256];
-    size_t kib = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %zu kB", &kib) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kib;
-}
-
 static void *answer_then_idle(void *arg)
 {
     weft_chan *c = arg;
@@ -594,7 +581,7 @@ static void idle_connections_hold_no_buffers(void)
     static int peer[IDLE_CONNS];
     static weft_co *co[IDLE_CONNS];
     CHECK(weft_yield() == 0); /* the scheduler and its backend exist before we measure */
-    size_t before = rss_now_kib();
+    long before = proc_status_kib(getpid(), "VmRSS:");
     for (int i = 0; i < IDLE_CONNS; i++) {
         int sv[2];
         CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
@@ -610,8 +597,8 @@ static void idle_connections_hold_no_buffers(void)
         read_exact_timeout(peer[i], reply, 5, 5000);
         CHECK(memcmp(reply, "ping\n", 5) == 0);
     }
-    size_t per_conn = (rss_now_kib() - before) * 1024 / IDLE_CONNS;
-    printf("idle connections: %zu bytes each (%s)\n", per_conn, weft_backend_name());
+    long per_conn = (proc_status_kib(getpid(), "VmRSS:") - before) * 1024 / IDLE_CONNS;
+    printf("idle connections: %ld bytes each (%s)\n", per_conn, weft_backend_name());
     /* io_uring's read in flight holds its buffer: only epoll gives the read buffer back. */
     if (memory_is_measurable() && strcmp(weft_backend_name(), "epoll") == 0)
         CHECK(per_conn < 8192);
@@ -757,56 +744,20 @@ static void two_readers_of_one_channel_keep_to_their_buffers(void)
     close(other_fd[1]);
 }
 
-/* TCP urgent data makes recv stop short at the mark although more data follows: a reader
- * whose last read came back short must not take that for "drained" and wait forever. */
-static int urgent_peer;
+/* Reads that stop short although more input is queued: TCP urgent data (recv stops at the
+ * mark) and a Unix socket message that passed a file descriptor. A reader whose last read
+ * came back short must not take that for "drained" and wait forever. The sender writes
+ * "hello\n", then "ab" + the special part + "cd\n"; the reader must get "hello" and "abcd". */
+static int short_peer;
+static void (*send_special)(void);
 
-static void *send_with_urgent_data(void *arg)
+static void send_urgent_data(void)
 {
-    (void)arg;
-    CHECK(weft_sleep(20) == 0);
-    CHECK(send(urgent_peer, "hello\n", 6, 0) == 6);
-    CHECK(weft_sleep(20) == 0);
-    CHECK(send(urgent_peer, "abX", 3, MSG_OOB) == 3); /* 'X' is the urgent byte */
-    CHECK(send(urgent_peer, "cd\n", 3, 0) == 3);
-    return NULL;
+    CHECK(send(short_peer, "abX", 3, MSG_OOB) == 3); /* 'X' is the urgent byte */
 }
 
-static void *read_around_urgent_data(void *arg)
+static void send_a_passed_fd(void)
 {
-    weft_chan *c = arg;
-    size_t len;
-    const char *l = weft_gets(c, &len);
-    CHECK(l && len == 5 && memcmp(l, "hello", 5) == 0); /* a short read: nothing more yet */
-    CHECK(weft_sleep(100) == 0); /* all of "abXcd\n" has arrived */
-    l = weft_gets(c, &len);
-    CHECK(l && len == 4 && memcmp(l, "abcd", 4) == 0); /* the urgent byte is out of band */
-    return NULL;
-}
-
-static void urgent_data_does_not_stall_a_reader(void)
-{
-    int sv[2];
-    tcp_pair(sv);
-    urgent_peer = sv[1];
-    weft_chan *c = weft_chan_open(sv[0]);
-    CHECK(c && weft_chan_set_timeouts(c, 5000, -1) == 0);
-    weft_co *r = weft_spawn(read_around_urgent_data, c), *w = weft_spawn(send_with_urgent_data, NULL);
-    CHECK(r && w && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
-    CHECK(weft_close(c) == 0);
-    close(sv[1]);
-}
-
-/* A Unix socket's read stops short after a message that passed a file descriptor, with the
- * rest still queued: no "drained" guess there either. */
-static int unix_peer;
-
-static void *send_a_passed_fd(void *arg)
-{
-    (void)arg;
-    CHECK(weft_sleep(20) == 0);
-    CHECK(send(unix_peer, "hello\n", 6, 0) == 6);
-    CHECK(weft_sleep(20) == 0);
     char cbuf[CMSG_SPACE(sizeof(int))] = {0};
     struct iovec iov = {"ab", 2};
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
@@ -815,36 +766,59 @@ static void *send_a_passed_fd(void *arg)
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
     cm->cmsg_len = CMSG_LEN(sizeof(int));
-    int one = 0; /* pass stdin: any open descriptor will do */
-    memcpy(CMSG_DATA(cm), &one, sizeof one);
-    CHECK(sendmsg(unix_peer, &m, 0) == 2);
-    CHECK(send(unix_peer, "cd\n", 3, 0) == 3);
+    int any = 0; /* pass stdin: any open descriptor will do */
+    memcpy(CMSG_DATA(cm), &any, sizeof any);
+    CHECK(sendmsg(short_peer, &m, 0) == 2);
+}
+
+static void *send_around(void *arg)
+{
+    (void)arg;
+    CHECK(weft_sleep(20) == 0);
+    CHECK(send(short_peer, "hello\n", 6, 0) == 6);
+    CHECK(weft_sleep(20) == 0);
+    send_special();
+    CHECK(send(short_peer, "cd\n", 3, 0) == 3);
     return NULL;
 }
 
-static void *read_around_a_passed_fd(void *arg)
+static void *read_hello_then_abcd(void *arg)
 {
     weft_chan *c = arg;
     size_t len;
     const char *l = weft_gets(c, &len);
-    CHECK(l && len == 5 && memcmp(l, "hello", 5) == 0);
-    CHECK(weft_sleep(100) == 0);
+    CHECK(l && len == 5 && memcmp(l, "hello", 5) == 0); /* a short read: nothing more yet */
+    CHECK(weft_sleep(100) == 0); /* all the rest has arrived */
     l = weft_gets(c, &len);
     CHECK(l && len == 4 && memcmp(l, "abcd", 4) == 0);
     return NULL;
+}
+
+static void read_across_a_short_read(int sv[2], void (*special)(void))
+{
+    short_peer = sv[1];
+    send_special = special;
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c && weft_chan_set_timeouts(c, 5000, -1) == 0);
+    weft_co *r = weft_spawn(read_hello_then_abcd, c);
+    weft_co *w = weft_spawn(send_around, NULL);
+    CHECK(r && w && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    close(sv[1]);
+}
+
+static void urgent_data_does_not_stall_a_reader(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    read_across_a_short_read(sv, send_urgent_data);
 }
 
 static void a_passed_fd_does_not_stall_a_unix_reader(void)
 {
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
-    unix_peer = sv[1];
-    weft_chan *c = weft_chan_open(sv[0]);
-    CHECK(c && weft_chan_set_timeouts(c, 5000, -1) == 0);
-    weft_co *r = weft_spawn(read_around_a_passed_fd, c), *w = weft_spawn(send_a_passed_fd, NULL);
-    CHECK(r && w && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
-    CHECK(weft_close(c) == 0);
-    close(sv[1]);
+    read_across_a_short_read(sv, send_a_passed_fd);
 }
 
 /* Two writers of long lines on one channel: each line leaves whole, whichever way it goes
