@@ -26,7 +26,7 @@ struct weft_chan {
     int fd;
     bool is_socket;
     bool stream;       /* TCP: a short read means its input is drained for now */
-    bool drained;      /* the last read came back short (stream sockets only) */
+    bool drained;      /* the last read came back short (TCP only) */
     bool eof;          /* a read returned end of file */
     bool skipping;     /* discarding the rest of an over-long line */
     bool closed;       /* weft_close ran while others were inside */
@@ -240,7 +240,7 @@ static int chan_spend(weft_chan *c)
     return chan_leave(c, 0);
 }
 
-/* Whether a read now may find input. A stream socket whose last read came back short has
+/* Whether a read now may find input. A TCP socket whose last read came back short has
  * none until the backend sees an edge, so the read that would only say EAGAIN is skipped;
  * the hint is asked before every read so that each edge is consumed by the read after it. */
 static bool worth_reading(weft_chan *c)
@@ -544,8 +544,9 @@ static ssize_t send_some(weft_chan *c, const char *p, size_t n, lazy_deadline *d
 
 /* Writers take turns to send. A send may wait (and under io_uring the kernel reads from the
  * buffer meanwhile), and while it does, another coroutine writing to the same channel must
- * neither send its bytes in between nor move the buffer: it waits here for its turn.
- * -1 with ECANCELED, or EBADF when c was closed meanwhile (then c may be gone). */
+ * neither send its bytes in between nor move the buffer: it waits here for its turn. The
+ * turn counts as being inside c, so c stays until end_turn even if closed meanwhile.
+ * -1 with ECANCELED, or EBADF when c was closed while we waited (then c may be gone). */
 static int take_turn(weft_chan *c)
 {
     while (c->sending) {
@@ -560,15 +561,21 @@ static int take_turn(weft_chan *c)
             return -1;
     }
     c->sending = true;
+    c->users++;
     return 0;
 }
 
+/* Pass the turn on. If c was closed meanwhile and we were the last inside, it is freed here:
+ * the caller must not touch c afterwards. errno is kept. */
 static void end_turn(weft_chan *c)
 {
+    int err = errno;
     c->sending = false;
     waiter *w = wait_list_pop(&c->turns);
     if (w)
         waiter_done(w, 0);
+    chan_leave(c, 0);
+    errno = err;
 }
 
 /* Send [p, p + n) straight to the fd, waiting as needed; returns bytes sent (n unless an
@@ -581,8 +588,7 @@ static ssize_t send_all(weft_chan *c, const char *p, size_t n, lazy_deadline *dl
     while (done < n) {
         ssize_t w = send_some(c, p + done, n - done, dl);
         if (w < 0) {
-            if (errno != EBADF) /* else c is gone */
-                end_turn(c);
+            end_turn(c);
             return -1;
         }
         done += (size_t)w;
@@ -613,11 +619,9 @@ static int flush_dl(weft_chan *c, lazy_deadline *dl)
     while (c->wstart < c->wlen) {
         ssize_t w = send_some(c, c->wbuf + c->wstart, c->wlen - c->wstart, dl);
         if (w < 0) {
-            if (errno == EBADF)
-                return -1; /* c may be gone */
             if (errno == EPIPE || errno == ECONNRESET)
                 c->wstart = c->wlen = 0; /* undeliverable: the peer is gone */
-            end_turn(c);
+            end_turn(c); /* (after a close meanwhile: EBADF, and c may be gone now) */
             return -1;
         }
         c->wstart += (size_t)w;

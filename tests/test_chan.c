@@ -963,6 +963,49 @@ static void stopped_input_still_returns_what_has_arrived(void)
     close(sv[1]);
 }
 
+/* A close while one writer is parked mid-send and another waits for its turn: both wake with
+ * EBADF, and the channel is freed by the last one out (ASan would see a use after free). */
+static weft_chan *turn_c;
+static int turn_errs[2];
+
+static void *write_until_closed(void *arg)
+{
+    int *err = arg;
+    static char block[64 * 1024];
+    memset(block, 'w', sizeof block);
+    for (;;) {
+        if (weft_write(turn_c, block, sizeof block) < 0) {
+            *err = errno;
+            return NULL;
+        }
+    }
+}
+
+static void *close_turn_channel(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 5; i++)
+        CHECK(weft_yield() == 0); /* both writers are parked by now */
+    CHECK(weft_close(turn_c) == 0 || errno == EPIPE || errno == ECONNRESET || errno == EBADF);
+    return NULL;
+}
+
+static void close_while_writers_wait_their_turn(void)
+{
+    int sv[2];
+    tcp_pair(sv); /* the peer never reads: the socket fills */
+    turn_c = weft_chan_open(sv[0]);
+    CHECK(turn_c && weft_chan_set_timeouts(turn_c, -1, 200) == 0);
+    weft_co *a = weft_spawn(write_until_closed, &turn_errs[0]);
+    weft_co *b = weft_spawn(write_until_closed, &turn_errs[1]);
+    weft_co *k = weft_spawn(close_turn_channel, NULL);
+    CHECK(a && b && k);
+    CHECK(weft_join(k, NULL, -1) == 0 && weft_join(a, NULL, -1) == 0);
+    CHECK(weft_join(b, NULL, -1) == 0);
+    CHECK(turn_errs[0] == EBADF && turn_errs[1] == EBADF);
+    close(sv[1]);
+}
+
 /* ---- Close and errors ---- */
 
 static void *gets_until_closed(void *arg)
@@ -1269,5 +1312,6 @@ const struct test tests[] = {
     {"a_passed_fd_does_not_stall_a_unix_reader", a_passed_fd_does_not_stall_a_unix_reader, 20},
     {"long_lines_of_two_writers_stay_whole", long_lines_of_two_writers_stay_whole, 0},
     {"stopped_input_still_returns_what_has_arrived", stopped_input_still_returns_what_has_arrived, 0},
+    {"close_while_writers_wait_their_turn", close_while_writers_wait_their_turn, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
