@@ -2,7 +2,7 @@
  * first time a coroutine waits on it; after that a wait costs no system call, only a slot
  * update. Edge-triggered events are only reliable if the waiter has seen EAGAIN first, which
  * is the contract of backend_wait: a wait always follows a failed non-blocking call -- or,
- * for reads of a stream socket, a short read with no edge since (input_hint), which says the
+ * for reads of a TCP socket, a short read with no edge since (input_hint), which says the
  * same without the extra system call. */
 #include "internal.h"
 
