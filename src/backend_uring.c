@@ -1,13 +1,14 @@
 /* The io_uring backend. Reads, sends and accepts that found nothing to do (EAGAIN) are
  * submitted as operations: the coroutine parks, and the completion carries the data, the
  * count or the new fd, so no readiness round trip and retry is needed; connects too, from
- * the start. Other waits (weft_wait_fd) arm a one-shot poll. The loop submits everything queued in a turn in the one
- * io_uring_enter that also waits for completions: one system call per turn however many
- * coroutines wait. A poll's completion carries the fd, the direction and a generation, so one
- * that completes after its fd was forgotten (and the number reused) is dropped; an
- * operation's carries a pointer to its state on the waiting coroutine's stack, which stays
- * valid because the coroutine never leaves before that completion arrives. Built when liburing
- * is there; elsewhere uring_backend_new says ENOSYS and the scheduler uses epoll. */
+ * the start. Other waits (weft_wait_fd) arm a one-shot poll. The loop submits everything
+ * queued in a turn in the one io_uring_enter that also waits for completions: one system
+ * call per turn however many coroutines wait. A poll's completion carries the fd, the
+ * direction and a generation, so one that completes after its fd was forgotten (and the
+ * number reused) is dropped; an operation's carries a pointer to its state on the waiting
+ * coroutine's stack, which stays valid because the coroutine never leaves before that
+ * completion arrives. Built when liburing is there; elsewhere uring_backend_new says ENOSYS
+ * and the scheduler uses epoll. */
 #include "internal.h"
 
 #include <errno.h>
@@ -324,8 +325,8 @@ backend *uring_backend_new(void)
     uring_backend *u = calloc(1, sizeof *u);
     if (!u)
         return NULL;
-    /* One thread submits and reaps, so the kernel may defer work to our own io_uring_enter;
-     * older kernels refuse these flags, then plain setup. */
+    /* One thread submits and reaps, so the kernel may defer work to our own io_uring_enter
+     * (and flag when it has); older kernels refuse these flags: then a ring without them. */
     struct io_uring_params p = {.flags = IORING_SETUP_SINGLE_ISSUER |
                                          IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG |
                                          IORING_SETUP_CQSIZE,

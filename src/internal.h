@@ -326,7 +326,7 @@ weft_chan *chan_new(int fd, bool is_socket, const char *peer);
 weft_chan *chan_new_tcp(int fd, const char *peer);
 /* Stop input for a graceful shutdown: reads still return what has already arrived (in the
  * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
- * parked now wakes with ECANCELED. Writes are unaffected. */
+ * parked now wakes, takes what has arrived, else fails with ECANCELED. Writes go on. */
 void chan_stop_input(weft_chan *c);
 
 /* ---- Shared helpers ---- */
