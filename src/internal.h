@@ -190,6 +190,20 @@ typedef struct wait_list {
     waiter *head, *tail;
 } wait_list;
 
+/* The bounded FIFO of items behind both queues (weft_queue, weft_tqueue). */
+typedef struct item_ring {
+    void **items;
+    size_t cap, head, len;
+} item_ring;
+
+/* Room for cap (> 0) items. -1/ENOMEM. */
+int item_ring_init(item_ring *r, size_t cap);
+void item_ring_free(item_ring *r);
+/* Add at the tail; only when len < cap. */
+void item_ring_push(item_ring *r, void *item);
+/* Take from the head; only when len > 0. */
+void *item_ring_pop(item_ring *r);
+
 void wait_list_push(wait_list *l, waiter *w);
 void wait_list_remove(wait_list *l, waiter *w);
 /* The first waiter that can still be satisfied (skipping the nodes of a select that another

@@ -56,9 +56,40 @@ static void wake_all(wait_list *l, int err)
 
 /* ---- Queues ---- */
 
+int item_ring_init(item_ring *r, size_t cap)
+{
+    r->items = malloc(cap * sizeof *r->items);
+    if (!r->items) {
+        errno = ENOMEM;
+        return -1;
+    }
+    r->cap = cap;
+    r->head = r->len = 0;
+    return 0;
+}
+
+void item_ring_free(item_ring *r)
+{
+    free(r->items);
+    r->items = NULL;
+}
+
+void item_ring_push(item_ring *r, void *item)
+{
+    r->items[(r->head + r->len) % r->cap] = item;
+    r->len++;
+}
+
+void *item_ring_pop(item_ring *r)
+{
+    void *item = r->items[r->head];
+    r->head = (r->head + 1) % r->cap;
+    r->len--;
+    return item;
+}
+
 struct weft_queue {
-    void **ring;
-    size_t cap, head, len;
+    item_ring ring;
     bool closed;
     wait_list senders;   /* waiting with an item that did not fit */
     wait_list receivers; /* waiting for an item */
@@ -73,27 +104,11 @@ weft_queue *weft_queue_new(size_t capacity)
     weft_queue *q = calloc(1, sizeof *q);
     if (!q)
         return NULL;
-    q->ring = malloc(capacity * sizeof *q->ring);
-    if (!q->ring) {
+    if (item_ring_init(&q->ring, capacity) != 0) {
         free(q);
         return NULL;
     }
-    q->cap = capacity;
     return q;
-}
-
-static void ring_push(weft_queue *q, void *item)
-{
-    q->ring[(q->head + q->len) % q->cap] = item;
-    q->len++;
-}
-
-static void *ring_pop(weft_queue *q)
-{
-    void *item = q->ring[q->head];
-    q->head = (q->head + 1) % q->cap;
-    q->len--;
-    return item;
 }
 
 int weft_queue_try_send(weft_queue *q, void *item)
@@ -102,27 +117,27 @@ int weft_queue_try_send(weft_queue *q, void *item)
         errno = EPIPE;
         return -1;
     }
-    waiter *r = q->len == 0 ? wait_list_pop(&q->receivers) : NULL;
+    waiter *r = q->ring.len == 0 ? wait_list_pop(&q->receivers) : NULL;
     if (r) { /* straight into a waiting receiver's hands */
         r->item = item;
         waiter_done(r, 0);
         return 0;
     }
-    if (q->len == q->cap) {
+    if (q->ring.len == q->ring.cap) {
         errno = EAGAIN;
         return -1;
     }
-    ring_push(q, item);
+    item_ring_push(&q->ring, item);
     return 0;
 }
 
 int weft_queue_try_recv(weft_queue *q, void **item)
 {
-    if (q->len > 0) {
-        *item = ring_pop(q);
+    if (q->ring.len > 0) {
+        *item = item_ring_pop(&q->ring);
         waiter *s = wait_list_pop(&q->senders); /* the room just made is theirs */
         if (s) {
-            ring_push(q, s->item);
+            item_ring_push(&q->ring, s->item);
             waiter_done(s, 0);
         }
         return 0;
@@ -185,14 +200,14 @@ int weft_queue_free(weft_queue *q)
         errno = EBUSY;
         return -1;
     }
-    free(q->ring);
+    item_ring_free(&q->ring);
     free(q);
     return 0;
 }
 
 size_t weft_queue_len(const weft_queue *q)
 {
-    return q->len;
+    return q->ring.len;
 }
 
 /* ---- Select ---- */

@@ -23,8 +23,7 @@ typedef struct tq_waiter {
 
 struct weft_tqueue {
     pthread_mutex_t mu;
-    void **ring;
-    size_t cap, head, len;
+    item_ring ring;
     bool closed;
     int users;             /* waiters not yet gone: free must wait for them (under mu) */
     wait_list senders, receivers;
@@ -56,12 +55,10 @@ weft_tqueue *weft_tqueue_new(size_t capacity)
     weft_tqueue *q = calloc(1, sizeof *q);
     if (!q)
         return NULL;
-    q->ring = malloc(capacity * sizeof *q->ring);
-    if (!q->ring) {
+    if (item_ring_init(&q->ring, capacity) != 0) {
         free(q);
         return NULL;
     }
-    q->cap = capacity;
     pthread_mutex_init(&q->mu, NULL);
     return q;
 }
@@ -146,13 +143,12 @@ int weft_tqueue_send(weft_tqueue *q, void *item, int64_t deadline)
     if (q->closed) {
         errno = EPIPE;
         rc = -1;
-    } else if (q->len == 0 && q->receivers.head) {
+    } else if (q->ring.len == 0 && q->receivers.head) {
         tq_waiter *r = first(&q->receivers);
         r->item = item;
         claim(&q->receivers, r, 0);
-    } else if (q->len < q->cap) {
-        q->ring[(q->head + q->len) % q->cap] = item;
-        q->len++;
+    } else if (q->ring.len < q->ring.cap) {
+        item_ring_push(&q->ring, item);
     } else {
         tq_waiter w = {.item = item};
         return wait_and_unlock(q, &q->senders, &w, deadline);
@@ -165,14 +161,11 @@ int weft_tqueue_recv(weft_tqueue *q, void **item, int64_t deadline)
 {
     pthread_mutex_lock(&q->mu);
     int rc = 0;
-    if (q->len > 0) {
-        *item = q->ring[q->head];
-        q->head = (q->head + 1) % q->cap;
-        q->len--;
+    if (q->ring.len > 0) {
+        *item = item_ring_pop(&q->ring);
         if (q->senders.head) { /* the room just made is theirs */
             tq_waiter *s = first(&q->senders);
-            q->ring[(q->head + q->len) % q->cap] = s->item;
-            q->len++;
+            item_ring_push(&q->ring, s->item);
             claim(&q->senders, s, 0);
         }
     } else if (q->closed) {
@@ -210,7 +203,7 @@ int weft_tqueue_free(weft_tqueue *q)
         return -1;
     }
     pthread_mutex_destroy(&q->mu);
-    free(q->ring);
+    item_ring_free(&q->ring);
     free(q);
     return 0;
 }
