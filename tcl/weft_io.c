@@ -48,7 +48,7 @@ GetChan(Tcl_Interp *interp, Tcl_Obj *nameObj, int needMode)
     return chan;
 }
 
-/* Run fn on chan in blocking mode, restoring the mode afterwards. */
+/* Whether chan is in blocking mode. */
 static int
 WasBlocking(Tcl_Interp *interp, Tcl_Channel chan, int *blocking)
 {
@@ -62,6 +62,31 @@ WasBlocking(Tcl_Interp *interp, Tcl_Channel chan, int *blocking)
     *blocking = strcmp(Tcl_DStringValue(&ds), "0") != 0;
     Tcl_DStringFree(&ds);
     return TCL_OK;
+}
+
+/*
+ * Outside a coroutine the commands block: put chan in blocking mode for the
+ * call (EnterBlocking tells whether it already was) and back after it.
+ */
+static int
+EnterBlocking(Tcl_Interp *interp, Tcl_Channel chan, int *wasBlocking)
+{
+    if (WasBlocking(interp, chan, wasBlocking) != TCL_OK) {
+        return TCL_ERROR;
+    }
+    if (!*wasBlocking && Tcl_SetChannelOption(interp, chan, "-blocking", "1")
+            != TCL_OK) {
+        return TCL_ERROR;
+    }
+    return TCL_OK;
+}
+
+static void
+LeaveBlocking(Tcl_Channel chan, int wasBlocking)
+{
+    if (!wasBlocking) {
+        Tcl_SetChannelOption(NULL, chan, "-blocking", "0");
+    }
 }
 
 static int
@@ -130,11 +155,7 @@ BlockingGets(Tcl_Interp *interp, Tcl_Channel chan, Tcl_Obj *varName)
     int blocking, n, code;
     Tcl_Obj *line;
 
-    if (WasBlocking(interp, chan, &blocking) != TCL_OK) {
-        return TCL_ERROR;
-    }
-    if (!blocking && Tcl_SetChannelOption(interp, chan, "-blocking", "1")
-            != TCL_OK) {
+    if (EnterBlocking(interp, chan, &blocking) != TCL_OK) {
         return TCL_ERROR;
     }
     line = Tcl_NewObj();
@@ -146,9 +167,7 @@ BlockingGets(Tcl_Interp *interp, Tcl_Channel chan, Tcl_Obj *varName)
         code = GetsResult(interp, line, n, varName);
     }
     Tcl_DecrRefCount(line);
-    if (!blocking) {
-        Tcl_SetChannelOption(NULL, chan, "-blocking", "0");
-    }
+    LeaveBlocking(chan, blocking);
     return code;
 }
 
@@ -290,11 +309,7 @@ BlockingRead(Tcl_Interp *interp, Tcl_Channel chan, int want, int nonewline)
     int blocking, code = TCL_OK;
     Tcl_Obj *acc;
 
-    if (WasBlocking(interp, chan, &blocking) != TCL_OK) {
-        return TCL_ERROR;
-    }
-    if (!blocking && Tcl_SetChannelOption(interp, chan, "-blocking", "1")
-            != TCL_OK) {
+    if (EnterBlocking(interp, chan, &blocking) != TCL_OK) {
         return TCL_ERROR;
     }
     acc = Tcl_NewObj();
@@ -308,9 +323,7 @@ BlockingRead(Tcl_Interp *interp, Tcl_Channel chan, int want, int nonewline)
         Tcl_SetObjResult(interp, acc);
     }
     Tcl_DecrRefCount(acc);
-    if (!blocking) {
-        Tcl_SetChannelOption(NULL, chan, "-blocking", "0");
-    }
+    LeaveBlocking(chan, blocking);
     return code;
 }
 
