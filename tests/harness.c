@@ -241,3 +241,17 @@ long proc_status_kib(pid_t pid, const char *field)
     CHECK(v >= 0);
     return v;
 }
+
+void ask_line(int fd, const char *q, char *answer, size_t cap, int timeout_ms)
+{
+    write_all(fd, q, strlen(q));
+    write_all(fd, "\n", 1);
+    size_t n = 0;
+    while (n < cap - 1) {
+        read_exact_timeout(fd, answer + n, 1, timeout_ms);
+        if (answer[n] == '\n')
+            break;
+        n++;
+    }
+    answer[n] = '\0';
+}

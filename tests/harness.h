@@ -36,6 +36,9 @@ int tcp_connect_loopback(int port);
 void write_all(int fd, const void *buf, size_t n);
 /* Read exactly n bytes within timeout_ms or fail the test. */
 void read_exact_timeout(int fd, void *buf, size_t n, int timeout_ms);
+/* Send q and a newline on fd, then read one reply line into answer (without its newline,
+ * NUL-terminated, at most cap - 1 bytes), each byte within timeout_ms, or fail the test. */
+void ask_line(int fd, const char *q, char *answer, size_t cap, int timeout_ms);
 /* Nonzero if fd has data to read within timeout_ms. */
 int readable_within(int fd, int timeout_ms);
 /* n, or a tenth of it (at least 1) when WEFT_TEST_LIGHT=1: for slow runners (valgrind). */

@@ -96,16 +96,7 @@ void test_server_stop(struct test_server *ts)
 static void ask(struct test_server *ts, const char *q, char *answer, size_t cap)
 {
     int fd = tcp_connect_loopback(ts->port);
-    write_all(fd, q, strlen(q));
-    write_all(fd, "\n", 1);
-    size_t n = 0;
-    while (n < cap - 1) {
-        read_exact_timeout(fd, answer + n, 1, 20000);
-        if (answer[n] == '\n')
-            break;
-        n++;
-    }
-    answer[n] = '\0';
+    ask_line(fd, q, answer, cap, 20000);
     close(fd);
 }
 

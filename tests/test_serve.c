@@ -172,20 +172,6 @@ static void serve_with_few_fds(int port_pipe)
     exit(0);
 }
 
-static void ask_line(int fd, const char *q, char *answer, size_t cap)
-{
-    write_all(fd, q, strlen(q));
-    write_all(fd, "\n", 1);
-    size_t n = 0;
-    while (n < cap - 1) {
-        read_exact_timeout(fd, answer + n, 1, 10000);
-        if (answer[n] == '\n')
-            break;
-        n++;
-    }
-    answer[n] = '\0';
-}
-
 static void keeps_serving_through_emfile_and_recovers(void)
 {
     if (RUNNING_ON_VALGRIND) {
@@ -216,7 +202,7 @@ static void keeps_serving_through_emfile_and_recovers(void)
     for (int i = 0; i < N; i++)
         fds[i] = tcp_connect_loopback(port); /* completes in the kernel's backlog */
     char answer[256];
-    ask_line(fds[0], "first", answer, sizeof answer);
+    ask_line(fds[0], "first", answer, sizeof answer, 10000);
     CHECK(strcmp(answer, "first") == 0);
     /* The last clients are not accepted yet: their line waits unanswered. */
     write_all(fds[N - 1], "late\n", 5);
@@ -224,16 +210,16 @@ static void keeps_serving_through_emfile_and_recovers(void)
     /* Meanwhile the accepted clients are served normally, and the server is not spinning:
      * over that 300 ms a backoff loop retried accept a handful of times, not thousands. */
     unsigned long long acc, active, errs;
-    ask_line(fds[0], "stats", answer, sizeof answer);
+    ask_line(fds[0], "stats", answer, sizeof answer, 10000);
     CHECK(sscanf(answer, "%llu %llu %llu", &acc, &active, &errs) == 3);
     CHECK(acc < N && errs >= 1 && errs < 100);
-    ask_line(fds[1], "still here", answer, sizeof answer);
+    ask_line(fds[1], "still here", answer, sizeof answer, 10000);
     CHECK(strcmp(answer, "still here") == 0);
     /* Free descriptors: every waiting client gets served. */
     for (int i = 0; i < N / 2; i++)
         close(fds[i]);
     for (int i = N / 2; i < N - 1; i++) {
-        ask_line(fds[i], "recovered", answer, sizeof answer);
+        ask_line(fds[i], "recovered", answer, sizeof answer, 10000);
         CHECK(strcmp(answer, "recovered") == 0);
     }
     read_exact_timeout(fds[N - 1], answer, 5, 10000);
