@@ -282,7 +282,9 @@ static int before_read(weft_chan *c)
 static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, bool in_rbuf)
 {
     if (c->reading) {
-        errno = EBUSY; /* another coroutine's read operation is filling the buffer */
+        /* Another coroutine's read operation is filling the buffer: one reader waits at a
+         * time, as epoll's fd slots also enforce. */
+        errno = EBUSY;
         return -1;
     }
     for (;;) {
@@ -301,12 +303,12 @@ static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, b
             errno = ECANCELED;
             return -1;
         }
-        chan_go_idle(c, in_rbuf); /* an operation below reads into dst */
+        /* About to wait: give the buffers back, but not the one an operation reads into. */
+        chan_go_idle(c, in_rbuf && io_ops_available());
         ssize_t r = chan_op(c, true, dst, n, dl);
         /* -2: the backend only reports readiness. EAGAIN from the operation: a kernel that
          * honours O_NONBLOCK inside io_uring; wait for readiness rather than spin. */
         if (r == -2 || (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
-            chan_go_idle(c, false);
             if (chan_wait(c, WEFT_READABLE, dl) != 0) {
                 /* Input stopped under us: what arrived meanwhile is still owed; one more
                  * try (input_stopped forces it), then ECANCELED. */
@@ -498,10 +500,6 @@ static ssize_t chan_op(weft_chan *c, bool is_read, void *buf, size_t n, lazy_dea
 {
     if (!io_ops_available())
         return -2;
-    if (is_read && c->reading) {
-        errno = EBUSY; /* one reader waits at a time, as with epoll's fd slots */
-        return -1;
-    }
     c->users++;
     c->reading += is_read;
     ssize_t r = is_read ? io_read(c->fd, buf, n, c->is_socket, deadline_of(dl))
