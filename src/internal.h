@@ -90,19 +90,24 @@ enum co_state { CO_READY, CO_RUNNING, CO_PARKED, CO_DONE };
 
 typedef struct weft_group weft_group;
 
+/* The first 64 bytes are what a wake-up, a park and a switch touch. The struct is allocated
+ * on a cache line, so with thousands of connections resuming one costs one miss here, which
+ * the loop prefetches while the coroutine before it runs. */
 struct weft_co {
     ctx ctx;
-    stack *stack;
-    enum co_state state;
-    bool detached;
-    bool cancelled;
-    bool nocancel;        /* parked in a wait that cancellation must not cut short */
-    unsigned io_streak;   /* I/O calls done since it last gave up the CPU (fairness) */
+    weft_co *next;        /* run-queue link */
     weft_chan *held_output; /* a channel whose line output it holds back (coalescing) */
-    int wake_errno;       /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
     int64_t deadline;     /* of the current park; -1: none */
     timer timer;          /* in the heap at or before deadline (see sched.c: lazy timers) */
-    weft_co *next;        /* run-queue link */
+    enum co_state state;
+    int wake_errno;       /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
+    unsigned io_streak;   /* I/O calls done since it last gave up the CPU (fairness) */
+    bool guarded;         /* its stack has a guard page; else the canary is checked */
+    bool cancelled;
+    bool nocancel;        /* parked in a wait that cancellation must not cut short */
+    bool detached;
+    /* cold: spawn, join, end */
+    stack *stack;
     weft_co *joiner;      /* coroutine parked in weft_join on this one */
     bool joined_outside;  /* the thread itself joins it, from outside any coroutine */
     weft_group *group;    /* owning group, if any, and the links of its member list */

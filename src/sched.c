@@ -41,7 +41,7 @@ void __tsan_switch_to_fiber(void *fiber, unsigned flags);
 static _Thread_local void *tsan_main_fiber;
 #endif
 
-#define PREFETCH_STACK_LINES 4 /* the registers and the innermost frames */
+#define PREFETCH_STACK_LINES 8 /* the registers and the frames back up to the handler */
 
 static _Thread_local sched *tls_sched;
 #ifdef WEFT_ASAN
@@ -113,7 +113,7 @@ static void runq_push(sched *s, weft_co *co)
 static void switch_to_loop(sched *s, weft_co *co, bool done)
 {
     co->io_streak = 0;
-    if (!co->stack->guarded && !stack_canary_ok(co->stack))
+    if (!co->guarded && !stack_canary_ok(co->stack))
         stack_overflow_abort(co); /* before anything else runs on corrupted memory */
 #ifdef WEFT_ASAN
     __sanitizer_start_switch_fiber(done ? NULL : &co->asan_fake_stack, s->main_stack_lo,
@@ -316,14 +316,20 @@ static int poll_timeout(sched *s, int64_t limit)
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
-/* With thousands of connections a coroutine's stack is cold when it is resumed, and the
- * switch stalls on it: fetch the frames it will return through while the one before runs. */
-static void prefetch_stack(const weft_co *co)
+/* With thousands of connections a resumed coroutine is cold, and the switch stalls on the
+ * frames it returns through. The loop fetches them while the coroutine before it runs,
+ * together with the struct of the one after it, so that reading its stack pointer next time
+ * does not stall either. */
+static void prefetch_resume(const weft_co *co)
 {
-#if defined(__GNUC__) && !defined(WEFT_CTX_UCONTEXT)
+#if defined(__GNUC__)
+    if (co->next)
+        __builtin_prefetch(co->next);
+#if !defined(WEFT_CTX_UCONTEXT)
     const char *sp = co->ctx.sp;
     for (int i = 0; i < PREFETCH_STACK_LINES; i++)
         __builtin_prefetch(sp + 64 * i);
+#endif
 #else
     (void)co;
 #endif
@@ -354,7 +360,7 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
         weft_co *co = batch;
         batch = co->next;
         if (batch)
-            prefetch_stack(batch);
+            prefetch_resume(batch);
         run_co(s, co);
     }
     return 0;
@@ -393,6 +399,19 @@ size_t weft_count(void)
 
 /* ---- Coroutines ---- */
 
+#ifndef WEFT_CTX_UCONTEXT
+_Static_assert(offsetof(weft_co, stack) <= 64, "what a switch touches in one line");
+#endif
+
+static weft_co *co_alloc(void)
+{
+    size_t size = (sizeof(weft_co) + 63) / 64 * 64; /* aligned_alloc wants a multiple */
+    weft_co *co = aligned_alloc(64, size);
+    if (co)
+        memset(co, 0, sizeof *co);
+    return co;
+}
+
 weft_co *weft_spawn(weft_fn fn, void *arg)
 {
     return weft_spawn_ex(fn, arg, NULL);
@@ -407,7 +426,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     if (size < WEFT_STACK_MIN)
         size = WEFT_STACK_MIN;
 
-    weft_co *co = calloc(1, sizeof *co);
+    weft_co *co = co_alloc();
     if (!co)
         return NULL;
     co->stack = stack_take(size);
@@ -416,6 +435,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
         errno = ENOMEM;
         return NULL;
     }
+    co->guarded = co->stack->guarded;
     const char *name = opts && opts->name ? opts->name : "co";
     strncpy(co->name, name, sizeof co->name - 1);
     co->detached = opts && opts->detached;
