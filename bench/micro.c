@@ -399,7 +399,18 @@ int main(int argc, char **argv)
     double ps = median_of(bench_pthread_spawn, reps);
     printf("spawn+join: weft       %8.1f ns   pthread_create+join %8.1f ns\n", ws, ps);
     printf("  pthread / weft       %8.1fx  (target >= 50x)\n", ps / ws);
-    if (bench_many(target) == ENOMEM && !getenv("WEFT_STACK_GUARD"))
+    if (bench_many(target) == ENOMEM && !getenv("WEFT_STACK_GUARD")) {
+        /* Two mappings per guarded stack: what the default mode would need for the target. */
+        long have = 0;
+        FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+        if (f) {
+            if (fscanf(f, "%ld", &have) != 1)
+                have = 0;
+            fclose(f);
+        }
+        printf("  with a guard page each, %ld coroutines need vm.max_map_count >= %ld "
+               "(it is %ld here)\n", target, 2 * target + count_maps() + 1000, have);
         many_again_with_auto_guards("/proc/self/exe", quick && target > 200000 ? 200000 : target);
+    }
     return 0;
 }
