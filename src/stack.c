@@ -2,13 +2,13 @@
  * per-thread pool for reuse. An overflow faults on the guard page; the SIGSEGV handler, on an
  * alternate signal stack, names the coroutine and lets the process die of the signal.
  * A guard page splits its mapping in two, and the kernel allows vm.max_map_count mappings
- * (65,530 by default), so guards cap a process near 24,000 coroutines (we leave a quarter of
- * the budget to everything else); past that, spawns fail with ENOMEM. WEFT_STACK_GUARD=auto
- * opts in to more: past the budget, stacks come without a guard, merge into few mappings and
- * carry a 64-byte canary at their low end, checked every time their coroutine switches out,
- * so an overflow ends the process naming the coroutine before anything else runs. That check
- * is best effort: a frame whose unwritten part straddles the canary can skip it, which is
- * why it is not the default. (WEFT_STACK_GUARD=never: canaries only, for tests.) */
+ * (65,530 by default), so guards cap a process near 32,000 coroutines; past that, spawns fail
+ * with ENOMEM (raising vm.max_map_count, two per coroutine, lifts the cap and keeps every
+ * guard). WEFT_STACK_GUARD=auto opts in to more without it: past three quarters of the
+ * budget, stacks come without a guard, merge into few mappings and carry a 64-byte canary
+ * at their low end, checked every time their coroutine switches out, so an overflow ends the
+ * process naming the coroutine before anything else runs. That check is best effort: a frame
+ * whose unwritten part straddles the canary can skip it, which is why it is not the default. (WEFT_STACK_GUARD=never: canaries only, for tests.) */
 #include "internal.h"
 
 #include <errno.h>
