@@ -108,6 +108,7 @@ struct weft_co {
     bool detached;
     /* cold: spawn, join, end */
     stack *stack;
+    bool in_stack;        /* lives at the top of its own stack (detached ones) */
     weft_co *joiner;      /* coroutine parked in weft_join on this one */
     bool joined_outside;  /* the thread itself joins it, from outside any coroutine */
     weft_group *group;    /* owning group, if any, and the links of its member list */
