@@ -1,7 +1,8 @@
 /* The io_uring backend. Reads, sends and accepts that found nothing to do (EAGAIN) are
  * submitted as operations: the coroutine parks, and the completion carries the data, the
  * count or the new fd, so no readiness round trip and retry is needed; connects too, from
- * the start. Other waits (weft_wait_fd) arm a one-shot poll. The loop submits everything
+ * the start. (The channel layer waits for readiness instead when a socket has nothing
+ * buffered: see read_some in chan.c.) Other waits (weft_wait_fd) arm a one-shot poll. The loop submits everything
  * queued in a turn in the one io_uring_enter that also waits for completions: one system
  * call per turn however many coroutines wait. A poll's completion carries the fd, the
  * direction and a generation, so one that completes after its fd was forgotten (and the
