@@ -121,6 +121,10 @@ struct weft_co {
     char name[64];
 };
 
+/* Room at the top of every stack for a coroutine struct (detached coroutines keep theirs
+ * there); the stack proper, as valgrind is told, ends below it. */
+#define CO_ROOM ((sizeof(weft_co) + 63) / 64 * 64)
+
 typedef struct backend backend;
 
 typedef struct sched sched;
@@ -139,6 +143,9 @@ struct sched {
     ctx main_ctx;          /* the thread's own stack, where the loop runs */
     weft_co *current;      /* NULL while the loop itself runs */
     weft_co *runq_head, *runq_tail;
+    weft_co *batch;        /* the rest of the turn's run list (see loop_turn) */
+    weft_co *reap;         /* ended, still to be reaped by whoever runs after it */
+    bool from_main;        /* the last switch came from the loop's own stack */
     timer_heap timers;
     backend *be;
     size_t live;           /* coroutines spawned and not yet ended */

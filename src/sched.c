@@ -1,8 +1,9 @@
 /* The scheduler: one per thread, a FIFO run queue of coroutines, a timer heap and an event
- * backend. Coroutines always switch back to the loop, which runs on the thread's own stack;
- * the loop picks the next one. Invariant: a coroutine is READY exactly while it is in the
- * run queue (or in the batch the loop is running), PARKED while something else (a timer, an
- * fd slot, a joinee) holds it. Nothing on the switch path allocates. */
+ * backend. The loop runs on the thread's own stack; each turn it takes the run queue as a
+ * list, and the coroutines on it switch straight from one to the next, the last one back to
+ * the loop. Invariant: a coroutine is READY exactly while it is in the run queue (or on the
+ * list the turn is running), PARKED while something else (a timer, an fd slot, a joinee)
+ * holds it. Nothing on the switch path allocates. */
 #include "internal.h"
 
 #include <errno.h>
@@ -108,35 +109,75 @@ static void runq_push(sched *s, weft_co *co)
 
 /* ---- Switching ---- */
 
-/* From a coroutine back to the loop. done: the coroutine will never run again, so the
- * sanitizer may drop its fake stack. */
-static void switch_to_loop(sched *s, weft_co *co, bool done)
+/* A coroutine that gives up the CPU switches straight to the next one of the turn's run list
+ * (s->batch), and back to the loop only when the list is empty: one switch per hand-off, not
+ * two. The loop's bookkeeping between two coroutines is therefore done by whoever runs next:
+ * it reaps the one that ended (s->reap), which could not free the stack it was running on. */
+
+static void co_reap(sched *s, weft_co *co);
+static void prefetch_resume(const weft_co *co);
+
+/* Run in a coroutine (or the loop) that has just got the CPU back. */
+static void after_switch(sched *s, void *fake_stack)
+{
+#ifdef WEFT_ASAN
+    /* Only a switch from the loop tells the loop's stack bounds, needed to switch back. */
+    const void *lo;
+    size_t size;
+    __sanitizer_finish_switch_fiber(fake_stack, s->from_main ? &s->main_stack_lo : &lo,
+                                    s->from_main ? &s->main_stack_size : &size);
+#else
+    (void)fake_stack;
+#endif
+    if (s->reap) {
+        co_reap(s, s->reap);
+        s->reap = NULL;
+    }
+}
+
+/* From a running coroutine to the next of the run list, or to the loop. done: it will never
+ * run again (the sanitizer may drop its fake stack, and the next one reaps it). */
+static void switch_out(sched *s, weft_co *co, bool done)
 {
     co->io_streak = 0;
     if (!co->guarded && !stack_canary_ok(co->stack))
         stack_overflow_abort(co); /* before anything else runs on corrupted memory */
+    if (done)
+        s->reap = co;
+    weft_co *next = s->batch;
+    if (next) {
+        s->batch = next->next;
+        if (s->batch)
+            prefetch_resume(s->batch);
+        s->current = next;
+        next->state = CO_RUNNING;
+        s->from_main = false;
 #ifdef WEFT_ASAN
-    __sanitizer_start_switch_fiber(done ? NULL : &co->asan_fake_stack, s->main_stack_lo,
-                                   s->main_stack_size);
-#else
-    (void)done;
+        __sanitizer_start_switch_fiber(done ? NULL : &co->asan_fake_stack, next->stack->lo,
+                                       next->stack->size);
 #endif
 #ifdef WEFT_TSAN
-    __tsan_switch_to_fiber(tsan_main_fiber, 0);
+        __tsan_switch_to_fiber(next->tsan_fiber, 0);
 #endif
-    ctx_switch(&co->ctx, &s->main_ctx);
+        ctx_switch(&co->ctx, &next->ctx);
+    } else {
 #ifdef WEFT_ASAN
-    __sanitizer_finish_switch_fiber(co->asan_fake_stack, &s->main_stack_lo, &s->main_stack_size);
+        __sanitizer_start_switch_fiber(done ? NULL : &co->asan_fake_stack, s->main_stack_lo,
+                                       s->main_stack_size);
 #endif
+#ifdef WEFT_TSAN
+        __tsan_switch_to_fiber(tsan_main_fiber, 0);
+#endif
+        ctx_switch(&co->ctx, &s->main_ctx);
+    }
+    after_switch(s, co->asan_fake_stack);
 }
 
 static void co_main(void *p)
 {
     weft_co *co = p;
     sched *s = tls_sched;
-#ifdef WEFT_ASAN
-    __sanitizer_finish_switch_fiber(NULL, &s->main_stack_lo, &s->main_stack_size);
-#endif
+    after_switch(s, NULL);
     co->result = co->fn(co->arg);
     if (co->held_output)
         sched_held_output_hook(co, true);
@@ -145,7 +186,7 @@ static void co_main(void *p)
         group_member_ended(co);
     if (co->joiner)
         sched_wake(co->joiner, 0);
-    switch_to_loop(s, co, true);
+    switch_out(s, co, true);
     abort(); /* unreachable: an ended coroutine is never switched to */
 }
 
@@ -165,10 +206,12 @@ static void co_reap(sched *s, weft_co *co)
         free(co);
 }
 
+/* From the loop into co; returns when the run list is done (or empty). */
 static void run_co(sched *s, weft_co *co)
 {
     s->current = co;
     co->state = CO_RUNNING;
+    s->from_main = true;
 #ifdef WEFT_ASAN
     __sanitizer_start_switch_fiber(&asan_main_fake, co->stack->lo, co->stack->size);
 #endif
@@ -181,8 +224,10 @@ static void run_co(sched *s, weft_co *co)
     __sanitizer_finish_switch_fiber(asan_main_fake, NULL, NULL);
 #endif
     s->current = NULL;
-    if (co->state == CO_DONE)
-        co_reap(s, co);
+    if (s->reap) {
+        co_reap(s, s->reap);
+        s->reap = NULL;
+    }
 }
 
 /* ---- Parking and waking ---- */
@@ -248,7 +293,7 @@ static int park(int64_t deadline, bool cancellable)
     co->state = CO_PARKED;
     co->nocancel = !cancellable;
     co->wake_errno = 0;
-    switch_to_loop(s, co, false);
+    switch_out(s, co, false);
     co->nocancel = false;
     if (co->wake_errno) {
         errno = co->wake_errno;
@@ -356,13 +401,14 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
         return -1;
     expire_timers(s);
 
-    weft_co *batch = s->runq_head;
+    /* The coroutines run one after the other, each switching straight to the next
+     * (switch_out); the loop gets the CPU back when the list is done. */
+    weft_co *co = s->runq_head;
     s->runq_head = s->runq_tail = NULL;
-    while (batch) {
-        weft_co *co = batch;
-        batch = co->next;
-        if (batch)
-            prefetch_resume(batch);
+    if (co) {
+        s->batch = co->next;
+        if (s->batch)
+            prefetch_resume(s->batch);
         run_co(s, co);
     }
     return 0;
@@ -407,7 +453,7 @@ _Static_assert(offsetof(weft_co, stack) <= 64, "what a switch touches in one lin
 
 static weft_co *co_alloc(void)
 {
-    size_t size = (sizeof(weft_co) + 63) / 64 * 64; /* aligned_alloc wants a multiple */
+    size_t size = CO_ROOM; /* aligned_alloc wants a multiple of the alignment */
     weft_co *co = aligned_alloc(64, size);
     if (co)
         memset(co, 0, sizeof *co);
@@ -437,8 +483,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
      * frames touch anyway: no allocation, and resuming it touches one page fewer. A joinable
      * one's outlives its stack (the handle stays valid until weft_join), so it is allocated. */
     bool detached = opts && opts->detached;
-    size_t room = detached ? (sizeof(weft_co) + 63) / 64 * 64 : 0;
-    weft_co *co = detached ? (weft_co *)((char *)st->lo + st->size - room) : co_alloc();
+    weft_co *co = detached ? (weft_co *)((char *)st->lo + st->size - CO_ROOM) : co_alloc();
     if (!co) {
         stack_give(st);
         return NULL;
@@ -456,7 +501,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     co->timer.index = SIZE_MAX;
     co->deadline = -1;
     co->state = CO_READY;
-    ctx_make(&co->ctx, st->lo, st->size - room, co_main, co);
+    ctx_make(&co->ctx, st->lo, st->size - CO_ROOM, co_main, co);
 #ifdef WEFT_TSAN
     co->tsan_fiber = __tsan_create_fiber(0);
 #endif
@@ -695,7 +740,7 @@ int weft_yield(void)
     }
     co->state = CO_READY;
     runq_push(s, co);
-    switch_to_loop(s, co, false);
+    switch_out(s, co, false);
     return 0;
 }
 
@@ -706,7 +751,7 @@ void sched_spend_io(void)
     if (co && ++co->io_streak >= IO_BUDGET) {
         co->state = CO_READY; /* a yield that a cancel does not skip */
         runq_push(s, co);
-        switch_to_loop(s, co, false);
+        switch_out(s, co, false);
     }
 }
 

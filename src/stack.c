@@ -172,7 +172,7 @@ stack *stack_take(size_t size)
     s->size = size;
     s->next_free = NULL;
 #ifdef HAVE_VALGRIND
-    s->valgrind_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + size);
+    s->valgrind_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + size - CO_ROOM);
 #else
     s->valgrind_id = 0;
 #endif
