@@ -2,9 +2,11 @@
  * submitted as operations: the coroutine parks, and the completion carries the data, the
  * count or the new fd, so no readiness round trip and retry is needed; connects too, from
  * the start. (The channel layer waits for readiness instead when a socket has nothing
- * buffered: see read_some in chan.c.) Other waits (weft_wait_fd) arm a one-shot poll. The loop submits everything
- * queued in a turn in the one io_uring_enter that also waits for completions: one system
- * call per turn however many coroutines wait. A poll's completion carries the fd, the
+ * buffered: see read_some in chan.c.) Other waits (weft_wait_fd) use polls: for input one
+ * multishot poll per fd, armed at its first wait, which like epoll's edge-triggered
+ * registration posts a completion per arrival; for output a one-shot poll. The loop submits
+ * everything queued in a turn in the one io_uring_enter that also waits for completions: one
+ * system call per turn however many coroutines wait. A poll's completion carries the fd, the
  * direction and a generation, so one that completes after its fd was forgotten (and the
  * number reused) is dropped; an operation's carries a pointer to its state on the waiting
  * coroutine's stack, which stays valid because the coroutine never leaves before that
@@ -99,7 +101,13 @@ static int uring_wait_fd(backend *b, int fd, int events, int64_t deadline)
         struct io_uring_sqe *sqe = get_sqe(u);
         if (!sqe)
             return -1;
-        io_uring_prep_poll_add(sqe, fd, dir ? POLLOUT : POLLIN | POLLRDHUP);
+        /* Input: one multishot poll per fd, like epoll's edge-triggered registration, so a
+         * connection's every wait for input costs no submission; it posts a completion per
+         * arrival (noted in in_edge for input_hint). Output: one-shot, as it is rare. */
+        if (dir)
+            io_uring_prep_poll_add(sqe, fd, POLLOUT);
+        else
+            io_uring_prep_poll_multishot(sqe, fd, POLLIN | POLLPRI | POLLRDHUP);
         io_uring_sqe_set_data64(sqe, user_data(slot->gen, fd, dir));
         *armed = true;
     }
@@ -131,10 +139,30 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
     if (dir) {
         slot->write_armed = false;
         slot_wake(&u->base, &slot->writer, 0);
-    } else {
-        slot->read_armed = false;
-        slot_wake(&u->base, &slot->reader, 0);
+        return;
     }
+    if (!(cqe->flags & IORING_CQE_F_MORE))
+        slot->read_armed = false; /* the kernel ended the multishot poll: the next wait arms one */
+    /* As on epoll: noted even with no reader parked; after a hang-up, an error or urgent
+     * data (which makes reads stop short), reads are always tried. */
+    if (cqe->res < 0 || (cqe->res & (POLLRDHUP | POLLHUP | POLLERR | POLLPRI)))
+        slot->in_hup = true;
+    if (cqe->res > 0 && (cqe->res & POLLIN))
+        slot->in_edge = true;
+    slot_wake(&u->base, &slot->reader, 0);
+}
+
+static bool uring_input_hint(backend *b, int fd)
+{
+    uring_backend *u = (uring_backend *)b;
+    if (fd < 0 || (size_t)fd >= u->fds.n)
+        return true;
+    fd_slot *slot = &u->fds.slots[fd];
+    if (!slot->read_armed || slot->in_hup)
+        return true; /* no poll watching it, or the last edge is spent */
+    bool edge = slot->in_edge;
+    slot->in_edge = false;
+    return edge;
 }
 
 /* Deferred completions wait for us to enter the kernel (IORING_SETUP_TASKRUN_FLAG). */
@@ -302,6 +330,7 @@ static void uring_forget(backend *b, int fd)
         }
         slot->read_armed = slot->write_armed = false;
     }
+    slot->in_edge = slot->in_hup = false;
     slot->gen++;
     slot_wake(b, &slot->reader, EBADF);
     slot_wake(b, &slot->writer, EBADF);
@@ -315,6 +344,7 @@ static const backend_ops uring_ops = {
     .forget = uring_forget,
     .watch_wakeup = uring_watch_wakeup,
     .cancel_wait = uring_cancel_wait,
+    .input_hint = uring_input_hint,
     .read = uring_read,
     .send = uring_send,
     .accept = uring_accept,

@@ -338,8 +338,9 @@ static void *signal_watch(void *p)
     while (atomic_load(&sig_generation) == start) {
         if (weft_wait_fd(sig_pipe[0], WEFT_READABLE, -1) != 0)
             return NULL; /* cancelled: the server stopped some other way */
-        /* A level-triggered backend (io_uring's poll) reports the never-drained pipe of an
-         * older signal again and again: pace those wake-ups instead of spinning. */
+        /* A poll armed anew (the first wait, or io_uring re-arming an ended multishot poll)
+         * reports the never-drained pipe of an older signal at once: pace those wake-ups
+         * instead of spinning. */
         if (atomic_load(&sig_generation) == start && weft_sleep(100) != 0)
             return NULL;
     }
