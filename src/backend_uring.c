@@ -96,6 +96,10 @@ static int uring_wait_fd(backend *b, int fd, int events, int64_t deadline)
     if (!slot)
         return -1;
     int dir = (events & WEFT_READABLE) ? 0 : 1;
+    if (!dir && slot->read_armed && slot->in_edge) {
+        slot->in_edge = false; /* input arrived since the caller's failed read: retry it */
+        return 0;
+    }
     bool *armed = dir ? &slot->write_armed : &slot->read_armed;
     if (!*armed) {
         struct io_uring_sqe *sqe = get_sqe(u);
@@ -103,11 +107,14 @@ static int uring_wait_fd(backend *b, int fd, int events, int64_t deadline)
             return -1;
         /* Input: one multishot poll per fd, like epoll's edge-triggered registration, so a
          * connection's every wait for input costs no submission; it posts a completion per
-         * arrival (noted in in_edge for input_hint). Output: one-shot, as it is rare. */
-        if (dir)
+         * arrival. (Arming it checks the fd's state, so an older in_edge means nothing.)
+         * Output: one-shot, as it is rare. */
+        if (dir) {
             io_uring_prep_poll_add(sqe, fd, POLLOUT);
-        else
-            io_uring_prep_poll_multishot(sqe, fd, POLLIN | POLLPRI | POLLRDHUP);
+        } else {
+            io_uring_prep_poll_multishot(sqe, fd, POLLIN | POLLRDHUP);
+            slot->in_edge = false;
+        }
         io_uring_sqe_set_data64(sqe, user_data(slot->gen, fd, dir));
         *armed = true;
     }
@@ -143,26 +150,22 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
     }
     if (!(cqe->flags & IORING_CQE_F_MORE))
         slot->read_armed = false; /* the kernel ended the multishot poll: the next wait arms one */
-    /* As on epoll: noted even with no reader parked; after a hang-up, an error or urgent
-     * data (which makes reads stop short), reads are always tried. */
-    if (cqe->res < 0 || (cqe->res & (POLLRDHUP | POLLHUP | POLLERR | POLLPRI)))
-        slot->in_hup = true;
-    if (cqe->res > 0 && (cqe->res & POLLIN))
+    /* An arrival while nobody waits is kept for the next wait (it may follow an EAGAIN that
+     * came before this arrival was reaped), which then returns at once. */
+    if (slot->reader)
+        slot_wake(&u->base, &slot->reader, 0);
+    else
         slot->in_edge = true;
-    slot_wake(&u->base, &slot->reader, 0);
 }
 
+/* Unlike epoll's, these completions cannot tell urgent data (after which a TCP read stops
+ * short with more queued) from an ordinary arrival: the mask is the socket's wake-up key,
+ * POLLPRI always included. So a short read never means drained here; the read is tried. */
 static bool uring_input_hint(backend *b, int fd)
 {
-    uring_backend *u = (uring_backend *)b;
-    if (fd < 0 || (size_t)fd >= u->fds.n)
-        return true;
-    fd_slot *slot = &u->fds.slots[fd];
-    if (!slot->read_armed || slot->in_hup)
-        return true; /* no poll watching it, or the last edge is spent */
-    bool edge = slot->in_edge;
-    slot->in_edge = false;
-    return edge;
+    (void)b;
+    (void)fd;
+    return true;
 }
 
 /* Deferred completions wait for us to enter the kernel (IORING_SETUP_TASKRUN_FLAG). */
@@ -330,7 +333,7 @@ static void uring_forget(backend *b, int fd)
         }
         slot->read_armed = slot->write_armed = false;
     }
-    slot->in_edge = slot->in_hup = false;
+    slot->in_edge = false;
     slot->gen++;
     slot_wake(b, &slot->reader, EBADF);
     slot_wake(b, &slot->writer, EBADF);

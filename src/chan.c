@@ -470,6 +470,10 @@ ssize_t weft_read(weft_chan *c, void *buf, size_t n)
             return before_read(c) != 0
                        ? -1
                        : read_some(c, buf, n, &(lazy_deadline)LAZY(c->read_timeout), false);
+        if (c->reading) {
+            errno = EBUSY; /* another reader's operation fills the buffer where it stands */
+            return -1;
+        }
         c->rstart = c->rend = c->rscan = 0;
         ssize_t r = fill(c, &(lazy_deadline)LAZY(c->read_timeout));
         if (r <= 0)

@@ -300,8 +300,9 @@ typedef struct fd_slot {
     weft_co *reader;   /* coroutine waiting for input, if any */
     weft_co *writer;   /* coroutine waiting for output space, if any */
     bool registered;   /* epoll: in the interest list */
-    bool in_edge;      /* input arrived since the last input_hint (epoll, io_uring) */
-    bool in_hup;       /* hang-up, error or urgent data seen: always try reads */
+    bool in_edge;      /* epoll: input arrived since the last input_hint; io_uring: an
+                        * arrival reported while nobody waited */
+    bool in_hup;       /* epoll: hang-up, error or urgent data seen: always try reads */
     bool read_armed;   /* io_uring: a (multishot) poll for input is active */
     bool write_armed;  /* io_uring: a poll for output is in flight */
     uint32_t gen;      /* io_uring: bumped when the fd is forgotten, to drop stale polls */

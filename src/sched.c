@@ -111,15 +111,25 @@ static void runq_push(sched *s, weft_co *co)
 
 /* A coroutine that gives up the CPU switches straight to the next one of the turn's run list
  * (s->batch), and back to the loop only when the list is empty: one switch per hand-off, not
- * two. The loop's bookkeeping between two coroutines is therefore done by whoever runs next:
- * it reaps the one that ended (s->reap), which could not free the stack it was running on. */
+ * two. One that ended cannot free the stack it runs on, so whoever runs next, coroutine or
+ * loop, reaps it (s->reap) before anything else: nothing else ever sees it ended but not
+ * reaped (weft_join frees a joinable one's struct at once). */
 
 static void co_reap(sched *s, weft_co *co);
 static void prefetch_resume(const weft_co *co);
 
-/* Run in a coroutine (or the loop) that has just got the CPU back. */
-static void after_switch(sched *s, void *fake_stack)
+static void reap_pending(sched *s)
 {
+    if (s->reap) {
+        co_reap(s, s->reap);
+        s->reap = NULL;
+    }
+}
+
+/* Run in a coroutine that has just got the CPU. */
+static void after_switch(sched *s, weft_co *co, void *fake_stack)
+{
+    s->current = co; /* only now: a fault while the switch pushed was still the last one's */
 #ifdef WEFT_ASAN
     /* Only a switch from the loop tells the loop's stack bounds, needed to switch back. */
     const void *lo;
@@ -129,10 +139,7 @@ static void after_switch(sched *s, void *fake_stack)
 #else
     (void)fake_stack;
 #endif
-    if (s->reap) {
-        co_reap(s, s->reap);
-        s->reap = NULL;
-    }
+    reap_pending(s);
 }
 
 /* From a running coroutine to the next of the run list, or to the loop. done: it will never
@@ -149,7 +156,6 @@ static void switch_out(sched *s, weft_co *co, bool done)
         s->batch = next->next;
         if (s->batch)
             prefetch_resume(s->batch);
-        s->current = next;
         next->state = CO_RUNNING;
         s->from_main = false;
 #ifdef WEFT_ASAN
@@ -170,14 +176,14 @@ static void switch_out(sched *s, weft_co *co, bool done)
 #endif
         ctx_switch(&co->ctx, &s->main_ctx);
     }
-    after_switch(s, co->asan_fake_stack);
+    after_switch(s, co, co->asan_fake_stack);
 }
 
 static void co_main(void *p)
 {
     weft_co *co = p;
     sched *s = tls_sched;
-    after_switch(s, NULL);
+    after_switch(s, co, NULL);
     co->result = co->fn(co->arg);
     if (co->held_output)
         sched_held_output_hook(co, true);
@@ -206,10 +212,9 @@ static void co_reap(sched *s, weft_co *co)
         free(co);
 }
 
-/* From the loop into co; returns when the run list is done (or empty). */
+/* From the loop into co; returns when the run list is done. */
 static void run_co(sched *s, weft_co *co)
 {
-    s->current = co;
     co->state = CO_RUNNING;
     s->from_main = true;
 #ifdef WEFT_ASAN
@@ -224,10 +229,7 @@ static void run_co(sched *s, weft_co *co)
     __sanitizer_finish_switch_fiber(asan_main_fake, NULL, NULL);
 #endif
     s->current = NULL;
-    if (s->reap) {
-        co_reap(s, s->reap);
-        s->reap = NULL;
-    }
+    reap_pending(s);
 }
 
 /* ---- Parking and waking ---- */

@@ -336,8 +336,13 @@ static void *signal_watch(void *p)
     weft_server *srv = p;
     int start = srv->signal_generation;
     while (atomic_load(&sig_generation) == start) {
-        if (weft_wait_fd(sig_pipe[0], WEFT_READABLE, -1) != 0)
-            return NULL; /* cancelled: the server stopped some other way */
+        if (weft_wait_fd(sig_pipe[0], WEFT_READABLE, -1) != 0) {
+            /* Cancelled: the server stopped some other way and may be gone already. Any
+             * other failure leaves it running: it must not keep a handle to us. */
+            if (errno != ECANCELED)
+                srv->signal_watcher = NULL;
+            return NULL;
+        }
         /* A poll armed anew (the first wait, or io_uring re-arming an ended multishot poll)
          * reports the never-drained pipe of an older signal at once: pace those wake-ups
          * instead of spinning. */
