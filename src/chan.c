@@ -585,9 +585,13 @@ static void end_turn(weft_chan *c)
 {
     int err = errno;
     c->sending = false;
-    waiter *w = wait_list_pop(&c->turns);
-    if (w)
-        waiter_done(w, 0);
+    /* A writer waiting for the turn is inside c (users), as is our turn: with nobody else
+     * inside, leave the list (in the channel's cold line) untouched. */
+    if (c->users > 1) {
+        waiter *w = wait_list_pop(&c->turns);
+        if (w)
+            waiter_done(w, 0);
+    }
     chan_leave(c, 0);
     errno = err;
 }
