@@ -726,7 +726,8 @@ static void *second_reader(void *arg)
     return NULL;
 }
 
-static void two_readers_of_one_channel_keep_to_their_buffers(void)
+/* The channel two readers share, and another that takes a pooled buffer meanwhile. */
+static void open_shared_and_other(void)
 {
     tcp_pair(two_fd);
     tcp_pair(other_fd);
@@ -734,14 +735,24 @@ static void two_readers_of_one_channel_keep_to_their_buffers(void)
     other_c = weft_chan_open(other_fd[0]);
     CHECK(two_c && other_c && weft_chan_set_buffering(other_c, WEFT_BUF_FULL) == 0);
     CHECK(weft_chan_set_timeouts(two_c, 2000, -1) == 0);
+}
+
+static void close_shared_and_other(void)
+{
+    CHECK(weft_close(two_c) == 0 && weft_close(other_c) == 0);
+    close(two_fd[1]);
+    close(other_fd[1]);
+}
+
+static void two_readers_of_one_channel_keep_to_their_buffers(void)
+{
+    open_shared_and_other();
     weft_co *a = weft_spawn(first_reader, NULL), *b = weft_spawn(second_reader, NULL);
     CHECK(a && b && weft_join(b, NULL, -1) == 0 && weft_join(a, NULL, -1) == 0);
     /* The first reader got the line the second did not take, or nothing: never garbage. */
     CHECK(strcmp(first_reader_got, "line2") == 0 || strcmp(first_reader_got, "line1") == 0 ||
           strncmp(first_reader_got, "errno", 5) == 0);
-    CHECK(weft_close(two_c) == 0 && weft_close(other_c) == 0);
-    close(two_fd[1]);
-    close(other_fd[1]);
+    close_shared_and_other();
 }
 
 /* The same with part of a line already buffered: on io_uring the first reader then waits
@@ -775,12 +786,7 @@ static void *refused_reader(void *arg)
 
 static void a_second_reader_is_refused_while_a_read_is_in_flight(void)
 {
-    tcp_pair(two_fd);
-    tcp_pair(other_fd);
-    two_c = weft_chan_open(two_fd[0]);
-    other_c = weft_chan_open(other_fd[0]);
-    CHECK(two_c && other_c && weft_chan_set_buffering(other_c, WEFT_BUF_FULL) == 0);
-    CHECK(weft_chan_set_timeouts(two_c, 2000, -1) == 0);
+    open_shared_and_other();
     write_all(two_fd[1], "pa", 2);
     weft_co *a = weft_spawn(partial_line_reader, NULL);
     CHECK(a && weft_yield() == 0 && weft_yield() == 0); /* it reads "pa" and waits for more */
@@ -790,9 +796,7 @@ static void a_second_reader_is_refused_while_a_read_is_in_flight(void)
     char out[8];
     read_exact_timeout(other_fd[1], out, 8, 5000);
     CHECK(memcmp(out, "BBBBBBBB", 8) == 0);
-    CHECK(weft_close(two_c) == 0 && weft_close(other_c) == 0);
-    close(two_fd[1]);
-    close(other_fd[1]);
+    close_shared_and_other();
 }
 
 /* Reads that stop short although more input is queued: TCP urgent data (recv stops at the
