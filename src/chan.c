@@ -38,7 +38,7 @@ struct weft_chan {
     int users;         /* coroutines parked inside a call on this channel */
     int reading;       /* reads in flight into rbuf (io_uring): rbuf must stay */
     int werr;          /* sticky EPIPE/ECONNRESET: the peer is gone */
-    uint32_t rwant;    /* capacity the read buffer last had (saturated), to start at when re-taken */
+    uint32_t rwant;    /* capacity the read buffer last had (saturated): where a new one starts */
     weft_co *holder;    /* coroutine holding back this channel's line output, if any */
     size_t maxline;
     char *rbuf;
@@ -313,8 +313,8 @@ static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, b
         /* About to wait. A socket with nothing buffered waits for readiness even where the
          * backend could read for us (io_uring): then it holds no buffer while idle, and the
          * data is copied just before it is scanned rather than when the loop reaps a whole
-         * turn of completions, by which time it has left the cache (measured: +22 % at
-         * P = 16, +24 % with 16 KiB lines, -7 % at 100 connections; performance.md). */
+         * turn of completions, by which time it has left the cache (measured in
+         * docs/performance.md, "What changed ... (evening)"). */
         bool by_op = io_ops_available() && !(c->is_socket && c->rstart == c->rend);
         chan_go_idle(c, in_rbuf && by_op); /* not the buffer an operation reads into */
         ssize_t r = by_op ? chan_op(c, true, dst, n, dl) : -2;

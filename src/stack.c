@@ -8,7 +8,8 @@
  * budget, stacks come without a guard, merge into few mappings and carry a 64-byte canary
  * at their low end, checked every time their coroutine switches out, so an overflow ends the
  * process naming the coroutine before anything else runs. That check is best effort: a frame
- * whose unwritten part straddles the canary can skip it, which is why it is not the default. (WEFT_STACK_GUARD=never: canaries only, for tests.) */
+ * whose unwritten part straddles the canary can skip it, which is why it is not the default.
+ * (WEFT_STACK_GUARD=never: canaries only, for tests.) */
 #include "internal.h"
 
 #include <errno.h>
