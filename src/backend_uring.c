@@ -151,22 +151,15 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
     if (!(cqe->flags & IORING_CQE_F_MORE))
         slot->read_armed = false; /* the kernel ended the multishot poll: the next wait arms one */
     /* An arrival while nobody waits is kept for the next wait (it may follow an EAGAIN that
-     * came before this arrival was reaped), which then returns at once. */
+     * came before this arrival was reaped), which then returns at once. The mask is the
+     * socket's wake-up key, POLLPRI always included, so it tells nothing more: there is no
+     * input_hint, and a short read never counts as drained here. */
     if (slot->reader)
         slot_wake(&u->base, &slot->reader, 0);
     else
         slot->in_edge = true;
 }
 
-/* Unlike epoll's, these completions cannot tell urgent data (after which a TCP read stops
- * short with more queued) from an ordinary arrival: the mask is the socket's wake-up key,
- * POLLPRI always included. So a short read never means drained here; the read is tried. */
-static bool uring_input_hint(backend *b, int fd)
-{
-    (void)b;
-    (void)fd;
-    return true;
-}
 
 /* Deferred completions wait for us to enter the kernel (IORING_SETUP_TASKRUN_FLAG). */
 static bool taskrun_pending(const uring_backend *u)
@@ -347,7 +340,6 @@ static const backend_ops uring_ops = {
     .forget = uring_forget,
     .watch_wakeup = uring_watch_wakeup,
     .cancel_wait = uring_cancel_wait,
-    .input_hint = uring_input_hint,
     .read = uring_read,
     .send = uring_send,
     .accept = uring_accept,

@@ -256,7 +256,7 @@ static bool worth_reading(weft_chan *c)
     if (!s || !s->current)
         return true; /* blocking use: poll() decides, not the backend */
     backend *b = s->be;
-    bool hint = b->ops->input_hint && b->ops->input_hint(b, c->fd);
+    bool hint = !b->ops->input_hint || b->ops->input_hint(b, c->fd); /* none: no edges known */
     return !c->drained || hint;
 }
 

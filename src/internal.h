@@ -285,7 +285,9 @@ typedef struct backend_ops {
     int (*connect)(backend *b, int fd, const void *sa, unsigned salen, int64_t deadline);
     /* Optional (epoll): a read is about to be tried on fd. False if no input can have come
      * since the last call (the fd is registered edge-triggered and raised no edge), so a
-     * reader that last came back short may park without trying; true otherwise. */
+     * reader that last came back short may park without trying; true otherwise. Without
+     * it (io_uring, whose poll completions cannot tell urgent data, after which a TCP read
+     * stops short with more queued, from an ordinary arrival) reads are always tried. */
     bool (*input_hint)(backend *b, int fd);
 } backend_ops;
 
