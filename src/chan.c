@@ -72,7 +72,7 @@ static int64_t deadline_of(lazy_deadline *dl)
     return dl->at;
 }
 
-weft_chan *chan_new(int fd, bool is_socket, const char *peer)
+weft_chan *chan_new(int fd, bool is_socket, bool tcp, const char *peer)
 {
     weft_chan *c = aligned_alloc(64, (sizeof *c + 63) / 64 * 64);
     if (!c)
@@ -80,6 +80,7 @@ weft_chan *chan_new(int fd, bool is_socket, const char *peer)
     memset(c, 0, sizeof *c);
     c->fd = fd;
     c->is_socket = is_socket;
+    c->stream = tcp;
     c->buffering = is_socket ? WEFT_BUF_LINE : WEFT_BUF_FULL;
     c->maxline = WEFT_MAXLINE_DEFAULT;
     c->wmax = WEFT_WBUF_DEFAULT;
@@ -88,14 +89,6 @@ weft_chan *chan_new(int fd, bool is_socket, const char *peer)
         snprintf(c->peer, sizeof c->peer, "%s", peer);
     if (!is_socket)
         ignore_sigpipe(); /* writes to a closed pipe must fail with EPIPE, not kill us */
-    return c;
-}
-
-weft_chan *chan_new_tcp(int fd, const char *peer)
-{
-    weft_chan *c = chan_new(fd, true, peer);
-    if (c)
-        c->stream = true;
     return c;
 }
 
@@ -192,8 +185,7 @@ weft_chan *weft_chan_open(int fd)
         if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) != 0)
             proto = 0;
     }
-    bool tcp = type == SOCK_STREAM && proto == IPPROTO_TCP;
-    return tcp ? chan_new_tcp(fd, peer) : chan_new(fd, is_socket, peer);
+    return chan_new(fd, is_socket, type == SOCK_STREAM && proto == IPPROTO_TCP, peer);
 }
 
 int weft_chan_fd(const weft_chan *c) { return c->fd; }

@@ -348,12 +348,11 @@ static inline void backend_cancel_wait(backend *b, int fd, int events, int err)
 }
 
 /* ---- Channels (chan.c) ---- */
-/* A channel over fd, already non-blocking; peer is its "host:port" name (copied). */
-weft_chan *chan_new(int fd, bool is_socket, const char *peer);
-/* The same, for a TCP socket, whose short reads mean "no more input for now" (urgent data
- * aside, which epoll reports apart) and so may skip a read that would find nothing. Not for
- * Unix sockets: their reads also stop short at passed fds and credentials. */
-weft_chan *chan_new_tcp(int fd, const char *peer);
+/* A channel over fd, already non-blocking; peer is its "host:port" name (copied). tcp: a
+ * TCP socket, whose short reads mean "no more input for now" (urgent data aside, which epoll
+ * reports apart) and so may skip a read that would find nothing. Not for Unix sockets: their
+ * reads also stop short at passed fds and credentials. */
+weft_chan *chan_new(int fd, bool is_socket, bool tcp, const char *peer);
 /* Stop input for a graceful shutdown: reads still return what has already arrived (in the
  * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
  * parked now wakes, takes what has arrived, else fails with ECANCELED. Writes go on. */

@@ -293,7 +293,7 @@ static weft_chan *accepted(int fd, const struct sockaddr_storage *ss, socklen_t 
     sockaddr_format(ss, len, peer, sizeof peer);
     if (ss->ss_family != AF_UNIX)
         set_nodelay(fd);
-    weft_chan *c = ss->ss_family == AF_UNIX ? chan_new(fd, true, peer) : chan_new_tcp(fd, peer);
+    weft_chan *c = chan_new(fd, true, ss->ss_family != AF_UNIX, peer);
     if (!c) {
         close(fd);
         errno = ENOMEM;
@@ -440,7 +440,7 @@ weft_chan *weft_connect(const char *addr, int64_t deadline)
     }
     if (fd < 0)
         return NULL;
-    weft_chan *c = pa.is_unix ? chan_new(fd, true, peer) : chan_new_tcp(fd, peer);
+    weft_chan *c = chan_new(fd, true, !pa.is_unix, peer);
     if (!c) {
         weft_fd_close(fd);
         errno = ENOMEM;
