@@ -792,16 +792,9 @@ static int putln_direct(weft_chan *c, const char *line, size_t n, lazy_deadline 
     struct iovec iov[2] = {{(void *)line, n}, {"\n", 1}};
     struct msghdr m = {.msg_iov = iov, .msg_iovlen = 2};
     ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
-    if (w < 0) {
-        if (errno == EPIPE || errno == ECONNRESET) {
-            c->werr = errno;
-            return -1;
-        }
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            return -1;
-        w = 0;
-    }
-    size_t sent = (size_t)w;
+    /* On an error nothing went: the flush below meets it again and reports it as any send
+     * does (send_some: a vanished peer's error stays sticky). */
+    size_t sent = w > 0 ? (size_t)w : 0;
     if (sent == n + 1)
         return 0;
     if (sent < n && put(c, line + sent, n - sent, dl) != 0)

@@ -1111,6 +1111,23 @@ static void writes_to_a_vanished_peer_fail_with_epipe(void)
     CHECK(weft_puts(c, "again") == -1 && errno == first); /* sticky */
     CHECK(weft_close(c) == 0);
 
+    /* The same for long lines, which go out straight from the caller's memory. */
+    tcp_pair(sv);
+    c = weft_chan_open(sv[0]);
+    CHECK(c);
+    setsockopt(sv[1], SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(sv[1]);
+    usleep(20000);
+    static char big[8192];
+    memset(big, 'x', sizeof big);
+    rc = 0;
+    for (int i = 0; i < 100 && rc == 0; i++)
+        rc = weft_putln(c, big, sizeof big);
+    CHECK(rc == -1 && (errno == EPIPE || errno == ECONNRESET));
+    first = errno;
+    CHECK(weft_putln(c, big, sizeof big) == -1 && errno == first); /* sticky */
+    CHECK(weft_close(c) == 0);
+
     /* A pipe whose reader is gone: EPIPE, not death by SIGPIPE. */
     int p[2];
     CHECK(pipe(p) == 0);
