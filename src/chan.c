@@ -160,6 +160,7 @@ static int chan_leave(weft_chan *c, int rc)
 static int chan_wait(weft_chan *c, int events, lazy_deadline *dl)
 {
     c->users++;
+    sched_resume_hint(c);
     return chan_leave(c, fd_wait(c->fd, events, deadline_of(dl)));
 }
 

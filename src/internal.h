@@ -99,13 +99,14 @@ struct weft_co {
     weft_chan *held_output; /* a channel whose line output it holds back (coalescing) */
     int64_t deadline;     /* of the current park; -1: none */
     timer timer;          /* in the heap at or before deadline (see sched.c: lazy timers) */
-    enum co_state state;
-    int wake_errno;       /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
-    unsigned io_streak;   /* I/O calls done since it last gave up the CPU (fairness) */
+    uint8_t state;        /* enum co_state; small, so that what a switch touches fits a line */
+    uint8_t io_streak;    /* I/O calls done since it last gave up the CPU (fairness) */
+    int16_t wake_errno;   /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
     bool guarded;         /* its stack has a guard page; else the canary is checked */
     bool cancelled;
     bool nocancel;        /* parked in a wait that cancellation must not cut short */
     bool detached;
+    const void *resume_hint; /* what it touches first when resumed (its channel), or NULL */
     /* cold: spawn, join, end */
     stack *stack;
     bool in_stack;        /* lives at the top of its own stack (detached ones) */
@@ -176,6 +177,10 @@ int sched_park_nocancel(int64_t deadline);
  * others. A no-op outside coroutines. */
 void sched_spend_io(void);
 #define IO_BUDGET 64
+_Static_assert(IO_BUDGET <= UINT8_MAX, "weft_co.io_streak counts up to IO_BUDGET");
+/* Tell the scheduler what the running coroutine will touch first when it is resumed (the
+ * channel it is about to wait on), so that it can be fetched before the switch needs it. */
+void sched_resume_hint(const void *p);
 /* Set by the channel layer: send co->held_output (without waiting unless may_wait). The
  * scheduler calls it when co parks or ends, so held-back output never waits on a coroutine
  * that is itself waiting. */

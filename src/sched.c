@@ -43,6 +43,7 @@ static _Thread_local void *tsan_main_fiber;
 #endif
 
 #define PREFETCH_STACK_LINES 8 /* the registers and the frames back up to the handler */
+#define PREFETCH_HINT_LINES 3  /* a channel's two hot lines and its timeouts */
 
 static _Thread_local sched *tls_sched;
 #ifdef WEFT_ASAN
@@ -132,6 +133,11 @@ __attribute__((always_inline)) static inline void prefetch_resume(const weft_co 
     for (int i = 0; i < PREFETCH_STACK_LINES; i++)
         __builtin_prefetch(sp + 64 * i);
 #endif
+    /* A stale hint (its channel freed since) is harmless: a prefetch never faults. */
+    const char *hint = co->resume_hint;
+    if (hint)
+        for (int i = 0; i < PREFETCH_HINT_LINES; i++)
+            __builtin_prefetch(hint + 64 * i);
 }
 #else
 static void prefetch_resume(const weft_co *co)
@@ -334,6 +340,13 @@ int sched_park(int64_t deadline)
 int sched_park_nocancel(int64_t deadline)
 {
     return park(deadline, false);
+}
+
+void sched_resume_hint(const void *p)
+{
+    sched *s = tls_sched;
+    if (s && s->current)
+        s->current->resume_hint = p;
 }
 
 void sched_wake(weft_co *co, int err)
