@@ -2,11 +2,11 @@
  * Public API only, except the switch primitive (src/ctx, through src/internal.h).
  *
  *   switch      the context switch primitive: two contexts switching to each other with
- *               ctx_switch (ns per switch), the same as swapcontext does; and two coroutines
- *               calling weft_yield in turn (ns per yield: one coroutine to the other, which
- *               in weft is two switches through the scheduler loop and a run-queue turn);
- *               against two ucontexts calling swapcontext in turn and a plain (not inlined)
- *               function call
+ *               ctx_switch (ns per switch) from one call site, as weft's coroutines do, and
+ *               from two (the worst case for the return predictor); two ucontexts doing the
+ *               same with swapcontext; two coroutines calling weft_yield in turn (ns per
+ *               yield: each loop turn runs both, the first handing straight to the second,
+ *               which switches back to the loop); and a plain (not inlined) function call
  *   spawn+join  weft_spawn + weft_join of a coroutine that returns at once, from a coroutine,
  *               against pthread_create + pthread_join
  *   many        spawn up to 1,000,000 parked coroutines (16 KiB stacks via weft_spawn_ex, each
@@ -100,14 +100,24 @@ static double bench_weft_switch(void)
     return t * 1e9 / (double)(2 * yield_iters); /* ns per yield: one coroutine to the other */
 }
 
+/* Every switch between weft's coroutines is made from one call site (switch_out), so the
+ * return that ends it goes where the CPU's return predictor expects. The primitive is timed
+ * that way: both contexts switch from raw_pingpong. It is also timed from two call sites,
+ * each context its own, where every return is mispredicted: the worst case. swapcontext is
+ * timed from one call site, like the primitive it is compared with. */
 static ctx raw_main, raw_a, raw_b;
 static long raw_iters;
+
+__attribute__((noinline)) static void raw_pingpong(ctx *self, ctx *other, long n)
+{
+    for (long i = 0; i < n; i++)
+        ctx_switch(self, other);
+}
 
 static void raw_fn_a(void *arg)
 {
     (void)arg;
-    for (long i = 0; i < raw_iters; i++)
-        ctx_switch(&raw_a, &raw_b);
+    raw_pingpong(&raw_a, &raw_b, raw_iters);
     ctx_switch(&raw_a, &raw_main);
 }
 
@@ -115,34 +125,57 @@ static void raw_fn_b(void *arg)
 {
     (void)arg;
     for (;;)
+        raw_pingpong(&raw_b, &raw_a, raw_iters);
+}
+
+static void raw2_fn_a(void *arg)
+{
+    (void)arg;
+    for (long i = 0; i < raw_iters; i++)
+        ctx_switch(&raw_a, &raw_b);
+    ctx_switch(&raw_a, &raw_main);
+}
+
+static void raw2_fn_b(void *arg)
+{
+    (void)arg;
+    for (;;)
         ctx_switch(&raw_b, &raw_a);
 }
 
-static double bench_raw_switch(void)
+static double time_raw(void (*fa)(void *), void (*fb)(void *))
 {
     static char sa[64 * 1024], sb[64 * 1024];
     raw_iters = quick ? 2000000 : 20000000;
-    ctx_make(&raw_a, sa, sizeof sa, raw_fn_a, NULL);
-    ctx_make(&raw_b, sb, sizeof sb, raw_fn_b, NULL);
+    ctx_make(&raw_a, sa, sizeof sa, fa, NULL);
+    ctx_make(&raw_b, sb, sizeof sb, fb, NULL);
     double t0 = now_s();
     ctx_switch(&raw_main, &raw_a);
     double t = now_s() - t0;
     return t * 1e9 / (double)(2 * raw_iters); /* ns per switch */
 }
 
+static double bench_raw_switch(void) { return time_raw(raw_fn_a, raw_fn_b); }
+static double bench_raw_switch2(void) { return time_raw(raw2_fn_a, raw2_fn_b); }
+
 static ucontext_t uc_main, uc_a, uc_b;
 static long uc_iters;
 
+__attribute__((noinline)) static void uc_pingpong(ucontext_t *self, ucontext_t *other, long n)
+{
+    for (long i = 0; i < n; i++)
+        swapcontext(self, other);
+}
+
 static void uc_fn_a(void)
 {
-    for (long i = 0; i < uc_iters; i++)
-        swapcontext(&uc_a, &uc_b);
+    uc_pingpong(&uc_a, &uc_b, uc_iters);
 }
 
 static void uc_fn_b(void)
 {
     for (;;)
-        swapcontext(&uc_b, &uc_a);
+        uc_pingpong(&uc_b, &uc_a, uc_iters);
 }
 
 static double bench_swapcontext(void)
@@ -388,6 +421,7 @@ int main(int argc, char **argv)
 
     printf("== micro: %s, median of %d ==\n", quick ? "quick" : "full", reps);
     double raw = median_of(bench_raw_switch, reps);
+    double raw2 = median_of(bench_raw_switch2, reps);
     double sw = median_of(bench_weft_switch, reps);
     double uc = median_of(bench_swapcontext, reps);
     double call = median_of(bench_call, reps);
@@ -395,6 +429,8 @@ int main(int argc, char **argv)
            "function call %5.2f ns\n", raw, sw, uc, call);
     printf("  swapcontext / ctx_switch %6.1fx  (target >= 50x)   swapcontext / weft_yield %.1fx"
            "   weft_yield / function call %.1fx\n", uc / raw, uc / sw, sw / call);
+    printf("  ctx_switch from two call sites (every return mispredicted) %.2f ns: %.1fx\n", raw2,
+           uc / raw2);
     double ws = median_of(bench_weft_spawn, reps);
     double ps = median_of(bench_pthread_spawn, reps);
     printf("spawn+join: weft       %8.1f ns   pthread_create+join %8.1f ns\n", ws, ps);
