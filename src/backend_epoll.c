@@ -56,6 +56,35 @@ static int epoll_wait_fd(backend *b, int fd, int events, int64_t deadline)
     return slot_park(b, &e->fds, fd, events, deadline);
 }
 
+/* With thousands of ready fds, each event's slot and the coroutine it wakes are cold. While
+ * one event is handled, the slot of the one PREFETCH_AHEAD * 2 on is fetched, and the
+ * coroutine waiting in the slot PREFETCH_AHEAD on (fetched by then). At 4 the slot was still
+ * missed; at 12 the wake-up no longer stalls (perf, 10,000 connections). Always inlined: GCC
+ * drops calls to a function it finds pure, and one that only reads and prefetches is. */
+#define PREFETCH_AHEAD 12
+
+#if defined(__GNUC__)
+__attribute__((always_inline)) static inline void prefetch_event(epoll_backend *e, int i, int n)
+{
+    int j = i + PREFETCH_AHEAD * 2;
+    if (j < n && (size_t)e->events[j].data.fd < e->fds.n)
+        __builtin_prefetch(&e->fds.slots[e->events[j].data.fd]);
+    j = i + PREFETCH_AHEAD;
+    if (j < n && (size_t)e->events[j].data.fd < e->fds.n) {
+        const fd_slot *slot = &e->fds.slots[e->events[j].data.fd];
+        if (slot->reader)
+            __builtin_prefetch(slot->reader);
+        if (slot->writer)
+            __builtin_prefetch(slot->writer);
+    }
+}
+#else
+static void prefetch_event(epoll_backend *e, int i, int n)
+{
+    (void)e, (void)i, (void)n;
+}
+#endif
+
 static int epoll_poll(backend *b, int timeout_ms)
 {
     epoll_backend *e = (epoll_backend *)b;
@@ -63,6 +92,7 @@ static int epoll_poll(backend *b, int timeout_ms)
     if (n < 0)
         return errno == EINTR ? 0 : -1;
     for (int i = 0; i < n; i++) {
+        prefetch_event(e, i, n);
         int fd = e->events[i].data.fd;
         uint32_t ev = e->events[i].events;
         if (fd == e->wakeup_fd) {
