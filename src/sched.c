@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -175,6 +176,9 @@ static void after_switch(sched *s, weft_co *co, void *fake_stack)
  * run again (the sanitizer may drop its fake stack, and the next one reaps it). Every
  * coroutine leaves through the one ctx_switch call below, so the return that resumes one is
  * where the CPU's return predictor expects it, whichever way it left. */
+#if defined(__GNUC__)
+__attribute__((noinline)) /* inlined into its callers, it would be several call sites again */
+#endif
 static void switch_out(sched *s, weft_co *co, bool done)
 {
     co->io_streak = 0;
@@ -397,6 +401,38 @@ static int poll_timeout(sched *s, int64_t limit)
     return ms > INT_MAX ? INT_MAX : (int)ms;
 }
 
+#ifdef WEFT_TSAN
+/* TSan runs a handler for a signal that came outside a blocking call later, at the next call
+ * it intercepts, and keeps it with the running fiber: a coroutine that then ended or parked
+ * for good took the signal with it, and SIGTERM never stopped the server (test_chat). So in
+ * TSan builds, once weft's own SIGINT/SIGTERM handlers are installed, only the loop's fiber
+ * gets those two: they are blocked while coroutines run. *held gets those this blocked, to
+ * unblock afterwards, so a mask a coroutine set meanwhile stays. (Threads and processes
+ * started from a coroutine inherit the block: a TSan-build limitation.) */
+static atomic_bool stop_handlers;
+
+static void tsan_hold_stop_signals(sigset_t *held)
+{
+    sigemptyset(held);
+    if (!atomic_load_explicit(&stop_handlers, memory_order_relaxed))
+        return;
+    sigset_t now;
+    pthread_sigmask(SIG_SETMASK, NULL, &now);
+    if (!sigismember(&now, SIGINT))
+        sigaddset(held, SIGINT);
+    if (!sigismember(&now, SIGTERM))
+        sigaddset(held, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, held, NULL);
+}
+#endif
+
+void sched_note_stop_handlers(void)
+{
+#ifdef WEFT_TSAN
+    atomic_store(&stop_handlers, true);
+#endif
+}
+
 /* One turn: collect I/O events and expired timers, then run every coroutine that was
  * runnable at that moment once (those made runnable meanwhile wait for the next turn, so a
  * coroutine that keeps yielding cannot starve I/O). Returns -1/EDEADLK if no coroutine can
@@ -425,19 +461,12 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
         if (s->batch)
             prefetch_resume(s->batch);
 #ifdef WEFT_TSAN
-        /* TSan runs a handler for a signal that came outside a blocking call later, at the
-         * next call it intercepts, and keeps it with the running fiber: a coroutine that then
-         * ended or parked for good took the signal with it, and SIGTERM never stopped the
-         * server (seen in test_chat). Only the loop's own fiber gets these two, then. */
-        sigset_t stop, old;
-        sigemptyset(&stop);
-        sigaddset(&stop, SIGINT);
-        sigaddset(&stop, SIGTERM);
-        pthread_sigmask(SIG_BLOCK, &stop, &old);
+        sigset_t held;
+        tsan_hold_stop_signals(&held);
 #endif
         run_co(s, co);
 #ifdef WEFT_TSAN
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_sigmask(SIG_UNBLOCK, &held, NULL);
 #endif
     }
     return 0;

@@ -378,6 +378,8 @@ static int signals_setup(void)
         if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0 || sigaction(SIGINT, &sa, NULL) != 0 ||
             sigaction(SIGTERM, &sa, NULL) != 0)
             rc = -1;
+        else
+            sched_note_stop_handlers();
     }
     pthread_mutex_unlock(&sig_setup);
     return rc;
