@@ -122,8 +122,8 @@ static void co_reap(sched *s, weft_co *co);
 
 /* With thousands of connections a resumed coroutine is cold, and the switch stalls on the
  * frames it returns through. The loop fetches them while the coroutine before it runs,
- * together with the struct of the one after it, so that reading its stack pointer next time
- * does not stall either. Always inlined: GCC finds a function that only prefetches pure, and
+ * together with the channel it waits on (its resume_hint) and the struct of the one after
+ * it, so that reading its stack pointer next time does not stall either. Always inlined: GCC finds a function that only prefetches pure, and
  * a call to a pure function whose result is unused is dropped, prefetches and all. */
 #if defined(__GNUC__)
 __attribute__((always_inline)) static inline void prefetch_resume(const weft_co *co)
