@@ -160,7 +160,6 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
         slot->in_edge = true;
 }
 
-
 /* Deferred completions wait for us to enter the kernel (IORING_SETUP_TASKRUN_FLAG). */
 static bool taskrun_pending(const uring_backend *u)
 {
