@@ -121,6 +121,21 @@ static int uring_wait_fd(backend *b, int fd, int events, int64_t deadline)
     return slot_park(b, &u->fds, fd, events, deadline);
 }
 
+/* Like epoll's: while a multishot poll watches fd, input can only have come with a completion
+ * since the last call. */
+static bool uring_input_hint(backend *b, int fd)
+{
+    uring_backend *u = (uring_backend *)b;
+    if (fd < 0 || (size_t)fd >= u->fds.n)
+        return true;
+    fd_slot *slot = &u->fds.slots[fd];
+    if (!slot->read_armed)
+        return true; /* no poll watches it (yet, or the kernel ended it) */
+    bool edge = slot->in_edge;
+    slot->in_edge = false;
+    return edge;
+}
+
 static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
 {
     uint64_t ud = cqe->user_data;
@@ -150,10 +165,10 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
     }
     if (!(cqe->flags & IORING_CQE_F_MORE))
         slot->read_armed = false; /* the kernel ended the multishot poll: the next wait arms one */
-    /* An arrival while nobody waits is kept for the next wait (it may follow an EAGAIN that
-     * came before this arrival was reaped), which then returns at once. The mask is the
-     * socket's wake-up key, POLLPRI always included, so it tells nothing more: there is no
-     * input_hint, and a short read never counts as drained here. */
+    /* An arrival while nobody waits is kept, for the next input_hint or wait (it may follow
+     * an EAGAIN that came before this arrival was reaped, and then the wait returns at once).
+     * The mask is the socket's wake-up key, POLLPRI always included, so it tells nothing
+     * more: see hint_needs_empty. */
     if (slot->reader)
         slot_wake(&u->base, &slot->reader, 0);
     else
@@ -343,6 +358,8 @@ static const backend_ops uring_ops = {
     .send = uring_send,
     .accept = uring_accept,
     .connect = uring_connect,
+    .input_hint = uring_input_hint,
+    .hint_needs_empty = true,
 };
 
 backend *uring_backend_new(void)

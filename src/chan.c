@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -21,6 +22,11 @@
 #define RBUF_INITIAL BUF_SIZE
 #define WBUF_INITIAL BUF_SIZE
 #define READ_AGAIN (-3) /* read_some gave the read buffer back while it waited: take another */
+/* What the last read of a TCP socket told of its input. A short read means the queue was
+ * empty unless it stopped at urgent data, which epoll's edges report (EPOLLPRI) and io_uring's
+ * poll completions do not; a recv that reports zero bytes left (TCP_INQ) means it for sure. */
+#define DRAINED_SHORT 1
+#define DRAINED_EMPTY 2
 
 /* Laid out for the hot path: the first two cache lines hold what gets and putln touch, so
  * with thousands of connections a round trip misses on two lines of its channel. */
@@ -28,13 +34,15 @@ struct weft_chan {
     int fd;
     bool is_socket;
     bool stream;       /* TCP: a short read means its input is drained for now */
-    bool drained;      /* the last read came back short (TCP only) */
+    bool inq;          /* TCP_INQ is on: each recv says how much input it left queued */
+    bool inq_tried;    /* asked for TCP_INQ already (whether or not the kernel agreed) */
+    uint8_t drained;   /* TCP: DRAINED_SHORT, DRAINED_EMPTY, or 0 when input may be queued */
     bool eof;          /* a read returned end of file */
     bool skipping;     /* discarding the rest of an over-long line */
     bool closed;       /* weft_close ran while others were inside */
     bool input_stopped; /* reads take what has arrived but no longer wait (shutdown) */
     bool sending;      /* a writer is inside a send (take_turn): wbuf must stay */
-    weft_buffering buffering;
+    uint8_t buffering; /* a weft_buffering, narrowed to keep the hot fields in two lines */
     int users;         /* coroutines parked inside a call on this channel */
     int reading;       /* reads in flight into rbuf (io_uring): rbuf must stay */
     int werr;          /* sticky EPIPE/ECONNRESET: the peer is gone */
@@ -240,26 +248,67 @@ static int chan_spend(weft_chan *c)
     return chan_leave(c, 0);
 }
 
-/* Whether a read now may find input. A TCP socket whose last read came back short has
- * none until the backend sees an edge, so the read that would only say EAGAIN is skipped;
- * the hint is asked before every read so that each edge is consumed by the read after it. */
+/* Where the backend's edges cannot show urgent data (io_uring), a TCP socket's reads ask the
+ * kernel how much input they left (TCP_INQ): one setsockopt per connection, where the
+ * alternative is a recv that fails with EAGAIN before every wait. */
+static void want_inq(weft_chan *c)
+{
+    int one = 1;
+    c->inq_tried = true;
+    c->inq = setsockopt(c->fd, IPPROTO_TCP, TCP_INQ, &one, sizeof one) == 0;
+}
+
+/* Whether a read now may find input. A TCP socket whose last read left it drained has none
+ * until the backend sees an edge, so the read that would only say EAGAIN is skipped; the
+ * hint is asked before every read so that each edge is consumed by the read after it. */
 static bool worth_reading(weft_chan *c)
 {
     sched *s = sched_peek();
     if (!s || !s->current)
         return true; /* blocking use: poll() decides, not the backend */
     backend *b = s->be;
+    if (b->ops->hint_needs_empty && c->stream && !c->inq_tried)
+        want_inq(c);
     bool hint = !b->ops->input_hint || b->ops->input_hint(b, c->fd); /* none: no edges known */
-    return !c->drained || hint;
+    bool drained = c->drained == DRAINED_EMPTY ||
+                   (c->drained == DRAINED_SHORT && !b->ops->hint_needs_empty);
+    return !drained || hint;
 }
 
-/* What a read that returned r of n bytes tells: >0 data, 0 end of file. */
-static ssize_t got(weft_chan *c, ssize_t r, size_t n)
+/* recv; with TCP_INQ on, *left is what the kernel still holds after it (else -1). */
+static ssize_t sock_recv(weft_chan *c, void *dst, size_t n, int *left)
+{
+    *left = -1;
+    if (!c->inq)
+        return recv(c->fd, dst, n, 0);
+    struct iovec iov = {dst, n};
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
+                       .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    ssize_t r = recvmsg(c->fd, &m, 0);
+    if (r < 0)
+        return r;
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h))
+        if (h->cmsg_level == IPPROTO_TCP && h->cmsg_type == TCP_CM_INQ &&
+            h->cmsg_len >= CMSG_LEN(sizeof(int)))
+            memcpy(left, CMSG_DATA(h), sizeof *left);
+    return r;
+}
+
+/* What a read that returned r of n bytes, leaving left queued (-1: not known), tells: >0
+ * data, 0 end of file. (After a FIN the kernel reports one byte left, so the read that
+ * returns 0 is still made.) */
+static ssize_t got(weft_chan *c, ssize_t r, size_t n, int left)
 {
     if (r == 0)
         c->eof = true;
+    else if (!c->stream || left > 0)
+        c->drained = 0;
     else
-        c->drained = c->stream && (size_t)r < n;
+        c->drained = left == 0 ? DRAINED_EMPTY : (size_t)r < n ? DRAINED_SHORT : 0;
     return r;
 }
 
@@ -291,9 +340,10 @@ static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, b
         /* Stopped input never waits, so it always tries: what has arrived is still owed. */
         if (c->input_stopped || worth_reading(c)) {
             /* recv, not read: read goes through the VFS (vfs_read, fdget_pos) first. */
-            ssize_t r = c->is_socket ? recv(c->fd, dst, n, 0) : read(c->fd, dst, n);
+            int left = -1;
+            ssize_t r = c->is_socket ? sock_recv(c, dst, n, &left) : read(c->fd, dst, n);
             if (r >= 0)
-                return got(c, r, n);
+                return got(c, r, n, left);
             if (errno == EINTR)
                 continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK)
@@ -320,9 +370,9 @@ static ssize_t read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, b
                 if (errno != ECANCELED || !c->input_stopped)
                     return -1;
             }
-            c->drained = false; /* woken: input came */
+            c->drained = 0; /* woken: input came */
         } else if (r >= 0) {
-            return got(c, r, n);
+            return got(c, r, n, -1);
         } else if (errno != EINTR && !(errno == ECANCELED && c->input_stopped)) {
             return -1; /* (EBADF: c may be gone, so input_stopped is read only otherwise) */
         }

@@ -290,12 +290,15 @@ typedef struct backend_ops {
     ssize_t (*send)(backend *b, int fd, const void *buf, size_t n, bool socket, int64_t deadline);
     int (*accept)(backend *b, int fd, void *sa, unsigned *salen, int64_t deadline);
     int (*connect)(backend *b, int fd, const void *sa, unsigned salen, int64_t deadline);
-    /* Optional (epoll): a read is about to be tried on fd. False if no input can have come
-     * since the last call (the fd is registered edge-triggered and raised no edge), so a
-     * reader that last came back short may park without trying; true otherwise. Without
-     * it (io_uring, whose poll completions cannot tell urgent data, after which a TCP read
-     * stops short with more queued, from an ordinary arrival) reads are always tried. */
+    /* Optional: a read is about to be tried on fd. False if no input can have come since the
+     * last call (the fd is watched for edges and raised none), so a reader whose last read
+     * left it drained may park without trying; true otherwise. Without it, reads are always
+     * tried. */
     bool (*input_hint)(backend *b, int fd);
+    /* io_uring: its poll completions cannot tell urgent data (after which a TCP read stops
+     * short with more queued) from an ordinary arrival, so a short read does not count as
+     * drained; only a read after which the kernel reported nothing queued (TCP_INQ) does. */
+    bool hint_needs_empty;
 } backend_ops;
 
 /* Every backend starts with this. */
@@ -309,8 +312,8 @@ typedef struct fd_slot {
     weft_co *reader;   /* coroutine waiting for input, if any */
     weft_co *writer;   /* coroutine waiting for output space, if any */
     bool registered;   /* epoll: in the interest list */
-    bool in_edge;      /* epoll: input arrived since the last input_hint; io_uring: an
-                        * arrival reported while nobody waited */
+    bool in_edge;      /* input arrived since the last input_hint (io_uring: while nobody
+                        * waited) */
     bool in_hup;       /* epoll: hang-up, error or urgent data seen: always try reads */
     bool read_armed;   /* io_uring: a (multishot) poll for input is active */
     bool write_armed;  /* io_uring: a poll for output is in flight */

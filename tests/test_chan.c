@@ -802,13 +802,19 @@ static void a_second_reader_is_refused_while_a_read_is_in_flight(void)
 /* Reads that stop short although more input is queued: TCP urgent data (recv stops at the
  * mark) and a Unix socket message that passed a file descriptor. A reader whose last read
  * came back short must not take that for "drained" and wait forever. The sender writes
- * "hello\n", then "ab" + the special part + "cd\n"; the reader must get "hello" and "abcd". */
+ * "hello\n", then "ab" + the special part + "cd\n"; the reader must get "hello" and "abcd"
+ * (or, where the special part is a line end and an urgent byte, "hello", "ab" and "cd"). */
 static int short_peer;
 static void (*send_special)(void);
 
 static void send_urgent_data(void)
 {
     CHECK(send(short_peer, "abX", 3, MSG_OOB) == 3); /* 'X' is the urgent byte */
+}
+
+static void send_line_end_and_urgent_data(void)
+{
+    CHECK(send(short_peer, "ab\nX", 4, MSG_OOB) == 4); /* a whole line, then 'X' urgent */
 }
 
 static void send_a_passed_fd(void)
@@ -849,13 +855,30 @@ static void *read_hello_then_abcd(void *arg)
     return NULL;
 }
 
+static void *read_hello_ab_cd(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && len == 5 && memcmp(l, "hello", 5) == 0);
+    CHECK(weft_sleep(100) == 0);
+    /* This read stops at the urgent mark with a whole line and nothing else buffered: the
+     * next gets must read again rather than wait for an arrival that already came. */
+    l = weft_gets(c, &len);
+    CHECK(l && len == 2 && memcmp(l, "ab", 2) == 0);
+    l = weft_gets(c, &len);
+    CHECK(l && len == 2 && memcmp(l, "cd", 2) == 0);
+    return NULL;
+}
+
 static void read_across_a_short_read(int sv[2], void (*special)(void))
 {
     short_peer = sv[1];
     send_special = special;
     weft_chan *c = weft_chan_open(sv[0]);
     CHECK(c && weft_chan_set_timeouts(c, 5000, -1) == 0);
-    weft_co *r = weft_spawn(read_hello_then_abcd, c);
+    bool line_end = special == send_line_end_and_urgent_data;
+    weft_co *r = weft_spawn(line_end ? read_hello_ab_cd : read_hello_then_abcd, c);
     weft_co *w = weft_spawn(send_around, NULL);
     CHECK(r && w && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
     CHECK(weft_close(c) == 0);
@@ -867,6 +890,13 @@ static void urgent_data_does_not_stall_a_reader(void)
     int sv[2];
     tcp_pair(sv);
     read_across_a_short_read(sv, send_urgent_data);
+}
+
+static void urgent_data_after_a_line_does_not_stall_a_reader(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    read_across_a_short_read(sv, send_line_end_and_urgent_data);
 }
 
 static void a_passed_fd_does_not_stall_a_unix_reader(void)
@@ -1445,6 +1475,8 @@ const struct test tests[] = {
     {"two_readers_of_one_channel_keep_to_their_buffers", two_readers_of_one_channel_keep_to_their_buffers, 0},
     {"a_second_reader_is_refused_while_a_read_is_in_flight", a_second_reader_is_refused_while_a_read_is_in_flight, 0},
     {"urgent_data_does_not_stall_a_reader", urgent_data_does_not_stall_a_reader, 20},
+    {"urgent_data_after_a_line_does_not_stall_a_reader",
+     urgent_data_after_a_line_does_not_stall_a_reader, 20},
     {"a_passed_fd_does_not_stall_a_unix_reader", a_passed_fd_does_not_stall_a_unix_reader, 20},
     {"long_lines_of_two_writers_stay_whole", long_lines_of_two_writers_stay_whole, 0},
     {"stopped_input_still_returns_what_has_arrived", stopped_input_still_returns_what_has_arrived, 0},
