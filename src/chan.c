@@ -248,9 +248,10 @@ static int chan_spend(weft_chan *c)
     return chan_leave(c, 0);
 }
 
-/* Where the backend's edges cannot show urgent data (io_uring), a TCP socket's reads ask the
- * kernel how much input they left (TCP_INQ): one setsockopt per connection, where the
- * alternative is a recv that fails with EAGAIN before every wait. */
+/* A TCP socket's reads ask the kernel how much input they left (TCP_INQ), at the cost of one
+ * setsockopt per connection and a recvmsg in place of each recv, where that saves a recv
+ * that would fail with EAGAIN before a wait: on a backend whose edges cannot show urgent data
+ * (io_uring), before every wait; on any, after a read that filled the buffer. */
 static void want_inq(weft_chan *c)
 {
     int one = 1;
@@ -303,12 +304,21 @@ static ssize_t sock_recv(weft_chan *c, void *dst, size_t n, int *left)
  * returns 0 is still made.) */
 static ssize_t got(weft_chan *c, ssize_t r, size_t n, int left)
 {
-    if (r == 0)
+    if (r == 0) {
         c->eof = true;
-    else if (!c->stream || left > 0)
+        return 0;
+    }
+    if (!c->stream || left > 0) {
         c->drained = 0;
-    else
-        c->drained = left == 0 ? DRAINED_EMPTY : (size_t)r < n ? DRAINED_SHORT : 0;
+    } else if (left == 0) {
+        c->drained = DRAINED_EMPTY;
+    } else if ((size_t)r < n) {
+        c->drained = DRAINED_SHORT;
+    } else {
+        c->drained = 0;
+        if (!c->inq_tried)
+            want_inq(c); /* large messages: from the next read on, know when none is left */
+    }
     return r;
 }
 
