@@ -121,9 +121,11 @@ typedef enum weft_buffering {
     WEFT_BUF_NONE, /* every write goes out at once */
     WEFT_BUF_LINE, /* flushed when a newline is written or the buffer fills (sockets' default).
                     * In a coroutine, a reply written while more complete lines of input wait
-                    * in the same channel is held until the coroutine reads past them, parks
-                    * or ends, so pipelined requests are answered in one send. Order and
-                    * content never change. */
+                    * in the same channel is held until the coroutine reads past them, yields,
+                    * parks, writes to another channel or ends, so pipelined requests are
+                    * answered in one send; on io_uring every line written to a socket is held
+                    * so, and goes out with the loop's next submission. Order and content
+                    * never change. */
     WEFT_BUF_FULL  /* flushed when the buffer fills, or by weft_flush/weft_close */
 } weft_buffering;
 

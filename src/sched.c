@@ -778,6 +778,17 @@ int weft_cancelled(void)
     return co && co->cancelled;
 }
 
+/* Let the others run. Held line output goes first (without waiting, as at a park): the
+ * others may be waiting for it. */
+static void yield_now(sched *s, weft_co *co)
+{
+    if (co->held_output)
+        sched_held_output_hook(co, false);
+    co->state = CO_READY;
+    runq_push(s, co);
+    switch_out(s, co, false);
+}
+
 int weft_yield(void)
 {
     sched *s = tls_sched;
@@ -796,9 +807,7 @@ int weft_yield(void)
         errno = ECANCELED;
         return -1;
     }
-    co->state = CO_READY;
-    runq_push(s, co);
-    switch_out(s, co, false);
+    yield_now(s, co);
     return 0;
 }
 
@@ -806,11 +815,8 @@ void sched_spend_io(void)
 {
     sched *s = tls_sched;
     weft_co *co = s ? s->current : NULL;
-    if (co && ++co->io_streak >= IO_BUDGET) {
-        co->state = CO_READY; /* a yield that a cancel does not skip */
-        runq_push(s, co);
-        switch_out(s, co, false);
-    }
+    if (co && ++co->io_streak >= IO_BUDGET)
+        yield_now(s, co); /* a yield that a cancel does not skip */
 }
 
 int weft_sleep(int64_t ms)

@@ -1431,6 +1431,47 @@ static void held_replies_of_two_writers_and_a_close(void)
     close(sv[1]);
 }
 
+/* A held line goes out when its coroutine yields, although it neither reads nor parks (on
+ * io_uring every line written to a socket is held; on epoll it is sent at once). */
+static int yield_peer;
+static bool yield_seen;
+
+static void *write_then_yield(void *arg)
+{
+    CHECK(weft_puts(arg, "hi") == 0);
+    for (int i = 0; i < 1000 && !yield_seen; i++)
+        CHECK(weft_yield() == 0);
+    CHECK(yield_seen);
+    return NULL;
+}
+
+static void *watch_without_parking(void *arg)
+{
+    (void)arg;
+    char got[8];
+    for (int i = 0; i < 1000 && !yield_seen; i++) {
+        ssize_t r = recv(yield_peer, got, sizeof got, MSG_DONTWAIT);
+        if (r > 0) {
+            CHECK(r == 3 && memcmp(got, "hi\n", 3) == 0);
+            yield_seen = true;
+        }
+        CHECK(weft_yield() == 0);
+    }
+    return NULL;
+}
+
+static void a_held_line_leaves_when_its_writer_yields(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    yield_peer = sv[1];
+    weft_chan *c = weft_chan_open(sv[0]);
+    weft_co *w = weft_spawn(write_then_yield, c), *r = weft_spawn(watch_without_parking, NULL);
+    CHECK(c && w && r && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    CHECK(yield_seen && weft_close(c) == 0);
+    close(sv[1]);
+}
+
 static void channel_metadata(void)
 {
     int sv[2];
@@ -1465,6 +1506,7 @@ const struct test tests[] = {
     {"lines_raw_reads_and_held_replies_keep_their_order",
      lines_raw_reads_and_held_replies_keep_their_order, 0},
     {"held_replies_of_two_writers_and_a_close", held_replies_of_two_writers_and_a_close, 0},
+    {"a_held_line_leaves_when_its_writer_yields", a_held_line_leaves_when_its_writer_yields, 0},
     {"channel_metadata", channel_metadata, 0},
     {"a_read_timeout_renewed_by_input_fires_only_after_input_stops", a_read_timeout_renewed_by_input_fires_only_after_input_stops, 0},
     {"deadlock_is_seen_despite_a_timer_left_by_a_read", deadlock_is_seen_despite_a_timer_left_by_a_read, 0},
