@@ -99,9 +99,9 @@ int weft_fd_close(int fd);
 /* ---- Event backend ----------------------------------------------------------------- */
 
 /* Choose this thread's event backend before its scheduler starts: "epoll", "uring" or "auto"
- * (the default, also settable with the environment variable WEFT_BACKEND; auto is epoll,
- * which measured faster here). A backend that cannot start falls back to epoll. EINVAL, EBUSY
- * (the scheduler already runs). */
+ * (the default, also settable with the environment variable WEFT_BACKEND; auto is epoll:
+ * io_uring measured faster only with many connections). A backend that cannot start falls
+ * back to epoll. EINVAL, EBUSY (the scheduler already runs). */
 int weft_set_backend(const char *name);
 /* The backend of this thread's scheduler: "epoll" or "uring". */
 const char *weft_backend_name(void);
