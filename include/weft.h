@@ -99,9 +99,9 @@ int weft_fd_close(int fd);
 /* ---- Event backend ----------------------------------------------------------------- */
 
 /* Choose this thread's event backend before its scheduler starts: "epoll", "uring" or "auto"
- * (the default, also settable with the environment variable WEFT_BACKEND; auto is epoll:
- * io_uring measured faster only with many connections). A backend that cannot start falls
- * back to epoll. EINVAL, EBUSY (the scheduler already runs). */
+ * (the default, also settable with the environment variable WEFT_BACKEND; auto is epoll,
+ * which measured faster here). A backend that cannot start falls back to epoll. EINVAL, EBUSY
+ * (the scheduler already runs). */
 int weft_set_backend(const char *name);
 /* The backend of this thread's scheduler: "epoll" or "uring". */
 const char *weft_backend_name(void);
@@ -121,11 +121,9 @@ typedef enum weft_buffering {
     WEFT_BUF_NONE, /* every write goes out at once */
     WEFT_BUF_LINE, /* flushed when a newline is written or the buffer fills (sockets' default).
                     * In a coroutine, a reply written while more complete lines of input wait
-                    * in the same channel is held until the coroutine reads past them, yields,
-                    * parks, writes to another channel or ends, so pipelined requests are
-                    * answered in one send; on io_uring every line written to a socket is held
-                    * so, and goes out with the loop's next submission. Order and content
-                    * never change. */
+                    * in the same channel is held until the coroutine reads past them,
+                    * yields, parks or ends, so pipelined requests are answered in one send.
+                    * Order and content never change. */
     WEFT_BUF_FULL  /* flushed when the buffer fills, or by weft_flush/weft_close */
 } weft_buffering;
 

@@ -45,7 +45,7 @@ backend *backend_new(char *reason, size_t reason_len)
         if (strcmp(want, "auto") != 0)
             snprintf(reason, reason_len, "unknown backend '%.20s': epoll instead", want);
         else
-            snprintf(reason, reason_len, "auto: epoll (io_uring measured faster only with many connections)");
+            snprintf(reason, reason_len, "auto: epoll (measured faster here)");
     }
     return epoll_backend_new();
 }

@@ -122,7 +122,8 @@ static int uring_wait_fd(backend *b, int fd, int events, int64_t deadline)
 }
 
 /* Like epoll's: while a multishot poll watches fd, input can only have come with a completion
- * since the last call. */
+ * since the last call. (Its own flag, not in_edge: a completion that woke a waiter, perhaps
+ * one in weft_wait_fd that reads nothing, still counts here.) */
 static bool uring_input_hint(backend *b, int fd)
 {
     uring_backend *u = (uring_backend *)b;
@@ -131,8 +132,8 @@ static bool uring_input_hint(backend *b, int fd)
     fd_slot *slot = &u->fds.slots[fd];
     if (!slot->read_armed)
         return true; /* no poll watches it (yet, or the kernel ended it) */
-    bool edge = slot->in_edge;
-    slot->in_edge = false;
+    bool edge = slot->in_hint;
+    slot->in_hint = false;
     return edge;
 }
 
@@ -165,10 +166,11 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
     }
     if (!(cqe->flags & IORING_CQE_F_MORE))
         slot->read_armed = false; /* the kernel ended the multishot poll: the next wait arms one */
-    /* An arrival while nobody waits is kept, for the next input_hint or wait (it may follow
-     * an EAGAIN that came before this arrival was reaped, and then the wait returns at once).
-     * The mask is the socket's wake-up key, POLLPRI always included, so it tells nothing
-     * more: see hint_needs_empty. */
+    /* Every arrival counts for the next input_hint; one while nobody waits is also kept for
+     * the next wait (it may follow an EAGAIN that came before this arrival was reaped), which
+     * then returns at once. The mask is the socket's wake-up key, POLLPRI always included,
+     * so it tells nothing more: see hint_needs_empty. */
+    slot->in_hint = true;
     if (slot->reader)
         slot_wake(&u->base, &slot->reader, 0);
     else
@@ -340,7 +342,7 @@ static void uring_forget(backend *b, int fd)
         }
         slot->read_armed = slot->write_armed = false;
     }
-    slot->in_edge = false;
+    slot->in_edge = slot->in_hint = false;
     slot->gen++;
     slot_wake(b, &slot->reader, EBADF);
     slot_wake(b, &slot->writer, EBADF);

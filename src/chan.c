@@ -28,10 +28,6 @@
 #define DRAINED_SHORT 1
 #define DRAINED_EMPTY 2
 
-/* io_uring: output up to this size is copied onto the stack of the coroutine whose send
- * operation waits for it, so that the channel's write buffer need not wait too. */
-#define HANDOFF_MAX 512
-
 /* Laid out for the hot path: the first two cache lines hold what gets and putln touch, so
  * with thousands of connections a round trip misses on two lines of its channel. */
 struct weft_chan {
@@ -46,7 +42,6 @@ struct weft_chan {
     bool closed;       /* weft_close ran while others were inside */
     bool input_stopped; /* reads take what has arrived but no longer wait (shutdown) */
     bool sending;      /* a writer is inside a send (take_turn): wbuf must stay */
-    bool handing_off;  /* that send is of buffered output copied out of wbuf (io_uring) */
     uint8_t buffering; /* a weft_buffering, narrowed to keep the hot fields in two lines */
     int users;         /* coroutines parked inside a call on this channel */
     int reading;       /* reads in flight into rbuf (io_uring): rbuf must stay */
@@ -253,21 +248,17 @@ static int chan_spend(weft_chan *c)
     return chan_leave(c, 0);
 }
 
-/* Whether sends on c are io_uring operations, during which the coroutine parks. */
-static bool sends_by_op(const weft_chan *c)
-{
-    return c->is_socket && io_ops_available();
-}
-
 /* A TCP socket's reads ask the kernel how much input they left (TCP_INQ), at the cost of one
  * setsockopt per connection and a recvmsg in place of each recv, where that saves a recv
  * that would fail with EAGAIN before a wait: on a backend whose edges cannot show urgent data
  * (io_uring), before every wait; on any, after a read that filled the buffer. */
 static void want_inq(weft_chan *c)
 {
-    int one = 1;
     c->inq_tried = true;
+#ifdef TCP_CM_INQ
+    int one = 1;
     c->inq = setsockopt(c->fd, IPPROTO_TCP, TCP_INQ, &one, sizeof one) == 0;
+#endif
 }
 
 /* Whether a read now may find input. A TCP socket whose last read left it drained has none
@@ -303,10 +294,12 @@ static ssize_t sock_recv(weft_chan *c, void *dst, size_t n, int *left)
     ssize_t r = recvmsg(c->fd, &m, 0);
     if (r < 0)
         return r;
+#ifdef TCP_CM_INQ
     for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h))
         if (h->cmsg_level == IPPROTO_TCP && h->cmsg_type == TCP_CM_INQ &&
             h->cmsg_len >= CMSG_LEN(sizeof(int)))
             memcpy(left, CMSG_DATA(h), sizeof *left);
+#endif
     return r;
 }
 
@@ -338,18 +331,9 @@ static ssize_t got(weft_chan *c, ssize_t r, size_t n, int left)
  * (then c may be gone). Both may switch away: compute pointers into c's buffers after. */
 static int before_read(weft_chan *c)
 {
-    if (c->holder && c->holder == weft_self()) {
-        /* A send operation (io_uring) parks until it completes. This read ends the life of
-         * the line the last one returned, so an emptied read buffer need not wait with it. */
-        if (sends_by_op(c))
-            chan_go_idle(c, false);
-        /* EPIPE or ECONNRESET: the peer is gone, what it sent may still be read (later
-         * writes fail). Otherwise (EBADF: c may be gone; ETIMEDOUT: the peer does not read
-         * its replies; ECANCELED) the exchange is stuck, and the read fails with it. */
-        if (flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout)) != 0 && errno != EPIPE &&
-            errno != ECONNRESET)
-            return -1;
-    }
+    if (c->holder && c->holder == weft_self() &&
+        flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout)) != 0 && errno == EBADF)
+        return -1;
     return chan_spend(c);
 }
 
@@ -617,22 +601,14 @@ static ssize_t send_some(weft_chan *c, const char *p, size_t n, lazy_deadline *d
     for (;;) {
         if (chan_spend(c) != 0)
             return -1;
-        ssize_t w;
-        if (sends_by_op(c)) {
-            /* io_uring: an operation from the start. The loop submits a turn's sends in its
-             * one io_uring_enter, where each would be a system call of its own (measured in
-             * docs/performance.md); we park until it completes, and [p, p + n) with us. */
+        ssize_t w = c->is_socket ? send(c->fd, p, n, MSG_NOSIGNAL) : write(c->fd, p, n);
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             w = chan_op(c, false, (void *)p, n, dl);
-        } else {
-            w = c->is_socket ? send(c->fd, p, n, MSG_NOSIGNAL) : write(c->fd, p, n);
-            if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                w = chan_op(c, false, (void *)p, n, dl);
-        }
-        if (w == -2 || (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
-            /* No operations (epoll), or a kernel that honours O_NONBLOCK inside io_uring. */
-            if (chan_wait(c, WEFT_WRITABLE, dl) != 0)
-                return -1;
-            continue;
+            if (w == -2 || (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+                if (chan_wait(c, WEFT_WRITABLE, dl) != 0)
+                    return -1;
+                continue;
+            }
         }
         if (w > 0)
             return w;
@@ -715,60 +691,6 @@ static void release_hold(weft_chan *c)
     }
 }
 
-/* Put [p, p + n) back in front of c's pending output (a handed-off flush that stopped part
- * way). -1/ENOMEM, and then the bytes are lost. */
-static int unsend(weft_chan *c, const char *p, size_t n)
-{
-    size_t pending = c->wlen - c->wstart, cap = WBUF_INITIAL;
-    while (cap < n + pending)
-        cap *= 2;
-    char *b = grow_buf(NULL, cap);
-    if (!b)
-        return -1;
-    memcpy(b, p, n);
-    if (pending)
-        memcpy(b + n, c->wbuf + c->wstart, pending);
-    give_buf(c->wbuf, c->wcap);
-    c->wbuf = b;
-    c->wcap = cap;
-    c->wstart = 0;
-    c->wlen = n + pending;
-    return 0;
-}
-
-/* Flush short output through a send operation (io_uring), which parks us until it completes
- * and reads the bytes meanwhile: they are copied onto our stack, which stays put, and the
- * write buffer goes back first, so connections with replies in flight hold no buffers. Called
- * holding the turn, which keeps other writers' bytes from overtaking these (and from growing
- * a new buffer meanwhile); ends it. Bytes that a timeout or cancel left unsent go back in
- * front of the buffer. */
-static int flush_handoff(weft_chan *c, lazy_deadline *dl)
-{
-    char copy[HANDOFF_MAX];
-    size_t n = c->wlen - c->wstart, done = 0;
-    memcpy(copy, c->wbuf + c->wstart, n);
-    c->wstart = c->wlen = 0;
-    chan_go_idle(c, true);
-    c->handing_off = true;
-    while (done < n) {
-        ssize_t w = send_some(c, copy + done, n - done, dl);
-        if (w < 0) {
-            c->handing_off = false;
-            if (errno != EPIPE && errno != ECONNRESET && errno != EBADF) {
-                int err = errno;
-                if (unsend(c, copy + done, n - done) == 0)
-                    errno = err;
-            }
-            end_turn(c);
-            return -1;
-        }
-        done += (size_t)w;
-    }
-    c->handing_off = false;
-    end_turn(c);
-    return 0;
-}
-
 static int flush_dl(weft_chan *c, lazy_deadline *dl)
 {
     release_hold(c);
@@ -778,8 +700,6 @@ static int flush_dl(weft_chan *c, lazy_deadline *dl)
     }
     if (take_turn(c) != 0)
         return -1;
-    if (c->wlen - c->wstart <= HANDOFF_MAX && c->wlen > c->wstart && sends_by_op(c))
-        return flush_handoff(c, dl);
     while (c->wstart < c->wlen) {
         ssize_t w = send_some(c, c->wbuf + c->wstart, c->wlen - c->wstart, dl);
         if (w < 0) {
@@ -913,10 +833,7 @@ static int put(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
 /* Apply the buffering mode once a whole write is in the buffer. */
 static int settle(weft_chan *c, bool has_newline, lazy_deadline *dl)
 {
-    /* On io_uring always: the flush then comes at the next read, which may give the emptied
-     * read buffer back before its send operation parks (before_read). */
-    if (c->buffering == WEFT_BUF_LINE && has_newline && weft_self() &&
-        (input_line_buffered(c) || sends_by_op(c)))
+    if (c->buffering == WEFT_BUF_LINE && has_newline && weft_self() && input_line_buffered(c))
         return hold_output(c, dl);
     if (c->buffering == WEFT_BUF_NONE || (c->buffering == WEFT_BUF_LINE && has_newline))
         return flush_dl(c, dl);
@@ -1048,9 +965,7 @@ int weft_shutdown(weft_chan *c)
 int weft_close(weft_chan *c)
 {
     int err = 0;
-    /* Buffered output handed off to a send in flight (io_uring) is still buffered output:
-     * the flush waits for that writer's turn to end, so it gets out before the close. */
-    if ((c->wlen > c->wstart || c->handing_off) && !c->werr && weft_flush(c) != 0) {
+    if (c->wlen > c->wstart && !c->werr && weft_flush(c) != 0) {
         if (errno == EBADF)
             return -1; /* closed by someone else while we flushed: c is gone */
         err = errno;

@@ -312,8 +312,9 @@ typedef struct fd_slot {
     weft_co *reader;   /* coroutine waiting for input, if any */
     weft_co *writer;   /* coroutine waiting for output space, if any */
     bool registered;   /* epoll: in the interest list */
-    bool in_edge;      /* input arrived since the last input_hint (io_uring: while nobody
-                        * waited) */
+    bool in_edge;      /* epoll: input arrived since the last input_hint; io_uring: an
+                        * arrival reported while nobody waited */
+    bool in_hint;      /* io_uring: input arrived since the last input_hint */
     bool in_hup;       /* epoll: hang-up, error or urgent data seen: always try reads */
     bool read_armed;   /* io_uring: a (multishot) poll for input is active */
     bool write_armed;  /* io_uring: a poll for output is in flight */

@@ -1431,17 +1431,22 @@ static void held_replies_of_two_writers_and_a_close(void)
     close(sv[1]);
 }
 
-/* A held line goes out when its coroutine yields, although it neither reads nor parks (on
- * io_uring every line written to a socket is held; on epoll it is sent at once). */
+/* A held reply goes out when its coroutine yields, although it neither reads nor parks: the
+ * writer reads one of two pipelined lines, answers (held: the other is buffered) and then
+ * only yields, while another coroutine watches the peer without parking. */
 static int yield_peer;
 static bool yield_seen;
 
-static void *write_then_yield(void *arg)
+static void *answer_then_yield(void *arg)
 {
-    CHECK(weft_puts(arg, "hi") == 0);
+    size_t len;
+    const char *l = weft_gets(arg, &len);
+    CHECK(l && len == 1 && weft_putln(arg, l, len) == 0);
     for (int i = 0; i < 1000 && !yield_seen; i++)
         CHECK(weft_yield() == 0);
     CHECK(yield_seen);
+    l = weft_gets(arg, &len);
+    CHECK(l && len == 1 && l[0] == 'b');
     return NULL;
 }
 
@@ -1452,7 +1457,7 @@ static void *watch_without_parking(void *arg)
     for (int i = 0; i < 1000 && !yield_seen; i++) {
         ssize_t r = recv(yield_peer, got, sizeof got, MSG_DONTWAIT);
         if (r > 0) {
-            CHECK(r == 3 && memcmp(got, "hi\n", 3) == 0);
+            CHECK(r == 2 && memcmp(got, "a\n", 2) == 0);
             yield_seen = true;
         }
         CHECK(weft_yield() == 0);
@@ -1460,15 +1465,60 @@ static void *watch_without_parking(void *arg)
     return NULL;
 }
 
-static void a_held_line_leaves_when_its_writer_yields(void)
+static void a_held_reply_leaves_when_its_writer_yields(void)
 {
     int sv[2];
     tcp_pair(sv);
     yield_peer = sv[1];
+    write_all(sv[1], "a\nb\n", 4);
     weft_chan *c = weft_chan_open(sv[0]);
-    weft_co *w = weft_spawn(write_then_yield, c), *r = weft_spawn(watch_without_parking, NULL);
-    CHECK(c && w && r && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    CHECK(c);
+    char probe[1];
+    while (recv(sv[0], probe, 1, MSG_PEEK | MSG_DONTWAIT) != 1) /* both lines have arrived */
+        CHECK(weft_yield() == 0);
+    weft_co *w = weft_spawn(answer_then_yield, c), *r = weft_spawn(watch_without_parking, NULL);
+    CHECK(w && r && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
     CHECK(yield_seen && weft_close(c) == 0);
+    close(sv[1]);
+}
+
+/* weft_wait_fd on a channel's own fd says input came; the gets after it must read it, even
+ * though the channel's last read left it drained (io_uring: the completion that woke the
+ * waiter must still count for the channel's next read). */
+static int waitfd_peer;
+
+static void *gets_wait_fd_gets(void *arg)
+{
+    weft_chan *c = arg;
+    size_t len;
+    const char *l = weft_gets(c, &len);
+    CHECK(l && len == 1 && l[0] == 'a'); /* the kernel had nothing more: drained */
+    CHECK(weft_wait_fd(weft_chan_fd(c), WEFT_READABLE, weft_now() + 5000) == 0);
+    l = weft_gets(c, &len);
+    CHECK(l && len == 1 && l[0] == 'b');
+    return NULL;
+}
+
+static void *send_a_then_b(void *arg)
+{
+    (void)arg;
+    CHECK(weft_sleep(20) == 0);
+    CHECK(send(waitfd_peer, "a\n", 2, 0) == 2);
+    CHECK(weft_sleep(50) == 0);
+    CHECK(send(waitfd_peer, "b\n", 2, 0) == 2);
+    return NULL;
+}
+
+static void a_read_after_wait_fd_finds_the_input(void)
+{
+    int sv[2];
+    tcp_pair(sv);
+    waitfd_peer = sv[1];
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c && weft_chan_set_timeouts(c, 5000, -1) == 0);
+    weft_co *r = weft_spawn(gets_wait_fd_gets, c), *w = weft_spawn(send_a_then_b, NULL);
+    CHECK(r && w && weft_join(w, NULL, -1) == 0 && weft_join(r, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
     close(sv[1]);
 }
 
@@ -1506,7 +1556,8 @@ const struct test tests[] = {
     {"lines_raw_reads_and_held_replies_keep_their_order",
      lines_raw_reads_and_held_replies_keep_their_order, 0},
     {"held_replies_of_two_writers_and_a_close", held_replies_of_two_writers_and_a_close, 0},
-    {"a_held_line_leaves_when_its_writer_yields", a_held_line_leaves_when_its_writer_yields, 0},
+    {"a_held_reply_leaves_when_its_writer_yields", a_held_reply_leaves_when_its_writer_yields, 0},
+    {"a_read_after_wait_fd_finds_the_input", a_read_after_wait_fd_finds_the_input, 20},
     {"channel_metadata", channel_metadata, 0},
     {"a_read_timeout_renewed_by_input_fires_only_after_input_stops", a_read_timeout_renewed_by_input_fires_only_after_input_stops, 0},
     {"deadlock_is_seen_despite_a_timer_left_by_a_read", deadlock_is_seen_despite_a_timer_left_by_a_read, 0},
