@@ -111,9 +111,10 @@ const char *weft_backend_reason(void);
 /* ---- Channels ---------------------------------------------------------------------- */
 /* A buffered byte stream over an fd, the C form of a Tcl channel. Reads yield until data
  * arrives; writes go through a bounded buffer flushed according to the buffering mode.
- * Several coroutines may share a channel: writers take turns to send, so a write of up to the
- * write-buffer limit is never split by another's; only one reader may wait at a time (another
- * gets EBUSY). */
+ * Several coroutines may share a channel: writers take turns, each write (weft_write,
+ * weft_putln, weft_printf, ...) holding the turn from its first byte to its last, so its bytes
+ * are never split by another's, whatever its size and however often it waits; waiting writers
+ * get the turn in order. Only one reader may wait at a time (another gets EBUSY). */
 
 typedef struct weft_chan weft_chan;
 
@@ -183,7 +184,9 @@ int weft_flush(weft_chan *c);
 int weft_shutdown(weft_chan *c);
 /* Flush (within the write timeout), close the fd and free c. Coroutines still waiting on c
  * wake with EBADF; c is freed when the last leaves. Returns 0, or -1 with the flush or
- * close error (c is closed and freed all the same). */
+ * close error (c is closed and freed all the same). Close never waits for another coroutine
+ * parked inside a write on c: that write fails with EBADF and what was still buffered is
+ * dropped (then -1/EBUSY). */
 int weft_close(weft_chan *c);
 
 /* ---- Network ----------------------------------------------------------------------- */

@@ -622,63 +622,70 @@ static ssize_t send_some(weft_chan *c, const char *p, size_t n, lazy_deadline *d
     }
 }
 
-/* Writers take turns to send. A send may wait (and under io_uring the kernel reads from the
- * buffer meanwhile), and while it does, another coroutine writing to the same channel must
- * neither send its bytes in between nor move the buffer: it waits here for its turn. The
- * turn counts as being inside c, so c stays until end_turn even if closed meanwhile.
- * -1 with ECANCELED, or EBADF when c was closed while we waited (then c may be gone). */
-static int take_turn(weft_chan *c)
+/* ---- Turns ----
+ * Writers take turns: a write, flush or shutdown holds c's turn from its first byte to its
+ * last, so that no other writer's bytes land inside it, even while it parks on a full socket
+ * (and under io_uring the kernel reads from wbuf meanwhile, so wbuf must stay where it is).
+ * A writer that finds the turn taken waits in c->turns, in order, and the turn is handed
+ * straight to the first of them: the writer that gave it up cannot take it back first. The
+ * turn counts as being inside c (users), so c stays until turn_give even if closed meanwhile.
+ * Nobody waits for a turn while holding another channel's, so turns cannot deadlock. */
+
+/* Take c's turn, waiting (until the write deadline) while another writer has it. -1 with
+ * ETIMEDOUT, ECANCELED, or EBADF when c was closed meanwhile (then c may be gone). */
+static int turn_take(weft_chan *c, lazy_deadline *dl)
 {
-    while (c->sending) {
-        waiter w;
-        waiter_init(&w);
-        wait_list_push(&c->turns, &w);
-        c->users++;
-        int rc = waiter_wait(&w, -1, true);
-        if (w.linked)
-            wait_list_remove(&c->turns, &w);
-        if (chan_leave(c, rc) != 0)
-            return -1;
-    }
-    c->sending = true;
     c->users++;
-    return 0;
+    if (!c->sending) {
+        c->sending = true;
+        return 0;
+    }
+    waiter w;
+    waiter_init(&w);
+    wait_list_push(&c->turns, &w);
+    int rc = waiter_wait(&w, deadline_of(dl), true);
+    if (rc != 0)
+        wait_list_remove(&c->turns, &w);
+    else if (w.err) { /* woken by a close: EBADF */
+        errno = w.err;
+        rc = -1;
+    }
+    if (rc == 0 && !c->closed)
+        return 0; /* handed over: sending stayed true, and our users++ is the turn's now */
+    if (rc == 0)
+        c->sending = false; /* handed over, then closed before we ran: nobody else waits */
+    return chan_leave(c, -1);
 }
 
-/* Pass the turn on. If c was closed meanwhile and we were the last inside, it is freed here:
- * the caller must not touch c afterwards. errno is kept. */
-static void end_turn(weft_chan *c)
+/* Hand the turn to the first waiting writer, or free it. If c was closed meanwhile and we
+ * were the last inside, it is freed here: the caller must not touch c afterwards. errno is
+ * kept. */
+static void turn_give(weft_chan *c)
 {
     int err = errno;
-    c->sending = false;
     /* A writer waiting for the turn is inside c (users), as is our turn: with nobody else
      * inside, leave the list (in the channel's cold line) untouched. */
-    if (c->users > 1) {
-        waiter *w = wait_list_pop(&c->turns);
-        if (w)
-            waiter_done(w, 0);
-    }
+    waiter *w = c->users > 1 ? wait_list_pop(&c->turns) : NULL;
+    if (w)
+        waiter_done(w, 0);
+    else
+        c->sending = false;
     chan_leave(c, 0);
     errno = err;
 }
 
-/* Send [p, p + n) straight to the fd, waiting as needed; returns bytes sent (n unless an
- * error stopped it, then -1 with errno; EBADF: c may be gone). */
-static ssize_t send_all(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
+/* With the turn: send [p, p + n) straight to the fd, waiting as needed. 0, or -1 with errno
+ * (EBADF: closed meanwhile; c stays until turn_give). */
+static int send_all(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
 {
-    if (take_turn(c) != 0)
-        return -1;
-    size_t done = 0;
-    while (done < n) {
-        ssize_t w = send_some(c, p + done, n - done, dl);
-        if (w < 0) {
-            end_turn(c);
+    while (n > 0) {
+        ssize_t w = send_some(c, p, n, dl);
+        if (w < 0)
             return -1;
-        }
-        done += (size_t)w;
+        p += w;
+        n -= (size_t)w;
     }
-    end_turn(c);
-    return (ssize_t)done;
+    return 0;
 }
 
 /* Stop holding c's output back (it is being flushed). */
@@ -691,6 +698,24 @@ static void release_hold(weft_chan *c)
     }
 }
 
+/* With the turn: send everything buffered, waiting as needed. */
+static int flush_turn(weft_chan *c, lazy_deadline *dl)
+{
+    release_hold(c);
+    while (c->wstart < c->wlen) {
+        ssize_t w = send_some(c, c->wbuf + c->wstart, c->wlen - c->wstart, dl);
+        if (w < 0) {
+            if (errno == EPIPE || errno == ECONNRESET)
+                c->wstart = c->wlen = 0; /* undeliverable: the peer is gone */
+            return -1;
+        }
+        c->wstart += (size_t)w;
+    }
+    c->wstart = c->wlen = 0;
+    return 0;
+}
+
+/* Send everything buffered, after any writer now inside a send (its bytes came first). */
 static int flush_dl(weft_chan *c, lazy_deadline *dl)
 {
     release_hold(c);
@@ -698,21 +723,11 @@ static int flush_dl(weft_chan *c, lazy_deadline *dl)
         c->wstart = c->wlen = 0;
         return 0;
     }
-    if (take_turn(c) != 0)
+    if (turn_take(c, dl) != 0)
         return -1;
-    while (c->wstart < c->wlen) {
-        ssize_t w = send_some(c, c->wbuf + c->wstart, c->wlen - c->wstart, dl);
-        if (w < 0) {
-            if (errno == EPIPE || errno == ECONNRESET)
-                c->wstart = c->wlen = 0; /* undeliverable: the peer is gone */
-            end_turn(c); /* (after a close meanwhile: EBADF, and c may be gone now) */
-            return -1;
-        }
-        c->wstart += (size_t)w;
-    }
-    c->wstart = c->wlen = 0;
-    end_turn(c);
-    return 0;
+    int rc = flush_turn(c, dl);
+    turn_give(c);
+    return rc;
 }
 
 /* Send what the socket takes now, without waiting. 0 when all went. */
@@ -769,48 +784,36 @@ static void install_hook(void)
     sched_held_output_hook = flush_held_output;
 }
 
+/* With the turn: hold what was just written back (see input_line_buffered). */
 static int hold_output(weft_chan *c, lazy_deadline *dl)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT; /* threads may get here together */
     pthread_once(&once, install_hook);
     weft_co *co = weft_self();
     if (c->holder && c->holder != co)
-        return flush_dl(c, dl); /* another coroutine's hold: no sharing, send it all */
-    if (co->held_output && co->held_output != c) {
-        /* One held channel per coroutine: send the other one first. That may wait, so c
-         * counts us as inside it, and a close meanwhile is seen (EBADF, c gone). */
-        c->users++;
-        flush_held_output(co, true);
-        if (chan_leave(c, 0) != 0)
-            return -1;
-    }
+        return flush_turn(c, dl); /* another coroutine's hold: no sharing, send it all */
+    /* (write_begin sent any other channel this coroutine held.) */
     co->held_output = c;
     c->holder = co;
     return 0;
 }
 
-/* Copy [p, p + n) into the write buffer, flushing whenever it reaches wmax. */
+/* With the turn: copy [p, p + n) into the write buffer, flushing whenever it reaches wmax. */
 static int put(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
 {
     while (n > 0) {
         if (c->wlen == c->wstart && n >= c->wmax) {
             c->wstart = c->wlen = 0;
-            return send_all(c, p, n, dl) < 0 ? -1 : 0;
+            return send_all(c, p, n, dl);
         }
         if (c->wlen >= c->wmax) {
-            if (flush_dl(c, dl) != 0)
+            if (flush_turn(c, dl) != 0)
                 return -1;
             continue; /* empty now: a large remainder may go straight out */
         }
         size_t room = c->wmax - c->wlen;
         size_t k = n < room ? n : room;
         if (c->wlen + k > c->wcap) {
-            if (c->sending) { /* another writer sends from wbuf: let it finish first */
-                if (take_turn(c) != 0)
-                    return -1;
-                end_turn(c);
-                continue;
-            }
             size_t cap = c->wcap ? c->wcap : WBUF_INITIAL;
             while (cap < c->wlen + k)
                 cap *= 2;
@@ -830,41 +833,51 @@ static int put(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
     return 0;
 }
 
-/* Apply the buffering mode once a whole write is in the buffer. */
+/* With the turn: apply the buffering mode once a whole write is in the buffer. */
 static int settle(weft_chan *c, bool has_newline, lazy_deadline *dl)
 {
     if (c->buffering == WEFT_BUF_LINE && has_newline && weft_self() && input_line_buffered(c))
         return hold_output(c, dl);
     if (c->buffering == WEFT_BUF_NONE || (c->buffering == WEFT_BUF_LINE && has_newline))
-        return flush_dl(c, dl);
+        return flush_turn(c, dl);
     return 0;
 }
 
-static int write_ok(weft_chan *c)
+/* Start a write: fail at once on a vanished peer, send what this coroutine holds back on
+ * another channel (its bytes came first, and we must not wait for that channel's turn while
+ * holding c's), then take c's turn. -1 with errno (EBADF: c may be gone). */
+static int write_begin(weft_chan *c, lazy_deadline *dl)
 {
     if (c->werr) {
         errno = c->werr;
         return -1;
     }
-    return 0;
+    weft_co *co = weft_self();
+    if (co && co->held_output && co->held_output != c) {
+        c->users++; /* that may wait: a close of c meanwhile is seen (EBADF, c gone) */
+        flush_held_output(co, true);
+        if (chan_leave(c, 0) != 0)
+            return -1;
+    }
+    return turn_take(c, dl);
 }
 
 ssize_t weft_write(weft_chan *c, const void *buf, size_t n)
 {
-    if (write_ok(c) != 0)
-        return -1;
     lazy_deadline dl = LAZY(c->write_timeout);
-    if (put(c, buf, n, &dl) != 0)
+    if (write_begin(c, &dl) != 0)
         return -1;
     bool nl = c->buffering == WEFT_BUF_LINE && memchr(buf, '\n', n) != NULL;
-    if (settle(c, nl, &dl) != 0)
-        return -1;
-    return (ssize_t)n;
+    int rc = put(c, buf, n, &dl);
+    if (rc == 0)
+        rc = settle(c, nl, &dl);
+    turn_give(c);
+    return rc == 0 ? (ssize_t)n : -1;
 }
 
-/* A long line with nothing buffered before it, on a socket in line or no buffering: send it
- * and its newline straight from the caller's memory (often the read buffer, for an echo)
- * instead of copying both into the write buffer first. What the socket does not take goes
+/* With the turn, nothing buffered: a long line on a socket in line or no buffering is sent
+ * with its newline straight from the caller's memory (often the read buffer, for an echo)
+ * instead of being copied into the write buffer first. What the socket does not take goes
  * through the buffer as usual. */
 static int putln_direct(weft_chan *c, const char *line, size_t n, lazy_deadline *dl)
 {
@@ -880,30 +893,36 @@ static int putln_direct(weft_chan *c, const char *line, size_t n, lazy_deadline 
         return -1;
     if (put(c, "\n", 1, dl) != 0)
         return -1;
-    return flush_dl(c, dl);
+    return flush_turn(c, dl);
 }
 
-int weft_putln(weft_chan *c, const void *line, size_t n)
+/* With the turn: the body of weft_putln. */
+static int putln_turn(weft_chan *c, const char *line, size_t n, lazy_deadline *dl)
 {
-    if (write_ok(c) != 0)
-        return -1;
-    lazy_deadline dl = LAZY(c->write_timeout);
-    if (n >= BUF_SIZE && c->is_socket && c->buffering != WEFT_BUF_FULL) {
+    if (n >= BUF_SIZE && c->is_socket && c->buffering != WEFT_BUF_FULL && c->wlen == c->wstart) {
         if (chan_spend(c) != 0)
             return -1;
-        /* Checked after the budget's yield: another writer may have buffered meanwhile. */
-        if (c->wlen == c->wstart && !c->sending)
-            return putln_direct(c, line, n, &dl);
+        return putln_direct(c, line, n, dl); /* (the turn kept others from buffering) */
     }
     if (c->wlen + n < c->wcap && c->wlen + n < c->wmax) {
         /* The common case, a line that fits: one copy and the newline, no put loop. */
         memcpy(c->wbuf + c->wlen, line, n);
         c->wbuf[c->wlen + n] = '\n';
         c->wlen += n + 1;
-    } else if (put(c, line, n, &dl) != 0 || put(c, "\n", 1, &dl) != 0) {
+    } else if (put(c, line, n, dl) != 0 || put(c, "\n", 1, dl) != 0) {
         return -1;
     }
-    return settle(c, true, &dl);
+    return settle(c, true, dl);
+}
+
+int weft_putln(weft_chan *c, const void *line, size_t n)
+{
+    lazy_deadline dl = LAZY(c->write_timeout);
+    if (write_begin(c, &dl) != 0)
+        return -1;
+    int rc = putln_turn(c, line, n, &dl);
+    turn_give(c);
+    return rc;
 }
 
 int weft_puts(weft_chan *c, const char *s)
@@ -950,22 +969,35 @@ int weft_printf(weft_chan *c, const char *fmt, ...)
 
 int weft_flush(weft_chan *c)
 {
-    if (write_ok(c) != 0)
+    if (c->werr) {
+        errno = c->werr;
         return -1;
+    }
     return flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout));
 }
 
 int weft_shutdown(weft_chan *c)
 {
-    if (weft_flush(c) != 0)
+    lazy_deadline dl = LAZY(c->write_timeout);
+    if (write_begin(c, &dl) != 0)
         return -1;
-    return shutdown(c->fd, SHUT_WR);
+    int rc = flush_turn(c, &dl);
+    if (rc == 0)
+        rc = shutdown(c->fd, SHUT_WR);
+    turn_give(c);
+    return rc;
 }
 
 int weft_close(weft_chan *c)
 {
     int err = 0;
-    if (c->wlen > c->wstart && !c->werr && weft_flush(c) != 0) {
+    if (c->sending) {
+        /* Another coroutine is inside a send on c, parked (on a full socket, or on another
+         * channel while it holds c's turn): waiting for it could take forever, so its send
+         * ends now with EBADF and what is still buffered is dropped. */
+        if (c->wlen > c->wstart && !c->werr)
+            err = EBUSY;
+    } else if (c->wlen > c->wstart && !c->werr && weft_flush(c) != 0) {
         if (errno == EBADF)
             return -1; /* closed by someone else while we flushed: c is gone */
         err = errno;

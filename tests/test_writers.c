@@ -1,0 +1,357 @@
+/* Several coroutines writing to one channel: each write keeps its bytes together whatever
+ * the others do and however often it parks on a full socket, in every buffering mode; a
+ * close never waits for a writer parked on a peer that does not read. */
+#include "harness.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <weft.h>
+
+/* ---- A peer that starts reading late and keeps everything ---- */
+
+struct sink {
+    int fd;
+    int delay_ms;   /* before the first read: the writers fill the socket and park */
+    size_t chunk;   /* bytes per read: small reads keep the socket nearly full */
+    char *data;
+    size_t len, cap;
+    pthread_t tid;
+};
+
+static void *sink_main(void *arg)
+{
+    struct sink *s = arg;
+    usleep((useconds_t)s->delay_ms * 1000);
+    for (;;) {
+        if (s->cap - s->len < s->chunk) {
+            s->cap = s->cap ? s->cap * 2 : 1 << 20;
+            s->data = realloc(s->data, s->cap);
+            CHECK(s->data);
+        }
+        ssize_t r = read(s->fd, s->data + s->len, s->chunk);
+        CHECK(r >= 0);
+        if (r == 0)
+            return NULL;
+        s->len += (size_t)r;
+    }
+}
+
+static void sink_start(struct sink *s, int fd, int delay_ms, size_t chunk)
+{
+    memset(s, 0, sizeof *s);
+    s->fd = fd;
+    s->delay_ms = delay_ms;
+    s->chunk = chunk;
+    CHECK(pthread_create(&s->tid, NULL, sink_main, s) == 0);
+}
+
+static void sink_join(struct sink *s)
+{
+    CHECK(pthread_join(s->tid, NULL) == 0);
+}
+
+/* A socketpair whose sending side holds little (SO_SNDBUF 4096), so writers park often. */
+static weft_chan *small_pipe(int *peer)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    int sndbuf = 4096;
+    CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) == 0);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c);
+    *peer = sv[1];
+    return c;
+}
+
+/* ---- The audit's case: a writer parked mid-record keeps its turn ---- */
+
+enum how { BY_WRITE, BY_PUTLN };
+
+struct job {
+    weft_chan *c;
+    enum how how;
+    char letter;
+    size_t len;       /* of the record, without its newline */
+    bool then_short;  /* then write "bbbb\n" */
+};
+
+static void write_record(weft_chan *c, enum how how, char letter, size_t len)
+{
+    char *rec = malloc(len + 1);
+    CHECK(rec);
+    memset(rec, letter, len);
+    rec[len] = '\n';
+    if (how == BY_WRITE)
+        CHECK(weft_write(c, rec, len + 1) == (ssize_t)(len + 1));
+    else
+        CHECK(weft_putln(c, rec, len) == 0);
+    free(rec);
+}
+
+static void *job_main(void *arg)
+{
+    struct job *j = arg;
+    if (!j->then_short)
+        CHECK(weft_yield() == 0); /* the other writer goes first and parks */
+    write_record(j->c, j->how, j->letter, j->len);
+    if (weft_chan_fd(j->c) >= 0 && j->then_short) {
+        if (j->how == BY_WRITE)
+            CHECK(weft_write(j->c, "bbbb\n", 5) == 5);
+        else
+            CHECK(weft_puts(j->c, "bbbb") == 0);
+    }
+    CHECK(weft_flush(j->c) == 0); /* full buffering: the record leaves now */
+    return NULL;
+}
+
+/* Each '\n'-ended record of data must be one letter repeated; return how many there are and
+ * store their letters and lengths. */
+static size_t split_records(const char *data, size_t len, char *letters, size_t *lens, size_t max)
+{
+    size_t n = 0, start = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (data[i] != '\n')
+            continue;
+        CHECK(n < max);
+        CHECK(i > start);
+        letters[n] = data[start];
+        for (size_t k = start; k < i; k++)
+            CHECK(data[k] == data[start]); /* another writer's bytes inside this record */
+        lens[n++] = i - start;
+        start = i + 1;
+    }
+    CHECK(start == len); /* nothing after the last newline */
+    return n;
+}
+
+static void parked_record_stays_whole(enum how how, weft_buffering mode, size_t a_len)
+{
+    int peer;
+    weft_chan *c = small_pipe(&peer);
+    CHECK(weft_chan_set_buffering(c, mode) == 0);
+    struct sink s;
+    sink_start(&s, peer, 200, 4096);
+    struct job b = {c, how, 'B', 60000, true}, a = {c, how, 'A', a_len, false};
+    weft_co *cb = weft_spawn(job_main, &b), *ca = weft_spawn(job_main, &a);
+    CHECK(cb && ca);
+    CHECK(weft_join(cb, NULL, -1) == 0 && weft_join(ca, NULL, -1) == 0);
+    CHECK(weft_close(c) == 0);
+    sink_join(&s);
+    char letters[8];
+    size_t lens[8];
+    CHECK(split_records(s.data, s.len, letters, lens, 8) == 3);
+    /* B's record first; A's whole, before or after B's "bbbb" (in line and no buffering
+     * A waits for the turn B's parked record holds, and then B's next write waits for A). */
+    CHECK(letters[0] == 'B' && lens[0] == 60000);
+    int ia = letters[1] == 'A' ? 1 : 2, ib = 3 - ia;
+    CHECK(letters[ia] == 'A' && lens[ia] == a_len);
+    CHECK(letters[ib] == 'b' && lens[ib] == 4);
+    if (mode != WEFT_BUF_FULL)
+        CHECK(ia == 1); /* the turn went to the writer that waited for it */
+    free(s.data);
+    close(peer);
+}
+
+static void a_parked_writers_record_is_never_split(void)
+{
+    weft_buffering modes[] = {WEFT_BUF_LINE, WEFT_BUF_NONE, WEFT_BUF_FULL};
+    for (int m = 0; m < 3; m++) {
+        parked_record_stays_whole(BY_WRITE, modes[m], 9999);
+        parked_record_stays_whole(BY_PUTLN, modes[m], 30000);
+    }
+}
+
+/* ---- Three writers, random records, a slow reader ---- */
+
+#define STRESS_WRITERS 3
+
+struct stresser {
+    weft_chan *c;
+    int id;
+    int records;
+    unsigned seed;
+};
+
+static unsigned next_rand(unsigned *seed)
+{
+    *seed = *seed * 1103515245u + 12345u;
+    return (*seed >> 8) & 0xffffff;
+}
+
+/* A record: "<id><seq, 6 digits>:" then the letter 'a' + id repeated, then '\n'. */
+static void *stress_main(void *arg)
+{
+    struct stresser *w = arg;
+    char *rec = malloc(20000);
+    CHECK(rec);
+    for (int seq = 0; seq < w->records; seq++) {
+        size_t body = 1 + next_rand(&w->seed) % 16000; /* up to twice the write buffer */
+        int head = snprintf(rec, 16, "%d%06d:", w->id, seq);
+        memset(rec + head, 'a' + w->id, body);
+        size_t len = (size_t)head + body;
+        switch (next_rand(&w->seed) % 3) {
+        case 0:
+            rec[len] = '\n';
+            CHECK(weft_write(w->c, rec, len + 1) == (ssize_t)(len + 1));
+            break;
+        case 1:
+            CHECK(weft_putln(w->c, rec, len) == 0);
+            break;
+        default:
+            CHECK(weft_printf(w->c, "%.*s\n", (int)len, rec) == (int)len + 1);
+            break;
+        }
+        if (next_rand(&w->seed) % 4 == 0)
+            CHECK(weft_flush(w->c) == 0);
+        if (next_rand(&w->seed) % 8 == 0)
+            CHECK(weft_yield() == 0);
+    }
+    CHECK(weft_flush(w->c) == 0);
+    free(rec);
+    return NULL;
+}
+
+static void check_stress_stream(const char *data, size_t len, int records)
+{
+    int next_seq[STRESS_WRITERS] = {0};
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (data[i] != '\n')
+            continue;
+        const char *r = data + start;
+        CHECK(i - start > 8 && r[7] == ':');
+        int id = r[0] - '0';
+        CHECK(id >= 0 && id < STRESS_WRITERS);
+        CHECK(atoi(r + 1) == next_seq[id]); /* each writer's records in order, none lost */
+        next_seq[id]++;
+        for (size_t k = start + 8; k < i; k++)
+            CHECK(data[k] == 'a' + id); /* nobody else's bytes inside */
+        start = i + 1;
+    }
+    CHECK(start == len);
+    for (int id = 0; id < STRESS_WRITERS; id++)
+        CHECK(next_seq[id] == records);
+}
+
+static void three_writers_random_records_stay_whole(void)
+{
+    int records = test_scale(400);
+    weft_buffering modes[] = {WEFT_BUF_LINE, WEFT_BUF_NONE, WEFT_BUF_FULL};
+    for (int m = 0; m < 3; m++) {
+        int peer;
+        weft_chan *c = small_pipe(&peer);
+        CHECK(weft_chan_set_buffering(c, modes[m]) == 0);
+        CHECK(weft_chan_set_wbuf(c, 8192) == 0);
+        struct sink s;
+        sink_start(&s, peer, 20, 1000);
+        struct stresser w[STRESS_WRITERS];
+        weft_co *co[STRESS_WRITERS];
+        for (int i = 0; i < STRESS_WRITERS; i++) {
+            w[i] = (struct stresser){c, i, records, 7u * (unsigned)(i + 1) + (unsigned)m};
+            co[i] = weft_spawn(stress_main, &w[i]);
+            CHECK(co[i]);
+        }
+        for (int i = 0; i < STRESS_WRITERS; i++)
+            CHECK(weft_join(co[i], NULL, -1) == 0);
+        CHECK(weft_close(c) == 0);
+        sink_join(&s);
+        check_stress_stream(s.data, s.len, records);
+        free(s.data);
+        close(peer);
+    }
+}
+
+/* ---- A close while a writer is parked on a peer that never reads ---- */
+
+static weft_chan *stuck_c;
+static int stuck_reader_err, stuck_writer_err, turn_writer_err;
+static bool writer_parked;
+
+static void *stuck_reader(void *arg)
+{
+    (void)arg;
+    size_t len;
+    CHECK(weft_gets(stuck_c, &len) == NULL);
+    stuck_reader_err = errno;
+    return NULL;
+}
+
+static void *stuck_writer(void *arg)
+{
+    (void)arg;
+    char line[1000];
+    memset(line, 'w', sizeof line);
+    for (;;) { /* line mode: each line is flushed, until one parks with bytes buffered */
+        writer_parked = true;
+        if (weft_putln(stuck_c, line, sizeof line) != 0) {
+            stuck_writer_err = errno;
+            return NULL;
+        }
+        writer_parked = false;
+    }
+}
+
+static void *turn_writer(void *arg)
+{
+    (void)arg;
+    if (weft_puts(stuck_c, "waits for its turn") != 0)
+        turn_writer_err = errno;
+    return NULL;
+}
+
+static void *stuck_closer(void *arg)
+{
+    (void)arg;
+    while (!writer_parked)
+        CHECK(weft_sleep(1) == 0);
+    CHECK(weft_sleep(50) == 0); /* the writer has been parked on the full socket since */
+    int rc = weft_close(stuck_c);
+    CHECK(rc == 0 || errno == EBUSY); /* EBUSY: the parked writer's bytes were dropped */
+    return NULL;
+}
+
+static void close_does_not_wait_for_a_parked_writer(void)
+{
+    for (int from_main = 0; from_main < 2; from_main++) {
+        int sv[2];
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0); /* sv[1] never reads */
+        stuck_c = weft_chan_open(sv[0]);
+        CHECK(stuck_c);
+        stuck_reader_err = stuck_writer_err = turn_writer_err = 0;
+        writer_parked = false;
+        weft_co *r = weft_spawn(stuck_reader, NULL), *w = weft_spawn(stuck_writer, NULL);
+        CHECK(r && w);
+        for (int i = 0; i < 100 && !writer_parked; i++)
+            CHECK(weft_yield() == 0);
+        weft_co *t = weft_spawn(turn_writer, NULL);
+        CHECK(t);
+        if (from_main) {
+            /* The main program closes, outside any coroutine, while all three wait. */
+            for (int i = 0; i < 200; i++)
+                CHECK(weft_yield() == 0);
+            int rc = weft_close(stuck_c);
+            CHECK(rc == 0 || errno == EBUSY);
+        } else {
+            weft_co *k = weft_spawn(stuck_closer, NULL);
+            CHECK(k && weft_join(k, NULL, -1) == 0);
+        }
+        CHECK(weft_join(r, NULL, -1) == 0 && weft_join(w, NULL, -1) == 0);
+        CHECK(weft_join(t, NULL, -1) == 0);
+        CHECK(stuck_reader_err == EBADF && stuck_writer_err == EBADF);
+        CHECK(turn_writer_err == EBADF);
+        CHECK(weft_count() == 0);
+        close(sv[1]);
+    }
+}
+
+const struct test tests[] = {
+    {"a_parked_writers_record_is_never_split", a_parked_writers_record_is_never_split, 0},
+    {"three_writers_random_records_stay_whole", three_writers_random_records_stay_whole, 0},
+    {"close_does_not_wait_for_a_parked_writer", close_does_not_wait_for_a_parked_writer, 20},
+};
+const size_t tests_count = sizeof tests / sizeof tests[0];
