@@ -252,8 +252,13 @@ extern unsigned net_resolve_delay_ms;
 /* Called by the scheduler when a coroutine that belongs to a group ends. */
 void group_member_ended(weft_co *co);
 
-/* Prepare r for the running coroutine and count it as waiting on another thread (this
- * creates the scheduler's eventfd on first use). -1/errno on failure. */
+/* Outside any coroutine: run this thread's loop until *flag is set (0) or the deadline
+ * passes (-1/ETIMEDOUT; EDEADLK if nothing can ever set it). */
+int sched_drive(const bool *flag, int64_t deadline);
+
+/* Prepare r for the running coroutine, or for the thread itself outside any coroutine (which
+ * then waits with sched_drive on r->delivered), and count it as waiting on another thread
+ * (this creates the scheduler's eventfd on first use). -1/errno on failure. */
 int rwait_begin(rwait *r);
 /* From any thread, once r has been claimed: deliver the wake-up to r's coroutine. */
 void rwait_wake(rwait *r);

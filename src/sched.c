@@ -87,8 +87,8 @@ sched *sched_get(void)
  * epoll fd, pooled stack or heap. A later call simply makes a new one. */
 static void sched_release_if_idle(sched *s)
 {
-    if (s->live || s->loop_depth || s->current)
-        return;
+    if (s->live || s->loop_depth || s->current || s->external_waits)
+        return; /* (a wake-up from another thread may be on its way to the inbox) */
     backend_free(s->be);
     if (s->wake_fd >= 0)
         close(s->wake_fd);
@@ -602,9 +602,21 @@ static int drive_until(sched *s, const bool *flag, const weft_co *co, int64_t de
 
 /* ---- Wake-ups from other threads ---- */
 
+int sched_drive(const bool *flag, int64_t deadline)
+{
+    sched *s = sched_get();
+    if (!s)
+        return -1;
+    int rc = drive_until(s, flag, NULL, deadline);
+    sched_release_if_idle(s);
+    return *flag ? 0 : rc;
+}
+
 int rwait_begin(rwait *r)
 {
-    sched *s = tls_sched;
+    sched *s = sched_get();
+    if (!s)
+        return -1;
     if (s->wake_fd < 0) {
         int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (fd < 0)
@@ -628,7 +640,8 @@ void rwait_wake(rwait *r)
     sched *s = r->s;
     if (s == tls_sched) { /* same thread: no need for the inbox */
         r->delivered = true;
-        sched_wake(r->co, 0);
+        if (r->co)
+            sched_wake(r->co, 0);
         return;
     }
     /* The write stays under the lock: once r is drained its scheduler may end and close the
@@ -656,17 +669,24 @@ void sched_drain_inbox(sched *s)
     pthread_mutex_unlock(&s->inbox_mu);
     while (list) {
         rwait *next = list->inbox_next; /* read first: the waiter may free list once woken */
-        list->delivered = true;
-        sched_wake(list->co, 0);
+        weft_co *co = list->co;
+        list->delivered = true; /* (a waiter outside any coroutine sees this and leaves) */
+        if (co)
+            sched_wake(co, 0);
         list = next;
     }
 }
 
 void rwait_settle(rwait *r)
 {
-    while (!r->delivered)
-        sched_park_nocancel(-1);
-    r->s->external_waits--;
+    sched *s = r->s;
+    while (!r->delivered) {
+        if (r->co)
+            sched_park_nocancel(-1);
+        else
+            drive_until(s, &r->delivered, NULL, -1);
+    }
+    s->external_waits--;
 }
 
 void rwait_end(rwait *r)
@@ -702,14 +722,8 @@ void waiter_done(waiter *w, int err)
 int waiter_wait(waiter *w, int64_t deadline, bool cancellable)
 {
     const bool *done = w->sel ? &w->sel->done : &w->done;
-    if (!w->co) {
-        sched *s = sched_get();
-        if (!s)
-            return -1;
-        int rc = drive_until(s, done, NULL, deadline);
-        sched_release_if_idle(s);
-        return *done ? 0 : rc;
-    }
+    if (!w->co)
+        return sched_drive(done, deadline);
     for (;;) {
         int rc = cancellable ? sched_park(deadline) : sched_park_nocancel(deadline);
         if (*done) /* a timeout or cancel in the same turn as the hand-over loses */

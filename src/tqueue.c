@@ -63,33 +63,62 @@ weft_tqueue *weft_tqueue_new(size_t capacity)
     return q;
 }
 
+/* tq_wait for a coroutine: park until the claim's wake-up arrives through the inbox. */
+static int tq_wait_co(weft_tqueue *q, wait_list *list, tq_waiter *w, int64_t deadline)
+{
+    if (rwait_begin(&w->rw) != 0)
+        return -1;
+    wait_list_push(list, &w->node);
+    pthread_mutex_unlock(&q->mu);
+    int rc = sched_park(deadline);
+    int err = errno;
+    pthread_mutex_lock(&q->mu);
+    while (!w->claimed && rc == 0) { /* not for us: park again */
+        pthread_mutex_unlock(&q->mu);
+        rc = sched_park(deadline);
+        err = errno;
+        pthread_mutex_lock(&q->mu);
+    }
+    if (!w->claimed) {
+        wait_list_remove(list, &w->node);
+        rwait_end(&w->rw);
+        errno = err;
+        return -1;
+    }
+    return 0; /* the caller settles the rwait once it has let go of q */
+}
+
+/* tq_wait outside any coroutine, running the loop meanwhile (see tq_wait). */
+static int tq_wait_driving(weft_tqueue *q, wait_list *list, tq_waiter *w, int64_t deadline)
+{
+    if (rwait_begin(&w->rw) != 0)
+        return -1;
+    wait_list_push(list, &w->node);
+    pthread_mutex_unlock(&q->mu);
+    int rc = sched_drive(&w->rw.delivered, deadline);
+    int err = errno;
+    pthread_mutex_lock(&q->mu);
+    if (!w->claimed) {
+        wait_list_remove(list, &w->node);
+        rwait_end(&w->rw);
+        errno = rc != 0 ? err : ETIMEDOUT;
+        return -1;
+    }
+    return 0; /* claimed: the caller settles the rwait (waits for the delivery) */
+}
+
 /* Under q->mu: park the caller in list as w until claimed or the deadline; returns with
  * q->mu held. 0 when claimed (w->err tells the outcome), else -1 and w is off the list. A
  * claimed coroutine must then call finish() after unlocking q. */
 static int tq_wait(weft_tqueue *q, wait_list *list, tq_waiter *w, int64_t deadline)
 {
-    if (weft_self()) {
-        if (rwait_begin(&w->rw) != 0)
-            return -1;
-        wait_list_push(list, &w->node);
-        pthread_mutex_unlock(&q->mu);
-        int rc = sched_park(deadline);
-        int err = errno;
-        pthread_mutex_lock(&q->mu);
-        while (!w->claimed && rc == 0) { /* not for us: park again */
-            pthread_mutex_unlock(&q->mu);
-            rc = sched_park(deadline);
-            err = errno;
-            pthread_mutex_lock(&q->mu);
-        }
-        if (!w->claimed) {
-            wait_list_remove(list, &w->node);
-            rwait_end(&w->rw);
-            errno = err;
-            return -1;
-        }
-        return 0; /* the caller settles the rwait once it has let go of q */
-    }
+    if (weft_self())
+        return tq_wait_co(q, list, w, deadline);
+    /* Outside a coroutine on a thread that has coroutines: they must go on running while we
+     * wait (one of them may be the sender we wait for), so drive the loop until the wake-up
+     * comes through the scheduler's inbox, as a coroutine's would. */
+    if (weft_count() > 0)
+        return tq_wait_driving(q, list, w, deadline);
     pthread_cond_t cv;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

@@ -254,6 +254,64 @@ static void tqueue_timeouts_cancel_and_close(void)
     CHECK(weft_tqueue_free(q) == 0);
 }
 
+/* Outside any coroutine, a thread-queue wait on a thread that has coroutines runs them
+ * meanwhile, as weft_queue's waits do: here the sender is one of them. */
+static void *send_three(void *arg)
+{
+    for (intptr_t i = 1; i <= 3; i++)
+        CHECK(weft_tqueue_send(arg, (void *)i, -1) == 0); /* capacity 1: parks twice */
+    return NULL;
+}
+
+static void *recv_three(void *arg)
+{
+    void *item;
+    for (intptr_t i = 1; i <= 3; i++)
+        CHECK(weft_tqueue_recv(arg, &item, -1) == 0 && (intptr_t)item == i);
+    return NULL;
+}
+
+static void *send_from_thread(void *arg)
+{
+    usleep(20000);
+    CHECK(weft_tqueue_send(arg, (void *)(intptr_t)7, -1) == 0);
+    return NULL;
+}
+
+static void tqueue_waits_outside_a_coroutine_run_the_scheduler(void)
+{
+    weft_tqueue *q = weft_tqueue_new(1);
+    CHECK(q);
+    weft_co *p = weft_spawn(send_three, q);
+    CHECK(p);
+    void *item;
+    for (intptr_t i = 1; i <= 3; i++)
+        CHECK(weft_tqueue_recv(q, &item, -1) == 0 && (intptr_t)item == i);
+    CHECK(weft_join(p, NULL, -1) == 0);
+
+    /* The other way round, and with a deadline. */
+    weft_co *r = weft_spawn(recv_three, q);
+    CHECK(r);
+    for (intptr_t i = 1; i <= 3; i++)
+        CHECK(weft_tqueue_send(q, (void *)i, weft_now() + 10000) == 0);
+    CHECK(weft_join(r, NULL, -1) == 0);
+
+    /* A wait that times out while a coroutine lives, then one ended by another thread. */
+    weft_co *tk = weft_spawn(ticker, NULL);
+    CHECK(tk);
+    ticks = 0;
+    int64_t deadline = weft_now() + 30;
+    CHECK(weft_tqueue_recv(q, &item, deadline) == -1 && errno == ETIMEDOUT);
+    CHECK(weft_now() >= deadline && ticks > 0); /* the ticker ran while we waited */
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, send_from_thread, q) == 0);
+    CHECK(weft_tqueue_recv(q, &item, -1) == 0 && (intptr_t)item == 7);
+    CHECK(pthread_join(t, NULL) == 0);
+    weft_cancel(tk);
+    CHECK(weft_join(tk, NULL, -1) == 0);
+    CHECK(weft_tqueue_free(q) == 0);
+}
+
 /* ---- weft_serve_threads ---- */
 
 static pthread_t served_by[2];
@@ -368,6 +426,8 @@ const struct test tests[] = {
     {"tqueue_ping_pong_between_schedulers", tqueue_ping_pong_between_schedulers, 120},
     {"tqueue_with_plain_threads", tqueue_with_plain_threads, 0},
     {"tqueue_timeouts_cancel_and_close", tqueue_timeouts_cancel_and_close, 0},
+    {"tqueue_waits_outside_a_coroutine_run_the_scheduler",
+     tqueue_waits_outside_a_coroutine_run_the_scheduler, 20},
     {"serve_threads_spreads_clients_over_loops", serve_threads_spreads_clients_over_loops, 120},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
