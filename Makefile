@@ -97,6 +97,7 @@ $(O)/libweft.so: $(LIB_OBJ)
 	$(CC) -shared -Wl,-soname,libweft.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # Examples: echo and echo-blocking share examples/echo_handler.c (the seed's one handler).
+$(O)/examples/echo.c.o $(O)/examples/echo-blocking.c.o $(O)/examples/chat.c.o: examples/options.h
 $(O)/examples/echo: $(O)/examples/echo.c.o $(O)/examples/echo_handler.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/examples/echo-blocking: $(O)/examples/echo-blocking.c.o $(O)/examples/echo_handler.c.o $(O)/libweft.a

@@ -518,7 +518,10 @@ int main(int argc, char **argv)
         logmsg("getsockname: %s", strerror(errno));
         return 1;
     }
-    printf("listening on %s:%s\n", host, portbuf);
+    if (strchr(host, ':')) /* an IPv6 address: bracketed, as weft and the seed print it */
+        printf("listening on [%s]:%s\n", host, portbuf);
+    else
+        printf("listening on %s:%s\n", host, portbuf);
     fflush(stdout);
 
     serve();

@@ -21,7 +21,16 @@ static inline void parse_server_args(int argc, char **argv, struct server_args *
     a->grace_ms = -1;
     while ((opt = getopt(argc, argv, "p:h:qg:")) != -1) {
         switch (opt) {
-        case 'p': port = optarg; break;
+        case 'p': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*optarg < '0' || *optarg > '9' || *end != '\0' || v > 65535) {
+                fprintf(stderr, "%s: -p wants a port number from 0 to 65535\n", argv[0]);
+                exit(2);
+            }
+            port = optarg;
+            break;
+        }
         case 'h': host = optarg; break;
         case 'q': a->quiet = 1; break;
         case 'g': a->grace_ms = atol(optarg); break;

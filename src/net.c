@@ -51,6 +51,23 @@ void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen)
 
 /* ---- Address strings ---- */
 
+/* A port is a decimal number from 0 to 65535 (getaddrinfo would wrap 70000 to 4464), or a
+ * service name from /etc/services ("http"), which getaddrinfo checks. */
+static bool port_ok(const char *p)
+{
+    if (*p < '0' || *p > '9')
+        return (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z');
+    unsigned long v = 0;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return false;
+        v = v * 10 + (unsigned long)(*p - '0');
+        if (v > 65535)
+            return false;
+    }
+    return true;
+}
+
 int net_parse_addr(const char *addr, parsed_addr *pa)
 {
     memset(pa, 0, sizeof *pa);
@@ -77,7 +94,7 @@ int net_parse_addr(const char *addr, parsed_addr *pa)
             goto bad;
         memcpy(pa->host, addr, (size_t)(colon - addr));
     }
-    if (strlen(colon + 1) == 0 || strlen(colon + 1) >= sizeof pa->port)
+    if (strlen(colon + 1) == 0 || strlen(colon + 1) >= sizeof pa->port || !port_ok(colon + 1))
         goto bad;
     strcpy(pa->port, colon + 1);
     pa->wildcard = pa->host[0] == '\0' || strcmp(pa->host, "*") == 0;

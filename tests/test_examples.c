@@ -73,6 +73,40 @@ static void echo_pipelined_over_ipv6(void)
     stop_server(pid, 1);
 }
 
+/* Every example prints an IPv6 address in brackets, as weft formats it, and refuses a port
+ * past 65535 (exit 2) instead of listening on it modulo 65536. */
+static void ipv6_addresses_in_brackets_and_ports_checked(void)
+{
+    static const char *progs[] = {"examples/echo", "examples/echo-events",
+                                  "examples/echo-blocking", "examples/chat", NULL};
+    for (int i = 0; progs[i]; i++) {
+        char *argv[] = {(char *)progs[i], "-p", "0", "-h", "::1", "-q", NULL};
+        int out;
+        pid_t pid = spawn_program(argv, &out, NULL);
+        char line[128];
+        size_t n = 0;
+        while (n < sizeof line - 1) {
+            CHECK(readable_within(out, 30000));
+            CHECK(read(out, line + n, 1) == 1);
+            if (line[n] == '\n')
+                break;
+            n++;
+        }
+        line[n] = '\0';
+        CHECK(strncmp(line, "listening on [::1]:", 19) == 0);
+        close(out);
+        stop_program(pid, SIGTERM);
+
+        char *bad[] = {(char *)progs[i], "-p", "70000", "-q", NULL};
+        pid = spawn_program(bad, &out, NULL);
+        char buf[64];
+        CHECK(readable_within(out, 30000) && read(out, buf, sizeof buf) == 0); /* no listening */
+        close(out);
+        int status = stop_program(pid, 0);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 2);
+    }
+}
+
 static void ask(int fd, const char *line, size_t n)
 {
     char back[128];
@@ -185,6 +219,7 @@ const struct test tests[] = {
     {"echo_serves_500_clients_every_byte_verified", echo_serves_500_clients_every_byte_verified, 600},
     {"echo_events_passes_the_same_verification", echo_events_passes_the_same_verification, 600},
     {"echo_pipelined_over_ipv6", echo_pipelined_over_ipv6, 300},
+    {"ipv6_addresses_in_brackets_and_ports_checked", ipv6_addresses_in_brackets_and_ports_checked, 0},
     {"echo_blocking_serves_one_client_at_a_time", echo_blocking_serves_one_client_at_a_time, 0},
     {"all_three_log_like_the_seed_and_echo_a_last_partial_line", all_three_log_like_the_seed_and_echo_a_last_partial_line, 0},
     {"overlong_lines_close_only_their_connection", overlong_lines_close_only_their_connection, 0},

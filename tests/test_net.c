@@ -198,6 +198,36 @@ static void connect_errors(void)
     CHECK(weft_connect("no-such-host.invalid:80", weft_now() + 5000) == NULL);
 }
 
+/* Ports are 0..65535: getaddrinfo alone would wrap 70000 to 4464 and 65536 to 0. */
+static void ports_past_65535_are_refused(void)
+{
+    static const char *bad[] = {"127.0.0.1:65536", "127.0.0.1:70000", "[::1]:70000",
+                                ":99999", "*:4294967296", "127.0.0.1:-1", "127.0.0.1:+80",
+                                "127.0.0.1:80x", "127.0.0.1: 80", NULL};
+    for (int i = 0; bad[i]; i++) {
+        errno = 0;
+        CHECK(weft_listen(bad[i], 0) == NULL && errno == EINVAL);
+        errno = 0;
+        CHECK(weft_connect(bad[i], weft_now() + 1000) == NULL && errno == EINVAL);
+    }
+    /* A listener on P is not reached through P + 65536. */
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", weft_listener_port(l) + 65536);
+    CHECK(weft_connect(addr, weft_now() + 1000) == NULL && errno == EINVAL);
+    /* The edges and service names still work. */
+    snprintf(addr, sizeof addr, "127.0.0.1:%05d", weft_listener_port(l));
+    weft_chan *c = weft_connect(addr, weft_now() + 5000);
+    CHECK(c && weft_close(c) == 0);
+    CHECK(weft_listener_close(l) == 0);
+    l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l && weft_listener_close(l) == 0);
+    errno = 0;
+    l = weft_listen("127.0.0.1:65535", 0); /* may be taken: then not EINVAL */
+    CHECK(l ? weft_listener_close(l) == 0 : errno != EINVAL);
+}
+
 static void *connect_in_time(void *arg)
 {
     const char *addr = arg;
@@ -258,5 +288,6 @@ const struct test tests[] = {
     {"accept_timeout_and_close_under_waiter", accept_timeout_and_close_under_waiter, 0},
     {"connect_errors", connect_errors, 0},
     {"connect_times_out", connect_times_out, 0},
+    {"ports_past_65535_are_refused", ports_past_65535_are_refused, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];

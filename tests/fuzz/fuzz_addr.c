@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 
 #define CHECK(cond)                                                                            \
@@ -68,7 +69,21 @@ static bool ref_parse(const char *a, bool *is_unix, const char **h, size_t *hlen
     }
     *port = sep + 1;
     size_t plen = strlen(*port);
-    return *hlen < 256 && plen >= 1 && plen < 32;
+    if (*hlen >= 256 || plen < 1 || plen >= 32)
+        return false;
+    /* A number from 0 to 65535 (leading zeros allowed), or a service name (a letter first). */
+    const char *p = *port;
+    if (isalpha((unsigned char)*p))
+        return true;
+    unsigned long v = 0;
+    for (; *p; p++) {
+        if (!isdigit((unsigned char)*p))
+            return false;
+        v = v * 10 + (unsigned long)(*p - '0');
+        if (v > 65535)
+            return false;
+    }
+    return true;
 }
 
 static void same(const parsed_addr *x, const parsed_addr *y)
