@@ -3,11 +3,11 @@
 #
 # Knobs (all optional):
 #   O=dir            build directory (default build); use one per configuration
-#   CC=...           compiler; e.g. aarch64-linux-gnu-gcc for the cross build
+#   CC=...           compiler; e.g. aarch64-linux-gnu-gcc or riscv64-linux-gnu-gcc to cross build
 #   CTX=auto|asm|ucontext   context switch: hand-written assembly where there is one
 #   SAN=1            AddressSanitizer + UndefinedBehaviorSanitizer
 #   TSAN=1           ThreadSanitizer (the multi-thread tests: make test-threads TSAN=1)
-#   RUN="..."        prefix to run built programs (e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu")
+#   RUN="..."        prefix to run built programs (e.g. "qemu-riscv64 -L /usr/riscv64-linux-gnu")
 #   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install`
 
 O       ?= build
@@ -21,7 +21,7 @@ RUN     ?=
 VERSION := 0.1.0
 MACHINE := $(shell $(CC) -dumpmachine)
 ifeq ($(CTX),auto)
-  ifneq ($(filter x86_64-% aarch64-%,$(MACHINE)),)
+  ifneq ($(filter x86_64-% aarch64-% riscv64-%,$(MACHINE)),)
     CTX := asm
   else
     CTX := ucontext
@@ -62,6 +62,8 @@ ifeq ($(CTX),ucontext)
   CPPFLAGS += -DWEFT_CTX_UCONTEXT
 else ifneq ($(filter x86_64-%,$(MACHINE)),)
   LIB_SRC += src/ctx/ctx_asm.c src/ctx/ctx_x86_64.S
+else ifneq ($(filter riscv64-%,$(MACHINE)),)
+  LIB_SRC += src/ctx/ctx_asm.c src/ctx/ctx_riscv64.S
 else
   LIB_SRC += src/ctx/ctx_asm.c src/ctx/ctx_aarch64.S
 endif
