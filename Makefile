@@ -1,13 +1,14 @@
-# weft: `make` builds the libraries, examples and tests; `make run` starts the coroutine echo
+# weft: `make` builds the libraries, examples and tests (and the Tcl package where Tcl 8.6's
+# headers are and the build is native); `make run` starts the coroutine echo
 # server; `make test` runs every test and ends with "N passed, N failed".
 #
 # Knobs (all optional):
 #   O=dir            build directory (default build); use one per configuration
-#   CC=...           compiler; e.g. aarch64-linux-gnu-gcc for the cross build
+#   CC=...           compiler; e.g. aarch64-linux-gnu-gcc or riscv64-linux-gnu-gcc to cross build
 #   CTX=auto|asm|ucontext   context switch: hand-written assembly where there is one
 #   SAN=1            AddressSanitizer + UndefinedBehaviorSanitizer
 #   TSAN=1           ThreadSanitizer (the multi-thread tests: make test-threads TSAN=1)
-#   RUN="..."        prefix to run built programs (e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu")
+#   RUN="..."        prefix to run built programs (e.g. "qemu-riscv64 -L /usr/riscv64-linux-gnu")
 #   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install`
 
 O       ?= build
@@ -21,7 +22,7 @@ RUN     ?=
 VERSION := 0.1.0
 MACHINE := $(shell $(CC) -dumpmachine)
 ifeq ($(CTX),auto)
-  ifneq ($(filter x86_64-% aarch64-%,$(MACHINE)),)
+  ifneq ($(filter x86_64-% aarch64-% riscv64-%,$(MACHINE)),)
     CTX := asm
   else
     CTX := ucontext
@@ -62,6 +63,8 @@ ifeq ($(CTX),ucontext)
   CPPFLAGS += -DWEFT_CTX_UCONTEXT
 else ifneq ($(filter x86_64-%,$(MACHINE)),)
   LIB_SRC += src/ctx/ctx_asm.c src/ctx/ctx_x86_64.S
+else ifneq ($(filter riscv64-%,$(MACHINE)),)
+  LIB_SRC += src/ctx/ctx_asm.c src/ctx/ctx_riscv64.S
 else
   LIB_SRC += src/ctx/ctx_asm.c src/ctx/ctx_aarch64.S
 endif
@@ -75,8 +78,20 @@ TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers tes
 TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
 TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
 
-.PHONY: all lib examples tests run test install clean
-all: lib examples tests
+# The Tcl package (tcl/) is built where Tcl 8.6's headers are and the build is native (a cross
+# compiler has no Tcl to link against); its tests run too unless programs run through $(RUN)
+# (qemu, valgrind).
+TCL_BUILD ?= $(if $(and $(wildcard /usr/include/tcl8.6/tcl.h),\
+               $(filter $(shell uname -m),$(firstword $(subst -, ,$(MACHINE))))),1,0)
+TCL_TESTS ?= $(if $(RUN),0,$(TCL_BUILD))
+# tcl/ is run by its own make, without our make's flags (CFLAGS on our command line would
+# replace the ones it needs), but as quiet as ours.
+TCL_MAKE = env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(MAKE) --no-print-directory \
+           $(if $(findstring s,$(firstword -$(MAKEFLAGS))),-s) -C tcl O=$(abspath $(O)) CC=$(CC) \
+           SAN=$(SAN)
+
+.PHONY: all lib examples tests tcl run test install clean
+all: lib examples tests tcl
 lib: $(O)/libweft.a $(O)/libweft.so
 examples: $(EX_BIN)
 tests: $(TEST_BIN) $(O)/tests/echoload $(O)/tests/soak
@@ -112,12 +127,13 @@ $(O)/tests/%: $(O)/tests/%.c.o $(TEST_SUPPORT) $(O)/libweft.a
 $(O)/tests/echoload: $(O)/tests/echoload_main.c.o $(O)/tests/echoload.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+tcl:
+ifeq ($(TCL_BUILD),1)
+	$(TCL_MAKE)
+endif
+
 run: $(O)/examples/echo
 	$(RUN) $(O)/examples/echo -p $(PORT)
-
-# The Tcl package's tests (tcl/) run too where Tcl 8.6's headers are and the build is native.
-TCL_TESTS ?= $(if $(and $(wildcard /usr/include/tcl8.6/tcl.h),$(if $(RUN),,1),\
-               $(filter $(shell uname -m),$(firstword $(subst -, ,$(MACHINE))))),1,0)
 
 test: all
 	@WEFT_RUN="$(RUN)" WEFT_BUILD="$(O)" TCL_TESTS="$(TCL_TESTS)" \
@@ -132,9 +148,8 @@ install: lib
 	ln -sf libweft.so.0 $(DESTDIR)$(PREFIX)/lib/libweft.so
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@PRIVATE@|$(PC_PRIVATE)|' weft.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/weft.pc
-ifneq ($(wildcard /usr/include/tcl8.6/tcl.h),)
-	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(MAKE) -C tcl install O=$(abspath $(O)) \
-	    PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)
+ifeq ($(TCL_BUILD),1)
+	$(TCL_MAKE) install PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)
 endif
 
 clean:

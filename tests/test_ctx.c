@@ -7,7 +7,8 @@
 #include <weft.h>
 
 /* Keeps many values live across weft_yield(), so the compiler holds them in callee-saved
- * registers (integer and, on aarch64, d8-d15), which only the switch can preserve. */
+ * registers (integer and floating-point: d8-d15 on aarch64, fs0-fs11 on riscv64), which
+ * only the switch can preserve. */
 static void *keeper(void *arg)
 {
     long seed = (long)(intptr_t)arg;
@@ -42,6 +43,18 @@ static void *clobberer(void *arg)
                          "fmov d14, x19\n\tfmov d15, x19"
                          ::: "x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27",
                              "x28", "d8", "d9", "d10", "d11", "d12", "d13", "d14", "d15");
+#elif defined(__riscv) && __riscv_xlen == 64
+        /* s0 is left alone: it is the frame pointer in builds that keep one. */
+        __asm__ volatile("li s1, 0x5a5a5a5a\n\tmv s2, s1\n\tmv s3, s1\n\tmv s4, s1\n\t"
+                         "mv s5, s1\n\tmv s6, s1\n\tmv s7, s1\n\tmv s8, s1\n\tmv s9, s1\n\t"
+                         "mv s10, s1\n\tmv s11, s1\n\tfmv.d.x fs0, s1\n\tfmv.d.x fs1, s1\n\t"
+                         "fmv.d.x fs2, s1\n\tfmv.d.x fs3, s1\n\tfmv.d.x fs4, s1\n\t"
+                         "fmv.d.x fs5, s1\n\tfmv.d.x fs6, s1\n\tfmv.d.x fs7, s1\n\t"
+                         "fmv.d.x fs8, s1\n\tfmv.d.x fs9, s1\n\tfmv.d.x fs10, s1\n\t"
+                         "fmv.d.x fs11, s1"
+                         ::: "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11",
+                             "fs0", "fs1", "fs2", "fs3", "fs4", "fs5", "fs6", "fs7", "fs8",
+                             "fs9", "fs10", "fs11");
 #endif
         weft_yield();
     }
@@ -63,7 +76,7 @@ static void registers_survive_switches(void)
 }
 
 /* 1/3 rounds differently upward and downward: a cheap probe of the live rounding mode in
- * the SSE (x86-64) or FPCR (aarch64) state. */
+ * the SSE (x86-64), FPCR (aarch64) or fcsr (riscv64) state. */
 static double third(void)
 {
     volatile double one = 1.0, three = 3.0;

@@ -1,4 +1,5 @@
-/* Building a first frame for the hand-written switches (ctx_x86_64.S, ctx_aarch64.S):
+/* Building a first frame for the hand-written switches (ctx_x86_64.S, ctx_aarch64.S,
+ * ctx_riscv64.S):
  * the new stack is laid out exactly as ctx_switch leaves a suspended one, so the first
  * switch "returns" into ctx_trampoline, which calls fn(arg). */
 #include "../internal.h"
@@ -44,6 +45,23 @@ void ctx_make(ctx *c, void *stack_lo, size_t size, void (*fn)(void *), void *arg
     sp[1] = (uint64_t)(uintptr_t)arg;            /* x20 */
     sp[11] = (uint64_t)(uintptr_t)ctx_trampoline; /* x30: where ret goes */
     sp[20] = 0;                                   /* fpcr: round to nearest, no traps */
+    c->sp = sp;
+}
+
+#elif defined(__riscv) && __riscv_xlen == 64
+
+/* Frame (208 bytes from the saved sp): ra, s0..s11, fs0..fs11, fcsr. After the first
+ * switch pops it, sp == top (16-aligned) at ctx_trampoline, and s0 (frame pointer) is 0. */
+void ctx_make(ctx *c, void *stack_lo, size_t size, void (*fn)(void *), void *arg)
+{
+    uintptr_t top = ((uintptr_t)stack_lo + size) & ~(uintptr_t)15;
+    uint64_t *sp = (uint64_t *)(top - 208);
+
+    memset(sp, 0, 208);
+    sp[0] = (uint64_t)(uintptr_t)ctx_trampoline; /* ra: where ret goes */
+    sp[2] = (uint64_t)(uintptr_t)fn;             /* s1 */
+    sp[3] = (uint64_t)(uintptr_t)arg;            /* s2 */
+    sp[25] = 0;                                   /* fcsr: round to nearest, no flags */
     c->sp = sp;
 }
 
