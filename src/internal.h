@@ -239,10 +239,13 @@ int waiter_wait(waiter *w, int64_t deadline, bool cancellable);
 void waiter_init(waiter *w);
 
 /* ---- Offload (offload.c) ---- */
-/* weft_offload, plus drop(arg, result), called on the worker thread if the caller was
- * cancelled and left before fn returned (arg must then be heap memory drop frees). */
+/* weft_offload with a deadline (-1: none; ETIMEDOUT), plus drop(arg, result): when the call
+ * fails, arg is drop's (heap memory it frees): called on the worker thread once fn returns if
+ * the caller was cancelled or ran out of time, or at once with result NULL if fn never started.
+ * With a deadline, a caller outside any coroutine also waits for the pool (running its
+ * thread's loop meanwhile) instead of calling fn itself. */
 int offload_call(void *(*fn)(void *), void *arg, void **result,
-                 void (*drop)(void *arg, void *result));
+                 void (*drop)(void *arg, void *result), int64_t deadline);
 
 /* ---- Name resolution (net.c) ---- */
 /* Tests: delay every resolver call by this many ms, to prove a slow resolver stalls nothing. */

@@ -110,6 +110,8 @@ struct resolve_job {
     const char *host, *port;
     struct addrinfo hints;
     struct addrinfo *res;
+    int rc;             /* getaddrinfo's */
+    bool ran;
     char host_copy[256], port_copy[32];
 };
 
@@ -119,18 +121,22 @@ static void *resolve_blocking(void *p)
     struct resolve_job *j = p;
     if (net_resolve_delay_ms)
         usleep(net_resolve_delay_ms * 1000u);
-    return (void *)(intptr_t)getaddrinfo(j->host, j->port, &j->hints, &j->res);
+    j->rc = getaddrinfo(j->host, j->port, &j->hints, &j->res);
+    j->ran = true;
+    return NULL;
 }
 
+/* The lookup of a caller that left (cancelled, out of time) or never started. */
 static void resolve_drop(void *arg, void *result)
 {
+    (void)result;
     struct resolve_job *j = arg;
-    if ((intptr_t)result == 0)
+    if (j->ran && j->rc == 0)
         freeaddrinfo(j->res);
     free(j);
 }
 
-static int resolve(const parsed_addr *pa, bool passive, struct addrinfo **res)
+static int resolve(const parsed_addr *pa, bool passive, struct addrinfo **res, int64_t deadline)
 {
     struct addrinfo hints = {0}, *found = NULL;
     hints.ai_family = AF_UNSPEC;
@@ -140,8 +146,8 @@ static int resolve(const parsed_addr *pa, bool passive, struct addrinfo **res)
     /* Numeric addresses need no resolver: answer them here, without a thread hop. */
     int rc = getaddrinfo(host, pa->port, &hints, &found);
     if (rc == EAI_NONAME && host) {
-        /* Names go to an offload thread; the job is on the heap because a cancelled caller
-         * leaves before the lookup ends (resolve_drop then cleans up). */
+        /* Names go to an offload thread; the job is on the heap because a caller that is
+         * cancelled or out of time leaves before the lookup ends (resolve_drop cleans up). */
         struct resolve_job *j = calloc(1, sizeof *j);
         if (!j)
             return -1;
@@ -151,13 +157,9 @@ static int resolve(const parsed_addr *pa, bool passive, struct addrinfo **res)
         j->port = j->port_copy;
         j->hints = hints;
         j->hints.ai_flags &= ~AI_NUMERICHOST;
-        void *r;
-        if (offload_call(resolve_blocking, j, &r, resolve_drop) != 0) {
-            if (errno != ECANCELED) /* else the job is the worker's to free now */
-                free(j);
-            return -1;
-        }
-        rc = (int)(intptr_t)r;
+        if (offload_call(resolve_blocking, j, NULL, resolve_drop, deadline) != 0)
+            return -1; /* j is resolve_drop's */
+        rc = j->rc;
         found = j->res;
         free(j);
     }
@@ -220,7 +222,7 @@ static int listen_one(const struct addrinfo *ai, int backlog, bool reuseport)
 static int listen_inet(weft_listener *l, const parsed_addr *pa, int backlog, bool reuseport)
 {
     struct addrinfo *res;
-    if (resolve(pa, true, &res) != 0)
+    if (resolve(pa, true, &res, -1) != 0)
         return -1;
     l->fd = -1;
     /* For the wildcard, an IPv6 socket serves both families: try it first. */
@@ -439,7 +441,7 @@ weft_chan *weft_connect(const char *addr, int64_t deadline)
             return NULL;
         }
         struct addrinfo *res;
-        if (resolve(&pa, false, &res) != 0)
+        if (resolve(&pa, false, &res, deadline) != 0)
             return NULL;
         int err = ECONNREFUSED;
         for (struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next) {

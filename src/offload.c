@@ -83,40 +83,51 @@ static int pool_start(void)
     return 0;
 }
 
+/* A call that failed before it was handed to the pool: arg goes to drop (with no result)
+ * here, as it would on the worker after a call left behind. -1, errno kept. */
+static int never_started(job *j, void *arg, void (*drop)(void *arg, void *result))
+{
+    int err = errno;
+    free(j);
+    if (drop)
+        drop(arg, NULL);
+    errno = err;
+    return -1;
+}
+
 int weft_offload(void *(*fn)(void *), void *arg, void **result)
 {
-    return offload_call(fn, arg, result, NULL);
+    return offload_call(fn, arg, result, NULL, -1);
 }
 
 int offload_call(void *(*fn)(void *), void *arg, void **result,
-                 void (*drop)(void *arg, void *result))
+                 void (*drop)(void *arg, void *result), int64_t deadline)
 {
-    if (!weft_self()) { /* outside a coroutine, blocking is what the caller asked for */
+    bool inside = weft_self() != NULL;
+    if (!inside && deadline < 0) { /* outside a coroutine, blocking is what was asked for */
         void *r = fn(arg);
         if (result)
             *result = r;
         return 0;
     }
+    job *j = NULL;
     if (weft_cancelled()) { /* don't start what we could not wait for */
         errno = ECANCELED;
-        return -1;
+        return never_started(j, arg, drop);
     }
-    job *j = calloc(1, sizeof *j);
+    j = calloc(1, sizeof *j);
     if (!j)
-        return -1;
+        return never_started(j, arg, drop);
     j->fn = fn;
     j->arg = arg;
     j->drop = drop;
-    if (rwait_begin(&j->rw) != 0) {
-        free(j);
-        return -1;
-    }
+    if (rwait_begin(&j->rw) != 0)
+        return never_started(j, arg, drop);
     pthread_mutex_lock(&pool.mu);
     if (pool_start() != 0) {
         pthread_mutex_unlock(&pool.mu);
         rwait_end(&j->rw);
-        free(j);
-        return -1;
+        return never_started(j, arg, drop);
     }
     if (pool.tail)
         pool.tail->next = j;
@@ -127,14 +138,16 @@ int offload_call(void *(*fn)(void *), void *arg, void **result,
     pthread_mutex_unlock(&pool.mu);
 
     for (;;) {
-        int rc = sched_park(-1);
+        /* Outside a coroutine (a call with a deadline) the loop runs while we wait. */
+        int rc = inside ? sched_park(deadline) : sched_drive(&j->rw.delivered, deadline);
+        int err = errno;
         pthread_mutex_lock(&pool.mu);
         bool done = j->done;
-        if (!done && rc != 0) { /* cancelled while the call runs: leave it behind */
+        if (!done && rc != 0) { /* cancelled or out of time: leave the call behind */
             rwait_end(&j->rw); /* before the unlock: from then on the worker owns j */
             j->abandoned = true;
             pthread_mutex_unlock(&pool.mu);
-            errno = ECANCELED;
+            errno = err;
             return -1;
         }
         pthread_mutex_unlock(&pool.mu);

@@ -105,6 +105,32 @@ static void slow_resolver_stalls_nothing(void)
     net_resolve_delay_ms = 0;
 }
 
+/* weft_connect's deadline covers the name lookup too: the lookup goes on, on the pool, and
+ * its result is dropped. In a coroutine and outside one. */
+static void *connect_by_name_in_time(void *arg)
+{
+    CHECK(weft_connect(arg, weft_now() + 100) == NULL && errno == ETIMEDOUT);
+    return NULL;
+}
+
+static void connect_deadline_covers_the_name_lookup(void)
+{
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    char addr[64];
+    snprintf(addr, sizeof addr, "localhost:%d", weft_listener_port(l));
+    net_resolve_delay_ms = 600;
+    weft_co *c = weft_spawn(connect_by_name_in_time, addr);
+    CHECK(c && weft_join(c, NULL, -1) == 0);
+    connect_by_name_in_time(addr); /* outside: the same */
+    /* Without a deadline the lookup is simply waited for. */
+    weft_chan *ch = weft_connect(addr, -1);
+    CHECK(ch && weft_close(ch) == 0);
+    usleep(700 * 1000); /* the abandoned lookups end and are freed on the pool (ASan sees it) */
+    net_resolve_delay_ms = 0;
+    weft_listener_close(l);
+}
+
 /* ---- thread queues ---- */
 
 struct pingpong {
@@ -423,6 +449,7 @@ const struct test tests[] = {
     {"offload_parks_only_the_caller", offload_parks_only_the_caller, 0},
     {"offload_cancel_leaves_the_call_behind", offload_cancel_leaves_the_call_behind, 0},
     {"slow_resolver_stalls_nothing", slow_resolver_stalls_nothing, 0},
+    {"connect_deadline_covers_the_name_lookup", connect_deadline_covers_the_name_lookup, 0},
     {"tqueue_ping_pong_between_schedulers", tqueue_ping_pong_between_schedulers, 120},
     {"tqueue_with_plain_threads", tqueue_with_plain_threads, 0},
     {"tqueue_timeouts_cancel_and_close", tqueue_timeouts_cancel_and_close, 0},
