@@ -159,7 +159,9 @@ int weft_chan_set_timeouts(weft_chan *c, int64_t read_ms, int64_t write_ms);
 const char *weft_gets(weft_chan *c, size_t *len);
 /* Read up to n bytes (waits only if none is buffered). 0 at end of file; -1 as weft_gets. */
 ssize_t weft_read(weft_chan *c, void *buf, size_t n);
-/* Read exactly n bytes; fewer only at end of file (then weft_eof() is true). -1 on error. */
+/* Read exactly n bytes; fewer only at end of file (then weft_eof() is true). -1 on error
+ * (as weft_gets); the bytes it had read by then stay buffered, in order, for the next read,
+ * so a retry after ETIMEDOUT or ECANCELED loses nothing (ENOMEM if they could not be kept). */
 ssize_t weft_read_exact(weft_chan *c, void *buf, size_t n);
 /* Nonzero once a read has met end of file and no buffered input is left (Tcl's eof). */
 int weft_eof(const weft_chan *c);

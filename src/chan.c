@@ -554,13 +554,45 @@ ssize_t weft_read(weft_chan *c, void *buf, size_t n)
     return (ssize_t)k;
 }
 
+/* Put [p, p + n) back in front of the buffered input, for the next read to take. -1/ENOMEM. */
+static int unread(weft_chan *c, const char *p, size_t n)
+{
+    size_t have = c->rend - c->rstart;
+    if (c->rstart < n) {
+        if (have + n > c->rcap) {
+            size_t cap = c->rcap ? c->rcap : RBUF_INITIAL;
+            while (cap < have + n)
+                cap *= 2;
+            char *b = grow_buf(c->rbuf, cap);
+            if (!b)
+                return -1;
+            c->rbuf = b;
+            c->rcap = cap;
+        }
+        memmove(c->rbuf + n, c->rbuf + c->rstart, have);
+        c->rstart = n;
+        c->rend = n + have;
+    }
+    c->rstart -= n;
+    memcpy(c->rbuf + c->rstart, p, n);
+    c->rscan = c->rstart; /* not searched for a newline yet */
+    return 0;
+}
+
 ssize_t weft_read_exact(weft_chan *c, void *buf, size_t n)
 {
     size_t got = 0;
     while (got < n) {
         ssize_t r = weft_read(c, (char *)buf + got, n - got);
-        if (r < 0)
+        if (r < 0) {
+            /* A timeout or cancel midway must not lose what was read: it goes back in front
+             * of the buffer for the next read. (EBADF: c is gone.) */
+            int err = errno;
+            if (got > 0 && err != EBADF && unread(c, buf, got) != 0)
+                return -1; /* ENOMEM */
+            errno = err;
             return -1;
+        }
         if (r == 0)
             break;
         got += (size_t)r;

@@ -279,6 +279,81 @@ static void read_and_read_exact(void)
     close(sv[1]);
 }
 
+/* A read_exact that times out or is cancelled midway keeps what it had read for the next
+ * read: small reads (through the buffer) and large ones (straight into the caller's memory). */
+static int exact_peer;
+static size_t exact_n;
+
+static void *read_exact_after_timeout(void *arg)
+{
+    weft_chan *c = arg;
+    char *buf = malloc(exact_n), *pattern = malloc(exact_n);
+    CHECK(buf && pattern);
+    for (size_t i = 0; i < exact_n; i++)
+        pattern[i] = (char)('a' + i % 23);
+    CHECK(weft_read_exact(c, buf, exact_n) == -1 && errno == ETIMEDOUT); /* half came */
+    write_all(exact_peer, pattern + exact_n / 2, exact_n - exact_n / 2);
+    CHECK(weft_read_exact(c, buf, exact_n) == (ssize_t)exact_n);
+    CHECK(memcmp(buf, pattern, exact_n) == 0);
+    /* Cancelled midway: the same. */
+    write_all(exact_peer, pattern, exact_n / 2);
+    CHECK(weft_read(c, buf, 1) == 1 && buf[0] == pattern[0]);
+    free(buf);
+    free(pattern);
+    return NULL;
+}
+
+static void *cancel_after(void *arg)
+{
+    CHECK(weft_sleep(50) == 0);
+    weft_cancel(arg);
+    return NULL;
+}
+
+static void *read_exact_cancelled(void *arg)
+{
+    weft_chan *c = arg;
+    char *buf = malloc(exact_n);
+    CHECK(buf);
+    CHECK(weft_read_exact(c, buf, exact_n) == -1 && errno == ECANCELED);
+    free(buf);
+    return NULL;
+}
+
+static void read_exact_keeps_its_bytes_on_a_timeout(void)
+{
+    size_t sizes[] = {8, 64 * 1024};
+    for (int k = 0; k < 2; k++) {
+        exact_n = sizes[k];
+        int sv[2];
+        tcp_pair(sv);
+        exact_peer = sv[1];
+        weft_chan *c = weft_chan_open(sv[0]);
+        CHECK(c && weft_chan_set_timeouts(c, 100, -1) == 0);
+        char *pattern = malloc(exact_n);
+        CHECK(pattern);
+        for (size_t i = 0; i < exact_n; i++)
+            pattern[i] = (char)('a' + i % 23);
+        write_all(sv[1], pattern, exact_n / 2);
+        weft_co *r = weft_spawn(read_exact_after_timeout, c);
+        CHECK(r && weft_join(r, NULL, -1) == 0);
+        /* Cancelled: what it read goes back too (pattern[1..n/2) is buffered now). */
+        CHECK(weft_chan_set_timeouts(c, -1, -1) == 0);
+        weft_co *x = weft_spawn(read_exact_cancelled, c);
+        weft_co *k2 = weft_spawn(cancel_after, x);
+        CHECK(x && k2 && weft_join(x, NULL, -1) == 0 && weft_join(k2, NULL, -1) == 0);
+        char *buf = malloc(exact_n);
+        CHECK(buf);
+        write_all(sv[1], pattern + exact_n / 2, exact_n - exact_n / 2);
+        CHECK(weft_read_exact(c, buf, exact_n - 1) == (ssize_t)(exact_n - 1)); /* outside */
+        CHECK(memcmp(buf, pattern + 1, exact_n - 1) == 0);
+        free(buf);
+        free(pattern);
+        weft_close(c);
+        close(sv[1]);
+    }
+}
+
 /* ---- Output and buffering ---- */
 
 static int peer_has_data(int fd)
@@ -1544,6 +1619,7 @@ const struct test tests[] = {
     {"overlong_lines_fail_with_emsgsize_and_reading_resumes", overlong_lines_fail_with_emsgsize_and_reading_resumes, 0},
     {"endless_line_keeps_memory_bounded", endless_line_keeps_memory_bounded, 0},
     {"read_and_read_exact", read_and_read_exact, 0},
+    {"read_exact_keeps_its_bytes_on_a_timeout", read_exact_keeps_its_bytes_on_a_timeout, 0},
     {"buffering_modes", buffering_modes, 0},
     {"writer_that_outruns_its_reader_parks", writer_that_outruns_its_reader_parks, 0},
     {"read_and_write_timeouts", read_and_write_timeouts, 0},
