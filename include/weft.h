@@ -103,9 +103,12 @@ int weft_fd_close(int fd);
  * which measured faster here). A backend that cannot start falls back to epoll. EINVAL, EBUSY
  * (the scheduler already runs). */
 int weft_set_backend(const char *name);
-/* The backend of this thread's scheduler: "epoll" or "uring". */
+/* The backend of this thread's scheduler: "epoll" or "uring"; on a thread whose scheduler
+ * has not started, the one it would get now (asking starts nothing, so weft_set_backend
+ * still works after it). */
 const char *weft_backend_name(void);
-/* One line saying why that backend, e.g. "io_uring unavailable (...): epoll instead". */
+/* One line saying why that backend, e.g. "io_uring unavailable (...): epoll instead". The
+ * text stays valid until the thread's next call of either function. */
 const char *weft_backend_reason(void);
 
 /* ---- Channels ---------------------------------------------------------------------- */

@@ -50,16 +50,37 @@ backend *backend_new(char *reason, size_t reason_len)
     return epoll_backend_new();
 }
 
+/* Without a scheduler the answer is what one would get if it started now: a backend is made
+ * to find out and freed at once, so that asking starts nothing that would stay (a thread
+ * that only asks must not keep a ring and descriptors), and weft_set_backend still works. */
+static _Thread_local char probe_reason[96];
+
+static const char *probe(void)
+{
+    backend *b = backend_new(probe_reason, sizeof probe_reason);
+    if (!b) {
+        snprintf(probe_reason, sizeof probe_reason, "no backend could start: %s",
+                 strerror(errno));
+        return "none";
+    }
+    const char *name = b->ops->name; /* static storage */
+    backend_free(b);
+    return name;
+}
+
 const char *weft_backend_name(void)
 {
-    sched *s = sched_get();
-    return s ? s->be->ops->name : "none";
+    sched *s = sched_peek();
+    return s ? s->be->ops->name : probe();
 }
 
 const char *weft_backend_reason(void)
 {
-    sched *s = sched_get();
-    return s ? s->backend_reason : "no scheduler: out of memory";
+    sched *s = sched_peek();
+    if (s)
+        return s->backend_reason;
+    probe();
+    return probe_reason;
 }
 
 /* ---- The per-fd waiter table ---- */

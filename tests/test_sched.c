@@ -3,6 +3,8 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -278,10 +280,14 @@ static void backend_choice_and_fallback(void)
 {
     CHECK(weft_set_backend("bogus") == -1 && errno == EINVAL);
     CHECK(weft_set_backend("epoll") == 0);
-    CHECK(strcmp(weft_backend_name(), "epoll") == 0); /* this starts the scheduler */
+    CHECK(strcmp(weft_backend_name(), "epoll") == 0); /* asking starts no scheduler */
     CHECK(strstr(weft_backend_reason(), "as asked"));
+    CHECK(weft_yield() == 0 && weft_set_backend("uring") == 0); /* nor does a yield */
+    CHECK(weft_set_backend("epoll") == 0);
+    weft_co *co = weft_spawn(square, (void *)(intptr_t)3); /* this starts the scheduler */
+    CHECK(co && strcmp(weft_backend_name(), "epoll") == 0);
     CHECK(weft_set_backend("uring") == -1 && errno == EBUSY);
-    CHECK(weft_run() == 0); /* nothing to run: the idle scheduler is let go */
+    CHECK(weft_join(co, NULL, -1) == 0); /* nothing left: the idle scheduler is let go */
     CHECK(weft_set_backend("uring") == 0);
     const char *name = weft_backend_name(), *why = weft_backend_reason();
     /* io_uring where it can start, else epoll saying why (qemu-user, seccomp, ...). */
@@ -293,7 +299,29 @@ static void backend_choice_and_fallback(void)
     CHECK(weft_run() == 0);
 }
 
+/* Asking for the backend on a thread that never runs a coroutine leaves nothing behind. */
+static void *ask_backend(void *arg)
+{
+    (void)arg;
+    CHECK(strcmp(weft_backend_name(), "epoll") == 0 || strcmp(weft_backend_name(), "uring") == 0);
+    CHECK(weft_backend_reason()[0] != '\0');
+    return NULL;
+}
+
+static void asking_for_the_backend_leaks_nothing(void)
+{
+    int before = count_open_fds();
+    for (int i = 0; i < 100; i++) {
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, ask_backend, NULL) == 0);
+        CHECK(pthread_join(t, NULL) == 0);
+    }
+    ask_backend(NULL);
+    CHECK(count_open_fds() == before); /* (and LeakSanitizer sees no scheduler left) */
+}
+
 const struct test tests[] = {
+    {"asking_for_the_backend_leaks_nothing", asking_for_the_backend_leaks_nothing, 0},
     {"backend_choice_and_fallback", backend_choice_and_fallback, 0},
     {"runs_in_spawn_order_and_round_robin", runs_in_spawn_order_and_round_robin, 0},
     {"join_returns_results", join_returns_results, 0},
