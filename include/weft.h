@@ -279,7 +279,8 @@ int weft_server_shutdown(weft_server *s, int64_t grace_ms);
 int weft_server_close(weft_server *s);
 /* On the first SIGINT or SIGTERM, shut s down gracefully (weft_server_shutdown with grace_ms);
  * a second one ends the process at once. At most one such server per thread; every thread's
- * server hears the signal. */
+ * server hears the signal. EBUSY (and nothing changes) if s or another server of this thread
+ * already stops on signals, or s is stopping; ENOMEM. */
 int weft_server_stop_on_signals(weft_server *s, int64_t grace_ms);
 /* Counters of s. */
 void weft_server_get_stats(const weft_server *s, weft_server_stats *st);

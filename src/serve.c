@@ -313,6 +313,7 @@ int weft_server_shutdown(weft_server *srv, int64_t grace_ms)
  * again without emptying it (edge-triggered: each write is a new edge for every thread's
  * event loop) and acts when the generation moved past the one it started with. */
 static int sig_pipe[2] = {-1, -1};
+static _Thread_local weft_co *tls_watcher; /* this thread's watcher: one per thread */
 static atomic_int sig_generation;
 static atomic_int sig_shutdowns; /* signal-started shutdowns under way */
 static pthread_mutex_t sig_setup = PTHREAD_MUTEX_INITIALIZER;
@@ -331,25 +332,38 @@ static void on_stop_signal(int sig)
     errno = saved;
 }
 
+/* The watcher is leaving: it no longer holds this thread's place. */
+static void *watcher_done(void)
+{
+    if (tls_watcher == weft_self())
+        tls_watcher = NULL;
+    return NULL;
+}
+
 static void *signal_watch(void *p)
 {
     weft_server *srv = p;
     int start = srv->signal_generation;
     while (atomic_load(&sig_generation) == start) {
         if (weft_wait_fd(sig_pipe[0], WEFT_READABLE, -1) != 0) {
+            /* EBUSY: an earlier watcher of this thread was cancelled but has not run yet
+             * to leave the pipe's wait slot; let it. */
+            if (errno == EBUSY && weft_yield() == 0)
+                continue;
             /* Cancelled: the server stopped some other way and may be gone already. Any
              * other failure leaves it running: it must not keep a handle to us. */
             if (errno != ECANCELED)
                 srv->signal_watcher = NULL;
-            return NULL;
+            return watcher_done();
         }
         /* A poll armed anew (the first wait, or io_uring re-arming an ended multishot poll)
          * reports the never-drained pipe of an older signal at once: pace those wake-ups
          * instead of spinning. */
         if (atomic_load(&sig_generation) == start && weft_sleep(100) != 0)
-            return NULL;
+            return watcher_done();
     }
     srv->signal_watcher = NULL;
+    watcher_done();
     atomic_fetch_add(&sig_shutdowns, 1);
     weft_server_shutdown(srv, srv->signal_grace_ms);
     atomic_fetch_sub(&sig_shutdowns, 1);
@@ -361,6 +375,8 @@ static void stop_signal_watcher(weft_server *srv)
     weft_co *w = srv->signal_watcher;
     if (w && w != weft_self()) {
         srv->signal_watcher = NULL;
+        if (tls_watcher == w)
+            tls_watcher = NULL; /* another server of this thread may watch from now on */
         weft_cancel(w); /* detached: it ends on its own */
     }
 }
@@ -389,12 +405,17 @@ static int signals_setup(void)
  * signal that came while this thread was still starting is not missed). */
 static int stop_on_signals_since(weft_server *srv, int64_t grace_ms, int gen)
 {
+    if (srv->signal_watcher || tls_watcher || srv->shutting_down) {
+        errno = EBUSY; /* (this server already, or another one of this thread) */
+        return -1;
+    }
     if (signals_setup() != 0)
         return -1;
     srv->signal_grace_ms = grace_ms;
     srv->signal_generation = gen;
     weft_spawn_opts so = {.name = "weft-signals", .detached = 1};
     srv->signal_watcher = weft_spawn_ex(signal_watch, srv, &so);
+    tls_watcher = srv->signal_watcher;
     return srv->signal_watcher ? 0 : -1;
 }
 

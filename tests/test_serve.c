@@ -299,6 +299,36 @@ static void serve_runs_until_a_signal_and_returns_0(void)
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* Asking twice, or for a second server of the thread, fails with EBUSY and changes nothing:
+ * the first watcher still stops its server, and nothing is used after it is freed (ASan). */
+static void *raise_term_soon(void *arg)
+{
+    (void)arg;
+    CHECK(weft_sleep(20) == 0);
+    kill(getpid(), SIGTERM);
+    return NULL;
+}
+
+static void stop_on_signals_twice_is_refused_harmlessly(void)
+{
+    weft_listener *la = weft_listen("127.0.0.1:0", 0), *lb = weft_listen("127.0.0.1:0", 0);
+    CHECK(la && lb);
+    weft_server *a = weft_server_start(la, echo_handler, NULL);
+    weft_server *b = weft_server_start(lb, echo_handler, NULL);
+    CHECK(a && b);
+    CHECK(weft_server_stop_on_signals(a, 100) == 0);
+    CHECK(weft_server_stop_on_signals(a, 100) == -1 && errno == EBUSY);
+    CHECK(weft_server_stop_on_signals(b, 100) == -1 && errno == EBUSY); /* one per thread */
+    CHECK(weft_server_close(a) == 0);
+    CHECK(weft_server_stop_on_signals(b, 100) == 0); /* a's place is free again */
+    CHECK(weft_server_stop_on_signals(b, 100) == -1 && errno == EBUSY);
+    weft_co *k = weft_spawn(raise_term_soon, NULL);
+    CHECK(k);
+    CHECK(weft_join(k, NULL, -1) == 0);
+    CHECK(weft_run() == 0); /* b shuts down on the signal; then nothing is left */
+    CHECK(weft_count() == 0);
+}
+
 /* ---- Close ---- */
 
 static void *close_server_soon(void *arg)
@@ -347,5 +377,6 @@ const struct test tests[] = {
     {"close_stops_accepting_and_lets_handlers_finish", close_stops_accepting_and_lets_handlers_finish, 0},
     {"server_raises_the_soft_fd_limit_unless_told_not_to", server_raises_the_soft_fd_limit_unless_told_not_to, 0},
     {"serve_runs_until_a_signal_and_returns_0", serve_runs_until_a_signal_and_returns_0, 0},
+    {"stop_on_signals_twice_is_refused_harmlessly", stop_on_signals_twice_is_refused_harmlessly, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
