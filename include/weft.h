@@ -136,8 +136,9 @@ typedef enum weft_buffering {
 /* Default size of the write buffer; a write beyond it waits for the peer to read. */
 #define WEFT_WBUF_DEFAULT (64u * 1024u)
 
-/* Wrap fd (socket, pipe, tty, ...) in a channel that owns it; fd is made non-blocking.
- * ENOMEM, EBADF. */
+/* Wrap fd (socket, pipe, tty, ...) in a channel that owns it; fd is made non-blocking (its
+ * other flags, close-on-exec among them, stay as they were). ENOMEM, EBADF. Descriptors weft
+ * creates itself (listeners, accepted and connected sockets) are close-on-exec. */
 weft_chan *weft_chan_open(int fd);
 /* The channel's file descriptor (still owned by the channel). */
 int weft_chan_fd(const weft_chan *c);

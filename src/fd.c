@@ -99,14 +99,13 @@ int weft_fd_close(int fd)
 
 int fd_set_nonblock(int fd)
 {
+    /* Only O_NONBLOCK: the descriptor is the caller's, and its other flags (close-on-exec
+     * among them) are theirs to keep. (Descriptors weft makes itself are close-on-exec.) */
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0)
         return -1;
     if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return -1;
-    int fdfl = fcntl(fd, F_GETFD);
-    if (fdfl >= 0 && !(fdfl & FD_CLOEXEC))
-        fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC);
     return 0;
 }
 

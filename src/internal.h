@@ -390,7 +390,7 @@ int io_accept(int fd, void *sa, unsigned *salen, int64_t deadline);
 int io_connect(int fd, const void *sa, unsigned salen, int64_t deadline);
 /* Deadline for a relative timeout in ms (-1 stays -1). */
 int64_t deadline_after(int64_t timeout_ms);
-/* Make fd non-blocking and close-on-exec. */
+/* Make fd non-blocking; nothing else about it changes. */
 int fd_set_nonblock(int fd);
 /* Ignore SIGPIPE once per process if it still has its default action. */
 void ignore_sigpipe(void);

@@ -354,6 +354,34 @@ static void read_exact_keeps_its_bytes_on_a_timeout(void)
     }
 }
 
+/* weft_chan_open leaves the caller's descriptor flags alone but O_NONBLOCK: a wrapped
+ * stdout-like descriptor stays open across exec, so a child started meanwhile can use it. */
+static void chan_open_keeps_the_callers_fd_flags(void)
+{
+    int p[2];
+    CHECK(pipe(p) == 0);
+    CHECK(!(fcntl(p[1], F_GETFD) & FD_CLOEXEC));
+    weft_chan *c = weft_chan_open(p[1]);
+    CHECK(c);
+    CHECK(!(fcntl(p[1], F_GETFD) & FD_CLOEXEC));
+    CHECK(fcntl(p[1], F_GETFL) & O_NONBLOCK);
+    /* A child writes through the inherited descriptor, as system("echo hi") would. */
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "echo hi >&%d", p[1]);
+    CHECK(system(cmd) == 0);
+    char buf[8];
+    read_exact_timeout(p[0], buf, 3, 10000);
+    CHECK(memcmp(buf, "hi\n", 3) == 0);
+    CHECK(weft_close(c) == 0);
+    close(p[0]);
+    /* A descriptor that was close-on-exec stays so. */
+    CHECK(pipe2(p, O_CLOEXEC) == 0);
+    c = weft_chan_open(p[1]);
+    CHECK(c && (fcntl(p[1], F_GETFD) & FD_CLOEXEC));
+    CHECK(weft_close(c) == 0);
+    close(p[0]);
+}
+
 /* ---- Output and buffering ---- */
 
 static int peer_has_data(int fd)
@@ -1619,6 +1647,7 @@ const struct test tests[] = {
     {"overlong_lines_fail_with_emsgsize_and_reading_resumes", overlong_lines_fail_with_emsgsize_and_reading_resumes, 0},
     {"endless_line_keeps_memory_bounded", endless_line_keeps_memory_bounded, 0},
     {"read_and_read_exact", read_and_read_exact, 0},
+    {"chan_open_keeps_the_callers_fd_flags", chan_open_keeps_the_callers_fd_flags, 0},
     {"read_exact_keeps_its_bytes_on_a_timeout", read_exact_keeps_its_bytes_on_a_timeout, 0},
     {"buffering_modes", buffering_modes, 0},
     {"writer_that_outruns_its_reader_parks", writer_that_outruns_its_reader_parks, 0},
