@@ -38,10 +38,20 @@ typedef void *(*weft_fn)(void *arg);
 /* Smallest stack accepted by weft_spawn_ex (smaller requests are rounded up). */
 #define WEFT_STACK_MIN (16u * 1024u)
 
+/* Stack overflows: below every stack is a guard gap (one page by default) that no access may
+ * touch; one that does ends the process with "weft: stack overflow in coroutine 'NAME'" on
+ * stderr. A function whose frame is larger than the gap could jump over it into other memory
+ * unless it was compiled with -fstack-clash-protection, which touches every page of a large
+ * frame (or alloca, or VLA) in order: weft, its examples and tests are built with it, and
+ * weft.pc gives it to programs built against weft. Code built without it needs a gap larger
+ * than its largest frame (guard_size). */
 typedef struct weft_spawn_opts {
     const char *name;   /* shown in diagnostics; copied, truncated to 63 bytes; NULL: "co" */
     size_t stack_size;  /* bytes; 0: WEFT_STACK_DEFAULT; rounded up to whole pages */
     int detached;       /* nonzero: freed when it returns, never joined */
+    size_t guard_size;  /* bytes of guard gap below the stack; 0: one page (64 KiB on
+                           aarch64, where compilers probe large frames 64 KiB apart); rounded
+                           up to pages (no gap for WEFT_STACK_GUARD=auto's canary stacks) */
 } weft_spawn_opts;
 
 /* Create a joinable coroutine that will run fn(arg) on the default stack; it first runs when
@@ -249,6 +259,7 @@ typedef struct weft_server_opts {
     size_t maxline;           /* line limit of every client channel (WEFT_MAXLINE_DEFAULT) */
     size_t wbuf;              /* write buffer limit of every client channel (WEFT_WBUF_DEFAULT) */
     size_t stack_size;        /* handler stacks (WEFT_STACK_DEFAULT) */
+    size_t guard_size;        /* guard gap below each handler stack (one page) */
     int keep_fd_limit;        /* nonzero: leave RLIMIT_NOFILE alone (by default the first
                                  server raises the soft limit to the hard one, as Go does,
                                  so thousands of clients need no ulimit) */

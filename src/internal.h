@@ -37,11 +37,13 @@ typedef struct stack {
     void *map;       /* the whole mapping, guard included */
     size_t map_size;
     bool guarded;    /* else a canary at lo, checked whenever its coroutine switches out */
+    size_t guard;    /* bytes of PROT_NONE gap below lo, when guarded (whole pages) */
     unsigned valgrind_id;
 } stack;
 
-/* A stack of at least size bytes, from the pool or a new mapping. NULL/ENOMEM. */
-stack *stack_take(size_t size);
+/* A stack of at least size bytes with a guard gap of guard bytes below it (0: one page;
+ * rounded up to pages), from the pool or a new mapping. NULL/ENOMEM. */
+stack *stack_take(size_t size, size_t guard);
 /* Give s back to the pool (or unmap it when the pool is full). */
 void stack_give(stack *s);
 /* For an unguarded stack: false if its canary was overwritten (the stack overflowed). */

@@ -532,7 +532,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     if (size < WEFT_STACK_MIN)
         size = WEFT_STACK_MIN;
 
-    stack *st = stack_take(size);
+    stack *st = stack_take(size, opts ? opts->guard_size : 0);
     if (!st) {
         errno = ENOMEM;
         return NULL;

@@ -76,6 +76,7 @@ static void start_conn(weft_server *srv, weft_chan *c)
         k->srv = srv;
         k->c = c;
         weft_spawn_opts so = {.name = weft_chan_peer(c), .stack_size = srv->o.stack_size,
+                              .guard_size = srv->o.guard_size,
                               .detached = 1};
         k->co = weft_group_spawn(srv->handlers, conn_main, k, &so);
     }

@@ -30,6 +30,14 @@
 #endif
 #endif
 
+/* The guard gap below a stack. GCC's stack clash probes on aarch64 are 64 KiB apart (it
+ * assumes a guard that large there), one page apart elsewhere. */
+#if defined(__aarch64__)
+#define DEFAULT_GUARD (64 * 1024)
+#else
+#define DEFAULT_GUARD 0 /* one page */
+#endif
+
 /* Pooled stacks are reused as they are (their touched pages stay resident), so the pool is
  * bounded to keep an idle server's memory from staying at its peak. */
 #define POOL_MAX 64
@@ -58,10 +66,10 @@ static size_t page_size(void)
     return v;
 }
 
-static stack *pool_take(size_t size)
+static stack *pool_take(size_t size, size_t guard)
 {
     for (stack **p = &pool_head; *p; p = &(*p)->next_free) {
-        if ((*p)->size == size) {
+        if ((*p)->size == size && (*p)->guard == guard) {
             stack *s = *p;
             *p = s->next_free;
             pool_len--;
@@ -131,17 +139,18 @@ static void stack_unmap(stack *s)
     free(s);
 }
 
-stack *stack_take(size_t size)
+stack *stack_take(size_t size, size_t guard)
 {
     size_t pg = page_size();
     size = (size + pg - 1) & ~(pg - 1);
+    guard = guard ? (guard + pg - 1) & ~(pg - 1) : DEFAULT_GUARD < pg ? pg : DEFAULT_GUARD;
 
     if (stack_fail_next > 0) {
         stack_fail_next--;
         errno = ENOMEM;
         return NULL;
     }
-    stack *s = pool_take(size);
+    stack *s = pool_take(size, guard);
     if (s) {
         if (!s->guarded)
             canary_set(s);
@@ -151,7 +160,8 @@ stack *stack_take(size_t size)
     if (!s)
         return NULL;
     s->guarded = want_guard();
-    s->map_size = size + (s->guarded ? pg : 0);
+    s->guard = guard;
+    s->map_size = size + (s->guarded ? guard : 0);
     s->map = mmap(NULL, s->map_size, PROT_READ | PROT_WRITE,
                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
     if (s->map == MAP_FAILED) {
@@ -161,7 +171,7 @@ stack *stack_take(size_t size)
     }
     /* The guard splits the mapping in two; when the kernel's map count is exhausted this
      * fails with ENOMEM, and so does the spawn. */
-    if (s->guarded && mprotect(s->map, pg, PROT_NONE) != 0) {
+    if (s->guarded && mprotect(s->map, guard, PROT_NONE) != 0) {
         munmap(s->map, s->map_size);
         free(s);
         errno = ENOMEM;
@@ -169,7 +179,7 @@ stack *stack_take(size_t size)
     }
     if (s->guarded)
         atomic_fetch_add(&guarded_stacks, 1);
-    s->lo = (char *)s->map + (s->guarded ? pg : 0);
+    s->lo = (char *)s->map + (s->guarded ? guard : 0);
     s->size = size;
     s->next_free = NULL;
 #ifdef HAVE_VALGRIND
@@ -215,8 +225,8 @@ void stack_pool_drain(void)
 
 /* 64 KiB: enough for the handler even with sanitizers, which run their own code there. */
 #define ALTSTACK_SIZE (64 * 1024)
-/* How far below the guard page a fault still counts as this coroutine's overflow: a frame
- * larger than a page can jump past the guard. */
+/* How far below the guard a fault still counts as this coroutine's overflow: code built
+ * without -fstack-clash-protection can jump past the guard with a large frame. */
 #define OVERFLOW_SLACK (64 * 1024)
 
 static struct sigaction old_segv;
@@ -234,7 +244,7 @@ static void on_segv(int sig, siginfo_t *si, void *uctx)
 
     if (co && co->stack) {
         uintptr_t lo = (uintptr_t)co->stack->lo;
-        if (addr < lo && addr + page_size() + OVERFLOW_SLACK >= lo) {
+        if (addr < lo && addr + co->stack->guard + OVERFLOW_SLACK >= lo) {
             write_str("weft: stack overflow in coroutine '");
             write_str(co->name);
             write_str("' (raise its stack_size in weft_spawn_ex)\n");
