@@ -78,7 +78,7 @@ LIB_OBJ := $(patsubst %,$(O)/%.o,$(LIB_SRC))
 EXAMPLES := echo echo-blocking echo-events chat
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
 
-TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads \
+TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
             test_examples test_chat
 TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
 TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o

@@ -91,6 +91,13 @@ void weft_stop(void);
 /* Number of live (not yet ended) coroutines in this thread's scheduler. */
 size_t weft_count(void);
 
+/* fork(): the child has only the thread that called fork. Its scheduler gets an event backend
+ * of its own and the offload pool starts anew there; the parent's coroutines are never run or
+ * woken in the child (their memory stays as it is). A coroutine that calls fork goes on in
+ * the child as its scheduler's only coroutine, and the child's weft_run returns when it ends.
+ * SIGINT and SIGTERM get back, in the child, the actions they had before
+ * weft_server_stop_on_signals. */
+
 /* ---- Waiting on file descriptors ---------------------------------------------------- */
 /* The building block under channels, for code that drives its own non-blocking fds. */
 

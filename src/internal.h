@@ -88,7 +88,8 @@ void timer_heap_free(timer_heap *h);
 static inline bool timer_armed(const timer *t) { return t->index != SIZE_MAX; }
 
 /* ---- Scheduler (sched.c) ---- */
-enum co_state { CO_READY, CO_RUNNING, CO_PARKED, CO_DONE };
+/* ORPHAN: a coroutine of the parent process, in a child forked from it: never run again. */
+enum co_state { CO_READY, CO_RUNNING, CO_PARKED, CO_DONE, CO_ORPHAN };
 
 typedef struct weft_group weft_group;
 
@@ -116,6 +117,7 @@ struct weft_co {
     bool joined_outside;  /* the thread itself joins it, from outside any coroutine */
     weft_group *group;    /* owning group, if any, and the links of its member list */
     weft_co *group_prev, *group_next;
+    weft_co *all_prev, *all_next; /* every live coroutine of the scheduler (sched->all) */
     weft_fn fn;
     void *arg;
     void *result;
@@ -152,6 +154,7 @@ struct sched {
     timer_heap timers;
     backend *be;
     size_t live;           /* coroutines spawned and not yet ended */
+    weft_co *all;          /* those coroutines, linked through all_next */
     bool stop;
     int loop_depth;        /* nested weft_run/join-from-outside loops */
     const void *main_stack_lo; /* for AddressSanitizer's fiber switch */

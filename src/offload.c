@@ -57,9 +57,37 @@ static void *worker(void *unused)
     return NULL;
 }
 
+/* fork(): the child has none of the pool's threads. Its queue is emptied (the jobs are the
+ * parent's, their coroutines orphans there) and the next call starts new threads. The lock is
+ * held across the fork so that the child's copy is consistent. */
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&pool.mu);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&pool.mu);
+}
+
+static void fork_child(void)
+{
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pool.head = pool.tail = NULL;
+    pool.threads = 0;
+}
+
+static void register_fork_handlers(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
 /* Start the threads on first use (under pool.mu). */
 static int pool_start(void)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_fork_handlers);
     if (pool.threads > 0)
         return 0;
     int n = DEFAULT_THREADS;

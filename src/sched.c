@@ -64,10 +64,19 @@ sched *sched_peek(void)
     return tls_sched;
 }
 
+static void after_fork_child(void);
+
+static void register_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_child);
+}
+
 sched *sched_get(void)
 {
     if (tls_sched)
         return tls_sched;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_fork_handler);
     sched *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
@@ -98,6 +107,26 @@ static void sched_release_if_idle(sched *s)
     buf_pool_drain();
     free(s);
     tls_sched = NULL;
+}
+
+static void all_link(sched *s, weft_co *co)
+{
+    co->all_prev = NULL;
+    co->all_next = s->all;
+    if (s->all)
+        s->all->all_prev = co;
+    s->all = co;
+}
+
+static void all_unlink(sched *s, weft_co *co)
+{
+    if (co->all_prev)
+        co->all_prev->all_next = co->all_next;
+    else
+        s->all = co->all_next;
+    if (co->all_next)
+        co->all_next->all_prev = co->all_prev;
+    co->all_prev = co->all_next = NULL;
 }
 
 static void runq_push(sched *s, weft_co *co)
@@ -233,6 +262,7 @@ static void co_reap(sched *s, weft_co *co)
 #endif
     timer_heap_remove(&s->timers, &co->timer); /* a lazy one may remain */
     s->live--;
+    all_unlink(s, co);
     stack *st = co->stack;
     co->stack = NULL;
     bool free_struct = co->detached && !co->in_stack;
@@ -564,6 +594,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     co->tsan_fiber = __tsan_create_fiber(0);
 #endif
     s->live++;
+    all_link(s, co);
     runq_push(s, co);
     return co;
 }
@@ -692,6 +723,53 @@ void rwait_settle(rwait *r)
 void rwait_end(rwait *r)
 {
     r->s->external_waits--;
+}
+
+/* ---- fork() ----
+ * A child has only the thread that forked, with a copy of its scheduler, whose backend (an
+ * epoll instance, a ring) it shares with the parent: it must neither take the parent's events
+ * nor run copies of the parent's coroutines. So in the child the scheduler gets a backend of
+ * its own, and every coroutine but the one that called fork (if one did) becomes an orphan:
+ * never run, never woken, its memory left as it is (objects may still point into its stack).
+ * The forking coroutine goes on as the only one; when it ends, the child's weft_run returns.
+ * (No registration is removed from the shared instance: the child only closes its copies.) */
+static void after_fork_child(void)
+{
+    sched *s = tls_sched;
+    if (!s)
+        return;
+    weft_co *self = s->current, *next;
+    for (weft_co *co = s->all; co; co = next) {
+        next = co->all_next;
+        if (co != self) {
+            co->state = CO_ORPHAN;
+            co->all_prev = co->all_next = NULL;
+        }
+    }
+    s->all = NULL;
+    s->live = 0;
+    if (self) {
+        all_link(s, self);
+        s->live = 1;
+        self->timer.index = SIZE_MAX;
+    }
+    s->runq_head = s->runq_tail = s->batch = NULL;
+    s->timers.len = 0; /* the orphans' timers go; they are never looked at again */
+    s->external_waits = 0; /* the threads those waits were for do not exist here */
+    s->inbox = NULL;
+    pthread_mutex_init(&s->inbox_mu, NULL);
+    if (s->wake_fd >= 0)
+        close(s->wake_fd);
+    s->wake_fd = -1;
+    s->stop = false;
+    backend_free(s->be);
+    s->be = backend_new(s->backend_reason, sizeof s->backend_reason);
+    if (!s->be) {
+        static const char msg[] = "weft: no event backend in a forked child\n";
+        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)w;
+        abort();
+    }
 }
 
 /* ---- Waiters ---- */

@@ -382,9 +382,48 @@ static void stop_signal_watcher(weft_server *srv)
     }
 }
 
-/* Install the handlers and the pipe, once per process. */
+static struct sigaction sig_old_int, sig_old_term; /* what SIGINT/SIGTERM did before us */
+static void fork_prepare(void);
+static void fork_parent(void);
+static void signals_fork_child(void);
+
+static void register_fork_handlers(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, signals_fork_child);
+}
+
+/* fork(): the child has no watcher (the parent's are orphans there), and the pipe is shared
+ * with the parent, so a signal to the child would only wake the parent's watchers: the child
+ * gets the signals' old actions back and a pipe of its own if it stops on signals again. */
+static void signals_fork_child(void)
+{
+    pthread_mutex_init(&sig_setup, NULL);
+    tls_watcher = NULL;
+    atomic_store(&sig_shutdowns, 0);
+    if (sig_pipe[0] >= 0) {
+        sigaction(SIGINT, &sig_old_int, NULL);
+        sigaction(SIGTERM, &sig_old_term, NULL);
+        close(sig_pipe[0]);
+        close(sig_pipe[1]);
+        sig_pipe[0] = sig_pipe[1] = -1;
+    }
+}
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&sig_setup);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&sig_setup);
+}
+
+/* Install the handlers and the pipe, once per process (again in a forked child). */
 static int signals_setup(void)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_fork_handlers);
     pthread_mutex_lock(&sig_setup);
     int rc = 0;
     if (sig_pipe[0] < 0) {
@@ -392,8 +431,8 @@ static int signals_setup(void)
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_stop_signal;
         sigemptyset(&sa.sa_mask);
-        if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0 || sigaction(SIGINT, &sa, NULL) != 0 ||
-            sigaction(SIGTERM, &sa, NULL) != 0)
+        if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0 ||
+            sigaction(SIGINT, &sa, &sig_old_int) != 0 || sigaction(SIGTERM, &sa, &sig_old_term) != 0)
             rc = -1;
         else
             sched_note_stop_handlers();

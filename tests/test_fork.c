@@ -1,0 +1,243 @@
+/* fork(): the child gets a scheduler and offload pool of its own. The parent's coroutines are
+ * not run there and its events are not taken there; a coroutine that forks goes on, alone, in
+ * the child, and its weft_run returns when it ends. */
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <weft.h>
+
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+#ifdef UNDER_TSAN
+/* A child that starts threads (the offload pool) after the fork of a threaded process is
+ * something ThreadSanitizer refuses by default; weft does it on purpose. */
+const char *__tsan_default_options(void);
+const char *__tsan_default_options(void)
+{
+    return "die_after_fork=0";
+}
+#endif
+
+/* Wait for pid up to about timeout_ms; kill it and fail if it does not end. */
+static int wait_child(pid_t pid, int timeout_ms)
+{
+    int status;
+    for (int waited = 0; waited < timeout_ms; waited += 10) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        CHECK(r >= 0);
+        if (r == pid)
+            return status;
+        usleep(10000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    CHECK(!"the forked child did not end");
+    return -1;
+}
+
+/* ---- A handler that forks ---- */
+
+static pid_t server_pid;
+static pid_t forked_child;
+
+/* Every answer names the process that gave it, so a line taken by the wrong process shows. */
+static void forking_handler(weft_chan *c, void *arg)
+{
+    (void)arg;
+    const char *line;
+    size_t len;
+    while ((line = weft_gets(c, &len)) != NULL) {
+        if (len == 4 && memcmp(line, "fork", 4) == 0) {
+            pid_t pid = fork();
+            CHECK(pid >= 0);
+            if (pid > 0) {
+                forked_child = pid;
+                return; /* the parent lets go of this client: the child has it now */
+            }
+            weft_printf(c, "child %d\n", (int)getpid());
+            continue; /* the child goes on with this client, alone */
+        }
+        weft_printf(c, "%d %.*s\n", (int)getpid(), (int)len, line);
+    }
+}
+
+struct clients {
+    int port;
+};
+
+static void answer(int fd, const char *q, char *out, size_t cap)
+{
+    ask_line(fd, q, out, cap, 20000);
+}
+
+static void *clients_main(void *arg)
+{
+    struct clients *cl = arg;
+    char buf[128], want[128];
+    int b = tcp_connect_loopback(cl->port);
+    snprintf(want, sizeof want, "%d b0", (int)server_pid);
+    answer(b, "b0", buf, sizeof buf);
+    CHECK(strcmp(buf, want) == 0); /* b's handler is parked in the parent from now on */
+
+    int a = tcp_connect_loopback(cl->port);
+    answer(a, "fork", buf, sizeof buf);
+    int child = 0;
+    CHECK(sscanf(buf, "child %d", &child) == 1 && child != (int)server_pid);
+
+    /* The parent serves b; the child (with a copy of b's socket and, before the fix, of the
+     * parent's epoll instance and coroutines) must take none of b's lines. */
+    for (int i = 1; i <= 50; i++) {
+        char q[16];
+        snprintf(q, sizeof q, "b%d", i);
+        snprintf(want, sizeof want, "%d %s", (int)server_pid, q);
+        answer(b, q, buf, sizeof buf);
+        CHECK(strcmp(buf, want) == 0);
+    }
+    /* The child serves a, alone. */
+    for (int i = 0; i < 20; i++) {
+        char q[16];
+        snprintf(q, sizeof q, "a%d", i);
+        snprintf(want, sizeof want, "%d %s", child, q);
+        answer(a, q, buf, sizeof buf);
+        CHECK(strcmp(buf, want) == 0);
+    }
+    close(a); /* the child's handler ends, and with it the child's weft_run */
+    close(b);
+    return NULL;
+}
+
+static int clients_status = -1;
+
+static void *stop_when_clients_done(void *arg)
+{
+    pid_t pid = *(pid_t *)arg;
+    /* Poll for the clients' process to end without blocking the loop. */
+    while (waitpid(pid, &clients_status, WNOHANG) == 0)
+        CHECK(weft_sleep(5) == 0);
+    weft_stop();
+    return NULL;
+}
+
+static void a_handler_that_forks_keeps_its_client_and_takes_nothing_else(void)
+{
+#ifdef UNDER_TSAN
+    /* TSan keeps the forking fiber as the child's only thread and takes the switch back to
+     * the thread's own stack for one to a finished thread: it cannot follow a fork made in a
+     * coroutine (ASan and valgrind run this test). */
+    printf("  skipped under ThreadSanitizer: fork from inside a fiber\n");
+    return;
+#endif
+    server_pid = getpid();
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    struct clients cl = {weft_listener_port(l)};
+    weft_server *s = weft_server_start(l, forking_handler, NULL);
+    CHECK(s);
+    /* The clients run in a process of their own: a thread of ours would leave copies of its
+     * sockets in the child the handler forks, and closing a would not end a's stream. */
+    pid_t clients = fork();
+    CHECK(clients >= 0);
+    if (clients == 0) {
+        clients_main(&cl);
+        _exit(0);
+    }
+    weft_spawn_opts o = {.detached = 1};
+    CHECK(weft_spawn_ex(stop_when_clients_done, &clients, &o));
+    int rc = weft_run();
+    if (getpid() != server_pid) {
+        /* The child: its one coroutine (the forking handler) ended when a closed, so its
+         * weft_run returned 0 with nothing left to run. */
+        _exit(rc == 0 && weft_count() == 0 ? 0 : 1);
+    }
+    CHECK(rc == 0);
+    CHECK(WIFEXITED(clients_status) && WEXITSTATUS(clients_status) == 0);
+    CHECK(forked_child > 0);
+    int status = wait_child(forked_child, 20000);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(weft_server_close(s) == 0);
+}
+
+/* ---- A fresh pool and scheduler in the child ---- */
+
+static void *identity(void *arg)
+{
+    return arg;
+}
+
+static int child_port;
+static bool child_ok;
+
+static void *child_work(void *arg)
+{
+    (void)arg;
+    void *r = NULL;
+    CHECK(weft_offload(identity, (void *)(intptr_t)42, &r) == 0 && (intptr_t)r == 42);
+    char addr[64];
+    snprintf(addr, sizeof addr, "localhost:%d", child_port); /* a lookup on the pool */
+    weft_chan *c = weft_connect(addr, weft_now() + 10000);
+    CHECK(c && weft_close(c) == 0);
+    child_ok = true;
+    return NULL;
+}
+
+static bool ran_in_child;
+
+static void *must_not_run_in_the_child(void *arg)
+{
+    (void)arg;
+    if (getpid() != server_pid)
+        ran_in_child = true;
+    return NULL;
+}
+
+static void a_forked_child_gets_its_own_pool_and_scheduler(void)
+{
+    server_pid = getpid();
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    child_port = weft_listener_port(l);
+    void *r;
+    weft_co *w = weft_spawn(child_work, NULL); /* the pool and scheduler exist in the parent */
+    CHECK(w && weft_join(w, &r, -1) == 0 && child_ok);
+    child_ok = false;
+    CHECK(weft_offload(identity, NULL, &r) == 0);
+
+    /* Coroutines spawned but not run yet, and one parked: the child runs none of them. */
+    weft_co *pending = weft_spawn(must_not_run_in_the_child, NULL);
+    CHECK(pending);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        bool ok = weft_count() == 0 && weft_run() == 0 && !ran_in_child;
+        weft_co *cw = weft_spawn(child_work, NULL);
+        ok = ok && cw && weft_join(cw, NULL, -1) == 0 && child_ok;
+        _exit(ok ? 0 : 1);
+    }
+    int status = wait_child(pid, 20000);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(weft_join(pending, NULL, -1) == 0); /* the parent's still runs, here */
+    weft_listener_close(l);
+}
+
+const struct test tests[] = {
+    {"a_handler_that_forks_keeps_its_client_and_takes_nothing_else",
+     a_handler_that_forks_keeps_its_client_and_takes_nothing_else, 0},
+    {"a_forked_child_gets_its_own_pool_and_scheduler",
+     a_forked_child_gets_its_own_pool_and_scheduler, 0},
+};
+const size_t tests_count = sizeof tests / sizeof tests[0];
