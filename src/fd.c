@@ -86,6 +86,10 @@ int weft_wait_fd(int fd, int events, int64_t deadline)
         errno = EINVAL;
         return -1;
     }
+    if (fd < 0) { /* poll() would ignore it and sleep until the deadline */
+        errno = EBADF;
+        return -1;
+    }
     return fd_wait(fd, events, deadline);
 }
 

@@ -21,6 +21,7 @@ struct weft_listener {
     int port;
     int users;
     bool closed;
+    bool accepting;     /* a coroutine waits in weft_accept: a second one gets EBUSY */
     char addr[128];
     char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 };
@@ -234,8 +235,13 @@ static int listen_inet(weft_listener *l, const parsed_addr *pa, int backlog, boo
                 break;
             l->fd = listen_one(ai, backlog, reuseport);
         }
+        /* IPv4 alone only where IPv6 is missing: a port taken on [::] stays taken. */
+        if (l->fd < 0 && pa->wildcard && errno != EAFNOSUPPORT && errno != EADDRNOTAVAIL)
+            break;
     }
+    int err = errno;
     freeaddrinfo(res);
+    errno = err;
     if (l->fd < 0)
         return -1;
     struct sockaddr_storage ss;
@@ -320,6 +326,39 @@ static weft_chan *accepted(int fd, const struct sockaddr_storage *ss, socklen_t 
     return c;
 }
 
+/* Wait until l is readable (or, on io_uring, accept there): one coroutine at a time, as
+ * epoll's slots also enforce, on either backend. -1 with errno; EBADF: l may be gone. */
+static int accept_wait(weft_listener *l, struct sockaddr_storage *ss, socklen_t *len,
+                       int64_t deadline)
+{
+    if (l->accepting) {
+        errno = EBUSY;
+        return -1;
+    }
+    l->users++;
+    l->accepting = true;
+    int fd;
+    if (io_ops_available()) { /* io_uring: the accept itself waits */
+        unsigned ulen = sizeof *ss;
+        fd = io_accept(l->fd, ss, &ulen, deadline);
+        *len = ulen;
+        if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            /* A kernel that honours O_NONBLOCK inside io_uring: wait for readiness. */
+            fd = fd_wait(l->fd, WEFT_READABLE, deadline) == 0 ? -2 : -1;
+    } else {
+        fd = fd_wait(l->fd, WEFT_READABLE, deadline) == 0 ? -2 : -1;
+    }
+    int err = errno;
+    l->accepting = false;
+    if (listener_leave(l, 0) != 0) { /* closed meanwhile */
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    errno = err;
+    return fd; /* -2: readable now, try again */
+}
+
 weft_chan *weft_accept(weft_listener *l, int64_t deadline)
 {
     for (;;) {
@@ -329,31 +368,12 @@ weft_chan *weft_accept(weft_listener *l, int64_t deadline)
         socklen_t len = sizeof ss;
         int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            l->users++;
-            if (io_ops_available()) { /* io_uring: the accept itself waits */
-                len = sizeof ss;
-                unsigned ulen = len;
-                fd = io_accept(l->fd, &ss, &ulen, deadline);
-                len = ulen;
-                int err = errno;
-                if (listener_leave(l, 0) != 0) { /* closed meanwhile */
-                    if (fd >= 0)
-                        close(fd);
-                    return NULL;
-                }
-                errno = err;
-                if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                    /* A kernel that honours O_NONBLOCK inside io_uring: wait for readiness. */
-                    l->users++;
-                    if (listener_leave(l, fd_wait(l->fd, WEFT_READABLE, deadline)) != 0)
-                        return NULL;
-                    continue;
-                }
-            } else if (listener_leave(l, fd_wait(l->fd, WEFT_READABLE, deadline)) != 0) {
-                return NULL;
-            } else {
+            fd = accept_wait(l, &ss, &len, deadline);
+            if (fd == -2)
                 continue;
-            }
+            if (fd < 0 && (errno == EBADF || errno == EBUSY || errno == ETIMEDOUT ||
+                           errno == ECANCELED))
+                return NULL; /* (EBADF: l may be gone) */
         }
         if (fd >= 0)
             return accepted(fd, &ss, len);

@@ -228,6 +228,74 @@ static void ports_past_65535_are_refused(void)
     CHECK(l ? weft_listener_close(l) == 0 : errno != EINVAL);
 }
 
+/* A second coroutine accepting on the same listener is refused (EBUSY) on either backend,
+ * and the first still gets its client. */
+static void *accept_one(void *arg)
+{
+    weft_chan *c = weft_accept(arg, weft_now() + 10000);
+    CHECK(c && weft_close(c) == 0);
+    return NULL;
+}
+
+static void *accept_second(void *arg)
+{
+    CHECK(weft_accept(arg, weft_now() + 10000) == NULL && errno == EBUSY);
+    return NULL;
+}
+
+static void a_second_accept_on_one_listener_is_refused(void)
+{
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    weft_co *a = weft_spawn(accept_one, l), *b = weft_spawn(accept_second, l);
+    CHECK(a && b && weft_join(b, NULL, -1) == 0);
+    int fd = tcp_connect_loopback(weft_listener_port(l));
+    CHECK(weft_join(a, NULL, -1) == 0);
+    close(fd);
+    CHECK(weft_listener_close(l) == 0);
+}
+
+/* weft_wait_fd on a negative descriptor fails with EBADF, inside a coroutine and outside. */
+static void *wait_on_minus_one(void *arg)
+{
+    (void)arg;
+    CHECK(weft_wait_fd(-1, WEFT_READABLE, weft_now() + 1000) == -1 && errno == EBADF);
+    return NULL;
+}
+
+static void wait_fd_on_a_bad_descriptor_is_ebadf(void)
+{
+    CHECK(weft_wait_fd(-1, WEFT_READABLE, -1) == -1 && errno == EBADF);
+    CHECK(weft_wait_fd(-5, WEFT_WRITABLE, weft_now() + 1000) == -1 && errno == EBADF);
+    weft_co *co = weft_spawn(wait_on_minus_one, NULL);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
+}
+
+/* "*:port" means both families; when [::]:port is taken it fails, rather than quietly
+ * listening on IPv4 alone. */
+static void wildcard_does_not_fall_back_to_ipv4_when_ipv6_is_taken(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    if (fd < 0) {
+        printf("  skipped: no IPv6 here\n");
+        return;
+    }
+    int one = 1;
+    CHECK(setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) == 0);
+    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_ANY_INIT};
+    socklen_t len = sizeof sin6;
+    CHECK(bind(fd, (struct sockaddr *)&sin6, sizeof sin6) == 0 && listen(fd, 1) == 0);
+    CHECK(getsockname(fd, (struct sockaddr *)&sin6, &len) == 0);
+    char addr[32];
+    snprintf(addr, sizeof addr, "*:%d", ntohs(sin6.sin6_port));
+    errno = 0;
+    weft_listener *l = weft_listen(addr, 0);
+    CHECK(l == NULL && errno == EADDRINUSE);
+    close(fd);
+    l = weft_listen(addr, 0); /* free again: both families on one socket */
+    CHECK(l && weft_listener_close(l) == 0);
+}
+
 static void *connect_in_time(void *arg)
 {
     const char *addr = arg;
@@ -289,5 +357,9 @@ const struct test tests[] = {
     {"connect_errors", connect_errors, 0},
     {"connect_times_out", connect_times_out, 0},
     {"ports_past_65535_are_refused", ports_past_65535_are_refused, 0},
+    {"a_second_accept_on_one_listener_is_refused", a_second_accept_on_one_listener_is_refused, 0},
+    {"wait_fd_on_a_bad_descriptor_is_ebadf", wait_fd_on_a_bad_descriptor_is_ebadf, 0},
+    {"wildcard_does_not_fall_back_to_ipv4_when_ipv6_is_taken",
+     wildcard_does_not_fall_back_to_ipv4_when_ipv6_is_taken, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
