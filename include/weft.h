@@ -287,14 +287,18 @@ weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg
 /* Same with options (NULL or 0 fields: defaults). EINVAL, ENOMEM. */
 weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *arg,
                                   const weft_server_opts *opts);
-/* Graceful shutdown (EALREADY if s is already stopping): stop accepting, close the listener; give handlers grace_ms (-1:
- * WEFT_GRACE_DEFAULT) to end; then stop their input: reads return what has already arrived and
- * then fail with ECANCELED instead of waiting, so every line a client got in is answered; after
- * a further write timeout, cancel what is left. Returns when every handler has ended, and
- * frees s. From a coroutine or outside one (then it runs the scheduler meanwhile). */
+/* Graceful shutdown (EALREADY if s is already stopping): stop accepting, take the clients
+ * already waiting in the listen backlog, close the listener; give handlers grace_ms (-1:
+ * WEFT_GRACE_DEFAULT) to end, starting the backlog's clients as slots free; then stop their
+ * input (and start any backlog client left, input stopped): reads return what has already
+ * arrived and then fail with ECANCELED instead of waiting, so every line a client got in
+ * before the shutdown is answered; after a further write timeout, cancel what is left.
+ * Returns when every handler has ended, and frees s. From a coroutine or outside one (then
+ * it runs the scheduler meanwhile). */
 int weft_server_shutdown(weft_server *s, int64_t grace_ms);
-/* Stop accepting, close the listener and free s once its running handlers have gone on to
- * their end. EALREADY if s is already stopping. */
+/* Stop accepting, take the clients waiting in the listen backlog, close the listener, and
+ * free s once its handlers (the backlog's started as slots free) have gone on to their end.
+ * EALREADY if s is already stopping. */
 int weft_server_close(weft_server *s);
 /* On the first SIGINT or SIGTERM, shut s down gracefully (weft_server_shutdown with grace_ms);
  * a second one ends the process at once. At most one such server per thread; every thread's

@@ -415,5 +415,8 @@ typedef struct parsed_addr {
 int net_parse_addr(const char *addr, parsed_addr *pa);
 /* weft_listen, optionally with SO_REUSEPORT so several threads can listen on one port. */
 weft_listener *net_listen(const char *addr, int backlog, bool reuseport);
+/* Accept a connection already waiting, without waiting: a channel, or NULL with errno
+ * (EAGAIN: none is waiting). */
+weft_chan *net_accept_now(weft_listener *l);
 
 #endif

@@ -359,6 +359,19 @@ static int accept_wait(weft_listener *l, struct sockaddr_storage *ss, socklen_t 
     return fd; /* -2: readable now, try again */
 }
 
+weft_chan *net_accept_now(weft_listener *l)
+{
+    for (;;) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            return accepted(fd, &ss, len);
+        if (errno != EINTR && errno != ECONNABORTED)
+            return NULL;
+    }
+}
+
 weft_chan *weft_accept(weft_listener *l, int64_t deadline)
 {
     for (;;) {

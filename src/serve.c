@@ -40,6 +40,10 @@ struct weft_server {
     int64_t signal_grace_ms; /* for a shutdown started by SIGINT/SIGTERM */
     int signal_generation;   /* of signals when the watcher started */
     weft_server_stats st;
+    /* Clients the kernel had already connected when the server stopped accepting (its
+     * listen backlog), accepted then, waiting for a handler: [pending_at, npending). */
+    weft_chan **pending;
+    size_t npending, pending_at;
 };
 
 static void conn_unlink(weft_server *srv, conn *k)
@@ -208,7 +212,28 @@ void weft_server_get_stats(const weft_server *srv, weft_server_stats *st)
 
 static void stop_signal_watcher(weft_server *srv);
 
-/* End the accept loop and close the listener. */
+/* Take every connection waiting in the listen backlog, without waiting: closing the listener
+ * would reset them, losing what their clients already sent. No switch happens between the
+ * last accept and the close, so only a handshake that completes in between is lost. */
+static void drain_backlog(weft_server *srv)
+{
+    size_t cap = 0;
+    weft_chan *c;
+    while ((c = net_accept_now(srv->l)) != NULL) {
+        if (srv->npending == cap) {
+            cap = cap ? cap * 2 : 16;
+            weft_chan **p = realloc(srv->pending, cap * sizeof *p);
+            if (!p) {
+                weft_close(c); /* no memory: this one (and those after it) pay */
+                break;
+            }
+            srv->pending = p;
+        }
+        srv->pending[srv->npending++] = c;
+    }
+}
+
+/* End the accept loop, take what waits in the backlog, and close the listener. */
 static int stop_accepting(weft_server *srv)
 {
     stop_signal_watcher(srv);
@@ -220,23 +245,56 @@ static int stop_accepting(weft_server *srv)
         sched_park_nocancel(weft_now() + 1);
     int rc = 0;
     srv->acceptor = NULL;
+    drain_backlog(srv);
     if (weft_listener_close(srv->l) != 0)
         rc = -1;
     return rc;
+}
+
+/* Give backlog clients a handler: while there are free slots, or all of them (force), with
+ * their input stopped (stop_input) so that they answer what was sent and end. */
+static void start_pending(weft_server *srv, bool force, bool stop_input)
+{
+    while (srv->pending_at < srv->npending && (force || srv->st.active < srv->o.max_conns)) {
+        weft_chan *c = srv->pending[srv->pending_at++];
+        if (stop_input)
+            chan_stop_input(c);
+        start_conn(srv, c);
+    }
+}
+
+/* Start backlog clients as handlers end, until none is left (0) or the deadline (-1). */
+static int serve_pending(weft_server *srv, int64_t deadline)
+{
+    for (;;) {
+        start_pending(srv, false, false);
+        if (srv->pending_at == srv->npending)
+            return 0;
+        srv->slot_waiter = weft_self();
+        int rc = sched_park(deadline);
+        srv->slot_waiter = NULL;
+        if (rc != 0)
+            return -1;
+    }
 }
 
 /* Close the (empty, or cancelled and drained) group and free the server. */
 static void server_free(weft_server *srv)
 {
     weft_group_close(srv->handlers);
+    while (srv->pending_at < srv->npending) /* (only if starting them failed) */
+        weft_close(srv->pending[srv->pending_at++]);
+    free(srv->pending);
     free(srv);
 }
 
-/* After a plain close: wait for the handlers to end on their own, then free the server. */
+/* After a plain close: serve the backlog's clients as slots free, wait for the handlers to
+ * end on their own, then free the server. Nobody can cancel us: no one holds our handle. */
 static void *reap_when_done(void *p)
 {
     weft_server *srv = p;
-    weft_group_wait(srv->handlers, -1); /* nobody can cancel us: no one holds our handle */
+    serve_pending(srv, -1);
+    weft_group_wait(srv->handlers, -1);
     server_free(srv);
     return NULL;
 }
@@ -249,7 +307,7 @@ int weft_server_close(weft_server *srv)
     }
     srv->shutting_down = true; /* from now on, one way out only */
     int rc = stop_accepting(srv);
-    if (weft_group_count(srv->handlers) == 0) {
+    if (weft_group_count(srv->handlers) == 0 && srv->npending == 0) {
         server_free(srv);
         return rc;
     }
@@ -264,13 +322,18 @@ static int64_t after(int64_t ms)
     return ms < 0 ? -1 : weft_now() + ms;
 }
 
+/* Backlog clients are served like the others: as slots free within the grace period, and
+ * those still waiting at its end with their input stopped, so every line they sent before
+ * the shutdown is answered too. */
 static void *shutdown_main(void *p)
 {
     weft_server *srv = p;
     int rc = stop_accepting(srv);
-    if (weft_group_wait(srv->handlers, after(srv->grace_ms)) != 0) {
+    int64_t grace = after(srv->grace_ms);
+    if (serve_pending(srv, grace) != 0 || weft_group_wait(srv->handlers, grace) != 0) {
         for (conn *k = srv->conns; k; k = k->next)
             chan_stop_input(k->c);
+        start_pending(srv, true, true);
         weft_group_wait(srv->handlers, after(srv->o.write_timeout_ms));
     }
     server_free(srv); /* cancels what is left and waits for it */
