@@ -91,6 +91,11 @@ void weft_stop(void);
 /* Number of live (not yet ended) coroutines in this thread's scheduler. */
 size_t weft_count(void);
 
+/* A thread that ends with coroutines still alive: they are cancelled (joinable ones become
+ * detached) and its scheduler runs, for at most a second, while they end and close what they
+ * hold; then whatever is left is freed (stacks, backend, descriptors of the scheduler itself),
+ * and coroutines that still had not ended never run again. */
+
 /* fork(): the child has only the thread that called fork. Its scheduler gets an event backend
  * of its own and the offload pool starts anew there; the parent's coroutines are never run or
  * woken in the child (their memory stays as it is). A coroutine that calls fork goes on in

@@ -254,7 +254,7 @@ int offload_call(void *(*fn)(void *), void *arg, void **result,
 
 /* ---- Name resolution (net.c) ---- */
 /* Tests: delay every resolver call by this many ms, to prove a slow resolver stalls nothing. */
-extern unsigned net_resolve_delay_ms;
+extern _Atomic unsigned net_resolve_delay_ms;
 
 /* ---- Groups (group.c) ---- */
 /* Called by the scheduler when a coroutine that belongs to a group ends. */

@@ -105,7 +105,7 @@ bad:
     return -1;
 }
 
-unsigned net_resolve_delay_ms;
+_Atomic unsigned net_resolve_delay_ms;
 
 struct resolve_job {
     const char *host, *port;

@@ -65,10 +65,13 @@ sched *sched_peek(void)
 }
 
 static void after_fork_child(void);
+static void at_thread_exit(void *p);
+static pthread_key_t exit_key; /* its value: the thread's scheduler, for at_thread_exit */
 
-static void register_fork_handler(void)
+static void process_init(void)
 {
     pthread_atfork(NULL, NULL, after_fork_child);
+    pthread_key_create(&exit_key, at_thread_exit);
 }
 
 sched *sched_get(void)
@@ -76,7 +79,7 @@ sched *sched_get(void)
     if (tls_sched)
         return tls_sched;
     static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, register_fork_handler);
+    pthread_once(&once, process_init);
     sched *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
@@ -89,6 +92,7 @@ sched *sched_get(void)
     s->wake_fd = -1;
     pthread_mutex_init(&s->inbox_mu, NULL);
     tls_sched = s;
+    pthread_setspecific(exit_key, s);
     return s;
 }
 
@@ -98,6 +102,7 @@ static void sched_release_if_idle(sched *s)
 {
     if (s->live || s->loop_depth || s->current || s->external_waits)
         return; /* (a wake-up from another thread may be on its way to the inbox) */
+    pthread_setspecific(exit_key, NULL);
     backend_free(s->be);
     if (s->wake_fd >= 0)
         close(s->wake_fd);
@@ -723,6 +728,46 @@ void rwait_settle(rwait *r)
 void rwait_end(rwait *r)
 {
     r->s->external_waits--;
+}
+
+/* ---- Thread exit ----
+ * A thread that ends while coroutines of its scheduler are parked would leave the scheduler
+ * (backend descriptors, ring, stacks) behind for good. So at its exit they are cancelled and
+ * the loop runs until they have ended, letting them close what they hold (a server's
+ * handlers close their channels) -- for at most EXIT_GRACE_MS. Those that still have not
+ * ended are dropped: their stacks freed, what they hold left as it is. Only a scheduler that
+ * another thread still owes a wake-up is left entirely, as freeing it would be unsafe. */
+#define EXIT_GRACE_MS 1000
+
+static void co_drop(sched *s, weft_co *co);
+
+static void at_thread_exit(void *p)
+{
+    sched *s = p;
+    if (s != tls_sched || s->current)
+        return; /* (pthread_exit from inside a coroutine: nothing can be unwound safely) */
+    for (weft_co *co = s->all; co; co = co->all_next) {
+        if (!co->joiner) /* (one being joined is freed by its joiner) */
+            co->detached = true; /* nobody can join it after this thread: it frees itself */
+        weft_cancel(co);
+    }
+    int64_t deadline = weft_now() + EXIT_GRACE_MS;
+    s->loop_depth++;
+    while (s->live > 0 && weft_now() < deadline && loop_turn(s, true, deadline) == 0) {
+    }
+    s->loop_depth--;
+    if (s->external_waits)
+        return;
+    while (s->all)
+        co_drop(s, s->all);
+    sched_release_if_idle(s);
+}
+
+/* Free a coroutine that will never run again (thread exit), as if it had ended. */
+static void co_drop(sched *s, weft_co *co)
+{
+    co->state = CO_DONE;
+    co_reap(s, co); /* (detached by at_thread_exit: its struct goes too) */
 }
 
 /* ---- fork() ----

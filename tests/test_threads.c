@@ -338,6 +338,52 @@ static void tqueue_waits_outside_a_coroutine_run_the_scheduler(void)
     CHECK(weft_tqueue_free(q) == 0);
 }
 
+/* A thread that ends with coroutines parked frees its scheduler: they are cancelled and
+ * close what they hold; the backend's descriptors and the stacks go. */
+static void *read_until_cancelled(void *arg)
+{
+    weft_chan *c = weft_chan_open(*(int *)arg);
+    CHECK(c);
+    size_t len;
+    CHECK(weft_gets(c, &len) == NULL && errno == ECANCELED);
+    weft_close(c); /* its descriptor goes with it */
+    return NULL;
+}
+
+static void *sleep_forever(void *arg)
+{
+    (void)arg;
+    while (weft_sleep(1000000) == 0) {
+    }
+    return NULL;
+}
+
+static void *thread_leaving_parked_coroutines(void *arg)
+{
+    int *fds = arg;
+    weft_spawn_opts o = {.detached = 1};
+    CHECK(weft_spawn_ex(read_until_cancelled, &fds[0], &o));
+    CHECK(weft_spawn(sleep_forever, NULL)); /* joinable, never joined */
+    CHECK(weft_yield() == 0); /* both run and park */
+    CHECK(weft_count() == 2);
+    return NULL; /* ends with both parked */
+}
+
+static void a_thread_that_ends_with_coroutines_parked_frees_its_scheduler(void)
+{
+    int before = count_open_fds();
+    int n = test_scale(300);
+    for (int i = 0; i < n; i++) {
+        int p[2];
+        CHECK(pipe(p) == 0);
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, thread_leaving_parked_coroutines, p) == 0);
+        CHECK(pthread_join(t, NULL) == 0);
+        close(p[1]); /* (p[0] was closed by its coroutine, cancelled at the thread's exit) */
+    }
+    CHECK(count_open_fds() == before); /* no backend, ring, eventfd or pipe left behind */
+}
+
 /* ---- weft_serve_threads ---- */
 
 static pthread_t served_by[2];
@@ -453,6 +499,8 @@ const struct test tests[] = {
     {"tqueue_ping_pong_between_schedulers", tqueue_ping_pong_between_schedulers, 120},
     {"tqueue_with_plain_threads", tqueue_with_plain_threads, 0},
     {"tqueue_timeouts_cancel_and_close", tqueue_timeouts_cancel_and_close, 0},
+    {"a_thread_that_ends_with_coroutines_parked_frees_its_scheduler",
+     a_thread_that_ends_with_coroutines_parked_frees_its_scheduler, 0},
     {"tqueue_waits_outside_a_coroutine_run_the_scheduler",
      tqueue_waits_outside_a_coroutine_run_the_scheduler, 20},
     {"serve_threads_spreads_clients_over_loops", serve_threads_spreads_clients_over_loops, 120},
