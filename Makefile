@@ -7,7 +7,8 @@
 #   CC=...           compiler; e.g. aarch64-linux-gnu-gcc or riscv64-linux-gnu-gcc to cross build
 #   CTX=auto|asm|ucontext   context switch: hand-written assembly where there is one
 #   SAN=1            AddressSanitizer + UndefinedBehaviorSanitizer
-#   TSAN=1           ThreadSanitizer (the multi-thread tests: make test-threads TSAN=1)
+#   TSAN=1           ThreadSanitizer
+#   TESTS="..."      run only these test programs (e.g. TESTS="test_threads test_fork")
 #   RUN="..."        prefix to run built programs (e.g. "qemu-riscv64 -L /usr/riscv64-linux-gnu")
 #   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install`
 

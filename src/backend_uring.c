@@ -24,6 +24,30 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+/* ThreadSanitizer does not see liburing map and unmap a ring (raw system calls), so when a
+ * thread's ring is unmapped and another thread's new ring lands at the same address, it takes
+ * the new owner's writes for races with the old owner's. They are not: the kernel unmapped
+ * the one before it mapped the other. A release when a ring goes and an acquire when one is
+ * made, on one address, tell TSan exactly that ordering (confirmed with 200 short-lived
+ * threads: reports in io_uring_prep_rw on two threads' sqes, none with this). */
+#if defined(__SANITIZE_THREAD__)
+#define WEFT_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define WEFT_TSAN 1
+#endif
+#endif
+#ifdef WEFT_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+static char ring_lifetimes; /* the sync object */
+#define RING_MAPPED() __tsan_acquire(&ring_lifetimes)
+#define RING_UNMAPPED() __tsan_release(&ring_lifetimes)
+#else
+#define RING_MAPPED() ((void)0)
+#define RING_UNMAPPED() ((void)0)
+#endif
+
 #define RING_ENTRIES 256
 #define CQ_ENTRIES 16384
 #define MAX_TASKRUN_ENTERS 256 /* per turn; each runs about 20 completions */
@@ -67,6 +91,7 @@ static struct io_uring_sqe *get_sqe(uring_backend *u)
 static void uring_free(backend *b)
 {
     uring_backend *u = (uring_backend *)b;
+    RING_UNMAPPED();
     io_uring_queue_exit(&u->ring);
     slot_table_free(&u->fds);
     free(u);
@@ -385,6 +410,7 @@ backend *uring_backend_new(void)
         errno = -rc;
         return NULL;
     }
+    RING_MAPPED();
     u->base.ops = &uring_ops;
     u->wakeup_fd = -1;
     return &u->base;
