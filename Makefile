@@ -6,7 +6,8 @@
 #   O=dir            build directory (default build); use one per configuration
 #   CC=...           compiler; e.g. aarch64-linux-gnu-gcc or riscv64-linux-gnu-gcc to cross build
 #   CTX=auto|asm|ucontext   context switch: hand-written assembly where there is one
-#   SAN=1            AddressSanitizer + UndefinedBehaviorSanitizer
+#   SAN=1            AddressSanitizer + UndefinedBehaviorSanitizer (and the internal checks)
+#   DEBUG=1          the internal invariant checks (WEFT_ASSERT) alone
 #   TSAN=1           ThreadSanitizer
 #   TESTS="..."      run only these test programs (e.g. TESTS="test_threads test_fork")
 #   RUN="..."        prefix to run built programs (e.g. "qemu-riscv64 -L /usr/riscv64-linux-gnu")
@@ -51,6 +52,9 @@ ifeq ($(URING),1)
   PC_PRIVATE := -luring
 endif
 
+ifneq ($(SAN)$(TSAN)$(DEBUG),)
+  CPPFLAGS += -DWEFT_DEBUG  # internal invariant checks (WEFT_ASSERT)
+endif
 ifneq ($(SAN),)
   ALL_CFLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
@@ -60,8 +64,9 @@ ifneq ($(TSAN),)
   LDFLAGS += -fsanitize=thread
 endif
 
-LIB_SRC := src/sched.c src/stack.c src/buf.c src/timer.c src/backend.c src/backend_epoll.c \
-           src/backend_uring.c src/fd.c src/chan.c \
+LIB_SRC := src/stack.c src/buf.c src/timer.c src/addr.c src/check.c \
+           src/backend.c src/backend_epoll.c src/backend_uring.c \
+           src/sched.c src/wait.c src/inbox.c src/fd.c src/sock.c src/chan.c src/chan_hold.c \
            src/sync.c src/group.c src/offload.c src/tqueue.c \
            src/net.c src/serve.c
 ifeq ($(CTX),ucontext)
@@ -102,7 +107,7 @@ lib: $(O)/libweft.a $(O)/libweft.so
 examples: $(EX_BIN)
 tests: $(TEST_BIN) $(O)/tests/echoload $(O)/tests/soak
 
-$(O)/%.c.o: %.c include/weft.h src/internal.h Makefile
+$(O)/%.c.o: %.c include/weft.h src/internal.h src/transport.h src/chan.h Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 

@@ -1,17 +1,13 @@
-/* The io_uring backend. Reads, sends and accepts that found nothing to do (EAGAIN) are
- * submitted as operations: the coroutine parks, and the completion carries the data, the
- * count or the new fd, so no readiness round trip and retry is needed; connects too, from
- * the start. (The channel layer waits for readiness instead when a socket has nothing
- * buffered: see read_some in chan.c.) Other waits (weft_wait_fd) use polls: for input one
- * multishot poll per fd, armed at its first wait, which like epoll's edge-triggered
- * registration posts a completion per arrival; for output a one-shot poll. The loop submits
- * everything queued in a turn in the one io_uring_enter that also waits for completions: one
- * system call per turn however many coroutines wait. A poll's completion carries the fd, the
- * direction and a generation, so one that completes after its fd was forgotten (and the
- * number reused) is dropped; an operation's carries a pointer to its state on the waiting
- * coroutine's stack, which stays valid because the coroutine never leaves before that
- * completion arrives. Built when liburing is there; elsewhere uring_backend_new says ENOSYS
- * and the scheduler uses epoll. */
+/* The io_uring backend. Watching an fd for input arms one multishot poll, which like epoll's
+ * edge-triggered registration posts a completion per arrival, so a wait for input costs no
+ * submission; output is watched with a one-shot poll per wait. Operations (reads, sends,
+ * accepts, connects) are submitted as such, and their completion carries the result. The loop
+ * submits everything queued in a turn in the one io_uring_enter that also waits for
+ * completions: one system call per turn however many coroutines wait. A poll's completion
+ * carries the fd, the direction and a generation, so one that completes after its fd was
+ * forgotten (and the number reused) is dropped; an operation's carries the io_op's address,
+ * which stays valid until its callback has run. Built when liburing is there; elsewhere
+ * uring_backend_new says ENOSYS and the scheduler uses epoll. */
 #include "internal.h"
 
 #include <errno.h>
@@ -22,6 +18,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 /* ThreadSanitizer does not see liburing map and unmap a ring (raw system calls), so when a
@@ -51,23 +48,46 @@ static char ring_lifetimes; /* the sync object */
 #define RING_ENTRIES 256
 #define CQ_ENTRIES 16384
 #define MAX_TASKRUN_ENTERS 256 /* per turn; each runs about 20 completions */
-#define UD_WAKEUP UINT64_MAX        /* the scheduler's eventfd */
-#define UD_IGNORE (UINT64_MAX - 1)  /* cancellations: their completions mean nothing */
-#define UD_OP (1ull << 62)          /* an operation: the rest is a pointer to its state */
+#define UD_IGNORE UINT64_MAX   /* cancellations: their completions mean nothing */
+#define UD_OP (1ull << 62)     /* an operation: the rest is its io_op's address */
 
-/* An operation in flight, on its coroutine's stack. */
-typedef struct uop {
-    weft_co *co;
-    int res;
-    bool done;
-} uop;
+/* What the backend knows of an fd. */
+typedef struct ufd {
+    io_watcher *w;     /* who hears its polls */
+    bool read_armed;   /* a multishot poll for input is active */
+    bool write_armed;  /* a poll for output is in flight */
+    uint32_t gen;      /* bumped when the fd is forgotten, to drop stale polls */
+    unsigned ops;      /* operations in flight on it */
+} ufd;
 
 typedef struct uring_backend {
     backend base;
     struct io_uring ring;
-    slot_table fds;
-    int wakeup_fd;
+    ufd *fds;          /* by fd */
+    size_t n;
 } uring_backend;
+
+static ufd *ufd_get(uring_backend *u, int fd)
+{
+    if (fd < 0) {
+        errno = EBADF;
+        return NULL;
+    }
+    if ((size_t)fd >= u->n) {
+        size_t n = u->n ? u->n : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        ufd *f = realloc(u->fds, n * sizeof *f);
+        if (!f) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        memset(f + u->n, 0, (n - u->n) * sizeof *f);
+        u->fds = f;
+        u->n = n;
+    }
+    return &u->fds[fd];
+}
 
 static uint64_t user_data(uint32_t gen, int fd, int dir)
 {
@@ -93,113 +113,72 @@ static void uring_free(backend *b)
     uring_backend *u = (uring_backend *)b;
     RING_UNMAPPED();
     io_uring_queue_exit(&u->ring);
-    slot_table_free(&u->fds);
+    free(u->fds);
     free(u);
 }
 
-static int arm_wakeup(uring_backend *u)
-{
-    struct io_uring_sqe *sqe = get_sqe(u);
-    if (!sqe)
-        return -1;
-    io_uring_prep_poll_multishot(sqe, u->wakeup_fd, POLLIN);
-    io_uring_sqe_set_data64(sqe, UD_WAKEUP);
-    return 0;
-}
-
-static int uring_watch_wakeup(backend *b, int fd)
+static int uring_watch(backend *b, io_watcher *w, unsigned events)
 {
     uring_backend *u = (uring_backend *)b;
-    u->wakeup_fd = fd;
-    return arm_wakeup(u);
-}
-
-static int uring_wait_fd(backend *b, int fd, int events, int64_t deadline)
-{
-    uring_backend *u = (uring_backend *)b;
-    fd_slot *slot = slot_table_get(&u->fds, fd);
-    if (!slot)
+    ufd *f = ufd_get(u, w->fd);
+    if (!f)
         return -1;
-    int dir = (events & WEFT_READABLE) ? 0 : 1;
-    if (!dir && slot->read_armed && slot->in_edge) {
-        slot->in_edge = false; /* input arrived since the caller's failed read: retry it */
-        return 0;
-    }
-    bool *armed = dir ? &slot->write_armed : &slot->read_armed;
-    if (!*armed) {
+    f->w = w;
+    for (int dir = 0; dir < 2; dir++) {
+        bool *armed = dir ? &f->write_armed : &f->read_armed;
+        if (*armed || (dir && !(events & IO_OUT)))
+            continue;
         struct io_uring_sqe *sqe = get_sqe(u);
         if (!sqe)
             return -1;
-        /* Input: one multishot poll per fd, like epoll's edge-triggered registration, so a
-         * connection's every wait for input costs no submission; it posts a completion per
-         * arrival. (Arming it checks the fd's state, so an older in_edge means nothing.)
-         * Output: one-shot, as it is rare. */
-        if (dir) {
-            io_uring_prep_poll_add(sqe, fd, POLLOUT);
-        } else {
-            io_uring_prep_poll_multishot(sqe, fd, POLLIN | POLLRDHUP);
-            slot->in_edge = false;
-        }
-        io_uring_sqe_set_data64(sqe, user_data(slot->gen, fd, dir));
+        /* Input: one multishot poll per fd, so a connection's every wait for input costs no
+         * submission; it posts a completion per arrival. Output: one-shot, as it is rare. */
+        if (dir)
+            io_uring_prep_poll_add(sqe, w->fd, POLLOUT);
+        else
+            io_uring_prep_poll_multishot(sqe, w->fd, POLLIN | POLLRDHUP);
+        io_uring_sqe_set_data64(sqe, user_data(f->gen, w->fd, dir));
         *armed = true;
     }
-    return slot_park(b, &u->fds, fd, events, deadline);
+    return 0;
 }
 
-/* Like epoll's: while a multishot poll watches fd, input can only have come with a completion
- * since the last call. (Its own flag, not in_edge: a completion that woke a waiter, perhaps
- * one in weft_wait_fd that reads nothing, still counts here.) */
-static bool uring_input_hint(backend *b, int fd)
+static void complete_op(uring_backend *u, io_op *op, int res)
 {
-    uring_backend *u = (uring_backend *)b;
-    if (fd < 0 || (size_t)fd >= u->fds.n)
-        return true;
-    fd_slot *slot = &u->fds.slots[fd];
-    if (!slot->read_armed)
-        return true; /* no poll watches it (yet, or the kernel ended it) */
-    bool edge = slot->in_hint;
-    slot->in_hint = false;
-    return edge;
+    if ((size_t)op->fd < u->n)
+        u->fds[op->fd].ops--;
+    op->res = res;
+    op->cb(op); /* (may free op) */
 }
 
 static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
 {
     uint64_t ud = cqe->user_data;
-    if (ud == UD_WAKEUP) {
-        sched_drain_inbox(sched_peek());
-        if (!(cqe->flags & IORING_CQE_F_MORE))
-            arm_wakeup(u); /* the kernel ended the multishot poll: start another */
-        return;
-    }
     if (ud == UD_IGNORE)
         return;
     if (ud & UD_OP) {
-        uop *op = (uop *)(uintptr_t)(ud & ~UD_OP);
-        op->res = cqe->res;
-        op->done = true;
-        sched_wake(op->co, 0);
+        complete_op(u, (io_op *)(uintptr_t)(ud & ~UD_OP), cqe->res);
         return;
     }
     int fd = (int)((ud >> 1) & 0x7fffffff), dir = (int)(ud & 1);
-    if ((size_t)fd >= u->fds.n || (u->fds.slots[fd].gen & 0x1fffffff) != (uint32_t)(ud >> 32))
+    if ((size_t)fd >= u->n || (u->fds[fd].gen & 0x1fffffff) != (uint32_t)(ud >> 32))
         return; /* for an fd since forgotten */
-    fd_slot *slot = &u->fds.slots[fd];
+    ufd *f = &u->fds[fd];
     if (dir) {
-        slot->write_armed = false;
-        slot_wake(&u->base, &slot->writer, 0);
+        f->write_armed = false;
+        f->w->cb(f->w, IO_OUT);
         return;
     }
-    if (!(cqe->flags & IORING_CQE_F_MORE))
-        slot->read_armed = false; /* the kernel ended the multishot poll: the next wait arms one */
-    /* Every arrival counts for the next input_hint; one while nobody waits is also kept for
-     * the next wait (it may follow an EAGAIN that came before this arrival was reaped), which
-     * then returns at once. The mask is the socket's wake-up key, POLLPRI always included,
-     * so it tells nothing more: see hint_needs_empty. */
-    slot->in_hint = true;
-    if (slot->reader)
-        slot_wake(&u->base, &slot->reader, 0);
-    else
-        slot->in_edge = true;
+    unsigned ev = IO_IN;
+    if (!(cqe->flags & IORING_CQE_F_MORE)) {
+        f->read_armed = false; /* the kernel ended the multishot poll: the next watch arms one */
+        ev |= IO_UNWATCHED;
+    }
+    /* The mask is the socket's wake-up key, POLLPRI always included, so it tells urgent data
+     * from an ordinary arrival no better than IO_IN does (edges_show_urgent is false). */
+    if (cqe->res > 0 && (cqe->res & (POLLHUP | POLLERR | POLLRDHUP)))
+        ev |= IO_HUP;
+    f->w->cb(f->w, ev);
 }
 
 /* Deferred completions wait for us to enter the kernel (IORING_SETUP_TASKRUN_FLAG). */
@@ -239,10 +218,44 @@ static int uring_poll(backend *b, int timeout_ms)
     return 0;
 }
 
-/* Ask the kernel to cancel the operation op; its completion still comes (with -ECANCELED, or
- * with its result if it won the race). */
-static void cancel_op(uring_backend *u, uop *op)
+static int uring_submit(backend *b, io_op *op)
 {
+    uring_backend *u = (uring_backend *)b;
+    ufd *f = ufd_get(u, op->fd);
+    struct io_uring_sqe *sqe = f ? get_sqe(u) : NULL;
+    if (!sqe)
+        return -1;
+    switch (op->kind) {
+    case IO_OP_RECV:
+        io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0);
+        break;
+    case IO_OP_SEND:
+        io_uring_prep_send(sqe, op->fd, op->buf, op->len, MSG_NOSIGNAL);
+        break;
+    case IO_OP_READ:
+        io_uring_prep_read(sqe, op->fd, op->buf, op->len, (uint64_t)-1);
+        break;
+    case IO_OP_WRITE:
+        io_uring_prep_write(sqe, op->fd, op->buf, op->len, (uint64_t)-1);
+        break;
+    case IO_OP_ACCEPT:
+        io_uring_prep_accept(sqe, op->fd, op->buf, (socklen_t *)op->addrlen,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
+        break;
+    default:
+        io_uring_prep_connect(sqe, op->fd, op->buf, op->len);
+        break;
+    }
+    io_uring_sqe_set_data64(sqe, UD_OP | (uint64_t)(uintptr_t)op);
+    f->ops++;
+    return 0;
+}
+
+/* Ask the kernel to cancel op; its completion still comes (with -ECANCELED, or with its
+ * result if it won the race). */
+static void uring_cancel(backend *b, io_op *op)
+{
+    uring_backend *u = (uring_backend *)b;
     struct io_uring_sqe *sqe = get_sqe(u);
     if (sqe) {
         io_uring_prep_cancel64(sqe, UD_OP | (uint64_t)(uintptr_t)op, 0);
@@ -250,143 +263,37 @@ static void cancel_op(uring_backend *u, uop *op)
     }
 }
 
-static void uring_cancel_wait(backend *b, int fd, int events, int err)
-{
-    uring_backend *u = (uring_backend *)b;
-    if (fd < 0 || (size_t)fd >= u->fds.n)
-        return;
-    fd_slot *slot = &u->fds.slots[fd];
-    if ((events & WEFT_READABLE) && slot->read_op)
-        cancel_op(u, slot->read_op); /* the reader gets its data, or ECANCELED */
-    slot_wake(b, (events & WEFT_READABLE) ? &slot->reader : &slot->writer, err);
-}
-
-/* Submit sqe as op and park until its completion. A timeout or cancel asks the kernel to
- * cancel it and still waits for the completion: the kernel may be writing into our buffer. */
-static int run_op(uring_backend *u, int fd, struct io_uring_sqe *sqe, uop *op, int64_t deadline)
-{
-    fd_slot *slot = slot_table_get(&u->fds, fd);
-    if (!slot)
-        return -1;
-    slot->ops++;
-    op->co = weft_self();
-    op->done = false;
-    io_uring_sqe_set_data64(sqe, UD_OP | (uint64_t)(uintptr_t)op);
-    u->base.waiting++;
-    int rc = 0, err = 0;
-    while (!op->done) {
-        rc = sched_park(deadline);
-        if (rc != 0 && !op->done) {
-            err = errno;
-            cancel_op(u, op);
-            while (!op->done)
-                sched_park_nocancel(-1);
-        }
-    }
-    u->base.waiting--;
-    u->fds.slots[fd].ops--; /* the table may have moved */
-    if (op->res >= 0)
-        return op->res; /* done, even if a timeout came too: nothing is lost */
-    errno = op->res == -ECANCELED && err ? err : -op->res;
-    return -1;
-}
-
-static ssize_t uring_read(backend *b, int fd, void *buf, size_t n, bool socket,
-                          int64_t deadline)
-{
-    uring_backend *u = (uring_backend *)b;
-    fd_slot *slot = slot_table_get(&u->fds, fd);
-    struct io_uring_sqe *sqe = slot ? get_sqe(u) : NULL;
-    if (!sqe)
-        return -1;
-    uop op;
-    unsigned len = (unsigned)(n > UINT32_MAX ? UINT32_MAX : n);
-    if (socket)
-        io_uring_prep_recv(sqe, fd, buf, len, 0);
-    else
-        io_uring_prep_read(sqe, fd, buf, len, (uint64_t)-1);
-    slot->read_op = &op;
-    int r = run_op(u, fd, sqe, &op, deadline);
-    if (u->fds.slots[fd].read_op == &op) /* (the table may have moved; the fd been reused) */
-        u->fds.slots[fd].read_op = NULL;
-    return r;
-}
-
-static ssize_t uring_send(backend *b, int fd, const void *buf, size_t n, bool socket,
-                          int64_t deadline)
-{
-    uring_backend *u = (uring_backend *)b;
-    struct io_uring_sqe *sqe = get_sqe(u);
-    if (!sqe)
-        return -1;
-    unsigned len = (unsigned)(n > UINT32_MAX ? UINT32_MAX : n);
-    if (socket)
-        io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
-    else
-        io_uring_prep_write(sqe, fd, buf, len, (uint64_t)-1);
-    uop op;
-    return run_op(u, fd, sqe, &op, deadline);
-}
-
-static int uring_accept(backend *b, int fd, void *sa, unsigned *salen, int64_t deadline)
-{
-    uring_backend *u = (uring_backend *)b;
-    struct io_uring_sqe *sqe = get_sqe(u);
-    if (!sqe)
-        return -1;
-    io_uring_prep_accept(sqe, fd, sa, (socklen_t *)salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    uop op;
-    return run_op(u, fd, sqe, &op, deadline);
-}
-
-static int uring_connect(backend *b, int fd, const void *sa, unsigned salen, int64_t deadline)
-{
-    uring_backend *u = (uring_backend *)b;
-    struct io_uring_sqe *sqe = get_sqe(u);
-    if (!sqe)
-        return -1;
-    io_uring_prep_connect(sqe, fd, sa, salen);
-    uop op;
-    return run_op(u, fd, sqe, &op, deadline) < 0 ? -1 : 0;
-}
-
 static void uring_forget(backend *b, int fd)
 {
     uring_backend *u = (uring_backend *)b;
-    if (fd < 0 || (size_t)fd >= u->fds.n)
+    if (fd < 0 || (size_t)fd >= u->n)
         return;
-    fd_slot *slot = &u->fds.slots[fd];
-    if (slot->read_armed || slot->write_armed || slot->ops) {
+    ufd *f = &u->fds[fd];
+    if (f->read_armed || f->write_armed || f->ops) {
         /* A poll or an operation in flight holds the file open: cancel it now, before the
-         * close (operations then complete with -ECANCELED and their coroutines go on). */
+         * close (operations then complete with -ECANCELED and their callers go on). */
         struct io_uring_sqe *sqe = get_sqe(u);
         if (sqe) {
             io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
             io_uring_sqe_set_data64(sqe, UD_IGNORE);
             io_uring_submit(&u->ring);
         }
-        slot->read_armed = slot->write_armed = false;
+        f->read_armed = f->write_armed = false;
     }
-    slot->in_edge = slot->in_hint = false;
-    slot->gen++;
-    slot_wake(b, &slot->reader, EBADF);
-    slot_wake(b, &slot->writer, EBADF);
+    f->gen++;
+    f->w = NULL;
 }
 
 static const backend_ops uring_ops = {
     .name = "uring",
     .free = uring_free,
-    .wait = uring_wait_fd,
-    .poll = uring_poll,
+    .watch = uring_watch,
     .forget = uring_forget,
-    .watch_wakeup = uring_watch_wakeup,
-    .cancel_wait = uring_cancel_wait,
-    .read = uring_read,
-    .send = uring_send,
-    .accept = uring_accept,
-    .connect = uring_connect,
-    .input_hint = uring_input_hint,
-    .hint_needs_empty = true,
+    .poll = uring_poll,
+    .submit = uring_submit,
+    .cancel = uring_cancel,
+    .edges_show_urgent = false,
+    .latches_input = true,
 };
 
 backend *uring_backend_new(void)
@@ -412,7 +319,6 @@ backend *uring_backend_new(void)
     }
     RING_MAPPED();
     u->base.ops = &uring_ops;
-    u->wakeup_fd = -1;
     return &u->base;
 }
 

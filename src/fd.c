@@ -1,6 +1,11 @@
-/* Waiting on file descriptors, in or out of a coroutine, and the small fd utilities the
- * channel and net layers share. Inside a coroutine a wait parks it in the backend; outside,
- * it is a plain poll(): the seed's "called outside any coroutine, it simply blocks". */
+/* Parking on descriptors and operations. Inside a coroutine a wait parks it in the fd's slot
+ * and the backend's events wake it; outside, it is a plain poll(): the seed's "called outside
+ * any coroutine, it simply blocks". The slots belong to this layer, one per fd, in chunks
+ * that never move (the backend keeps the address of each slot's watcher); each holds at
+ * most one waiting reader and one waiting writer (a second gets EBUSY), what the input
+ * events said since the last read, and the fd's owner, whose callback hears its events
+ * first. The table follows the thread's backend: a new backend (a new scheduler, a forked
+ * child) starts from clean slots. */
 #include "internal.h"
 
 #include <errno.h>
@@ -9,12 +14,153 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+typedef struct fd_slot {
+    io_watcher w;        /* first: what the backend calls back, and prefetches */
+    weft_co *reader;     /* coroutine waiting for input, if any */
+    weft_co *writer;     /* coroutine waiting for room, if any */
+    fd_owner_fn owner_fn;
+    void *owner;
+    bool watched;        /* the backend reports its input events */
+    bool in_seen;        /* an input event came since the last fd_input_hint */
+    bool in_sticky;      /* hang-up, error or urgent data seen: reads are always tried */
+    bool in_latch;       /* (latches_input) an arrival came while nobody waited */
+} fd_slot;
+
+#define CHUNK 256
+
+typedef struct fd_table {
+    fd_slot **chunks;
+    size_t nchunks;
+    uint64_t gen;        /* the backend these slots describe (sched->be_gen) */
+    bool latches;        /* its latches_input */
+} fd_table;
+
+static _Thread_local fd_table tab;
+static pthread_key_t tab_key;
+static pthread_once_t tab_once = PTHREAD_ONCE_INIT;
 
 int64_t deadline_after(int64_t timeout_ms)
 {
     return timeout_ms < 0 ? -1 : weft_now() + timeout_ms;
 }
+
+/* ---- The slot table ---- */
+
+static void tab_free(void *unused)
+{
+    (void)unused;
+    for (size_t i = 0; i < tab.nchunks; i++)
+        free(tab.chunks[i]);
+    free(tab.chunks);
+    tab = (fd_table){0};
+}
+
+static void tab_init_key(void)
+{
+    pthread_key_create(&tab_key, tab_free);
+}
+
+static void slot_event(io_watcher *w, unsigned events);
+
+/* Clean slots for a new backend: nothing it has not told us can be known. */
+static void tab_reset(const sched *s)
+{
+    for (size_t i = 0; i < tab.nchunks; i++) {
+        if (!tab.chunks[i])
+            continue;
+        memset(tab.chunks[i], 0, CHUNK * sizeof(fd_slot));
+        for (int k = 0; k < CHUNK; k++)
+            tab.chunks[i][k].w = (io_watcher){.cb = slot_event, .fd = (int)(i * CHUNK) + k};
+    }
+    tab.gen = s->be_gen;
+    tab.latches = s->be->ops->latches_input;
+}
+
+/* fd's slot for scheduler s, made as needed; NULL/errno. */
+static fd_slot *slot_get(sched *s, int fd)
+{
+    if (fd < 0) {
+        errno = EBADF;
+        return NULL;
+    }
+    if (tab.gen != s->be_gen)
+        tab_reset(s);
+    size_t c = (size_t)fd / CHUNK;
+    if (c >= tab.nchunks) {
+        pthread_once(&tab_once, tab_init_key);
+        size_t n = tab.nchunks ? tab.nchunks : 4;
+        while (n <= c)
+            n *= 2;
+        fd_slot **chunks = realloc(tab.chunks, n * sizeof *chunks);
+        if (!chunks) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        memset(chunks + tab.nchunks, 0, (n - tab.nchunks) * sizeof *chunks);
+        tab.chunks = chunks;
+        tab.nchunks = n;
+        pthread_setspecific(tab_key, &tab); /* freed at thread exit */
+    }
+    if (!tab.chunks[c]) {
+        fd_slot *chunk = calloc(CHUNK, sizeof *chunk);
+        if (!chunk) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        for (int k = 0; k < CHUNK; k++)
+            chunk[k].w = (io_watcher){.cb = slot_event, .fd = (int)(c * CHUNK) + k};
+        tab.chunks[c] = chunk;
+    }
+    return &tab.chunks[c][fd % CHUNK];
+}
+
+/* fd's slot if it exists for s's backend, else NULL. */
+static fd_slot *slot_find(const sched *s, int fd)
+{
+    size_t c = (size_t)fd / CHUNK;
+    if (fd < 0 || tab.gen != s->be_gen || c >= tab.nchunks || !tab.chunks[c])
+        return NULL;
+    return &tab.chunks[c][fd % CHUNK];
+}
+
+static void slot_wake(weft_co **w, int err)
+{
+    weft_co *co = *w;
+    if (co) {
+        *w = NULL;
+        sched_wake(co, err);
+    }
+}
+
+/* Callback from the backend: events of the slot's fd. Its owner hears them first (its queued
+ * output moves on), then the waiters wake; a hang-up or error wakes both sides, and the
+ * call they retry reports it. */
+static void slot_event(io_watcher *w, unsigned events)
+{
+    fd_slot *slot = (fd_slot *)w; /* (w is its first member) */
+    if (events & IO_IN)
+        slot->in_seen = true; /* noted with nobody waiting too: a reader may be about to read */
+    if (events & (IO_HUP | IO_PRI))
+        slot->in_sticky = true; /* a hang-up's edge comes once; urgent data stops reads short */
+    if (events & IO_UNWATCHED)
+        slot->watched = false;
+    if (slot->owner_fn)
+        slot->owner_fn(slot->owner, events);
+    if (events & (IO_IN | IO_PRI | IO_HUP)) {
+        if (slot->reader)
+            slot_wake(&slot->reader, 0);
+        else if ((events & IO_IN) && tab.latches)
+            slot->in_latch = true;
+    }
+    if (events & (IO_OUT | IO_HUP))
+        slot_wake(&slot->writer, 0);
+}
+
+/* ---- Waiting ---- */
 
 static int poll_wait(int fd, int events, int64_t deadline)
 {
@@ -42,43 +188,152 @@ static int poll_wait(int fd, int events, int64_t deadline)
     }
 }
 
+/* Park the running coroutine in slot until an event for events, the deadline, or a wake. */
+static int slot_park(fd_slot *slot, int events, int64_t deadline)
+{
+    weft_co *self = weft_self();
+    weft_co **w = (events & WEFT_READABLE) ? &slot->reader : &slot->writer;
+    if (*w) {
+        errno = EBUSY;
+        return -1;
+    }
+    *w = self;
+    slot->w.hint = self;
+    int rc = sched_park_io(deadline, true);
+    if (*w == self) /* a timeout or cancel: take ourselves out */
+        *w = NULL;
+    return rc;
+}
+
 int fd_wait(int fd, int events, int64_t deadline)
 {
     sched *s = sched_peek();
-    if (s && s->current)
-        return backend_wait(s->be, fd, events, deadline);
-    return poll_wait(fd, events, deadline);
+    if (!s || !s->current)
+        return poll_wait(fd, events, deadline);
+    fd_slot *slot = slot_get(s, fd);
+    if (!slot)
+        return -1;
+    bool input = events & WEFT_READABLE;
+    if (input && slot->in_latch && slot->watched) {
+        slot->in_latch = false; /* input came since the caller's failed read: retry it */
+        return 0;
+    }
+    bool arming = input && !slot->watched;
+    if (backend_watch(s->be, &slot->w, input ? IO_IN : IO_OUT) != 0)
+        return errno == EPERM ? 0 : -1; /* a regular file cannot be polled: always ready */
+    if (input) {
+        if (arming)
+            slot->in_latch = false; /* arming looks at the fd's state: older news is moot */
+        slot->watched = true;
+    }
+    return slot_park(slot, events, deadline);
 }
 
-bool io_ops_available(void)
+void fd_cancel_wait(int fd, int events, int err)
 {
     sched *s = sched_peek();
-    return s && s->current && s->be->ops->read;
+    fd_slot *slot = s ? slot_find(s, fd) : NULL;
+    if (slot)
+        slot_wake((events & WEFT_READABLE) ? &slot->reader : &slot->writer, err);
 }
 
-ssize_t io_read(int fd, void *buf, size_t n, bool socket, int64_t deadline)
+bool fd_input_hint(int fd)
 {
-    backend *b = sched_peek()->be;
-    return b->ops->read(b, fd, buf, n, socket, deadline);
+    sched *s = sched_peek();
+    fd_slot *slot = s && s->current ? slot_find(s, fd) : NULL;
+    if (!slot || !slot->watched || slot->in_sticky)
+        return true; /* no edges known for it, or the last one is spent */
+    bool seen = slot->in_seen;
+    slot->in_seen = false;
+    return seen;
 }
 
-ssize_t io_send(int fd, const void *buf, size_t n, bool socket, int64_t deadline)
+bool fd_edges_show_urgent(void)
 {
-    backend *b = sched_peek()->be;
-    return b->ops->send(b, fd, buf, n, socket, deadline);
+    backend *b = sched_backend();
+    return !b || b->ops->edges_show_urgent;
 }
 
-int io_accept(int fd, void *sa, unsigned *salen, int64_t deadline)
+int fd_set_owner(int fd, fd_owner_fn fn, void *owner)
 {
-    backend *b = sched_peek()->be;
-    return b->ops->accept(b, fd, sa, salen, deadline);
+    sched *s = sched_peek();
+    if (!s)
+        return 0; /* no loop to call it from: whoever waits on fd moves its output itself */
+    fd_slot *slot = fn ? slot_get(s, fd) : slot_find(s, fd);
+    if (!slot)
+        return fn ? -1 : 0;
+    slot->owner_fn = fn;
+    slot->owner = owner;
+    return 0;
 }
 
-int io_connect(int fd, const void *sa, unsigned salen, int64_t deadline)
+int fd_watch_output(int fd)
 {
-    backend *b = sched_peek()->be;
-    return b->ops->connect(b, fd, sa, salen, deadline);
+    sched *s = sched_peek();
+    if (!s)
+        return 0;
+    fd_slot *slot = slot_get(s, fd);
+    if (!slot)
+        return -1;
+    return backend_watch(s->be, &slot->w, IO_OUT) != 0 && errno != EPERM ? -1 : 0;
 }
+
+/* ---- Operations ---- */
+
+typedef struct op_wait {
+    weft_co *co;
+    bool done;
+} op_wait;
+
+bool fd_ops_available(void)
+{
+    backend *b = sched_backend();
+    return b && b->ops->submit;
+}
+
+/* Callback from the backend: a parked coroutine's operation is done. */
+static void op_done(io_op *op)
+{
+    op_wait *ow = op->data;
+    ow->done = true;
+    sched_wake(ow->co, 0);
+}
+
+ssize_t fd_op(io_op *op, int64_t deadline)
+{
+    backend *b = sched_backend();
+    op_wait ow = {weft_self(), false};
+    op->cb = op_done;
+    op->data = &ow;
+    if (b->ops->submit(b, op) != 0)
+        return -1;
+    int err = 0;
+    while (!ow.done) {
+        if (sched_park_io(deadline, true) != 0 && !ow.done) {
+            /* The kernel may still be using the buffer: cancel and wait for the end. */
+            err = errno;
+            b->ops->cancel(b, op);
+            while (!ow.done)
+                sched_park_io(-1, false);
+        }
+    }
+    if (op->res >= 0)
+        return op->res; /* done, even if a timeout came too: nothing is lost */
+    errno = op->res == -ECANCELED && err ? err : -op->res;
+    return -1;
+}
+
+int fd_op_start(io_op *op)
+{
+    backend *b = sched_backend();
+    if (!b || !b->ops->submit) {
+        errno = ENOSYS;
+        return -1;
+    }
+    return b->ops->submit(b, op);
+}
+
+/* ---- Public: waiting on fds, closing ---- */
 
 int weft_wait_fd(int fd, int events, int64_t deadline)
 {
@@ -93,13 +348,28 @@ int weft_wait_fd(int fd, int events, int64_t deadline)
     return fd_wait(fd, events, deadline);
 }
 
-int weft_fd_close(int fd)
+int fd_close(int fd)
 {
     sched *s = sched_peek();
+    fd_slot *slot = s ? slot_find(s, fd) : NULL;
     if (s)
         backend_forget(s->be, fd);
+    if (slot) {
+        slot->watched = slot->in_seen = slot->in_sticky = slot->in_latch = false;
+        slot->owner_fn = NULL;
+        slot->owner = NULL;
+        slot_wake(&slot->reader, EBADF);
+        slot_wake(&slot->writer, EBADF);
+    }
     return close(fd);
 }
+
+int weft_fd_close(int fd)
+{
+    return fd_close(fd);
+}
+
+/* ---- Small utilities ---- */
 
 int fd_set_nonblock(int fd)
 {

@@ -10,10 +10,10 @@ struct weft_group {
     weft_co *members;
     size_t count;
     wait_list waiters; /* in weft_group_wait or weft_group_close, for count to reach 0 */
-    bool closing;
-    bool closed;       /* weft_group_close has finished: the last waiter out frees g */
-    int users;         /* coroutines inside weft_group_wait */
+    ref ref;           /* waiters and the closer inside g; closed once closing began */
 };
+
+static void member_ended(weft_co *co);
 
 weft_group *weft_group_new(void)
 {
@@ -22,7 +22,7 @@ weft_group *weft_group_new(void)
 
 weft_co *weft_group_spawn(weft_group *g, weft_fn fn, void *arg, const weft_spawn_opts *opts)
 {
-    if (g->closing) {
+    if (g->ref.closed) {
         errno = EPIPE;
         return NULL;
     }
@@ -34,6 +34,7 @@ weft_co *weft_group_spawn(weft_group *g, weft_fn fn, void *arg, const weft_spawn
     if (!co)
         return NULL;
     co->group = g;
+    co->on_end = member_ended;
     co->group_prev = NULL;
     co->group_next = g->members;
     if (g->members)
@@ -43,7 +44,8 @@ weft_co *weft_group_spawn(weft_group *g, weft_fn fn, void *arg, const weft_spawn
     return co;
 }
 
-void group_member_ended(weft_co *co)
+/* Callback from the scheduler: a member of a group has ended. */
+static void member_ended(weft_co *co)
 {
     weft_group *g = co->group;
     if (co->group_prev)
@@ -85,11 +87,11 @@ static int group_wait(weft_group *g, int64_t deadline, bool cancellable)
 
 int weft_group_wait(weft_group *g, int64_t deadline)
 {
-    g->users++;
+    ref_enter(&g->ref);
     int rc = group_wait(g, deadline, true);
-    g->users--;
-    if (g->closing) { /* closed under us; the closer frees g unless we are the last out */
-        if (g->closed && g->users == 0)
+    bool last;
+    if (ref_leave(&g->ref, &last)) { /* closed under us: the last one out frees g */
+        if (last)
             free(g);
         errno = EBADF;
         return -1;
@@ -106,7 +108,10 @@ int weft_group_close(weft_group *g)
             return -1;
         }
     }
-    g->closing = true;
+    /* The closer is inside g too, until it has finished: waiters that leave meanwhile must
+     * not free it. */
+    ref_enter(&g->ref);
+    ref_close(&g->ref);
     /* Others waiting on g leave with EBADF. */
     waiter *w;
     while ((w = wait_list_pop(&g->waiters)))
@@ -117,8 +122,9 @@ int weft_group_close(weft_group *g)
      * the group would be freed under them. */
     while (g->count > 0)
         group_wait(g, -1, false);
-    g->closed = true;
-    if (g->users == 0)
+    bool last;
+    ref_leave(&g->ref, &last);
+    if (last)
         free(g);
     return 0;
 }

@@ -1,6 +1,21 @@
 /* weft internals shared between the subsystem files; nothing here is public.
- * Layers, bottom up: ctx (switch), stack, buf, timer, sched, backend, chan, net. Each file only
- * calls into the ones listed before it. */
+ *
+ * Layers, bottom up. A file calls only files of the layers before its own (or of its own
+ * layer, where the table in docs/architecture.md says so); a lower layer reaches a higher one
+ * only through a callback that the higher one registered, each documented where it is
+ * declared here:
+ *   1. ctx (src/ctx/), stack, buf, timer, addr       leaves
+ *   2. backend, backend_epoll, backend_uring        the kernel's event interface; report
+ *                                                   through io_watcher.cb and io_op.cb
+ *   3. sched                                        coroutines and the loop (calls 1, 2; and
+ *                                                   chan_hold, which calls nothing of 3+)
+ *   4. wait, inbox                                  waits on objects and across threads
+ *   5. fd                                           parking on descriptors and operations
+ *   6. sock (transport.h)                           the plain descriptor transport
+ *   7. chan, chan_hold                              buffered channels over a transport
+ *   8. net, serve, sync, group, offload, tqueue     sockets, serving, sync, pool, queues
+ * stack's fault handler asks which coroutine runs through a callback sched registers;
+ * group learns of a member's end through co->on_end. */
 #ifndef WEFT_INTERNAL_H
 #define WEFT_INTERNAL_H
 
@@ -10,6 +25,18 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <sys/uio.h>
+
+/* ---- Checks ----
+ * WEFT_ASSERT states an invariant the code relies on. Active in debug and sanitizer builds
+ * (WEFT_DEBUG, set by the Makefile for SAN=1 and TSAN=1): a failure prints where and aborts.
+ * Compiled out otherwise: nothing on the hot path pays for it. */
+#ifdef WEFT_DEBUG
+_Noreturn void weft_assert_failed(const char *expr, const char *file, int line);
+#define WEFT_ASSERT(cond) ((cond) ? (void)0 : weft_assert_failed(#cond, __FILE__, __LINE__))
+#else
+#define WEFT_ASSERT(cond) ((void)0)
+#endif
 
 /* ---- Context switch (src/ctx/) ---- */
 #if defined(WEFT_CTX_UCONTEXT)
@@ -42,18 +69,23 @@ typedef struct stack {
 } stack;
 
 /* A stack of at least size bytes with a guard gap of guard bytes below it (0: one page;
- * rounded up to pages), from the pool or a new mapping. NULL/ENOMEM. */
-stack *stack_take(size_t size, size_t guard);
+ * rounded up to pages), from the pool or a new mapping. Valgrind is told the stack ends
+ * top_reserve bytes below its top (room kept there for other data). NULL/ENOMEM. */
+stack *stack_take(size_t size, size_t guard, size_t top_reserve);
 /* Give s back to the pool (or unmap it when the pool is full). */
 void stack_give(stack *s);
 /* For an unguarded stack: false if its canary was overwritten (the stack overflowed). */
 bool stack_canary_ok(const stack *s);
-/* Report an overflow of co's stack on stderr and end the process (SIGABRT). */
-_Noreturn void stack_overflow_abort(const weft_co *co);
+/* Report an overflow of the stack of the coroutine called name and end the process. */
+_Noreturn void stack_overflow_abort(const char *name);
 /* Unmap every pooled stack of this thread. */
 void stack_pool_drain(void);
-/* Install the SIGSEGV handler (on an alternate stack) that reports overflows. Per thread. */
-int stack_guard_init(void);
+/* Callback: the stack and name of the coroutine running on this thread, or NULL. */
+typedef const stack *(*stack_running_fn)(const char **name);
+/* Install the SIGSEGV handler (on an alternate stack) that reports overflows, asking running
+ * (registered by the scheduler; called in the signal handler) whose stack was hit. Per
+ * thread. -1 with errno. */
+int stack_guard_init(stack_running_fn running);
 /* Fault injection for tests: while positive, each stack_take fails with ENOMEM and
  * decrements it. Per thread; zero in normal use. */
 extern _Thread_local unsigned stack_fail_next;
@@ -87,6 +119,105 @@ timer *timer_heap_peek(const timer_heap *h);
 void timer_heap_free(timer_heap *h);
 static inline bool timer_armed(const timer *t) { return t->index != SIZE_MAX; }
 
+/* ---- Address strings and socket addresses (addr.c) ---- */
+typedef struct parsed_addr {
+    bool is_unix;
+    bool wildcard;      /* "" or "*" as host: every interface */
+    char host[256];
+    char port[32];
+    char path[108];     /* sizeof sockaddr_un.sun_path */
+} parsed_addr;
+
+/* Split "host:port", "[v6]:port", ":port", "*:port" or "unix:/path" into pa; a port is a
+ * number from 0 to 65535 or a service name. EINVAL. */
+int net_parse_addr(const char *addr, parsed_addr *pa);
+/* Format a socket address as "host:port", "[v6]:port" or "unix:path". */
+void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen);
+
+/* ---- Event backends (backend.c picks one; backend_epoll.c, backend_uring.c) ----
+ * The only code that talks to the kernel's event interface. A backend knows descriptors and
+ * operations, not coroutines: it reports readiness and completions upward through the
+ * callback in each io_watcher and io_op, from backend_poll, as libuv's uv__io_t and Redis's
+ * ae do. Each backend keeps its own per-descriptor state. */
+
+/* Events a watcher hears. */
+#define IO_IN  1u  /* input arrived (io_uring: or urgent data, which it cannot tell apart) */
+#define IO_OUT 2u  /* room for output */
+#define IO_PRI 4u  /* urgent data (epoll only) */
+#define IO_HUP 8u  /* hang-up, peer's half-close, or an error: the next call reports it */
+#define IO_UNWATCHED 16u /* the backend stopped reporting input (the kernel ended its poll):
+                          * no event is no news until the fd is watched again */
+
+typedef struct io_watcher io_watcher;
+struct io_watcher {
+    /* Callback, from backend_poll: events (IO_ bits) happened on fd. */
+    void (*cb)(io_watcher *w, unsigned events);
+    int fd;
+    const void *hint;   /* what cb will touch first (a waiting coroutine), fetched ahead */
+};
+
+enum io_op_kind { IO_OP_RECV, IO_OP_SEND, IO_OP_READ, IO_OP_WRITE, IO_OP_ACCEPT, IO_OP_CONNECT };
+
+/* An operation the backend performs itself (io_uring). */
+typedef struct io_op io_op;
+struct io_op {
+    /* Callback, from backend_poll, once: the operation is done and res holds the system
+     * call's result (or -errno). */
+    void (*cb)(io_op *op);
+    int res;
+    uint8_t kind;        /* enum io_op_kind */
+    int fd;
+    void *buf;           /* recv/read into, send/write from; accept/connect: the address */
+    unsigned len;        /* bytes; connect: the address length */
+    unsigned *addrlen;   /* accept: in/out */
+    void *data;          /* the callback's own */
+};
+
+typedef struct backend backend;
+typedef struct backend_ops {
+    const char *name;
+    void (*free)(backend *b);
+    /* Report w->fd's events to w->cb from now on: input (IO_IN, IO_PRI, IO_HUP) as long as it
+     * is watched, output (IO_OUT) at least once after this call if events has IO_OUT. The
+     * watcher must stay where it is until forget. Called at each wait (cheap once armed).
+     * EPERM: the fd cannot be polled (a regular file): it is always ready. */
+    int (*watch)(backend *b, io_watcher *w, unsigned events);
+    /* fd is about to be closed: stop watching it and cancel its operations (they complete
+     * with -ECANCELED, or with their result if it won the race). */
+    void (*forget)(backend *b, int fd);
+    /* Wait up to timeout_ms (-1: forever) for events and completions and report them. */
+    int (*poll)(backend *b, int timeout_ms);
+    /* Optional (io_uring; NULL for epoll): start op; its completion is reported later. */
+    int (*submit)(backend *b, io_op *op);
+    /* Ask the kernel to cancel op; its completion still comes. */
+    void (*cancel)(backend *b, io_op *op);
+    /* Edges show urgent data apart (IO_PRI): a short TCP read then means drained. */
+    bool edges_show_urgent;
+    /* An arrival reported while nobody waits may come before the failed call it answers:
+     * the next wait for input returns at once (io_uring's multishot polls). */
+    bool latches_input;
+} backend_ops;
+
+/* Every backend starts with this. */
+struct backend {
+    const backend_ops *ops;
+};
+
+/* A backend chosen by name ("epoll", "uring", "auto", or NULL for $WEFT_BACKEND), with a
+ * reason when it fell back; NULL/errno only if none at all could start. */
+backend *backend_new(const char *choice, char *reason, size_t reason_len);
+backend *epoll_backend_new(void);
+/* NULL with errno when io_uring cannot start here (ENOSYS, EPERM, ENOMEM, ...). */
+backend *uring_backend_new(void);
+
+static inline void backend_free(backend *b) { b->ops->free(b); }
+static inline int backend_watch(backend *b, io_watcher *w, unsigned events)
+{
+    return b->ops->watch(b, w, events);
+}
+static inline void backend_forget(backend *b, int fd) { b->ops->forget(b, fd); }
+static inline int backend_poll(backend *b, int timeout_ms) { return b->ops->poll(b, timeout_ms); }
+
 /* ---- Scheduler (sched.c) ---- */
 /* ORPHAN: a coroutine of the parent process, in a child forked from it: never run again. */
 enum co_state { CO_READY, CO_RUNNING, CO_PARKED, CO_DONE, CO_ORPHAN };
@@ -113,8 +244,11 @@ struct weft_co {
     /* cold: spawn, join, end */
     stack *stack;
     bool in_stack;        /* lives at the top of its own stack (detached ones) */
+    bool io_wait;         /* parked on a descriptor or an operation (sched->io_waiting) */
     weft_co *joiner;      /* coroutine parked in weft_join on this one */
     bool joined_outside;  /* the thread itself joins it, from outside any coroutine */
+    /* Callback, when it has ended (before its joiner wakes): its group's bookkeeping. */
+    void (*on_end)(weft_co *co);
     weft_group *group;    /* owning group, if any, and the links of its member list */
     weft_co *group_prev, *group_next;
     weft_co *all_prev, *all_next; /* every live coroutine of the scheduler (sched->all) */
@@ -130,19 +264,25 @@ struct weft_co {
  * there); the stack proper, as valgrind is told, ends below it. */
 #define CO_ROOM ((sizeof(weft_co) + 63) / 64 * 64)
 
-typedef struct backend backend;
-
 typedef struct sched sched;
 
 /* A wait that another thread ends: the other thread claims it under its own lock, then
  * hands it to the waiter's scheduler through that scheduler's inbox and eventfd. delivered is
  * only touched on the waiter's thread, so the waiter knows when the wake-up has arrived. */
 typedef struct rwait {
-    weft_co *co;
+    weft_co *co;         /* NULL: the thread itself waits, outside any coroutine */
     sched *s;
     bool delivered;
     struct rwait *inbox_next;
 } rwait;
+
+/* The scheduler's inbox: wake-ups from other threads (inbox.c), created on first use. */
+typedef struct inbox {
+    int fd;                /* eventfd other threads write to; -1 until first needed */
+    io_watcher w;          /* its watcher in the backend */
+    pthread_mutex_t mu;
+    rwait *list;
+} inbox;
 
 struct sched {
     ctx main_ctx;          /* the thread's own stack, where the loop runs */
@@ -153,30 +293,38 @@ struct sched {
     bool from_main;        /* the last switch came from the loop's own stack */
     timer_heap timers;
     backend *be;
+    uint64_t be_gen;       /* a number no other backend of the process had (fd.c's tables) */
     size_t live;           /* coroutines spawned and not yet ended */
     weft_co *all;          /* those coroutines, linked through all_next */
+    size_t io_waiting;     /* parked on a descriptor or operation: the backend may wake them */
     bool stop;
     int loop_depth;        /* nested weft_run/join-from-outside loops */
     const void *main_stack_lo; /* for AddressSanitizer's fiber switch */
     size_t main_stack_size;
     char backend_reason[96];   /* why this backend (a fallback says so) */
-    size_t external_waits; /* coroutines waiting for another thread (rwait) */
-    int wake_fd;           /* eventfd other threads write to; -1 until first needed */
-    pthread_mutex_t inbox_mu;
-    rwait *inbox;          /* wake-ups delivered by other threads */
+    size_t external_waits; /* coroutines (or the thread) waiting for another thread (rwait) */
+    inbox in;
 };
 
-/* This thread's scheduler, created on first use; NULL/ENOMEM. */
+/* This thread's scheduler, created on first use; NULL with errno (ENOMEM, or why no event
+ * backend or signal stack could be made). */
 sched *sched_get(void);
 /* This thread's scheduler if it exists. */
 sched *sched_peek(void);
 /* Park the running coroutine until woken or the deadline. 0 when woken normally, else -1
  * with errno set from the waker (EBADF), ETIMEDOUT, or ECANCELED (already cancelled). */
 int sched_park(int64_t deadline);
-/* Make a parked coroutine runnable; its sched_park returns with err (0 = success). */
-void sched_wake(weft_co *co, int err);
 /* Like sched_park, but neither a pending nor a new cancel ends it. */
 int sched_park_nocancel(int64_t deadline);
+/* sched_park (cancellable or not) for a wait that only the backend can end (an fd event or
+ * an operation's completion): counted, so that the loop knows an event may still come. */
+int sched_park_io(int64_t deadline, bool cancellable);
+/* Make a parked coroutine runnable; its sched_park returns with err (0 = success). A no-op
+ * for a coroutine that is not parked. */
+void sched_wake(weft_co *co, int err);
+/* Outside any coroutine: run this thread's loop until *flag is set (0) or the deadline
+ * passes (-1/ETIMEDOUT; EDEADLK if nothing can ever set it). */
+int sched_drive(const bool *flag, int64_t deadline);
 /* Count one I/O call of the running coroutine; after IO_BUDGET calls that all found data or
  * room without waiting, yield, so a client whose input never runs dry cannot starve the
  * others. A no-op outside coroutines. */
@@ -188,14 +336,23 @@ void sched_note_stop_handlers(void);
 /* Tell the scheduler what the running coroutine will touch first when it is resumed (the
  * channel it is about to wait on), so that it can be fetched before the switch needs it. */
 void sched_resume_hint(const void *p);
-/* Set by the channel layer: send co->held_output (without waiting unless may_wait). The
- * scheduler calls it when co parks or ends, so held-back output never waits on a coroutine
- * that is itself waiting. */
-extern void (*sched_held_output_hook)(weft_co *co, bool may_wait);
+/* The running coroutine's backend, or NULL outside any coroutine. */
+static inline backend *sched_backend(void)
+{
+    sched *s = sched_peek();
+    return s && s->current ? s->be : NULL;
+}
 
-/* Waiting on something other than an fd (queues, locks, groups): the waiter is a node, on
- * the waiting side's stack, in the object's list; whoever satisfies the wait marks it done.
- * Outside a coroutine the waiting side runs the scheduler until then. */
+/* ---- Held output (chan_hold.c), called by the scheduler ---- */
+/* co is leaving the CPU (parks, yields or ends) while it holds back line output on a channel
+ * (co->held_output): hand it to the channel's transport, which sends it as the peer reads,
+ * whatever co waits on. Never waits and calls nothing of the scheduler's. */
+void chan_release_held(weft_co *co);
+
+/* ---- Waiting on objects (wait.c) ----
+ * Queues, locks, groups, channel turns: the waiter is a node, on the waiting side's stack, in
+ * the object's list; whoever satisfies the wait marks it done. Outside a coroutine the
+ * waiting side runs the scheduler until then. */
 typedef struct selector {
     bool done;
     int index;                   /* the operation that completed */
@@ -215,20 +372,6 @@ typedef struct wait_list {
     waiter *head, *tail;
 } wait_list;
 
-/* The bounded FIFO of items behind both queues (weft_queue, weft_tqueue). */
-typedef struct item_ring {
-    void **items;
-    size_t cap, head, len;
-} item_ring;
-
-/* Room for cap (> 0) items. -1/ENOMEM. */
-int item_ring_init(item_ring *r, size_t cap);
-void item_ring_free(item_ring *r);
-/* Add at the tail; only when len < cap. */
-void item_ring_push(item_ring *r, void *item);
-/* Take from the head; only when len > 0. */
-void *item_ring_pop(item_ring *r);
-
 void wait_list_push(wait_list *l, waiter *w);
 void wait_list_remove(wait_list *l, waiter *w);
 /* The first waiter that can still be satisfied (skipping the nodes of a select that another
@@ -243,27 +386,40 @@ int waiter_wait(waiter *w, int64_t deadline, bool cancellable);
 /* Initialise w for the calling side. */
 void waiter_init(waiter *w);
 
-/* ---- Offload (offload.c) ---- */
-/* weft_offload with a deadline (-1: none; ETIMEDOUT), plus drop(arg, result): when the call
- * fails, arg is drop's (heap memory it frees): called on the worker thread once fn returns if
- * the caller was cancelled or ran out of time, or at once with result NULL if fn never started.
- * With a deadline, a caller outside any coroutine also waits for the pool (running its
- * thread's loop meanwhile) instead of calling fn itself. */
-int offload_call(void *(*fn)(void *), void *arg, void **result,
-                 void (*drop)(void *arg, void *result), int64_t deadline);
+/* ---- Objects closed under their waiters ----
+ * Channels, listeners and groups may be closed by one coroutine while others wait inside
+ * them. Each wait is bracketed by ref_enter and ref_leave; a close marks the object closed
+ * and wakes the waiters, and whoever leaves last frees it. */
+typedef struct ref {
+    int users;      /* coroutines (or the thread) inside the object now */
+    bool closed;
+} ref;
 
-/* ---- Name resolution (net.c) ---- */
-/* Tests: delay every resolver call by this many ms, to prove a slow resolver stalls nothing. */
-extern _Atomic unsigned net_resolve_delay_ms;
+static inline void ref_enter(ref *r)
+{
+    WEFT_ASSERT(r->users >= 0);
+    r->users++;
+}
 
-/* ---- Groups (group.c) ---- */
-/* Called by the scheduler when a coroutine that belongs to a group ends. */
-void group_member_ended(weft_co *co);
+/* Leave r. True when r was closed meanwhile: the caller must then fail with EBADF without
+ * touching the object again, after freeing it if *last says it was the last one out. */
+static inline bool ref_leave(ref *r, bool *last)
+{
+    WEFT_ASSERT(r->users > 0);
+    r->users--;
+    *last = r->closed && r->users == 0;
+    return r->closed;
+}
 
-/* Outside any coroutine: run this thread's loop until *flag is set (0) or the deadline
- * passes (-1/ETIMEDOUT; EDEADLK if nothing can ever set it). */
-int sched_drive(const bool *flag, int64_t deadline);
+/* Close r: true when nobody is inside (the closer frees the object now). */
+static inline bool ref_close(ref *r)
+{
+    WEFT_ASSERT(!r->closed);
+    r->closed = true;
+    return r->users == 0;
+}
 
+/* ---- Wake-ups from other threads (inbox.c) ---- */
 /* Prepare r for the running coroutine, or for the thread itself outside any coroutine (which
  * then waits with sched_drive on r->delivered), and count it as waiting on another thread
  * (this creates the scheduler's eventfd on first use). -1/errno on failure. */
@@ -275,148 +431,90 @@ void rwait_wake(rwait *r);
 void rwait_settle(rwait *r);
 /* Stop counting r when it was never claimed. */
 void rwait_end(rwait *r);
-/* Called by the backend when the scheduler's eventfd is readable. */
-void sched_drain_inbox(sched *s);
 
-/* ---- Event backends (backend.c picks one; backend_epoll.c, backend_uring.c) ---- */
-/* The only code that talks to the kernel's event interface. It parks coroutines until an fd
- * is ready; what it offers is the same whichever is built. */
-typedef struct backend_ops {
-    const char *name;
-    void (*free)(backend *b);
-    /* Park the running coroutine until fd has one of events, the deadline passes, or the fd
-     * is forgotten; errors as weft_wait_fd. Called only after the fd said EAGAIN. */
-    int (*wait)(backend *b, int fd, int events, int64_t deadline);
-    /* Wait up to timeout_ms (-1: forever) for events and wake their waiters. */
-    int (*poll)(backend *b, int timeout_ms);
-    /* fd is about to be closed: wake its waiters with EBADF and drop it. */
-    void (*forget)(backend *b, int fd);
-    /* Watch fd (the scheduler's eventfd) and call sched_drain_inbox when it is readable. */
-    int (*watch_wakeup)(backend *b, int fd);
-    /* Wake the coroutine waiting for events (one WEFT_ flag) on fd, if any, with err. */
-    void (*cancel_wait)(backend *b, int fd, int events, int err);
-    /* Optional (io_uring; NULL for epoll): after the fd said EAGAIN, perform the read, send
-     * or accept itself (a connect from the start) and park until it completes; the result is
-     * the system call's (-1 with errno), or ETIMEDOUT/ECANCELED if the deadline or a cancel
-     * ended it first (data that had already arrived is returned, never dropped). */
-    ssize_t (*read)(backend *b, int fd, void *buf, size_t n, bool socket, int64_t deadline);
-    ssize_t (*send)(backend *b, int fd, const void *buf, size_t n, bool socket, int64_t deadline);
-    int (*accept)(backend *b, int fd, void *sa, unsigned *salen, int64_t deadline);
-    int (*connect)(backend *b, int fd, const void *sa, unsigned salen, int64_t deadline);
-    /* Optional: a read is about to be tried on fd. False if no input can have come since the
-     * last call (the fd is watched for edges and raised none), so a reader whose last read
-     * left it drained may park without trying; true otherwise. Without it, reads are always
-     * tried. */
-    bool (*input_hint)(backend *b, int fd);
-    /* io_uring: its poll completions cannot tell urgent data (after which a TCP read stops
-     * short with more queued) from an ordinary arrival, so a short read does not count as
-     * drained; only a read after which the kernel reported nothing queued (TCP_INQ) does. */
-    bool hint_needs_empty;
-} backend_ops;
+/* ---- Parking on descriptors and operations (fd.c) ---- */
+/* Wait for fd: parks inside a coroutine, poll()s outside one. ETIMEDOUT, ECANCELED, EBUSY
+ * (another coroutine waits for the same direction), EBADF (closed meanwhile). */
+int fd_wait(int fd, int events, int64_t deadline);
+/* Wake the coroutine waiting on fd for events (one WEFT_ flag), if any, with err. */
+void fd_cancel_wait(int fd, int events, int err);
+/* Before a read of fd: whether input may have come since the last call. False only when fd
+ * is watched and no input event came since (a reader whose last read left the fd drained may
+ * then park without reading); always true outside coroutines. */
+bool fd_input_hint(int fd);
+/* Whether the running coroutine's backend shows urgent data apart from input. */
+bool fd_edges_show_urgent(void);
+/* Callback: called from the loop with the events (IO_ bits) of fd, before the coroutines
+ * waiting on it are woken; the owner of a descriptor (its transport) learns of room for its
+ * queued output this way. One per fd; fd_set_owner(fd, NULL, NULL) removes it. */
+typedef void (*fd_owner_fn)(void *owner, unsigned events);
+int fd_set_owner(int fd, fd_owner_fn fn, void *owner);
+/* Make sure fd's output events reach its owner (after a send said EAGAIN). */
+int fd_watch_output(int fd);
+/* True when the running coroutine's backend performs operations itself (io_uring). */
+bool fd_ops_available(void);
+/* Perform op (its kind, fd, buf, len, addrlen set) on the backend and park until it is done;
+ * a timeout or cancel asks the kernel to cancel it and still waits for its completion (the
+ * kernel may be using the buffer). The result (>= 0), or -1 with its errno, or ETIMEDOUT /
+ * ECANCELED if the deadline or a cancel ended it first (data that had already come is
+ * returned, never dropped). Only when fd_ops_available(). */
+ssize_t fd_op(io_op *op, int64_t deadline);
+/* Start op on the backend without waiting; op->cb runs from the loop when it is done. For
+ * operations the loop owns (a transport's queued sends). -1/errno. */
+int fd_op_start(io_op *op);
+/* Close fd, first waking every coroutine waiting on it with EBADF (weft_fd_close). */
+int fd_close(int fd);
+/* Make fd non-blocking; nothing else about it changes. */
+int fd_set_nonblock(int fd);
+/* Deadline for a relative timeout in ms (-1 stays -1). */
+int64_t deadline_after(int64_t timeout_ms);
+/* Ignore SIGPIPE once per process if it still has its default action. */
+void ignore_sigpipe(void);
 
-/* Every backend starts with this. */
-struct backend {
-    const backend_ops *ops;
-    size_t waiting; /* coroutines parked on an fd: zero means no event can wake anyone */
-};
-
-/* The per-fd waiters both backends keep. */
-typedef struct fd_slot {
-    weft_co *reader;   /* coroutine waiting for input, if any */
-    weft_co *writer;   /* coroutine waiting for output space, if any */
-    bool registered;   /* epoll: in the interest list */
-    bool in_edge;      /* epoll: input arrived since the last input_hint; io_uring: an
-                        * arrival reported while nobody waited */
-    bool in_hint;      /* io_uring: input arrived since the last input_hint */
-    bool in_hup;       /* epoll: hang-up, error or urgent data seen: always try reads */
-    bool read_armed;   /* io_uring: a (multishot) poll for input is active */
-    bool write_armed;  /* io_uring: a poll for output is in flight */
-    uint32_t gen;      /* io_uring: bumped when the fd is forgotten, to drop stale polls */
-    void *read_op;     /* io_uring: the read in flight, so a shutdown can cancel it */
-    unsigned ops;      /* io_uring: operations in flight on this fd */
-} fd_slot;
-
-typedef struct slot_table {
-    fd_slot *slots;    /* indexed by fd */
-    size_t n;
-} slot_table;
-
-/* The slot of fd, growing the table as needed; NULL/ENOMEM. */
-fd_slot *slot_table_get(slot_table *t, int fd);
-void slot_table_free(slot_table *t);
-/* Take the coroutine out of *w (if any) and wake it with err. */
-void slot_wake(backend *b, weft_co **w, int err);
-/* Park in *w (reader or writer slot) until woken or the deadline; EBUSY if taken. The slot
- * may move while parked: it is found again through t and fd. */
-int slot_park(backend *b, slot_table *t, int fd, int events, int64_t deadline);
-
-/* This thread's choice (weft_set_backend, $WEFT_BACKEND, else auto), with a reason when it
- * fell back; NULL/ENOMEM only if no backend at all could start. */
-backend *backend_new(char *reason, size_t reason_len);
-backend *epoll_backend_new(void);
-/* NULL with errno when io_uring cannot start here (ENOSYS, EPERM, ENOMEM, ...). */
-backend *uring_backend_new(void);
-
-static inline void backend_free(backend *b) { b->ops->free(b); }
-static inline int backend_wait(backend *b, int fd, int events, int64_t deadline)
-{
-    return b->ops->wait(b, fd, events, deadline);
-}
-static inline int backend_poll(backend *b, int timeout_ms) { return b->ops->poll(b, timeout_ms); }
-static inline void backend_forget(backend *b, int fd) { b->ops->forget(b, fd); }
-static inline int backend_watch_wakeup(backend *b, int fd) { return b->ops->watch_wakeup(b, fd); }
-static inline size_t backend_waiting(const backend *b) { return b->waiting; }
-static inline void backend_cancel_wait(backend *b, int fd, int events, int err)
-{
-    b->ops->cancel_wait(b, fd, events, err);
-}
+/* ---- Transports (transport.h, sock.c) ---- */
+#include "transport.h"
 
 /* ---- Channels (chan.c) ---- */
-/* A channel over fd, already non-blocking; peer is its "host:port" name (copied). tcp: a
- * TCP socket, whose short reads mean "no more input for now" (urgent data aside, which epoll
- * reports apart) and so may skip a read that would find nothing. Not for Unix sockets: their
- * reads also stop short at passed fds and credentials. */
-weft_chan *chan_new(int fd, bool is_socket, bool tcp, const char *peer);
+/* A channel over transport t (which it owns from now on); peer is its "host:port" name
+ * (copied); line_buffered for sockets (else fully buffered). NULL/ENOMEM (t is then closed
+ * and freed). */
+weft_chan *chan_new(transport *t, const char *peer, bool line_buffered);
 /* Stop input for a graceful shutdown: reads still return what has already arrived (in the
  * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
  * parked now wakes, takes what has arrived, else fails with ECANCELED. Writes go on. */
 void chan_stop_input(weft_chan *c);
 
-/* ---- Shared helpers ---- */
-/* Wait for fd: parks inside a coroutine, poll()s outside one. */
-int fd_wait(int fd, int events, int64_t deadline);
-/* True when the running coroutine's backend performs I/O itself (see backend_ops.read). */
-bool io_ops_available(void);
-/* Those operations, for after EAGAIN or, for connect, instead of the system call (only when
- * io_ops_available()). */
-ssize_t io_read(int fd, void *buf, size_t n, bool socket, int64_t deadline);
-ssize_t io_send(int fd, const void *buf, size_t n, bool socket, int64_t deadline);
-int io_accept(int fd, void *sa, unsigned *salen, int64_t deadline);
-int io_connect(int fd, const void *sa, unsigned salen, int64_t deadline);
-/* Deadline for a relative timeout in ms (-1 stays -1). */
-int64_t deadline_after(int64_t timeout_ms);
-/* Make fd non-blocking; nothing else about it changes. */
-int fd_set_nonblock(int fd);
-/* Ignore SIGPIPE once per process if it still has its default action. */
-void ignore_sigpipe(void);
-/* Format a socket address as "host:port", "[v6]:port" or "unix:path". */
-void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen);
+/* ---- Offload (offload.c) ---- */
+/* weft_offload with a deadline (-1: none; ETIMEDOUT), plus drop(arg, result): when the call
+ * fails, arg is drop's (heap memory it frees): called on the worker thread once fn returns if
+ * the caller was cancelled or ran out of time, or at once with result NULL if fn never started.
+ * With a deadline, a caller outside any coroutine also waits for the pool (running its
+ * thread's loop meanwhile) instead of calling fn itself. */
+int offload_call(void *(*fn)(void *), void *arg, void **result,
+                 void (*drop)(void *arg, void *result), int64_t deadline);
 
-/* ---- Address strings (net.c) ---- */
-typedef struct parsed_addr {
-    bool is_unix;
-    bool wildcard;      /* "" or "*" as host: every interface */
-    char host[256];
-    char port[32];
-    char path[108];     /* sizeof sockaddr_un.sun_path */
-} parsed_addr;
-
-/* Split "host:port", "[v6]:port", ":port", "*:port" or "unix:/path" into pa. EINVAL. */
-int net_parse_addr(const char *addr, parsed_addr *pa);
+/* ---- Sockets (net.c) ---- */
+/* Tests: delay every resolver call by this many ms, to prove a slow resolver stalls nothing. */
+extern _Atomic unsigned net_resolve_delay_ms;
 /* weft_listen, optionally with SO_REUSEPORT so several threads can listen on one port. */
 weft_listener *net_listen(const char *addr, int backlog, bool reuseport);
 /* Accept a connection already waiting, without waiting: a channel, or NULL with errno
  * (EAGAIN: none is waiting). */
 weft_chan *net_accept_now(weft_listener *l);
+
+/* ---- Sync (sync.c) ---- */
+/* The bounded FIFO of items behind both queues (weft_queue, weft_tqueue). */
+typedef struct item_ring {
+    void **items;
+    size_t cap, head, len;
+} item_ring;
+
+/* Room for cap (> 0) items. -1/ENOMEM. */
+int item_ring_init(item_ring *r, size_t cap);
+void item_ring_free(item_ring *r);
+/* Add at the tail; only when len < cap. */
+void item_ring_push(item_ring *r, void *item);
+/* Take from the head; only when len > 0. */
+void *item_ring_pop(item_ring *r);
 
 #endif

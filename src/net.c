@@ -19,91 +19,11 @@
 struct weft_listener {
     int fd;
     int port;
-    int users;
-    bool closed;
+    ref ref;            /* coroutines inside weft_accept; closed under them */
     bool accepting;     /* a coroutine waits in weft_accept: a second one gets EBUSY */
     char addr[128];
     char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 };
-
-void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen)
-{
-    const struct sockaddr *s = sa;
-    char host[INET6_ADDRSTRLEN] = "?";
-    if (s->sa_family == AF_INET) {
-        const struct sockaddr_in *in = sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-        snprintf(out, outlen, "%s:%u", host, ntohs(in->sin_port));
-    } else if (s->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-        snprintf(out, outlen, "[%s]:%u", host, ntohs(in6->sin6_port));
-    } else if (s->sa_family == AF_UNIX) {
-        const struct sockaddr_un *un = sa;
-        size_t off = offsetof(struct sockaddr_un, sun_path);
-        if (salen > off + 1 && un->sun_path[0])
-            snprintf(out, outlen, "unix:%.*s", (int)(salen - off), un->sun_path);
-        else
-            snprintf(out, outlen, "unix");
-    } else {
-        snprintf(out, outlen, "?");
-    }
-}
-
-/* ---- Address strings ---- */
-
-/* A port is a decimal number from 0 to 65535 (getaddrinfo would wrap 70000 to 4464), or a
- * service name from /etc/services ("http"), which getaddrinfo checks. */
-static bool port_ok(const char *p)
-{
-    if (*p < '0' || *p > '9')
-        return (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z');
-    unsigned long v = 0;
-    for (; *p; p++) {
-        if (*p < '0' || *p > '9')
-            return false;
-        v = v * 10 + (unsigned long)(*p - '0');
-        if (v > 65535)
-            return false;
-    }
-    return true;
-}
-
-int net_parse_addr(const char *addr, parsed_addr *pa)
-{
-    memset(pa, 0, sizeof *pa);
-    if (!addr)
-        goto bad;
-    if (strncmp(addr, "unix:", 5) == 0) {
-        size_t n = strlen(addr + 5);
-        if (n == 0 || n >= sizeof pa->path)
-            goto bad;
-        memcpy(pa->path, addr + 5, n + 1);
-        pa->is_unix = true;
-        return 0;
-    }
-    const char *colon;
-    if (addr[0] == '[') {
-        const char *end = strchr(addr, ']');
-        if (!end || end[1] != ':' || (size_t)(end - addr - 1) >= sizeof pa->host)
-            goto bad;
-        memcpy(pa->host, addr + 1, (size_t)(end - addr - 1));
-        colon = end + 1;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon || (size_t)(colon - addr) >= sizeof pa->host)
-            goto bad;
-        memcpy(pa->host, addr, (size_t)(colon - addr));
-    }
-    if (strlen(colon + 1) == 0 || strlen(colon + 1) >= sizeof pa->port || !port_ok(colon + 1))
-        goto bad;
-    strcpy(pa->port, colon + 1);
-    pa->wildcard = pa->host[0] == '\0' || strcmp(pa->host, "*") == 0;
-    return 0;
-bad:
-    errno = EINVAL;
-    return -1;
-}
 
 _Atomic unsigned net_resolve_delay_ms;
 
@@ -294,9 +214,9 @@ int weft_listener_fd(const weft_listener *l) { return l->fd; }
  * when we are the last one out and fails with EBADF. */
 static int listener_leave(weft_listener *l, int rc)
 {
-    l->users--;
-    if (l->closed) {
-        if (l->users == 0)
+    bool last;
+    if (ref_leave(&l->ref, &last)) {
+        if (last)
             free(l);
         errno = EBADF;
         return -1;
@@ -306,7 +226,7 @@ static int listener_leave(weft_listener *l, int rc)
 
 static int listener_spend(weft_listener *l)
 {
-    l->users++;
+    ref_enter(&l->ref);
     sched_spend_io();
     return listener_leave(l, 0);
 }
@@ -318,12 +238,13 @@ static weft_chan *accepted(int fd, const struct sockaddr_storage *ss, socklen_t 
     sockaddr_format(ss, len, peer, sizeof peer);
     if (ss->ss_family != AF_UNIX)
         set_nodelay(fd);
-    weft_chan *c = chan_new(fd, true, ss->ss_family != AF_UNIX, peer);
-    if (!c) {
+    transport *t = sock_transport_new(fd, true, ss->ss_family != AF_UNIX);
+    if (!t) {
         close(fd);
         errno = ENOMEM;
+        return NULL;
     }
-    return c;
+    return chan_new(t, peer, true);
 }
 
 /* Wait until l is readable (or, on io_uring, accept there): one coroutine at a time, as
@@ -335,12 +256,13 @@ static int accept_wait(weft_listener *l, struct sockaddr_storage *ss, socklen_t 
         errno = EBUSY;
         return -1;
     }
-    l->users++;
+    ref_enter(&l->ref);
     l->accepting = true;
     int fd;
-    if (io_ops_available()) { /* io_uring: the accept itself waits */
+    if (fd_ops_available()) { /* io_uring: the accept itself waits */
         unsigned ulen = sizeof *ss;
-        fd = io_accept(l->fd, ss, &ulen, deadline);
+        io_op op = {.kind = IO_OP_ACCEPT, .fd = l->fd, .buf = ss, .addrlen = &ulen};
+        fd = (int)fd_op(&op, deadline);
         *len = ulen;
         if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             /* A kernel that honours O_NONBLOCK inside io_uring: wait for readiness. */
@@ -399,9 +321,8 @@ int weft_listener_close(weft_listener *l)
 {
     if (l->unix_path[0])
         unlink(l->unix_path);
-    int rc = weft_fd_close(l->fd);
-    l->closed = true;
-    if (l->users == 0)
+    int rc = fd_close(l->fd);
+    if (ref_close(&l->ref))
         free(l);
     return rc;
 }
@@ -424,6 +345,13 @@ static int connect_finish(int fd, int64_t deadline)
     return 0;
 }
 
+/* io_uring: the whole connect as one operation. 0 or -1 with the connect's error. */
+static int connect_op(int fd, const struct sockaddr *sa, socklen_t salen, int64_t deadline)
+{
+    io_op op = {.kind = IO_OP_CONNECT, .fd = fd, .buf = (void *)sa, .len = salen};
+    return fd_op(&op, deadline) < 0 ? -1 : 0;
+}
+
 static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadline)
 {
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -431,8 +359,8 @@ static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadl
         return -1;
     /* io_uring performs the whole connect as one operation; elsewhere (or on a kernel that
      * hands back EINPROGRESS) wait for the socket to become writable. */
-    bool op = io_ops_available();
-    int rc = op ? io_connect(fd, sa, salen, deadline) : connect(fd, sa, salen);
+    bool op = fd_ops_available();
+    int rc = op ? connect_op(fd, sa, salen, deadline) : connect(fd, sa, salen);
     if (rc != 0 && errno == EINPROGRESS)
         rc = connect_finish(fd, deadline);
     /* A Unix socket whose backlog is full says EAGAIN: back off briefly and retry. */
@@ -443,11 +371,11 @@ static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadl
         }
         if (weft_sleep(pause < 100 ? pause : 100) != 0)
             break;
-        rc = op ? io_connect(fd, sa, salen, deadline) : connect(fd, sa, salen);
+        rc = op ? connect_op(fd, sa, salen, deadline) : connect(fd, sa, salen);
     }
     if (rc != 0) {
         int e = errno;
-        weft_fd_close(fd);
+        fd_close(fd);
         errno = e;
         return -1;
     }
@@ -492,10 +420,11 @@ weft_chan *weft_connect(const char *addr, int64_t deadline)
     }
     if (fd < 0)
         return NULL;
-    weft_chan *c = chan_new(fd, true, !pa.is_unix, peer);
-    if (!c) {
-        weft_fd_close(fd);
+    transport *t = sock_transport_new(fd, true, !pa.is_unix);
+    if (!t) {
+        fd_close(fd);
         errno = ENOMEM;
+        return NULL;
     }
-    return c;
+    return chan_new(t, peer, true);
 }

@@ -12,7 +12,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
+#include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,10 +59,57 @@ int64_t weft_now(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-sched *sched_peek(void)
+/* ---- Choosing the backend (weft_set_backend and friends) ---- */
+
+static _Thread_local char chosen[8]; /* "" until weft_set_backend */
+static _Atomic uint64_t backends_made; /* each scheduler's backend gets a number (be_gen) */
+
+int weft_set_backend(const char *name)
 {
-    return tls_sched;
+    if (!name || (strcmp(name, "epoll") && strcmp(name, "uring") && strcmp(name, "auto"))) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (tls_sched) {
+        errno = EBUSY;
+        return -1;
+    }
+    snprintf(chosen, sizeof chosen, "%s", name);
+    return 0;
 }
+
+/* Without a scheduler the answer is what one would get if it started now: a backend is made
+ * to find out and freed at once, so that asking starts nothing that would stay (a thread
+ * that only asks must not keep a ring and descriptors), and weft_set_backend still works. */
+static _Thread_local char probe_reason[96];
+
+static const char *probe(void)
+{
+    backend *b = backend_new(chosen, probe_reason, sizeof probe_reason);
+    if (!b) {
+        snprintf(probe_reason, sizeof probe_reason, "no backend could start: %s",
+                 strerror(errno));
+        return "none";
+    }
+    const char *name = b->ops->name; /* static storage */
+    backend_free(b);
+    return name;
+}
+
+const char *weft_backend_name(void)
+{
+    return tls_sched ? tls_sched->be->ops->name : probe();
+}
+
+const char *weft_backend_reason(void)
+{
+    if (tls_sched)
+        return tls_sched->backend_reason;
+    probe();
+    return probe_reason;
+}
+
+/* ---- The scheduler's life ---- */
 
 static void after_fork_child(void);
 static void at_thread_exit(void *p);
@@ -74,6 +121,27 @@ static void process_init(void)
     pthread_key_create(&exit_key, at_thread_exit);
 }
 
+/* For the SIGSEGV handler (stack.c), in signal context: whose stack is it? */
+static const stack *running_stack(const char **name)
+{
+    sched *s = tls_sched;
+    weft_co *co = s ? s->current : NULL;
+    if (!co)
+        return NULL;
+    *name = co->name;
+    return co->stack;
+}
+
+/* A new backend for s (at start, or in a forked child). -1 with errno. */
+static int make_backend(sched *s)
+{
+    s->be = backend_new(chosen, s->backend_reason, sizeof s->backend_reason);
+    if (!s->be)
+        return -1;
+    s->be_gen = atomic_fetch_add(&backends_made, 1) + 1;
+    return 0;
+}
+
 sched *sched_get(void)
 {
     if (tls_sched)
@@ -83,17 +151,22 @@ sched *sched_get(void)
     sched *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    if (stack_guard_init() != 0 ||
-        !(s->be = backend_new(s->backend_reason, sizeof s->backend_reason))) {
+    if (stack_guard_init(running_stack) != 0 || make_backend(s) != 0) {
+        int err = errno;
         free(s);
-        errno = ENOMEM;
+        errno = err;
         return NULL;
     }
-    s->wake_fd = -1;
-    pthread_mutex_init(&s->inbox_mu, NULL);
+    s->in.fd = -1;
+    pthread_mutex_init(&s->in.mu, NULL);
     tls_sched = s;
     pthread_setspecific(exit_key, s);
     return s;
+}
+
+sched *sched_peek(void)
+{
+    return tls_sched;
 }
 
 /* Free the scheduler once nothing uses it, so a program that is done with weft holds no
@@ -104,9 +177,9 @@ static void sched_release_if_idle(sched *s)
         return; /* (a wake-up from another thread may be on its way to the inbox) */
     pthread_setspecific(exit_key, NULL);
     backend_free(s->be);
-    if (s->wake_fd >= 0)
-        close(s->wake_fd);
-    pthread_mutex_destroy(&s->inbox_mu);
+    if (s->in.fd >= 0)
+        close(s->in.fd);
+    pthread_mutex_destroy(&s->in.mu);
     timer_heap_free(&s->timers);
     stack_pool_drain();
     buf_pool_drain();
@@ -217,7 +290,7 @@ static void switch_out(sched *s, weft_co *co, bool done)
 {
     co->io_streak = 0;
     if (!co->guarded && !stack_canary_ok(co->stack))
-        stack_overflow_abort(co); /* before anything else runs on corrupted memory */
+        stack_overflow_abort(co->name); /* before anything else runs on corrupted memory */
     if (done)
         s->reap = co;
     weft_co *next = s->batch;
@@ -249,10 +322,10 @@ static void co_main(void *p)
     after_switch(s, co, NULL);
     co->result = co->fn(co->arg);
     if (co->held_output)
-        sched_held_output_hook(co, true);
+        chan_release_held(co); /* its peer gets it as it reads */
     co->state = CO_DONE;
-    if (co->group)
-        group_member_ended(co);
+    if (co->on_end)
+        co->on_end(co);
     if (co->joiner)
         sched_wake(co->joiner, 0);
     switch_out(s, co, true);
@@ -298,8 +371,6 @@ static void run_co(sched *s, weft_co *co)
 
 /* ---- Parking and waking ---- */
 
-void (*sched_held_output_hook)(weft_co *co, bool may_wait);
-
 /* Lazy timers. A wait that ends early (its fd became ready) leaves its timer in the heap,
  * and the next wait with a later deadline leaves it there too: a server's idle timeout,
  * renewed by every read, then costs no heap operation at all. A timer may therefore sit
@@ -344,10 +415,11 @@ static int park(int64_t deadline, bool cancellable)
     sched *s = tls_sched;
     weft_co *co = s->current;
 
-    /* Without waiting: a wait here may already be registered, and a nested one could take
-     * its wake-up. What does not fit now goes when the coroutine next uses the channel. */
+    /* Held output goes to the channel's transport, which sends it as the peer reads whatever
+     * we wait on; not by a send that waits here: a wait may already be registered, and a
+     * nested one could take its wake-up. */
     if (co->held_output)
-        sched_held_output_hook(co, false);
+        chan_release_held(co);
 
     if (cancellable && co->cancelled) {
         errno = ECANCELED;
@@ -376,6 +448,18 @@ int sched_park(int64_t deadline)
 int sched_park_nocancel(int64_t deadline)
 {
     return park(deadline, false);
+}
+
+int sched_park_io(int64_t deadline, bool cancellable)
+{
+    sched *s = tls_sched;
+    weft_co *co = s->current;
+    co->io_wait = true;
+    s->io_waiting++;
+    int rc = park(deadline, cancellable);
+    s->io_waiting--;
+    co->io_wait = false;
+    return rc;
 }
 
 void sched_resume_hint(const void *p)
@@ -477,12 +561,12 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
     int timeout = may_block ? poll_timeout(s, limit) : 0;
 
     /* (With no coroutine at all this is a wait outside any coroutine that nothing can end.) */
-    if (timeout < 0 && !backend_waiting(s->be) && !s->external_waits) {
+    if (timeout < 0 && !s->io_waiting && !s->external_waits) {
         errno = EDEADLK; /* everyone is parked on something no event can end */
         return -1;
     }
     /* With work queued and nothing that only the kernel can report, skip the system call. */
-    bool quiet = timeout == 0 && !backend_waiting(s->be) && !s->external_waits;
+    bool quiet = timeout == 0 && !s->io_waiting && !s->external_waits;
     if (!quiet && backend_poll(s->be, timeout) != 0)
         return -1;
     expire_timers(s);
@@ -567,7 +651,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     if (size < WEFT_STACK_MIN)
         size = WEFT_STACK_MIN;
 
-    stack *st = stack_take(size, opts ? opts->guard_size : 0);
+    stack *st = stack_take(size, opts ? opts->guard_size : 0, CO_ROOM);
     if (!st) {
         errno = ENOMEM;
         return NULL;
@@ -636,8 +720,6 @@ static int drive_until(sched *s, const bool *flag, const weft_co *co, int64_t de
     return rc;
 }
 
-/* ---- Wake-ups from other threads ---- */
-
 int sched_drive(const bool *flag, int64_t deadline)
 {
     sched *s = sched_get();
@@ -646,88 +728,6 @@ int sched_drive(const bool *flag, int64_t deadline)
     int rc = drive_until(s, flag, NULL, deadline);
     sched_release_if_idle(s);
     return *flag ? 0 : rc;
-}
-
-int rwait_begin(rwait *r)
-{
-    sched *s = sched_get();
-    if (!s)
-        return -1;
-    if (s->wake_fd < 0) {
-        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (fd < 0)
-            return -1;
-        if (backend_watch_wakeup(s->be, fd) != 0) {
-            close(fd);
-            return -1;
-        }
-        s->wake_fd = fd;
-    }
-    r->co = s->current;
-    r->s = s;
-    r->delivered = false;
-    r->inbox_next = NULL;
-    s->external_waits++;
-    return 0;
-}
-
-void rwait_wake(rwait *r)
-{
-    sched *s = r->s;
-    if (s == tls_sched) { /* same thread: no need for the inbox */
-        r->delivered = true;
-        if (r->co)
-            sched_wake(r->co, 0);
-        return;
-    }
-    /* The write stays under the lock: once r is drained its scheduler may end and close the
-     * eventfd, so it must not be used after the unlock. */
-    pthread_mutex_lock(&s->inbox_mu);
-    bool first = s->inbox == NULL; /* else a write is already pending the drain */
-    r->inbox_next = s->inbox;
-    s->inbox = r;
-    if (first) {
-        uint64_t one = 1;
-        ssize_t w = write(s->wake_fd, &one, sizeof one);
-        (void)w; /* fails only if the counter is saturated, and then it is readable anyway */
-    }
-    pthread_mutex_unlock(&s->inbox_mu);
-}
-
-void sched_drain_inbox(sched *s)
-{
-    uint64_t n;
-    ssize_t r = read(s->wake_fd, &n, sizeof n);
-    (void)r;
-    pthread_mutex_lock(&s->inbox_mu);
-    rwait *list = s->inbox;
-    s->inbox = NULL;
-    pthread_mutex_unlock(&s->inbox_mu);
-    while (list) {
-        rwait *next = list->inbox_next; /* read first: the waiter may free list once woken */
-        weft_co *co = list->co;
-        list->delivered = true; /* (a waiter outside any coroutine sees this and leaves) */
-        if (co)
-            sched_wake(co, 0);
-        list = next;
-    }
-}
-
-void rwait_settle(rwait *r)
-{
-    sched *s = r->s;
-    while (!r->delivered) {
-        if (r->co)
-            sched_park_nocancel(-1);
-        else
-            drive_until(s, &r->delivered, NULL, -1);
-    }
-    s->external_waits--;
-}
-
-void rwait_end(rwait *r)
-{
-    r->s->external_waits--;
 }
 
 /* ---- Thread exit ----
@@ -801,58 +801,19 @@ static void after_fork_child(void)
     s->runq_head = s->runq_tail = s->batch = NULL;
     s->timers.len = 0; /* the orphans' timers go; they are never looked at again */
     s->external_waits = 0; /* the threads those waits were for do not exist here */
-    s->inbox = NULL;
-    pthread_mutex_init(&s->inbox_mu, NULL);
-    if (s->wake_fd >= 0)
-        close(s->wake_fd);
-    s->wake_fd = -1;
+    s->io_waiting = 0;
+    s->in.list = NULL;
+    pthread_mutex_init(&s->in.mu, NULL);
+    if (s->in.fd >= 0)
+        close(s->in.fd); /* (its copy only: the parent's stays watched there) */
+    s->in.fd = -1;
     s->stop = false;
     backend_free(s->be);
-    s->be = backend_new(s->backend_reason, sizeof s->backend_reason);
-    if (!s->be) {
+    if (make_backend(s) != 0) {
         static const char msg[] = "weft: no event backend in a forked child\n";
         ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
         (void)w;
         abort();
-    }
-}
-
-/* ---- Waiters ---- */
-
-void waiter_init(waiter *w)
-{
-    w->co = weft_self();
-    w->prev = w->next = NULL;
-    w->linked = false;
-    w->done = false;
-    w->err = 0;
-    w->sel = NULL;
-    w->index = 0;
-}
-
-void waiter_done(waiter *w, int err)
-{
-    w->done = true;
-    w->err = err;
-    if (w->sel) {
-        w->sel->done = true;
-        w->sel->index = w->index;
-    }
-    if (w->co)
-        sched_wake(w->co, 0);
-}
-
-int waiter_wait(waiter *w, int64_t deadline, bool cancellable)
-{
-    const bool *done = w->sel ? &w->sel->done : &w->done;
-    if (!w->co)
-        return sched_drive(done, deadline);
-    for (;;) {
-        int rc = cancellable ? sched_park(deadline) : sched_park_nocancel(deadline);
-        if (*done) /* a timeout or cancel in the same turn as the hand-over loses */
-            return 0;
-        if (rc != 0)
-            return -1;
     }
 }
 
@@ -920,7 +881,7 @@ int weft_cancelled(void)
 static void yield_now(sched *s, weft_co *co)
 {
     if (co->held_output)
-        sched_held_output_hook(co, false);
+        chan_release_held(co);
     co->state = CO_READY;
     runq_push(s, co);
     switch_out(s, co, false);

@@ -139,7 +139,7 @@ static void stack_unmap(stack *s)
     free(s);
 }
 
-stack *stack_take(size_t size, size_t guard)
+stack *stack_take(size_t size, size_t guard, size_t top_reserve)
 {
     size_t pg = page_size();
     size = (size + pg - 1) & ~(pg - 1);
@@ -183,7 +183,7 @@ stack *stack_take(size_t size, size_t guard)
     s->size = size;
     s->next_free = NULL;
 #ifdef HAVE_VALGRIND
-    s->valgrind_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + size - CO_ROOM);
+    s->valgrind_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + size - top_reserve);
 #else
     s->valgrind_id = 0;
 #endif
@@ -192,10 +192,10 @@ stack *stack_take(size_t size, size_t guard)
     return s;
 }
 
-void stack_overflow_abort(const weft_co *co)
+void stack_overflow_abort(const char *name)
 {
     write_str("weft: stack overflow in coroutine '");
-    write_str(co->name);
+    write_str(name);
     write_str("' (its stack canary was overwritten; raise its stack_size in weft_spawn_ex)\n");
     abort();
 }
@@ -230,6 +230,7 @@ void stack_pool_drain(void)
 #define OVERFLOW_SLACK (64 * 1024)
 
 static struct sigaction old_segv;
+static _Atomic(stack_running_fn) running; /* the scheduler's: whose stack is it? */
 static pthread_once_t handler_once = PTHREAD_ONCE_INIT;
 static int handler_err;
 static _Thread_local void *altstack;
@@ -238,15 +239,16 @@ static pthread_key_t altstack_key;
 
 static void on_segv(int sig, siginfo_t *si, void *uctx)
 {
-    sched *sc = sched_peek();
-    weft_co *co = sc ? sc->current : NULL;
+    const char *name = "?";
+    stack_running_fn who = atomic_load(&running);
+    const stack *st = who ? who(&name) : NULL;
     uintptr_t addr = (uintptr_t)si->si_addr;
 
-    if (co && co->stack) {
-        uintptr_t lo = (uintptr_t)co->stack->lo;
-        if (addr < lo && addr + co->stack->guard + OVERFLOW_SLACK >= lo) {
+    if (st) {
+        uintptr_t lo = (uintptr_t)st->lo;
+        if (addr < lo && addr + st->guard + OVERFLOW_SLACK >= lo) {
             write_str("weft: stack overflow in coroutine '");
-            write_str(co->name);
+            write_str(name);
             write_str("' (raise its stack_size in weft_spawn_ex)\n");
             signal(SIGSEGV, SIG_DFL);
             return; /* the fault repeats, now with the default action: the process dies */
@@ -281,8 +283,9 @@ static void install_handler(void)
         handler_err = errno ? errno : ENOMEM;
 }
 
-int stack_guard_init(void)
+int stack_guard_init(stack_running_fn who)
 {
+    atomic_store(&running, who);
     pthread_once(&handler_once, install_handler);
     if (handler_err) {
         errno = handler_err;

@@ -8,45 +8,6 @@
 #include <errno.h>
 #include <stdlib.h>
 
-/* ---- Wait lists ---- */
-
-void wait_list_push(wait_list *l, waiter *w)
-{
-    w->linked = true;
-    w->next = NULL;
-    w->prev = l->tail;
-    if (l->tail)
-        l->tail->next = w;
-    else
-        l->head = w;
-    l->tail = w;
-}
-
-void wait_list_remove(wait_list *l, waiter *w)
-{
-    if (w->prev)
-        w->prev->next = w->next;
-    else
-        l->head = w->next;
-    if (w->next)
-        w->next->prev = w->prev;
-    else
-        l->tail = w->prev;
-    w->prev = w->next = NULL;
-    w->linked = false;
-}
-
-waiter *wait_list_pop(wait_list *l)
-{
-    waiter *w;
-    while ((w = l->head)) {
-        wait_list_remove(l, w);
-        if (!w->sel || !w->sel->done)
-            return w;
-    }
-    return NULL;
-}
-
 static void wake_all(wait_list *l, int err)
 {
     waiter *w;

@@ -13,7 +13,7 @@
 
 static void guard_page_below_every_stack(void)
 {
-    stack *s = stack_take(64 * 1024, 0);
+    stack *s = stack_take(64 * 1024, 0, 0);
     CHECK(s && s->size == 64 * 1024);
     memset(s->lo, 1, s->size); /* the whole usable range is writable */
     pid_t pid = fork();
@@ -32,13 +32,13 @@ static void guard_page_below_every_stack(void)
 
 static void pool_reuses_stacks_of_the_same_size(void)
 {
-    stack *a = stack_take(WEFT_STACK_DEFAULT, 0);
+    stack *a = stack_take(WEFT_STACK_DEFAULT, 0, 0);
     CHECK(a);
     void *lo = a->lo;
     stack_give(a);
-    stack *b = stack_take(WEFT_STACK_DEFAULT, 0);
+    stack *b = stack_take(WEFT_STACK_DEFAULT, 0, 0);
     CHECK(b && b->lo == lo); /* came back from the pool */
-    stack *c = stack_take(128 * 1024, 0);
+    stack *c = stack_take(128 * 1024, 0, 0);
     CHECK(c && c->lo != lo && c->size == 128 * 1024);
     stack_give(b);
     stack_give(c);

@@ -4,6 +4,7 @@
 #include "harness.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -349,9 +350,101 @@ static void close_does_not_wait_for_a_parked_writer(void)
     }
 }
 
+/* ---- A held reply keeps flowing while its coroutine waits on something else ---- */
+
+/* The audit's case: two requests arrive together, the reply to the first is held back
+ * (coalescing) while the socket is full, and the coroutine then waits on something that only
+ * the peer can end -- here a thread queue the peer posts to once it has the whole reply. The
+ * reply must reach the peer as it reads, whatever the coroutine waits on. */
+struct held_peer {
+    int fd, go;
+    size_t filled;
+    weft_tqueue *q;
+};
+
+static void *held_peer_main(void *arg)
+{
+    struct held_peer *p = arg;
+    char c;
+    CHECK(read(p->go, &c, 1) == 1); /* the coroutine is about to wait */
+    size_t want = p->filled + 3001, got = 0;
+    char *buf = malloc(want);
+    CHECK(buf);
+    while (got < want) {
+        ssize_t r = read(p->fd, buf + got, want - got);
+        CHECK(r > 0);
+        got += (size_t)r;
+    }
+    for (size_t i = p->filled; i < want - 1; i++)
+        CHECK(buf[i] == 'r');
+    CHECK(buf[want - 1] == '\n');
+    free(buf);
+    CHECK(weft_tqueue_send(p->q, (void *)1, -1) == 0);
+    return NULL;
+}
+
+static weft_chan *held_c;
+static int held_go;
+
+static void *answer_then_wait_elsewhere(void *arg)
+{
+    weft_tqueue *q = arg;
+    size_t len;
+    const char *l = weft_gets(held_c, &len);
+    CHECK(l && len == 4 && memcmp(l, "req1", 4) == 0);
+    char reply[3000];
+    memset(reply, 'r', sizeof reply);
+    CHECK(weft_putln(held_c, reply, sizeof reply) == 0); /* held: req2 is buffered */
+    CHECK(write(held_go, "g", 1) == 1);
+    void *item;
+    CHECK(weft_tqueue_recv(q, &item, weft_now() + 20000) == 0); /* the peer got it all */
+    l = weft_gets(held_c, &len);
+    CHECK(l && len == 4 && memcmp(l, "req2", 4) == 0);
+    return NULL;
+}
+
+static void a_held_reply_flows_while_its_coroutine_waits_elsewhere(void)
+{
+    int sv[2], go[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0 && pipe(go) == 0);
+    int small = 4096;
+    CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+    /* Fill the server's side until the kernel takes no more: the held reply cannot go at
+     * once when its coroutine parks. */
+    CHECK(fcntl(sv[0], F_SETFL, O_NONBLOCK) == 0);
+    char block[1024];
+    memset(block, 'f', sizeof block);
+    size_t filled = 0;
+    for (;;) {
+        ssize_t w = send(sv[0], block, sizeof block, 0);
+        if (w < 0) {
+            CHECK(errno == EAGAIN || errno == EWOULDBLOCK);
+            break;
+        }
+        filled += (size_t)w;
+    }
+    held_c = weft_chan_open(sv[0]);
+    CHECK(held_c);
+    held_go = go[1];
+    write_all(sv[1], "req1\nreq2\n", 10);
+    struct held_peer p = {sv[1], go[0], filled, weft_tqueue_new(1)};
+    CHECK(p.q);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, held_peer_main, &p) == 0);
+    weft_co *co = weft_spawn(answer_then_wait_elsewhere, p.q);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK(weft_close(held_c) == 0 && weft_tqueue_free(p.q) == 0);
+    close(sv[1]);
+    close(go[0]);
+    close(go[1]);
+}
+
 const struct test tests[] = {
     {"a_parked_writers_record_is_never_split", a_parked_writers_record_is_never_split, 0},
     {"three_writers_random_records_stay_whole", three_writers_random_records_stay_whole, 0},
     {"close_does_not_wait_for_a_parked_writer", close_does_not_wait_for_a_parked_writer, 20},
+    {"a_held_reply_flows_while_its_coroutine_waits_elsewhere",
+     a_held_reply_flows_while_its_coroutine_waits_elsewhere, 60},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];

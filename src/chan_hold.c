@@ -1,0 +1,41 @@
+/* Held output leaving with its coroutine. Line coalescing (chan.c) holds a coroutine's reply
+ * back while more requests wait in the same channel; when the coroutine leaves the CPU for
+ * any other reason, the scheduler calls here and the reply goes to the channel's transport,
+ * which sends what the peer takes now and the rest as the peer reads, whatever the coroutine
+ * waits on. Nothing here waits, and nothing calls the scheduler: it calls the transport
+ * through its operations only. */
+#include "chan.h"
+
+#include <errno.h>
+
+void chan_unhold(weft_chan *c)
+{
+    if (c->holder) {
+        if (c->holder->held_output == c)
+            c->holder->held_output = NULL;
+        c->holder = NULL;
+    }
+}
+
+int chan_give_output(weft_chan *c)
+{
+    if (c->wlen == c->wstart)
+        return 0;
+    transport *t = c->t;
+    int r = t->ops->give(t, c->wbuf, c->wcap, c->wstart, c->wlen - c->wstart);
+    if (r < 0 && !t->err)
+        return -1; /* ENOMEM: the bytes stay for the next try */
+    if (r == 1) { /* the transport owns the buffer now: the next write takes another */
+        c->wbuf = NULL;
+        c->wcap = 0;
+    }
+    c->wstart = c->wlen = 0; /* (after a vanished peer: undeliverable, dropped) */
+    return r < 0 ? -1 : 0;
+}
+
+void chan_release_held(weft_co *co)
+{
+    weft_chan *c = co->held_output;
+    chan_unhold(c);
+    chan_give_output(c); /* errors stay in the transport, for the next write to report */
+}
