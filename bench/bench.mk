@@ -7,6 +7,7 @@
 #   make bench-sync            queue/tqueue ping-pong, mutex hand-off, offload, yield
 #   make bench-echo-threads    echo server on weft_serve_threads, 1 vs 2 threads, vs echo-events
 #   QUICK=1                    a short run of each (CI)
+#   make bench-ab BASE=REV     the echo matrix, this tree against commit REV in the same run
 #
 # The runs hold $(O)/bench/.lock (flock), so under make -j they still run one at a time and
 # do not measure each other.
@@ -62,3 +63,15 @@ bench-echo: $(O)/bench/echo_bench $(O)/bench/loadgen $(O)/bench/base_epoll $(BEN
 
 bench-micro: $(O)/bench/micro
 	$(BENCH_LOCK) $(RUN) $(O)/bench/micro $(BENCH_QUICK)
+
+# A/B: the echo of commit $(BASE) (exported with git archive, built in $(O)/ab-base) runs in
+# the same rotation as this tree's; the last table gives this / base in rt/cpu-s.
+BASE ?= HEAD
+.PHONY: bench-ab
+bench-ab: $(O)/bench/echo_bench $(O)/bench/loadgen $(O)/bench/base_epoll $(BENCH_URING) $(O)/examples/echo
+	rm -rf $(O)/ab-src && mkdir -p $(O)/ab-src
+	git archive $(BASE) | tar -x -C $(O)/ab-src
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(MAKE) -s -C $(O)/ab-src O=$(abspath $(O))/ab-base \
+	    CC=$(CC) $(abspath $(O))/ab-base/examples/echo
+	$(BENCH_LOCK) $(RUN) $(O)/bench/echo_bench -b $(O) -B $(O)/ab-base \
+	    $(if $(HAVE_LIBURING),,-U) $(BENCH_QUICK)

@@ -10,7 +10,9 @@
  * Exit status 1 only on a real failure: a loadgen that reports a mismatch or an error, a
  * server that does not start or crashes. A low ratio is never a failure.
  *
- * Usage: echo_bench -b BUILD_DIR [-q] [-U] [-t SECONDS] [-r REPS] [-R ROW]
+ * Usage: echo_bench -b BUILD_DIR [-B OTHER_BUILD_DIR] [-q] [-U] [-t SECONDS] [-r REPS] [-R ROW]
+ * With -B, the echo of another build (an earlier commit's, say) runs in the same rotation,
+ * and a table gives this build's rt/cpu-s over the other's: an A/B in one run.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -27,8 +29,9 @@
 #include <unistd.h>
 
 #define MAXREP 9
-enum { S_WEFT_EPOLL, S_WEFT_URING, S_BASE_EPOLL, S_BASE_URING, NSERV };
-static const char *serv_name[NSERV] = {"weft/epoll", "weft/uring", "base_epoll", "base_uring"};
+enum { S_WEFT_EPOLL, S_WEFT_URING, S_BASE_EPOLL, S_BASE_URING, S_B_EPOLL, S_B_URING, NSERV };
+static const char *serv_name[NSERV] = {"weft/epoll", "weft/uring", "base_epoll", "base_uring",
+                                       "B:epoll", "B:uring"};
 
 struct row {
     int n, p, s;
@@ -49,7 +52,7 @@ struct res {
     double rtps, rtcpu, p50, p99, p999, cpu;
 };
 
-static char build[512];
+static char build[512], build_b[512];
 static int have_uring = 1, failures;
 static pid_t live_server = -1, live_loadgen = -1;
 
@@ -69,6 +72,8 @@ static void server_path(int s, char *buf, size_t n)
 {
     if (s == S_WEFT_EPOLL || s == S_WEFT_URING)
         snprintf(buf, n, "%s/examples/echo", build);
+    else if (s == S_B_EPOLL || s == S_B_URING)
+        snprintf(buf, n, "%s/examples/echo", build_b);
     else
         snprintf(buf, n, "%s/bench/%s", build, serv_name[s]);
 }
@@ -89,9 +94,9 @@ static pid_t server_start(int s, int *port, int *outfd)
         CPU_ZERO(&set);
         CPU_SET(0, &set);
         sched_setaffinity(0, sizeof set, &set);
-        if (s == S_WEFT_EPOLL)
+        if (s == S_WEFT_EPOLL || s == S_B_EPOLL)
             setenv("WEFT_BACKEND", "epoll", 1);
-        else if (s == S_WEFT_URING)
+        else if (s == S_WEFT_URING || s == S_B_URING)
             setenv("WEFT_BACKEND", "uring", 1);
         dup2(pfd[1], 1);
         close(pfd[0]);
@@ -267,16 +272,18 @@ int main(int argc, char **argv)
     int quick = 0, reps = 0, only_row = -1;
     double secs = 0;
     int opt;
-    while ((opt = getopt(argc, argv, "b:qUt:r:R:")) != -1) {
+    while ((opt = getopt(argc, argv, "b:B:qUt:r:R:")) != -1) {
         switch (opt) {
         case 'b': snprintf(build, sizeof build, "%s", optarg); break;
+        case 'B': snprintf(build_b, sizeof build_b, "%s", optarg); break;
         case 'q': quick = 1; break;
         case 'U': have_uring = 0; break;
         case 't': secs = atof(optarg); break;
         case 'r': reps = atoi(optarg); break;
         case 'R': only_row = atoi(optarg); break;
         default:
-            fprintf(stderr, "usage: echo_bench -b BUILD_DIR [-q] [-U] [-t SECONDS] [-r REPS] [-R ROW]\n");
+            fprintf(stderr, "usage: echo_bench -b BUILD_DIR [-B OTHER_BUILD_DIR] [-q] [-U] "
+                            "[-t SECONDS] [-r REPS] [-R ROW]\n");
             return 2;
         }
     }
@@ -292,7 +299,11 @@ int main(int argc, char **argv)
     alarm(quick ? 600 : 3600);
     signal(SIGPIPE, SIG_IGN);
 
-    int nserv = have_uring ? NSERV : S_BASE_URING;
+    /* The servers in rotation: the rest are skipped (no liburing, no -B). */
+    int list[NSERV], nserv = 0;
+    for (int s = 0; s < NSERV; s++)
+        if ((s != S_BASE_URING || have_uring) && (s < S_B_EPOLL || build_b[0]))
+            list[nserv++] = s;
     time_t now = time(NULL);
     char date[64];
     strftime(date, sizeof date, "%Y-%m-%d %H:%M", localtime(&now));
@@ -315,7 +326,7 @@ int main(int argc, char **argv)
         int nok[NSERV] = {0};
         for (int k = 0; k < reps; k++) {
             for (int j = 0; j < nserv; j++) {
-                int s = (j + k + ri) % nserv; /* rotate the order */
+                int s = list[(j + k + ri) % nserv]; /* rotate the order */
                 struct res r = measure(s, rw, secs);
                 if (!r.ok)
                     continue;
@@ -324,7 +335,8 @@ int main(int argc, char **argv)
                 v[3][s][i] = r.p99, v[4][s][i] = r.p999, v[5][s][i] = r.cpu;
             }
         }
-        for (int s = 0; s < nserv; s++) {
+        for (int j = 0; j < nserv; j++) {
+            int s = list[j];
             struct res *m = &med[ri][s];
             if (!nok[s])
                 continue;
@@ -338,7 +350,7 @@ int main(int argc, char **argv)
             char a[16], b[16];
             fmt_num(a, sizeof a, m->rtps);
             fmt_num(b, sizeof b, m->rtcpu);
-            printf("%-12s %-10s %9s %10s %8.0f %8.0f %9.0f %6.2f\n", s == 0 ? rw->label : "",
+            printf("%-12s %-10s %9s %10s %8.0f %8.0f %9.0f %6.2f\n", j == 0 ? rw->label : "",
                    serv_name[s], a, b, m->p50, m->p99, m->p999, m->cpu);
         }
         fflush(stdout);
@@ -357,7 +369,7 @@ int main(int argc, char **argv)
         /* best baseline: the higher rt/cpu-s (for rt/s and p99, the best of the two figures) */
         int bc = -1;
         double best_rt = 0, best_p99 = 0;
-        for (int s = S_BASE_EPOLL; s < nserv; s++) {
+        for (int s = S_BASE_EPOLL; s <= S_BASE_URING; s++) {
             if (!m[s].ok)
                 continue;
             if (bc < 0 || m[s].rtcpu > m[bc].rtcpu)
@@ -379,11 +391,29 @@ int main(int argc, char **argv)
                bc >= 0 ? serv_name[bc] : "-", r1, r2, r3, r4, r5, r6);
     }
 
+    if (build_b[0]) {
+        printf("\n== A/B: this build (%s) / the other (%s), rt/cpu-s (>= 1: this is cheaper) ==\n",
+               build, build_b);
+        printf("%-12s | %10s %10s\n", "row", "epoll", "uring");
+        for (int ri = 0; ri < NROWS; ri++) {
+            if (only_row >= 0 && ri != only_row)
+                continue;
+            struct res *m = med[ri];
+            char r1[16], r2[16];
+            ratio(r1, sizeof r1, m[S_WEFT_EPOLL].rtcpu, m[S_B_EPOLL].ok ? m[S_B_EPOLL].rtcpu : 0,
+                  m[S_WEFT_EPOLL].ok);
+            ratio(r2, sizeof r2, m[S_WEFT_URING].rtcpu, m[S_B_URING].ok ? m[S_B_URING].rtcpu : 0,
+                  m[S_WEFT_URING].ok);
+            printf("%-12s | %10s %10s\n", rows[ri].label, r1, r2);
+        }
+    }
+
     /* idle memory: 10,000 connections, one verified line each, then parked */
     int idle_n = 10000;
     printf("\n== idle memory: server RSS growth / connection, %d connections parked in a read ==\n",
            idle_n);
-    for (int s = 0; s < nserv; s++) {
+    for (int j = 0; j < nserv; j++) {
+        int s = list[j];
         int port, outfd;
         pid_t pid = server_start(s, &port, &outfd);
         if (pid < 0) {

@@ -337,11 +337,7 @@ void sched_note_stop_handlers(void);
  * channel it is about to wait on), so that it can be fetched before the switch needs it. */
 void sched_resume_hint(const void *p);
 /* The running coroutine's backend, or NULL outside any coroutine. */
-static inline backend *sched_backend(void)
-{
-    sched *s = sched_peek();
-    return s && s->current ? s->be : NULL;
-}
+backend *sched_backend(void);
 
 /* ---- Held output (chan_hold.c), called by the scheduler ---- */
 /* co is leaving the CPU (parks, yields or ends) while it holds back line output on a channel

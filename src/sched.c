@@ -169,6 +169,12 @@ sched *sched_peek(void)
     return tls_sched;
 }
 
+backend *sched_backend(void)
+{
+    sched *s = tls_sched;
+    return s && s->current ? s->be : NULL;
+}
+
 /* Free the scheduler once nothing uses it, so a program that is done with weft holds no
  * epoll fd, pooled stack or heap. A later call simply makes a new one. */
 static void sched_release_if_idle(sched *s)
