@@ -107,7 +107,7 @@ lib: $(O)/libweft.a $(O)/libweft.so
 examples: $(EX_BIN)
 tests: $(TEST_BIN) $(O)/tests/echoload $(O)/tests/soak
 
-$(O)/%.c.o: %.c include/weft.h src/internal.h src/transport.h src/chan.h Makefile
+$(O)/%.c.o: %.c include/weft.h src/internal.h src/transport.h src/chan.h src/sys.h Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 

@@ -4,6 +4,7 @@
  * which is the contract of watch. Events go to the watcher registered with the fd, whose
  * address the epoll event carries. Per fd the backend keeps only whether it is registered. */
 #include "internal.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -24,7 +25,7 @@ typedef struct epoll_backend {
 static void epoll_free(backend *b)
 {
     epoll_backend *e = (epoll_backend *)b;
-    close(e->epfd);
+    sys_close(e->epfd);
     free(e->registered);
     free(e);
 }

@@ -7,6 +7,7 @@
  * first. The table follows the thread's backend: a new backend (a new scheduler, a forked
  * child) starts from clean slots. */
 #include "internal.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -175,7 +176,7 @@ static int poll_wait(int fd, int events, int64_t deadline)
             }
             timeout = left > INT_MAX ? INT_MAX : (int)left;
         }
-        int n = poll(&p, 1, timeout);
+        int n = sys_poll1(&p, timeout);
         if (n > 0) {
             if (p.revents & POLLNVAL) {
                 errno = EBADF;
@@ -361,7 +362,7 @@ int fd_close(int fd)
         slot_wake(&slot->reader, EBADF);
         slot_wake(&slot->writer, EBADF);
     }
-    return close(fd);
+    return sys_close(fd);
 }
 
 int weft_fd_close(int fd)
@@ -375,10 +376,10 @@ int fd_set_nonblock(int fd)
 {
     /* Only O_NONBLOCK: the descriptor is the caller's, and its other flags (close-on-exec
      * among them) are theirs to keep. (Descriptors weft makes itself are close-on-exec.) */
-    int fl = fcntl(fd, F_GETFL);
+    int fl = sys_fcntl(fd, F_GETFL, 0);
     if (fl < 0)
         return -1;
-    if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+    if (!(fl & O_NONBLOCK) && sys_fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
         return -1;
     return 0;
 }

@@ -5,6 +5,7 @@
  * reason first waits for the delivery, so no wake-up is ever left in flight to hit a later,
  * unrelated wait. Invariant: s->external_waits counts the rwaits begun and not yet ended. */
 #include "internal.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <sys/eventfd.h>
@@ -16,7 +17,7 @@ static void inbox_readable(io_watcher *w, unsigned events)
     (void)events;
     sched *s = sched_peek();
     uint64_t n;
-    ssize_t r = read(w->fd, &n, sizeof n);
+    ssize_t r = sys_read(w->fd, &n, sizeof n);
     (void)r;
     pthread_mutex_lock(&s->in.mu);
     rwait *list = s->in.list;
@@ -44,7 +45,7 @@ static int inbox_open(sched *s)
     s->in.w = (io_watcher){.cb = inbox_readable, .fd = fd};
     if (backend_watch(s->be, &s->in.w, IO_IN) != 0) {
         int err = errno;
-        close(fd);
+        sys_close(fd);
         errno = err;
         return -1;
     }
@@ -82,7 +83,7 @@ void rwait_wake(rwait *r)
     s->in.list = r;
     if (first) {
         uint64_t one = 1;
-        ssize_t w = write(s->in.fd, &one, sizeof one);
+        ssize_t w = sys_write(s->in.fd, &one, sizeof one);
         (void)w; /* fails only if the counter is saturated, and then it is readable anyway */
     }
     pthread_mutex_unlock(&s->in.mu);

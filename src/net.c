@@ -3,6 +3,7 @@
  * A listener, like a channel, counts the coroutines parked in it, so closing it under a
  * waiter wakes the waiter with EBADF instead of freeing memory it is about to use. */
 #include "internal.h"
+#include "sys.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -41,7 +42,11 @@ static void *resolve_blocking(void *p)
 {
     struct resolve_job *j = p;
     if (net_resolve_delay_ms)
-        usleep(net_resolve_delay_ms * 1000u);
+    {
+        unsigned ms = net_resolve_delay_ms;
+        struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+        sys_nanosleep(&ts);
+    }
     j->rc = getaddrinfo(j->host, j->port, &j->hints, &j->res);
     j->ran = true;
     return NULL;
@@ -97,7 +102,7 @@ static int resolve(const parsed_addr *pa, bool passive, struct addrinfo **res, i
 static void set_nodelay(int fd)
 {
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sys_setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 /* ---- Listening ---- */
@@ -111,7 +116,7 @@ static int listen_unix(weft_listener *l, const parsed_addr *pa, int backlog)
         return -1;
     if (bind(l->fd, (struct sockaddr *)&un, sizeof un) != 0 || listen(l->fd, backlog) != 0) {
         int e = errno;
-        close(l->fd);
+        sys_close(l->fd);
         errno = e;
         return -1;
     }
@@ -126,14 +131,14 @@ static int listen_one(const struct addrinfo *ai, int backlog, bool reuseport)
     if (fd < 0)
         return -1;
     int one = 1, zero = 0;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sys_setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (reuseport)
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+        sys_setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (ai->ai_family == AF_INET6) /* "*:port" means both families on one socket */
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        sys_setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, backlog) != 0) {
         int e = errno;
-        close(fd);
+        sys_close(fd);
         errno = e;
         return -1;
     }
@@ -240,7 +245,7 @@ static weft_chan *accepted(int fd, const struct sockaddr_storage *ss, socklen_t 
         set_nodelay(fd);
     transport *t = sock_transport_new(fd, true, ss->ss_family != AF_UNIX);
     if (!t) {
-        close(fd);
+        sys_close(fd);
         errno = ENOMEM;
         return NULL;
     }
@@ -274,7 +279,7 @@ static int accept_wait(weft_listener *l, struct sockaddr_storage *ss, socklen_t 
     l->accepting = false;
     if (listener_leave(l, 0) != 0) { /* closed meanwhile */
         if (fd >= 0)
-            close(fd);
+            sys_close(fd);
         return -1;
     }
     errno = err;
@@ -286,7 +291,7 @@ weft_chan *net_accept_now(weft_listener *l)
     for (;;) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
-        int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = sys_accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0)
             return accepted(fd, &ss, len);
         if (errno != EINTR && errno != ECONNABORTED)
@@ -301,7 +306,7 @@ weft_chan *weft_accept(weft_listener *l, int64_t deadline)
             return NULL;
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
-        int fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = sys_accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             fd = accept_wait(l, &ss, &len, deadline);
             if (fd == -2)
@@ -336,7 +341,7 @@ static int connect_finish(int fd, int64_t deadline)
         return -1;
     int err = 0;
     socklen_t len = sizeof err;
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+    if (sys_getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
         return -1;
     if (err) {
         errno = err;
@@ -360,7 +365,7 @@ static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadl
     /* io_uring performs the whole connect as one operation; elsewhere (or on a kernel that
      * hands back EINPROGRESS) wait for the socket to become writable. */
     bool op = fd_ops_available();
-    int rc = op ? connect_op(fd, sa, salen, deadline) : connect(fd, sa, salen);
+    int rc = op ? connect_op(fd, sa, salen, deadline) : sys_connect(fd, sa, salen);
     if (rc != 0 && errno == EINPROGRESS)
         rc = connect_finish(fd, deadline);
     /* A Unix socket whose backlog is full says EAGAIN: back off briefly and retry. */
@@ -371,7 +376,7 @@ static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadl
         }
         if (weft_sleep(pause < 100 ? pause : 100) != 0)
             break;
-        rc = op ? connect_op(fd, sa, salen, deadline) : connect(fd, sa, salen);
+        rc = op ? connect_op(fd, sa, salen, deadline) : sys_connect(fd, sa, salen);
     }
     if (rc != 0) {
         int e = errno;

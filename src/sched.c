@@ -5,6 +5,7 @@
  * list the turn is running), PARKED while something else (a timer, an fd slot, a joinee)
  * holds it. Nothing on the switch path allocates. */
 #include "internal.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -184,7 +185,7 @@ static void sched_release_if_idle(sched *s)
     pthread_setspecific(exit_key, NULL);
     backend_free(s->be);
     if (s->in.fd >= 0)
-        close(s->in.fd);
+        sys_close(s->in.fd);
     pthread_mutex_destroy(&s->in.mu);
     timer_heap_free(&s->timers);
     stack_pool_drain();
@@ -811,13 +812,13 @@ static void after_fork_child(void)
     s->in.list = NULL;
     pthread_mutex_init(&s->in.mu, NULL);
     if (s->in.fd >= 0)
-        close(s->in.fd); /* (its copy only: the parent's stays watched there) */
+        sys_close(s->in.fd); /* (its copy only: the parent's stays watched there) */
     s->in.fd = -1;
     s->stop = false;
     backend_free(s->be);
     if (make_backend(s) != 0) {
         static const char msg[] = "weft: no event backend in a forked child\n";
-        ssize_t w = write(STDERR_FILENO, msg, sizeof msg - 1);
+        ssize_t w = sys_write(STDERR_FILENO, msg, sizeof msg - 1);
         (void)w;
         abort();
     }
@@ -934,7 +935,7 @@ int weft_sleep_until(int64_t deadline)
         int64_t left;
         while ((left = deadline - weft_now()) > 0) {
             struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000};
-            nanosleep(&ts, NULL);
+            sys_nanosleep(&ts);
         }
         return 0;
     }

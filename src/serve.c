@@ -4,6 +4,7 @@
  * their channels lets a shutdown stop their input first. The server is freed only once its
  * group is empty: by the shutdown, or by a reaper coroutine after a plain close. */
 #include "internal.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -391,7 +392,7 @@ static void on_stop_signal(int sig)
     }
     atomic_fetch_add(&sig_generation, 1);
     int saved = errno;
-    ssize_t w = write(sig_pipe[1], "", 1);
+    ssize_t w = sys_write(sig_pipe[1], "", 1);
     (void)w; /* a full pipe is readable already */
     errno = saved;
 }
@@ -466,8 +467,8 @@ static void signals_fork_child(void)
     if (sig_pipe[0] >= 0) {
         sigaction(SIGINT, &sig_old_int, NULL);
         sigaction(SIGTERM, &sig_old_term, NULL);
-        close(sig_pipe[0]);
-        close(sig_pipe[1]);
+        sys_close(sig_pipe[0]);
+        sys_close(sig_pipe[1]);
         sig_pipe[0] = sig_pipe[1] = -1;
     }
 }

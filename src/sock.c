@@ -6,6 +6,7 @@
  * owner in fd.c while the queue is not empty), so it flows to a reading peer whatever the
  * channel's coroutines are doing. */
 #include "internal.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -51,7 +52,7 @@ static void want_inq(sock *s)
     s->inq_tried = true;
 #ifdef TCP_CM_INQ
     int one = 1;
-    s->inq = setsockopt(s->fd, IPPROTO_TCP, TCP_INQ, &one, sizeof one) == 0;
+    s->inq = sys_setsockopt(s->fd, IPPROTO_TCP, TCP_INQ, &one, sizeof one) == 0;
 #endif
 }
 
@@ -60,7 +61,7 @@ static ssize_t recv_inq(sock *s, void *dst, size_t n, int *left)
 {
     *left = -1;
     if (!s->inq)
-        return recv(s->fd, dst, n, 0);
+        return sys_recv(s->fd, dst, n, 0);
     struct iovec iov = {dst, n};
     union {
         struct cmsghdr align;
@@ -68,7 +69,7 @@ static ssize_t recv_inq(sock *s, void *dst, size_t n, int *left)
     } ctl;
     struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
                        .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
-    ssize_t r = recvmsg(s->fd, &m, 0);
+    ssize_t r = sys_recvmsg(s->fd, &m, 0);
     if (r < 0)
         return r;
 #ifdef TCP_CM_INQ
@@ -104,7 +105,7 @@ static ssize_t sock_recv(transport *t, void *buf, size_t n)
     for (;;) {
         /* recv, not read: read goes through the VFS (vfs_read, fdget_pos) first. */
         int left = -1;
-        ssize_t r = s->is_socket ? recv_inq(s, buf, n, &left) : read(s->fd, buf, n);
+        ssize_t r = s->is_socket ? recv_inq(s, buf, n, &left) : sys_read(s->fd, buf, n);
         if (r > 0)
             note_read(s, r, n, left);
         if (r >= 0 || errno != EINTR)
@@ -150,13 +151,13 @@ static ssize_t send_now(sock *s, const struct iovec *iov, int iovcnt)
     for (;;) {
         ssize_t w;
         if (s->is_socket && iovcnt == 1) {
-            w = send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+            w = sys_send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
         } else if (s->is_socket) {
             struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
-            w = sendmsg(s->fd, &m, MSG_NOSIGNAL);
+            w = sys_sendmsg(s->fd, &m, MSG_NOSIGNAL);
         } else {
-            w = iovcnt == 1 ? write(s->fd, iov[0].iov_base, iov[0].iov_len)
-                            : writev(s->fd, iov, iovcnt);
+            w = iovcnt == 1 ? sys_write(s->fd, iov[0].iov_base, iov[0].iov_len)
+                            : sys_writev(s->fd, iov, iovcnt);
         }
         if (w >= 0 || errno != EINTR) {
             if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
@@ -361,10 +362,10 @@ transport *sock_transport_open(int fd, char *peer, size_t peerlen, bool *is_sock
         if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0)
             sockaddr_format(&ss, len, peer, peerlen);
         len = sizeof type;
-        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
+        if (sys_getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
             type = 0;
         len = sizeof proto;
-        if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) != 0)
+        if (sys_getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) != 0)
             proto = 0;
     }
     return sock_transport_new(fd, is_socket, type == SOCK_STREAM && proto == IPPROTO_TCP);

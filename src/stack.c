@@ -11,6 +11,7 @@
  * whose unwritten part straddles the canary can skip it, which is why it is not the default.
  * (WEFT_STACK_GUARD=never: canaries only, for tests.) */
 #include "internal.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -44,7 +45,7 @@
 
 static void write_str(const char *s)
 {
-    ssize_t r = write(STDERR_FILENO, s, strlen(s));
+    ssize_t r = sys_write(STDERR_FILENO, s, strlen(s));
     (void)r;
 }
 

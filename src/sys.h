@@ -1,0 +1,98 @@
+/* System calls weft makes on its own descriptors, straight to the kernel. libweft_hook
+ * replaces libc's blocking calls (recv, send, poll, close, ...) with ones that park the
+ * calling coroutine; weft's own calls must not go through them, whether the hooks are linked
+ * in or preloaded (they would add bookkeeping to every call, and from a signal handler or a
+ * hook itself they would recurse). So weft calls the kernel through syscall(2), which no hook
+ * replaces. Only the calls libweft_hook replaces are here; the others are libc's. */
+#ifndef WEFT_SYS_H
+#define WEFT_SYS_H
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+static inline ssize_t sys_read(int fd, void *buf, size_t n)
+{
+    return syscall(SYS_read, fd, buf, n);
+}
+
+static inline ssize_t sys_write(int fd, const void *buf, size_t n)
+{
+    return syscall(SYS_write, fd, buf, n);
+}
+
+static inline ssize_t sys_writev(int fd, const struct iovec *iov, int iovcnt)
+{
+    return syscall(SYS_writev, fd, iov, iovcnt);
+}
+
+static inline ssize_t sys_recv(int fd, void *buf, size_t n, int flags)
+{
+    return syscall(SYS_recvfrom, fd, buf, n, flags, NULL, NULL);
+}
+
+static inline ssize_t sys_recvmsg(int fd, struct msghdr *m, int flags)
+{
+    return syscall(SYS_recvmsg, fd, m, flags);
+}
+
+static inline ssize_t sys_send(int fd, const void *buf, size_t n, int flags)
+{
+    return syscall(SYS_sendto, fd, buf, n, flags, NULL, 0);
+}
+
+static inline ssize_t sys_sendmsg(int fd, const struct msghdr *m, int flags)
+{
+    return syscall(SYS_sendmsg, fd, m, flags);
+}
+
+static inline int sys_accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
+{
+    return (int)syscall(SYS_accept4, fd, sa, len, flags);
+}
+
+static inline int sys_connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+    return (int)syscall(SYS_connect, fd, sa, len);
+}
+
+static inline int sys_close(int fd)
+{
+    return (int)syscall(SYS_close, fd);
+}
+
+static inline int sys_fcntl(int fd, int cmd, long arg)
+{
+    return (int)syscall(SYS_fcntl, fd, cmd, arg);
+}
+
+static inline int sys_setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+{
+    return (int)syscall(SYS_setsockopt, fd, level, name, val, len);
+}
+
+static inline int sys_getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+{
+    return (int)syscall(SYS_getsockopt, fd, level, name, val, len);
+}
+
+/* poll(2) of one fd; ppoll, which every architecture has (aarch64 and riscv64 lack poll). */
+static inline int sys_poll1(struct pollfd *p, int timeout_ms)
+{
+    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000};
+    return (int)syscall(SYS_ppoll, p, 1, timeout_ms < 0 ? NULL : &ts, NULL, (size_t)_NSIG / 8);
+}
+
+static inline int sys_nanosleep(const struct timespec *ts)
+{
+    return (int)syscall(SYS_nanosleep, ts, NULL);
+}
+
+#endif
