@@ -51,6 +51,15 @@ ifeq ($(URING),1)
   LDLIBS += -luring
   PC_PRIVATE := -luring
 endif
+# TLS: built when OpenSSL 3 is there for this compiler (TLS=0 to leave it out: the TLS calls
+# then fail with ENOTSUP).
+TLS     ?= $(shell printf '$(HASH)include <openssl/ssl.h>\nint main(void){return !SSL_CTX_new(TLS_method());}\n' \
+             | $(CC) -x c - -lssl -lcrypto -o /dev/null >/dev/null 2>&1 && echo 1)
+ifeq ($(TLS),1)
+  CPPFLAGS += -DWEFT_HAVE_TLS
+  LDLIBS += -lssl -lcrypto
+  PC_REQUIRES := openssl
+endif
 
 ifneq ($(SAN)$(TSAN)$(DEBUG),)
   CPPFLAGS += -DWEFT_DEBUG  # internal invariant checks (WEFT_ASSERT)
@@ -67,6 +76,7 @@ endif
 LIB_SRC := src/stack.c src/buf.c src/timer.c src/addr.c src/check.c \
            src/backend.c src/backend_epoll.c src/backend_uring.c \
            src/sched.c src/wait.c src/inbox.c src/fd.c src/sock.c src/chan.c src/chan_hold.c \
+           src/tls.c \
            src/sync.c src/group.c src/offload.c src/tqueue.c \
            src/net.c src/serve.c
 ifeq ($(CTX),ucontext)
@@ -158,7 +168,7 @@ install: lib
 	ln -sf libweft.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libweft.so.0
 	ln -sf libweft.so.0 $(DESTDIR)$(PREFIX)/lib/libweft.so
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@PRIVATE@|$(PC_PRIVATE)|' \
-	    -e 's|@CFLAGS@|$(CLASH)|' weft.pc.in \
+	    -e 's|@CFLAGS@|$(CLASH)|' -e 's|@REQUIRES@|$(PC_REQUIRES)|' weft.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/weft.pc
 ifeq ($(TCL_BUILD),1)
 	$(TCL_MAKE) install PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)

@@ -512,11 +512,11 @@ static void turn_give(weft_chan *c)
 static int drain(weft_chan *c, lazy_deadline *dl)
 {
     transport *t = c->t;
-    while (t->queued > 0 && !t->err)
+    while (transport_queued(t) > 0 && !transport_err(t))
         if (chan_wait_output(c, dl) != 0)
             return -1; /* (EBADF: closed meanwhile; c stays until turn_give) */
-    if (t->err) {
-        errno = t->err;
+    if (transport_err(t)) {
+        errno = transport_err(t);
         return -1;
     }
     return 0;
@@ -535,7 +535,7 @@ static int flush_turn(weft_chan *c, lazy_deadline *dl)
 static int flush_dl(weft_chan *c, lazy_deadline *dl)
 {
     chan_unhold(c);
-    if (c->wstart == c->wlen && !c->sending && !c->t->queued) {
+    if (c->wstart == c->wlen && !c->sending && !transport_queued(c->t)) {
         c->wstart = c->wlen = 0;
         return 0;
     }
@@ -655,8 +655,9 @@ static int settle(weft_chan *c, bool has_newline, lazy_deadline *dl)
  * be gone). */
 static int write_begin(weft_chan *c, lazy_deadline *dl)
 {
-    if (c->t->err) {
-        errno = c->t->err;
+    int err = transport_err(c->t);
+    if (err) {
+        errno = err;
         return -1;
     }
     weft_co *co = weft_self();
@@ -687,7 +688,7 @@ static int putln_direct(weft_chan *c, const char *line, size_t n, lazy_deadline 
 {
     transport *t = c->t;
     size_t sent = 0;
-    if (!t->queued) {
+    if (!transport_queued(t)) {
         struct iovec iov[2] = {{(void *)line, n}, {"\n", 1}};
         ssize_t w = t->ops->send(t, iov, 2);
         /* On an error nothing went: the flush below meets it again and reports it as any
@@ -776,8 +777,9 @@ int weft_printf(weft_chan *c, const char *fmt, ...)
 
 int weft_flush(weft_chan *c)
 {
-    if (c->t->err) {
-        errno = c->t->err;
+    int err = transport_err(c->t);
+    if (err) {
+        errno = err;
         return -1;
     }
     return flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout));
@@ -788,9 +790,75 @@ int weft_shutdown(weft_chan *c)
     lazy_deadline dl = LAZY(c->write_timeout);
     if (write_begin(c, &dl) != 0)
         return -1;
+    transport *t = c->t;
     int rc = flush_turn(c, &dl);
+    if (rc == 0 && t->ops->finish && (rc = t->ops->finish(t)) == 0)
+        rc = drain(c, &dl);
     if (rc == 0)
-        rc = c->t->ops->shutdown(c->t);
+        rc = t->ops->shutdown(t);
+    turn_give(c);
+    return rc;
+}
+
+/* ---- Layering ---- */
+
+transport *chan_transport(const weft_chan *c)
+{
+    return c->t;
+}
+
+int chan_wait_transport(weft_chan *c, int events, int64_t deadline)
+{
+    ref_enter(&c->ref);
+    transport *t = c->t;
+    int rc = events == WEFT_READABLE ? t->ops->wait_input(t, deadline)
+                                     : t->ops->wait_output(t, deadline);
+    return chan_leave(c, rc);
+}
+
+int chan_push_transport(weft_chan *c, transport *upper, int64_t deadline)
+{
+    lazy_deadline dl = {&c->write_timeout, deadline};
+    int rc = write_begin(c, &dl);
+    if (rc == 0) {
+        rc = flush_turn(c, &dl);
+        size_t have = c->rend - c->rstart;
+        if (rc == 0 && have > 0) { /* the peer's first bytes of the new layer came early */
+            rc = upper->ops->preload(upper, c->rbuf + c->rstart, have);
+            if (rc == 0)
+                c->rstart = c->rend = c->rscan = 0;
+        }
+        if (rc == 0) {
+            WEFT_ASSERT(upper->below == c->t);
+            c->t = upper;
+        }
+        turn_give(c); /* (EBADF: c may be gone) */
+    }
+    if (rc != 0) {
+        int err = errno;
+        upper->below = NULL; /* (still the channel's, if the channel still is) */
+        upper->ops->free(upper);
+        errno = err;
+    }
+    return rc;
+}
+
+/* ---- Closing ---- */
+
+/* Flush, and let the transport end its stream (TLS's close_notify), within the write
+ * timeout. 0, or -1 with errno (EBADF: c is gone). */
+static int close_flush(weft_chan *c)
+{
+    lazy_deadline dl = LAZY(c->write_timeout);
+    if (turn_take(c, &dl) != 0)
+        return -1;
+    transport *t = c->t;
+    int rc = flush_turn(c, &dl);
+    if (rc == 0 && t->ops->finish) {
+        rc = t->ops->finish(t);
+        if (rc == 0)
+            rc = drain(c, &dl);
+    }
     turn_give(c);
     return rc;
 }
@@ -805,9 +873,10 @@ int weft_close(weft_chan *c)
          * with EBADF and what is still buffered or queued is dropped. */
         size_t dropped = (c->wlen - c->wstart) + t->ops->drop(t);
         c->wstart = c->wlen = 0;
-        if (dropped && !t->err)
+        if (dropped && !transport_err(t))
             err = EBUSY;
-    } else if ((c->wlen > c->wstart || t->queued) && !t->err && weft_flush(c) != 0) {
+    } else if ((c->wlen > c->wstart || transport_queued(t) || t->ops->finish) &&
+               !transport_err(t) && close_flush(c) != 0) {
         if (errno == EBADF)
             return -1; /* closed by someone else while we flushed: c is gone */
         err = errno;

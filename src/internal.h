@@ -479,6 +479,21 @@ weft_chan *chan_new(transport *t, const char *peer, bool line_buffered);
  * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
  * parked now wakes, takes what has arrived, else fails with ECANCELED. Writes go on. */
 void chan_stop_input(weft_chan *c);
+/* Layer transport upper over c's (upper->below is c's transport; c owns upper from now on):
+ * what c has buffered for output goes first (waiting as needed, until deadline), and input
+ * c has buffered but not handed out is upper's to read first (its preload). 0, or -1 with
+ * errno (ETIMEDOUT, EBADF: then c may be gone and upper is freed; ENOMEM). */
+int chan_push_transport(weft_chan *c, transport *upper, int64_t deadline);
+/* Wait, as a stay inside c, until c's transport may have input (WEFT_READABLE) or may take
+ * output (WEFT_WRITABLE), or the deadline. 0, or -1: ETIMEDOUT, ECANCELED, EBADF (then c may
+ * be gone). For a layered transport's handshake. */
+int chan_wait_transport(weft_chan *c, int events, int64_t deadline);
+/* The transport under c. */
+transport *chan_transport(const weft_chan *c);
+
+/* ---- TLS (tls.c) ---- */
+/* Count one more user of ctx (weft_tls_free releases it); ctx may be NULL. */
+weft_tls *tls_ref(weft_tls *ctx);
 
 /* ---- Offload (offload.c) ---- */
 /* weft_offload with a deadline (-1: none; ETIMEDOUT), plus drop(arg, result): when the call
