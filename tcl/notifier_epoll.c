@@ -466,9 +466,13 @@ Refuse(Tcl_Interp *interp, Tcl_Interp **interps, int n)
     return TCL_OK;
 }
 
-/* Re-register the interest of every open channel with the new notifier. */
+/*
+ * Before the switch (watch = 0): drop every channel's file handlers from the
+ * old notifier, which frees them there.  After it: register the channels'
+ * interest again, now with the new notifier.
+ */
 static void
-CarryOver(Tcl_Interp **interps, int n)
+CarryOver(Tcl_Interp **interps, int n, int watch)
 {
     int i, j, count;
     Tcl_Obj **elems;
@@ -480,10 +484,21 @@ CarryOver(Tcl_Interp **interps, int n)
         for (j = 0; j < count; j++) {
             Tcl_Channel chan = Tcl_GetChannel(interps[i],
                     Tcl_GetString(elems[j]), NULL);
-            if (chan != NULL) {
-                Tcl_CreateChannelHandler(chan, TCL_READABLE, Nop, NULL);
-                Tcl_DeleteChannelHandler(chan, Nop, NULL);
+            Tcl_DriverWatchProc *watchProc = chan == NULL ? NULL
+                    : Tcl_ChannelWatchProc(Tcl_GetChannelType(chan));
+
+            if (chan == NULL) {
+                continue;
             }
+            if (!watch) {
+                if (watchProc != NULL) {
+                    watchProc(Tcl_GetChannelInstanceData(chan), 0);
+                }
+                continue;
+            }
+            /* A handler added and removed makes Tcl watch it again. */
+            Tcl_CreateChannelHandler(chan, TCL_READABLE, Nop, NULL);
+            Tcl_DeleteChannelHandler(chan, Nop, NULL);
         }
         Tcl_DecrRefCount(names);
         Tcl_ResetResult(interps[i]);
@@ -508,10 +523,11 @@ Weft_InstallEpoll(Tcl_Interp *interp)
         ckfree((char *) interps);
         return TCL_ERROR;
     }
+    CarryOver(interps, n, 0);
     Tcl_SetNotifier(&procs);
     installed = 1;
     GetTsd();
-    CarryOver(interps, n);
+    CarryOver(interps, n, 1);
     ckfree((char *) interps);
     return TCL_OK;
 }

@@ -62,6 +62,11 @@ RegistryRemove(ChanState *cs)
     if (he != NULL) {
         Tcl_DeleteHashEntry(he);
     }
+    if (registry.numEntries == 0) {
+        /* Free its buckets: Tcl unloads this library at exit. */
+        Tcl_DeleteHashTable(&registry);
+        registryReady = 0;
+    }
     Tcl_MutexUnlock(&registryMutex);
 }
 

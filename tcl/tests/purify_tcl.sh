@@ -29,5 +29,6 @@ san="-fsanitize=address,undefined -fno-omit-frame-pointer"
 (cd "$src/unix" \
     && ./configure -q --prefix="$dir/inst" --enable-threads --disable-shared \
         CFLAGS="-g -O1 -DPURIFY $san" LDFLAGS="$san" >&2 \
-    && make -s -j2 >&2 && make -s install >&2)
+    && env -u MAKEFLAGS -u MAKELEVEL make -s -j2 >&2 \
+    && env -u MAKEFLAGS -u MAKELEVEL make -s install >&2)
 echo "$tclsh"
