@@ -270,6 +270,23 @@ Weft_ChanMaybeFree(ChanState *cs)
     }
 }
 
+/*
+ * Drop a channel's state before its owner closes it (weft::serve's wrapper),
+ * unless a call is in progress on it.  A close that Tcl finishes in the
+ * background (output still queued) runs no close handler and frees none, so
+ * this saves the handler record Tcl would lose.
+ */
+void
+Weft_ChanForget(WeftInterp *wi, Tcl_Channel chan)
+{
+    ChanState *cs = Weft_ChanFind(wi, chan);
+
+    if (cs != NULL && cs->waiter[0] == NULL && cs->waiter[1] == NULL
+            && cs->nbUsers == 0) {
+        DropState(cs, DROP_IDLE);
+    }
+}
+
 static void
 ChanClosed(ClientData cd)
 {

@@ -14,6 +14,7 @@ static const char initScript[] =
     "    proc _conn {handler sock quiet} {\n"
     "        set code [catch {{*}$handler $sock} res opts]\n"
     "        if {!$quiet} { catch {::puts stderr \"EOF on $sock\"} }\n"
+    "        catch {::weft::_drop $sock}\n"
     "        catch {::close $sock}\n"
     "        if {$code == 1} { return -options $opts $res }\n"
     "        return\n"
@@ -133,6 +134,26 @@ ConfigureCmd(ClientData cd, Tcl_Interp *interp, int objc,
     return TCL_OK;
 }
 
+/* ------------------------------------------------------------- weft::_drop */
+
+/* Used by ::weft::_conn before it closes a client's socket. */
+static int
+DropCmd(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
+{
+    Tcl_Channel chan;
+
+    if (objc != 2) {
+        Tcl_WrongNumArgs(interp, 1, objv, "channelId");
+        return TCL_ERROR;
+    }
+    chan = Tcl_GetChannel(interp, Tcl_GetString(objv[1]), NULL);
+    if (chan == NULL) {
+        return TCL_ERROR;
+    }
+    Weft_ChanForget((WeftInterp *) cd, chan);
+    return TCL_OK;
+}
+
 /* ------------------------------------------------------------- weft::stats */
 
 static int
@@ -210,6 +231,7 @@ Weft_Init(Tcl_Interp *interp)
     }
     Tcl_CreateObjCommand(interp, "::weft::configure", ConfigureCmd, wi, NULL);
     Tcl_CreateObjCommand(interp, "::weft::stats", StatsCmd, wi, NULL);
+    Tcl_CreateObjCommand(interp, "::weft::_drop", DropCmd, wi, NULL);
     Tcl_CreateObjCommand(interp, "::weft::notifier", Weft_NotifierCmd, wi,
             NULL);
 

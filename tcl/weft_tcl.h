@@ -164,6 +164,7 @@ int  Weft_Error(Tcl_Interp *interp, const char *code, const char *fmt, ...);
 ChanState *Weft_ChanFind(WeftInterp *wi, Tcl_Channel chan);
 ChanState *Weft_ChanGet(WeftInterp *wi, Tcl_Channel chan);
 void Weft_ChanMaybeFree(ChanState *cs);
+void Weft_ChanForget(WeftInterp *wi, Tcl_Channel chan);
 void Weft_ChanAttach(Wait *w, ChanState *cs, int dir);
 void Weft_ChanArm(Wait *w);
 int  Weft_ChanEnterNonBlocking(Wait *w);
