@@ -153,9 +153,12 @@ DropState(ChanState *cs, int how)
     int held = cs->held;
     int d;
 
-    RegistryRemove(cs);
-    if (touch) {
-        Tcl_DeleteCloseHandler(chan, ChanClosed, cs);
+    if (cs->name != NULL) {
+        RegistryRemove(cs);
+        if (touch) {
+            Tcl_DeleteCloseHandler(chan, ChanClosed, cs);
+        }
+        ckfree(cs->name);
     }
     for (d = 0; d < 2; d++) {
         Wait *w = cs->waiter[d];
@@ -176,7 +179,6 @@ DropState(ChanState *cs, int how)
         }
     }
     Tcl_DeleteHashEntry(cs->entry);
-    ckfree(cs->name);
     ckfree((char *) cs);
     if (wi->chans.numEntries == 0 && wi->sweep != NULL) {
         Tcl_DeleteTimerHandler(wi->sweep);     /* nothing left to watch */
@@ -198,7 +200,8 @@ Weft_ChanFind(WeftInterp *wi, Tcl_Channel chan)
         return NULL;
     }
     cs = (ChanState *) Tcl_GetHashValue(he);
-    if (!cs->held && strcmp(cs->name, Tcl_GetChannelName(chan)) != 0) {
+    if (!cs->held && cs->name != NULL
+            && strcmp(cs->name, Tcl_GetChannelName(chan)) != 0) {
         /* The state of a channel that went away; chan is another one. */
         DropState(cs, DROP_GONE);
         return NULL;
@@ -210,7 +213,6 @@ ChanState *
 Weft_ChanGet(WeftInterp *wi, Tcl_Channel chan)
 {
     ChanState *cs = Weft_ChanFind(wi, chan);
-    const char *name;
     int isNew;
 
     if (cs != NULL) {
@@ -221,18 +223,35 @@ Weft_ChanGet(WeftInterp *wi, Tcl_Channel chan)
     cs->wi = wi;
     cs->chan = chan;
     cs->entry = Tcl_CreateHashEntry(&wi->chans, (const char *) chan, &isNew);
-    name = Tcl_GetChannelName(chan);
-    cs->name = ckalloc(strlen(name) + 1);
-    strcpy(cs->name, name);
     cs->maxline = WEFT_DEFAULT_MAXLINE;
     cs->maxoutput = WEFT_DEFAULT_MAXOUTPUT;
     Tcl_SetHashValue(cs->entry, cs);
-    RegistryAdd(cs);
-    Tcl_CreateCloseHandler(chan, ChanClosed, cs);
     if (wi->sweep == NULL) {
         wi->sweep = Tcl_CreateTimerHandler(WEFT_SWEEP_MS, Sweep, wi);
     }
     return cs;
+}
+
+/*
+ * weft::configure set an option: the state now outlives the calls, so it
+ * needs to learn of a close between them (a close handler, and the name to
+ * check it is still the same channel).  While a call holds the channel no
+ * close can happen, so other states need neither.
+ */
+void
+Weft_ChanConfigured(ChanState *cs)
+{
+    const char *name;
+
+    cs->configured = 1;
+    if (cs->name != NULL) {
+        return;
+    }
+    name = Tcl_GetChannelName(cs->chan);
+    cs->name = ckalloc(strlen(name) + 1);
+    strcpy(cs->name, name);
+    RegistryAdd(cs);
+    Tcl_CreateCloseHandler(cs->chan, ChanClosed, cs);
 }
 
 /*
@@ -313,7 +332,7 @@ Sweep(ClientData cd)
 
             if (cs->held && !Tcl_IsChannelRegistered(wi->interp, cs->chan)) {
                 DropState(cs, DROP_CLOSED);
-            } else if (!cs->held && !StillRegistered(cs)) {
+            } else if (!cs->held && cs->name != NULL && !StillRegistered(cs)) {
                 DropState(cs, DROP_GONE);
             } else {
                 continue;
@@ -340,7 +359,8 @@ Weft_FreeAllChanStates(WeftInterp *wi)
     while ((he = Tcl_FirstHashEntry(&wi->chans, &s)) != NULL) {
         ChanState *cs = (ChanState *) Tcl_GetHashValue(he);
 
-        DropState(cs, cs->held || StillRegistered(cs) ? DROP_DYING : DROP_GONE);
+        DropState(cs, cs->held || cs->name == NULL || StillRegistered(cs)
+                ? DROP_DYING : DROP_GONE);
     }
 }
 

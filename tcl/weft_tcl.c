@@ -124,7 +124,7 @@ ConfigureCmd(ClientData cd, Tcl_Interp *interp, int objc,
         }
     }
     cs = Weft_ChanGet(wi, chan);
-    cs->configured = 1;
+    Weft_ChanConfigured(cs);
     for (i = 2; i < objc; i += 2) {
         Tcl_GetIndexFromObj(NULL, objv[i], optNames, "option", 0, &idx);
         Tcl_GetIntFromObj(NULL, objv[i + 1], &v);

@@ -55,7 +55,7 @@ struct ChanState {
     WeftInterp *wi;
     Tcl_Channel chan;
     Tcl_HashEntry *entry;
-    char *name;                 /* channel name when the state was made */
+    char *name;                 /* configured: the channel's name (else NULL) */
     int configured;             /* weft::configure set an option */
     int timeout;                /* ms, 0 = wait forever */
     int maxline;                /* bytes, 0 = unlimited */
@@ -164,6 +164,7 @@ int  Weft_Error(Tcl_Interp *interp, const char *code, const char *fmt, ...);
 ChanState *Weft_ChanFind(WeftInterp *wi, Tcl_Channel chan);
 ChanState *Weft_ChanGet(WeftInterp *wi, Tcl_Channel chan);
 void Weft_ChanMaybeFree(ChanState *cs);
+void Weft_ChanConfigured(ChanState *cs);
 void Weft_ChanForget(WeftInterp *wi, Tcl_Channel chan);
 void Weft_ChanAttach(Wait *w, ChanState *cs, int dir);
 void Weft_ChanArm(Wait *w);
