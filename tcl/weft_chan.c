@@ -7,8 +7,9 @@
  * waiter, a non-blocking user, a pending restore), and it holds a reference
  * on its channel only while a coroutine waits on it or a restore is pending
  * ("held").  So between weft calls `close`, `thread::transfer` and friends
- * see the channel exactly as Tcl left it.  Calls go down only: this file
- * calls weft_wait.c (waking), never weft_io.c.
+ * see the channel as Tcl left it (a configured channel also has a close
+ * handler, which changes nothing of what they do).  Calls go down only: this
+ * file calls weft_wait.c (waking), never weft_io.c.
  */
 #include "weft_tcl.h"
 
