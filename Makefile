@@ -91,7 +91,7 @@ else
 endif
 LIB_OBJ := $(patsubst %,$(O)/%.o,$(LIB_SRC))
 
-EXAMPLES := echo echo-blocking echo-events chat
+EXAMPLES := echo echo-blocking echo-events chat client
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
@@ -139,6 +139,8 @@ $(O)/examples/echo: $(O)/examples/echo.c.o $(O)/examples/echo_handler.c.o $(O)/l
 $(O)/examples/echo-blocking: $(O)/examples/echo-blocking.c.o $(O)/examples/echo_handler.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/examples/chat: $(O)/examples/chat.c.o $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/examples/client: $(O)/examples/client.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/examples/echo-events: $(O)/examples/echo-events.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

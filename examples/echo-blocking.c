@@ -5,6 +5,7 @@
 #include "options.h"
 
 #include <errno.h>
+#include <string.h>
 
 int main(int argc, char **argv)
 {
@@ -12,6 +13,11 @@ int main(int argc, char **argv)
     parse_server_args(argc, argv, &a);
     struct echo_opts opts = {.quiet = a.quiet};
 
+    weft_tls *tls = NULL;
+    if (a.cert && !(tls = weft_tls_server(a.cert, a.key))) {
+        perror("TLS certificate or key");
+        return 1;
+    }
     weft_listener *l = weft_listen(a.addr, 0);
     if (!l) {
         perror(a.addr);
@@ -27,7 +33,12 @@ int main(int argc, char **argv)
             weft_sleep(100); /* out of fds or memory: let it pass rather than spin */
             continue;
         }
-        echo(c, &opts);
+        /* TLS: the handshake blocks too, as every weft call does outside a coroutine. */
+        if (!tls || weft_tls_accept(c, tls, weft_now() + 10000) == 0)
+            echo(c, &opts);
+        else if (!a.quiet)
+            fprintf(stderr, "TLS handshake with %s failed: %s\n", weft_chan_peer(c),
+                    errno == EPROTO ? weft_tls_error(c) : strerror(errno));
         weft_close(c);
     }
 }
