@@ -63,10 +63,22 @@ static inline int sys_connect(int fd, const struct sockaddr *sa, socklen_t len)
     return (int)syscall(SYS_connect, fd, sa, len);
 }
 
+#if defined(__SANITIZE_THREAD__)
+/* ThreadSanitizer must see descriptors close, or it takes the next descriptor with the same
+ * number (another thread's socket) for a race. glibc's __close is the same call under a name
+ * no hook replaces, and TSan intercepts it. */
+extern int __close(int fd);
+
+static inline int sys_close(int fd)
+{
+    return __close(fd);
+}
+#else
 static inline int sys_close(int fd)
 {
     return (int)syscall(SYS_close, fd);
 }
+#endif
 
 static inline int sys_fcntl(int fd, int cmd, long arg)
 {

@@ -382,6 +382,12 @@ static void tls_wake_reader(transport *t, int err)
     t->below->ops->wake_reader(t->below, err);
 }
 
+static void tls_stop_input(transport *t)
+{
+    if (t->below->ops->stop_input)
+        t->below->ops->stop_input(t->below);
+}
+
 static int tls_preload(transport *t, const void *buf, size_t n)
 {
     tls *s = (tls *)t;
@@ -511,6 +517,7 @@ static const transport_ops tls_ops = {
     .may_have_input = tls_may_have_input,
     .wait_input = tls_wait_input,
     .wake_reader = tls_wake_reader,
+    .stop_input = tls_stop_input,
     .preload = tls_preload,
     .send = tls_send,
     .give = tls_give,

@@ -32,9 +32,21 @@ typedef struct transport_ops {
     int (*wait_input)(transport *t, int64_t deadline);
     /* End a wait_input now with err (0 for a plain wake-up). */
     void (*wake_reader)(transport *t, int err);
+    /* The channel's input is stopped (graceful shutdown): what already arrived is still to be
+     * read, nothing more is waited for. From now on recv may fail with EINPROGRESS: input
+     * that had arrived is still on its way up (a cancelled receive); wait_input, then recv
+     * again. Optional. */
+    void (*stop_input)(transport *t);
     /* Optional (layered transports): n bytes that came from below before t was layered on
      * it, unread yet: t reads them first. -1/ENOMEM. */
     int (*preload)(transport *t, const void *buf, size_t n);
+    /* Optional: take the next received bytes without a copy, in a buffer of the transport's:
+     * they are [*start, *start + result) of *base, which has *cap bytes the caller may also
+     * write (it may append to it, and keeps the buffer until release). The result, 0 at end
+     * of file, -1 (EAGAIN: none now; ENOTSUP: not now, use recv). */
+    ssize_t (*adopt)(transport *t, char **base, size_t *start, size_t *cap, unsigned *token);
+    /* Give back a buffer adopt gave. */
+    void (*release)(transport *t, unsigned token);
 
     /* -- Output -- */
     /* Send from iov what the peer takes now, only when nothing is queued: the count, or -1
