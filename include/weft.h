@@ -159,8 +159,9 @@ typedef enum weft_buffering {
 #define WEFT_WBUF_DEFAULT (64u * 1024u)
 
 /* Wrap fd (socket, pipe, tty, ...) in a channel that owns it; fd is made non-blocking (its
- * other flags, close-on-exec among them, stay as they were). ENOMEM, EBADF. Descriptors weft
- * creates itself (listeners, accepted and connected sockets) are close-on-exec. */
+ * other flags, close-on-exec among them, stay as they were; a TCP socket may get TCP_INQ).
+ * ENOMEM, EBADF. Descriptors weft creates itself (listeners, accepted and connected
+ * sockets) are close-on-exec. */
 weft_chan *weft_chan_open(int fd);
 /* The channel's file descriptor (still owned by the channel). */
 int weft_chan_fd(const weft_chan *c);
@@ -212,9 +213,10 @@ int weft_flush(weft_chan *c);
 int weft_shutdown(weft_chan *c);
 /* Flush (within the write timeout), close the fd and free c. Coroutines still waiting on c
  * wake with EBADF; c is freed when the last leaves. Returns 0, or -1 with the flush or
- * close error (c is closed and freed all the same). Close never waits for another coroutine
- * parked inside a write on c: that write fails with EBADF and what was still buffered is
- * dropped (then -1/EBUSY). */
+ * close error, or with EPIPE/ECONNRESET when output was left that the vanished peer never
+ * got (c is closed and freed all the same). Close never waits for another coroutine parked
+ * inside a write on c: that write fails with EBADF, what it had not sent is dropped, and
+ * close returns -1/EBUSY. */
 int weft_close(weft_chan *c);
 
 /* ---- Network ----------------------------------------------------------------------- */

@@ -812,7 +812,14 @@ static int write_begin(weft_chan *c, lazy_deadline *dl)
     weft_co *co = weft_self();
     if (co && co->held_output && co->held_output != c)
         chan_release_held(co); /* to its transport, without waiting */
-    return turn_take(c, dl);
+    if (turn_take(c, dl) != 0)
+        return -1;
+    if ((err = transport_err(c->t))) { /* the peer vanished while we waited for the turn */
+        turn_give(c);
+        errno = err;
+        return -1;
+    }
+    return 0;
 }
 
 ssize_t weft_write(weft_chan *c, const void *buf, size_t n)
@@ -1019,11 +1026,13 @@ int weft_close(weft_chan *c)
     if (c->sending) {
         /* Another coroutine is inside a write on c, parked (for room, or on another channel
          * while it holds c's turn): waiting for it could take forever, so its write ends now
-         * with EBADF and what is still buffered or queued is dropped. */
-        size_t dropped = (c->wlen - c->wstart) + t->ops->drop(t);
+         * with EBADF and what it had not sent yet (buffered, queued, or still in its own
+         * memory for a direct send) is dropped. */
+        t->ops->drop(t);
         c->wstart = c->wlen = 0;
-        if (dropped && !transport_err(t))
-            err = EBUSY;
+        err = transport_err(t) ? transport_err(t) : EBUSY;
+    } else if (transport_err(t) && (c->wlen > c->wstart || transport_queued(t))) {
+        err = transport_err(t); /* output the vanished peer will never get */
     } else if ((c->wlen > c->wstart || transport_queued(t) || t->ops->finish) &&
                !transport_err(t) && close_flush(c) != 0) {
         if (errno == EBADF)

@@ -560,7 +560,7 @@ static ssize_t send_now(sock *s, const struct iovec *iov, int iovcnt)
                             : sys_writev(s->fd, iov, iovcnt);
         }
         if (w >= 0 || errno != EINTR) {
-            if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+            if (w < 0 && (errno == EPIPE || errno == ECONNRESET) && !s->t.err)
                 s->t.err = errno; /* the peer is gone: every later send fails the same way */
             return w;
         }

@@ -1177,7 +1177,7 @@ static void *close_turn_channel(void *arg)
     (void)arg;
     for (int i = 0; i < 5; i++)
         CHECK(weft_yield() == 0); /* both writers are parked by now */
-    CHECK(weft_close(turn_c) == 0 || errno == EPIPE || errno == ECONNRESET || errno == EBADF);
+    CHECK(weft_close(turn_c) == -1 && errno == EBUSY); /* a writer was cut mid-send */
     return NULL;
 }
 
