@@ -207,6 +207,14 @@ int weft_putln(weft_chan *c, const void *line, size_t n);
 int weft_printf(weft_chan *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* vprintf to the channel. */
 int weft_vprintf(weft_chan *c, const char *fmt, va_list ap);
+/* Send count bytes of the file fd, from *offset (advanced past what was read; NULL: from and
+ * advancing its file position), after what c has buffered: the kernel copies them straight
+ * from the page cache (sendfile(2)) on a plain socket or pipe, else (TLS, files sendfile
+ * cannot read) they pass through the write buffer. Waits as a write does, and returns once
+ * they are sent or queued within the write buffer limit, in any buffering mode. Returns the
+ * byte count, fewer than count only at the file's end, or -1: as weft_write, or the file's
+ * read error (EIO, EINVAL, ESPIPE, EBADF, ...); *offset then tells how far it got. */
+ssize_t weft_sendfile(weft_chan *c, int fd, off_t *offset, size_t count);
 /* Send all buffered output, waiting as needed. -1 as weft_write. */
 int weft_flush(weft_chan *c);
 /* Flush, then shut down the sending side (the peer reads end of file); reads go on. */

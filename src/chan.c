@@ -5,6 +5,7 @@
  * stay inside the channel (ref_enter/ref_leave): whoever is inside when it is closed wakes
  * with EBADF, and the last one out frees it. */
 #include "chan.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -753,6 +754,24 @@ static int hold_output(weft_chan *c, lazy_deadline *dl)
     return 0;
 }
 
+/* Room for k more bytes in the write buffer (wlen + k <= wmax). -1/ENOMEM. */
+static int wbuf_reserve(weft_chan *c, size_t k)
+{
+    if (c->wlen + k <= c->wcap)
+        return 0;
+    size_t cap = c->wcap ? c->wcap : WBUF_INITIAL;
+    while (cap < c->wlen + k)
+        cap *= 2;
+    if (cap > c->wmax)
+        cap = c->wmax;
+    char *b = grow_buf(c->wbuf, cap);
+    if (!b)
+        return -1;
+    c->wbuf = b;
+    c->wcap = cap;
+    return 0;
+}
+
 /* With the turn: copy [p, p + n) into the write buffer, sending whenever it reaches wmax. */
 static int put(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
 {
@@ -769,18 +788,8 @@ static int put(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
         }
         size_t room = c->wmax - c->wlen;
         size_t k = n < room ? n : room;
-        if (c->wlen + k > c->wcap) {
-            size_t cap = c->wcap ? c->wcap : WBUF_INITIAL;
-            while (cap < c->wlen + k)
-                cap *= 2;
-            if (cap > c->wmax)
-                cap = c->wmax;
-            char *b = grow_buf(c->wbuf, cap);
-            if (!b)
-                return -1;
-            c->wbuf = b;
-            c->wcap = cap;
-        }
+        if (wbuf_reserve(c, k) != 0)
+            return -1;
         memcpy(c->wbuf + c->wlen, p, k);
         c->wlen += k;
         p += k;
@@ -929,6 +938,70 @@ int weft_printf(weft_chan *c, const char *fmt, ...)
     int n = weft_vprintf(c, fmt, ap);
     va_end(ap);
     return n;
+}
+
+/* With the turn: the file's bytes read into the write buffer, which goes to the transport
+ * each time it fills (TLS, or a file the kernel cannot send from). */
+static ssize_t copy_file(weft_chan *c, int fd, off_t *off, size_t count, lazy_deadline *dl)
+{
+    size_t sent = 0;
+    while (sent < count) {
+        if (c->wlen >= c->wmax && send_turn(c, dl) != 0)
+            return -1;
+        size_t room = c->wmax - c->wlen, want = count - sent;
+        size_t k = want < room ? want : room;
+        if (wbuf_reserve(c, k) != 0)
+            return -1;
+        ssize_t r = sys_file_read(fd, c->wbuf + c->wlen, k, off);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break; /* the file's end */
+        c->wlen += (size_t)r;
+        sent += (size_t)r;
+    }
+    return send_turn(c, dl) != 0 ? -1 : (ssize_t)sent;
+}
+
+/* With the turn, nothing buffered or queued: the kernel sends from the file. */
+static ssize_t send_file(weft_chan *c, int fd, off_t *off, size_t count, lazy_deadline *dl)
+{
+    transport *t = c->t;
+    size_t sent = 0;
+    while (sent < count) {
+        if (chan_spend(c) != 0)
+            return -1;
+        size_t want = count - sent;
+        ssize_t w = t->ops->sendfile(t, fd, off, want < (1u << 30) ? want : (1u << 30));
+        if (w > 0) {
+            sent += (size_t)w;
+        } else if (w == 0) {
+            break; /* the file's end */
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (chan_wait_output(c, dl) != 0)
+                return -1;
+        } else if (errno == ENOTSUP && sent == 0) {
+            ssize_t r = copy_file(c, fd, off, count, dl);
+            return r;
+        } else {
+            return -1;
+        }
+    }
+    return (ssize_t)sent;
+}
+
+ssize_t weft_sendfile(weft_chan *c, int fd, off_t *offset, size_t count)
+{
+    lazy_deadline dl = LAZY(c->write_timeout);
+    if (write_begin(c, &dl) != 0)
+        return -1;
+    ssize_t r;
+    if (c->t->ops->sendfile)
+        r = flush_turn(c, &dl) != 0 ? -1 : send_file(c, fd, offset, count, &dl);
+    else
+        r = copy_file(c, fd, offset, count, &dl);
+    turn_give(c);
+    return r;
 }
 
 int weft_flush(weft_chan *c)

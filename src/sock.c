@@ -572,6 +572,21 @@ static ssize_t sock_send(transport *t, const struct iovec *iov, int iovcnt)
     return send_now((sock *)t, iov, iovcnt);
 }
 
+static ssize_t sock_sendfile(transport *t, int fd, off_t *off, size_t n)
+{
+    sock *s = (sock *)t;
+    for (;;) {
+        ssize_t w = sys_sendfile(s->fd, fd, off, n);
+        if (w >= 0 || errno != EINTR) {
+            if (w < 0 && (errno == EPIPE || errno == ECONNRESET) && !t->err)
+                t->err = errno;
+            if (w < 0 && errno == EINVAL)
+                errno = ENOTSUP; /* (a file sendfile cannot read from: copy it) */
+            return w;
+        }
+    }
+}
+
 static void qbuf_free(sock *s, qbuf *q)
 {
     if (q->sb)
@@ -897,6 +912,7 @@ static const transport_ops sock_ops = {
     .stop_input = sock_stop_input,
     .send = sock_send,
     .give = sock_give,
+    .sendfile = sock_sendfile,
     .wait_output = sock_wait_output,
     .drop = sock_drop,
     .shutdown = sock_shutdown,

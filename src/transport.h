@@ -58,6 +58,10 @@ typedef struct transport_ops {
      * is kept in t->err). 0: all sent now, or handed below (base is still the caller's); 1:
      * base is the transport's now (it frees it); -1 with errno (EPIPE, ...): nothing taken. */
     int (*give)(transport *t, char *base, size_t cap, size_t off, size_t len);
+    /* Optional: send up to n bytes of file fd from *off (NULL: its position) with the kernel
+     * copying them, only when nothing is queued: the count (0 at the file's end), or -1
+     * (EAGAIN: none taken now; ENOTSUP: this file or stream cannot, copy it instead). */
+    ssize_t (*sendfile)(transport *t, int fd, off_t *off, size_t n);
     /* Wait until output may go on: room for send, or progress of what is queued; -1 as
      * wait_input. Returns early at times: the caller checks again. */
     int (*wait_output)(transport *t, int64_t deadline);
