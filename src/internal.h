@@ -346,6 +346,9 @@ void sched_wake(weft_co *co, int err);
 /* Outside any coroutine: run this thread's loop until *flag is set (0) or the deadline
  * passes (-1/ETIMEDOUT; EDEADLK if nothing can ever set it). */
 int sched_drive(const bool *flag, int64_t deadline);
+/* sched_drive for a flag the backend sets (an operation's completion): no deadlock while the
+ * operation is in flight, and the scheduler may be gone once it returns. */
+int sched_drive_io(const bool *flag, int64_t deadline);
 /* Count one I/O call of the running coroutine; after IO_BUDGET calls that all found data or
  * room without waiting, yield, so a client whose input never runs dry cannot starve the
  * others. A no-op outside coroutines. */

@@ -739,6 +739,18 @@ int sched_drive(const bool *flag, int64_t deadline)
     return *flag ? 0 : rc;
 }
 
+int sched_drive_io(const bool *flag, int64_t deadline)
+{
+    sched *s = sched_get();
+    if (!s)
+        return -1;
+    s->io_waiting++; /* the backend may end this wait: not a deadlock */
+    int rc = drive_until(s, flag, NULL, deadline);
+    s->io_waiting--;
+    sched_release_if_idle(s);
+    return *flag ? 0 : rc;
+}
+
 /* ---- Thread exit ----
  * A thread that ends while coroutines of its scheduler are parked would leave the scheduler
  * (backend descriptors, ring, stacks) behind for good. So at its exit they are cancelled and

@@ -477,11 +477,7 @@ static int rx_wait_outside(sock *s, backend *b, int64_t deadline)
         return -1;
     ring_rx *rx = s->rx;
     rx->ready = rx->count > 0 || rx->eof || rx->err;
-    sched *sc = sched_peek();
-    sc->io_waiting++; /* the backend may end this wait: not a deadlock */
-    int rc = sched_drive(&rx->ready, deadline);
-    sc->io_waiting--;
-    return rc;
+    return sched_drive_io(&rx->ready, deadline);
 }
 
 static ssize_t sock_recv(transport *t, void *buf, size_t n)
@@ -821,11 +817,7 @@ static int sock_wait_output(transport *t, int64_t deadline)
         if (sched_backend())
             return fd_park(s->fd, WEFT_WRITABLE, deadline);
         s->tx->progress = false;
-        sched *sc = sched_peek();
-        sc->io_waiting++;
-        int rc = sched_drive(&s->tx->progress, deadline);
-        sc->io_waiting--;
-        return rc;
+        return sched_drive_io(&s->tx->progress, deadline);
     }
     int rc = fd_wait(s->fd, WEFT_WRITABLE, deadline);
     if (rc == 0 && s->head && !sched_backend())
