@@ -67,8 +67,11 @@ else
 endif
 LIB_OBJ := $(patsubst %,$(O)/%.o,$(LIB_SRC))
 
-EXAMPLES := echo echo-blocking echo-events chat
+EXAMPLES := echo echo-blocking echo-events chat kv
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
+# examples/kv: a Redis-protocol server; its parts (all but main.c) also go into the fuzz target.
+KV_PARTS := request reply store glob commands introspect
+KV_OBJ   := $(patsubst %,$(O)/kv-obj/%.o,$(KV_PARTS))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_net test_serve test_hostile test_shutdown test_sync test_threads \
             test_examples test_chat
@@ -105,6 +108,12 @@ $(O)/examples/chat: $(O)/examples/chat.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/examples/echo-events: $(O)/examples/echo-events.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# (Its objects live in $(O)/kv-obj: $(O)/examples/kv is the program.)
+$(O)/examples/kv: $(O)/kv-obj/main.o $(KV_OBJ) $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/kv-obj/%.o: examples/kv/%.c $(wildcard examples/kv/*.h) include/weft.h Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
 $(O)/tests/%: $(O)/tests/%.c.o $(TEST_SUPPORT) $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(TEST_LDLIBS)
