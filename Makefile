@@ -110,6 +110,7 @@ $(O)/examples/echo-events: $(O)/examples/echo-events.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 # (Its objects live in $(O)/kv-obj: $(O)/examples/kv is the program.)
 $(O)/examples/kv: $(O)/kv-obj/main.o $(KV_OBJ) $(O)/libweft.a
+	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/kv-obj/%.o: examples/kv/%.c $(wildcard examples/kv/*.h) include/weft.h Makefile
 	@mkdir -p $(dir $@)

@@ -358,7 +358,7 @@ static void hiredis_every_command(void)
 #else
 static void hiredis_every_command(void)
 {
-    printf("  skipped: hiredis not installed (Debian package libhiredis-dev)\n");
+    printf("  skipped: hiredis not installed for this compiler (Debian package libhiredis-dev)\n");
 }
 #endif
 

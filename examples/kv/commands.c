@@ -523,7 +523,7 @@ static const struct kv_command config_subs[] = {
      "server", "2.0.0", "Get the values of configuration parameters"},
     {"config|help", 2, "loading stale", "@slow", 0, 0, 0, NULL, kv_cmd_config_help, NULL, false,
      "server", "5.0.0", "Show helpful text about the different subcommands"},
-    {NULL},
+    {.name = NULL},
 };
 
 static const struct kv_command client_subs[] = {
@@ -535,7 +535,7 @@ static const struct kv_command client_subs[] = {
      false, "connection", "5.0.0", "Returns the client ID for the current connection"},
     {"client|help", 2, "loading stale", "@slow @connection", 0, 0, 0, NULL, kv_cmd_client_help,
      NULL, false, "connection", "5.0.0", "Show helpful text about the different subcommands"},
-    {NULL},
+    {.name = NULL},
 };
 
 static const struct kv_command command_subs[] = {
@@ -552,7 +552,7 @@ static const struct kv_command command_subs[] = {
     {"command|help", 2, "loading stale", "@slow @connection", 0, 0, 0, NULL,
      kv_cmd_command_help, NULL, false, "server", "5.0.0",
      "Show helpful text about the different subcommands"},
-    {NULL},
+    {.name = NULL},
 };
 
 /* The hot commands first: lookup walks the table. */
@@ -618,7 +618,7 @@ const struct kv_command kv_commands[] = {
      "A container for server configuration commands"},
     {"command", -1, "loading stale", "@slow @connection", 0, 0, 0, NULL, kv_cmd_command,
      command_subs, false, "server", "2.8.13", "Get array of Redis command details"},
-    {NULL},
+    {.name = NULL},
 };
 
 static const struct kv_command *lookup(const struct kv_command *t, const char *name, size_t n,
