@@ -62,3 +62,15 @@ bench-echo: $(O)/bench/echo_bench $(O)/bench/loadgen $(O)/bench/base_epoll $(BEN
 
 bench-micro: $(O)/bench/micro
 	$(BENCH_LOCK) $(RUN) $(O)/bench/micro $(BENCH_QUICK)
+
+# ---- examples/kv against redis-server 7 (bench/kv_bench.c) ----
+#   make bench-kv              redis-benchmark SET/GET/INCR/MSET at -c 50 -P 1, -c 50 -P 16 and
+#                              -c 1000 -P 1, against kv and redis-server, 3 reps (a few minutes)
+$(O)/bench/kv_bench: $(O)/bench/kv_bench.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: bench-kv
+bench: bench-kv
+
+bench-kv: $(O)/bench/kv_bench $(O)/examples/kv
+	$(BENCH_LOCK) $(RUN) $(O)/bench/kv_bench -b $(O) $(BENCH_QUICK)

@@ -127,11 +127,10 @@ int kv_parse_ll(const char *s, size_t n, long long *v)
 }
 
 /* The number of a "*N\r" or "$LEN\r" line (weft_gets leaves the \r): the digits between
- * the marker and a \r that must end the line. */
+ * the marker and a \r that must end the line (kv_parse_ll refuses any other byte). */
 static int line_number(const char *line, size_t len, long long *v)
 {
-    return len >= 2 && line[len - 1] == '\r' && memchr(line, '\r', len) == line + len - 1 &&
-           kv_parse_ll(line + 1, len - 2, v);
+    return len >= 2 && line[len - 1] == '\r' && kv_parse_ll(line + 1, len - 2, v);
 }
 
 /* True if the line came without its newline: the client closed in the middle of it. */

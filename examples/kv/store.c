@@ -57,60 +57,60 @@ void kv_value_unref(struct kv_value *v)
 
 /* ---- SipHash-1-3 (Aumasson and Bernstein): one compression round, three finalisation ---- */
 
-static uint64_t rotl(uint64_t x, int b)
+static inline uint64_t rotl(uint64_t x, int b)
 {
     return (x << b) | (x >> (64 - b));
 }
 
-struct sip {
-    uint64_t v0, v1, v2, v3;
-};
+#define SIP_ROUND(v0, v1, v2, v3)                                                              \
+    do {                                                                                       \
+        v0 += v1;                                                                              \
+        v1 = rotl(v1, 13) ^ v0;                                                                \
+        v0 = rotl(v0, 32);                                                                     \
+        v2 += v3;                                                                              \
+        v3 = rotl(v3, 16) ^ v2;                                                                \
+        v0 += v3;                                                                              \
+        v3 = rotl(v3, 21) ^ v0;                                                                \
+        v2 += v1;                                                                              \
+        v1 = rotl(v1, 17) ^ v2;                                                                \
+        v2 = rotl(v2, 32);                                                                     \
+    } while (0)
 
-static void sip_round(struct sip *s)
+static inline uint64_t load_le64(const unsigned char *p)
 {
-    s->v0 += s->v1;
-    s->v1 = rotl(s->v1, 13) ^ s->v0;
-    s->v0 = rotl(s->v0, 32);
-    s->v2 += s->v3;
-    s->v3 = rotl(s->v3, 16) ^ s->v2;
-    s->v0 += s->v3;
-    s->v3 = rotl(s->v3, 21) ^ s->v0;
-    s->v2 += s->v1;
-    s->v1 = rotl(s->v1, 17) ^ s->v2;
-    s->v2 = rotl(s->v2, 32);
-}
-
-static uint64_t load_le64(const unsigned char *p)
-{
-    uint64_t x = 0;
-    for (int i = 7; i >= 0; i--)
-        x = x << 8 | p[i];
+    uint64_t x;
+    memcpy(&x, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
     return x;
 }
 
+/* (A macro for the round: as a function taking the state by pointer it was not inlined and
+ * the hash cost 12 % of kv's CPU under MSET; with the state in registers, a third of that.) */
 static uint64_t siphash13(const struct kv_store *st, const void *data, size_t n)
 {
     const unsigned char *p = data;
-    struct sip s = {st->k0 ^ 0x736f6d6570736575ull, st->k1 ^ 0x646f72616e646f6dull,
-                    st->k0 ^ 0x6c7967656e657261ull, st->k1 ^ 0x7465646279746573ull};
+    uint64_t v0 = st->k0 ^ 0x736f6d6570736575ull, v1 = st->k1 ^ 0x646f72616e646f6dull;
+    uint64_t v2 = st->k0 ^ 0x6c7967656e657261ull, v3 = st->k1 ^ 0x7465646279746573ull;
     size_t whole = n & ~(size_t)7;
     for (size_t i = 0; i < whole; i += 8) {
         uint64_t m = load_le64(p + i);
-        s.v3 ^= m;
-        sip_round(&s);
-        s.v0 ^= m;
+        v3 ^= m;
+        SIP_ROUND(v0, v1, v2, v3);
+        v0 ^= m;
     }
     uint64_t last = (uint64_t)n << 56;
     for (size_t i = 0; i < (n & 7); i++)
         last |= (uint64_t)p[whole + i] << (8 * i);
-    s.v3 ^= last;
-    sip_round(&s);
-    s.v0 ^= last;
-    s.v2 ^= 0xff;
-    sip_round(&s);
-    sip_round(&s);
-    sip_round(&s);
-    return s.v0 ^ s.v1 ^ s.v2 ^ s.v3;
+    v3 ^= last;
+    SIP_ROUND(v0, v1, v2, v3);
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    SIP_ROUND(v0, v1, v2, v3);
+    return v0 ^ v1 ^ v2 ^ v3;
 }
 
 /* ---- The store ---- */
