@@ -29,9 +29,7 @@ void kv_client_free(struct kv_client *cl)
 
 int64_t kv_now(struct kv_ctx *x)
 {
-    if (x->now_ms == 0)
-        x->now_ms = kv_unix_ms();
-    return x->now_ms;
+    return kv_clock_ms(&x->now);
 }
 
 /* a (alen bytes) equals the NUL-terminated b, ignoring ASCII case. */
@@ -61,7 +59,7 @@ static bool arg_ll(struct kv_ctx *x, size_t i, long long *v)
 
 static struct kv_entry *find(struct kv_ctx *x, size_t i)
 {
-    return kv_store_find(x->st, x->argv[i], x->argl[i], kv_now(x));
+    return kv_store_find(x->st, x->argv[i], x->argl[i], &x->now);
 }
 
 /* Set key argv[k] to the bytes of argument v (clearing its time to live unless keep_ttl).
@@ -69,8 +67,7 @@ static struct kv_entry *find(struct kv_ctx *x, size_t i)
 static struct kv_entry *set_from_arg(struct kv_ctx *x, size_t k, size_t v, bool keep_ttl)
 {
     struct kv_value *val = kv_value_new(x->argv[v], x->argl[v], 0);
-    struct kv_entry *e = val ? kv_store_set(x->st, x->argv[k], x->argl[k], val, keep_ttl,
-                                            kv_now(x))
+    struct kv_entry *e = val ? kv_store_set(x->st, x->argv[k], x->argl[k], val, keep_ttl, &x->now)
                              : NULL;
     if (!e)
         kv_reply_error(x->rp, "-OOM command not allowed when used memory > 'maxmemory'.");
@@ -261,7 +258,7 @@ static void incr_by(struct kv_ctx *x, long long by)
     struct kv_value *val = kv_value_new(num, kv_format_ll(num, v), 0);
     if (val && e)
         kv_store_replace(e, val); /* keeps the time to live, as Redis's INCR does */
-    else if (!val || !kv_store_set(x->st, x->argv[1], x->argl[1], val, false, kv_now(x))) {
+    else if (!val || !kv_store_set(x->st, x->argv[1], x->argl[1], val, false, &x->now)) {
         kv_reply_error(x->rp, "-OOM command not allowed when used memory > 'maxmemory'.");
         return;
     }
@@ -340,7 +337,7 @@ static void cmd_del(struct kv_ctx *x)
 {
     long long n = 0;
     for (size_t i = 1; i < x->argc; i++)
-        n += kv_store_del(x->st, x->argv[i], x->argl[i], kv_now(x));
+        n += kv_store_del(x->st, x->argv[i], x->argl[i], &x->now);
     kv_reply_int(x->rp, n);
 }
 
@@ -624,8 +621,9 @@ const struct kv_command kv_commands[] = {
 static const struct kv_command *lookup(const struct kv_command *t, const char *name, size_t n,
                                        size_t skip)
 {
+    char first = (char)(name[0] | 0x20); /* (arguments end with a NUL: name[0] exists) */
     for (; t->name; t++)
-        if (kv_eq_nocase(name, n, t->name + skip))
+        if ((t->name[skip] | 0x20) == first && kv_eq_nocase(name, n, t->name + skip))
             return t;
     return NULL;
 }

@@ -70,7 +70,7 @@ struct kv_ctx {
     char *const *argv;
     const size_t *argl;
     struct kv_reply *rp;
-    int64_t now_ms;       /* Unix ms, read once per command when needed (0: not yet) */
+    struct kv_clock now;  /* read once per command, when first needed */
     enum kv_after after;
 };
 

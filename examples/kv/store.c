@@ -122,6 +122,19 @@ int64_t kv_unix_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t kv_clock_ms(struct kv_clock *c)
+{
+    if (c->ms == 0)
+        c->ms = kv_unix_ms();
+    return c->ms;
+}
+
+/* Whether e's time has come. */
+static bool expired(const struct kv_entry *e, struct kv_clock *now)
+{
+    return e->expire != KV_NO_EXPIRE && e->expire <= kv_clock_ms(now);
+}
+
 struct kv_store *kv_store_new(bool shared)
 {
     struct kv_store *s = calloc(1, sizeof *s);
@@ -249,12 +262,13 @@ static void delete_at(struct kv_store *s, struct kv_entry **p)
         resize(s, s->nbuckets / 2);
 }
 
-struct kv_entry *kv_store_find(struct kv_store *s, const char *key, size_t klen, int64_t now)
+struct kv_entry *kv_store_find(struct kv_store *s, const char *key, size_t klen,
+                               struct kv_clock *now)
 {
     uint64_t h = siphash13(s, key, klen);
     struct kv_entry **p = slot_of(s, key, klen, h);
     struct kv_entry *e = *p;
-    if (e && e->expire != KV_NO_EXPIRE && e->expire <= now) {
+    if (e && expired(e, now)) {
         delete_at(s, p);
         return NULL;
     }
@@ -262,12 +276,12 @@ struct kv_entry *kv_store_find(struct kv_store *s, const char *key, size_t klen,
 }
 
 struct kv_entry *kv_store_set(struct kv_store *s, const char *key, size_t klen,
-                              struct kv_value *v, bool keep_ttl, int64_t now)
+                              struct kv_value *v, bool keep_ttl, struct kv_clock *now)
 {
     uint64_t h = siphash13(s, key, klen);
     struct kv_entry **p = slot_of(s, key, klen, h);
     struct kv_entry *e = *p;
-    if (e && e->expire != KV_NO_EXPIRE && e->expire <= now) {
+    if (e && expired(e, now)) {
         delete_at(s, p); /* expired: a new key, whose time to live is not kept */
         p = slot_of(s, key, klen, h);
         e = NULL;
@@ -304,13 +318,13 @@ void kv_store_replace(struct kv_entry *e, struct kv_value *v)
     e->val = v;
 }
 
-int kv_store_del(struct kv_store *s, const char *key, size_t klen, int64_t now)
+int kv_store_del(struct kv_store *s, const char *key, size_t klen, struct kv_clock *now)
 {
     uint64_t h = siphash13(s, key, klen);
     struct kv_entry **p = slot_of(s, key, klen, h);
     if (!*p)
         return 0;
-    bool live = (*p)->expire == KV_NO_EXPIRE || (*p)->expire > now;
+    bool live = !expired(*p, now);
     delete_at(s, p);
     return live;
 }

@@ -48,16 +48,24 @@ void kv_store_unlock(struct kv_store *s);
 /* Unix time in milliseconds: the clock every time to live is on. */
 int64_t kv_unix_ms(void);
 
+/* The time for one command: read the first time it is needed, then kept, so a command sees
+ * one instant, and one that meets no time to live reads no clock. Start with {0}. */
+struct kv_clock {
+    int64_t ms; /* 0: not read yet */
+};
+int64_t kv_clock_ms(struct kv_clock *c);
+
 /* The live entry of key, or NULL; an entry found past its time is deleted first. */
-struct kv_entry *kv_store_find(struct kv_store *s, const char *key, size_t klen, int64_t now);
+struct kv_entry *kv_store_find(struct kv_store *s, const char *key, size_t klen,
+                               struct kv_clock *now);
 /* Give key the value v (the store takes v's reference) and return its entry; the key's time
  * to live is cleared unless keep_ttl. NULL when out of memory (v is then released). */
 struct kv_entry *kv_store_set(struct kv_store *s, const char *key, size_t klen,
-                              struct kv_value *v, bool keep_ttl, int64_t now);
+                              struct kv_value *v, bool keep_ttl, struct kv_clock *now);
 /* Replace an entry's value (taking v's reference), keeping its time to live. */
 void kv_store_replace(struct kv_entry *e, struct kv_value *v);
 /* Delete key if it is live: 1 if it was, else 0. */
-int kv_store_del(struct kv_store *s, const char *key, size_t klen, int64_t now);
+int kv_store_del(struct kv_store *s, const char *key, size_t klen, struct kv_clock *now);
 /* Set the entry's expiry (Unix ms), or remove it with KV_NO_EXPIRE. 0, -1 out of memory. */
 int kv_store_expire(struct kv_store *s, struct kv_entry *e, int64_t when);
 /* Delete an entry found with kv_store_find. */
