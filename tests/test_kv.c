@@ -455,6 +455,38 @@ static void expiry_on_access(void)
     kv_stop(&kv);
 }
 
+/* With no sweep (--hz 0) an expired key stays in the table, counted by DBSIZE (which looks
+ * at no key, as Redis's), until a command looks it up: then it is gone, as if deleted. */
+static void expired_keys_go_when_looked_up(void)
+{
+    struct kv_proc kv;
+    kv_start(&kv, (const char *[]){"--hz", "0", NULL});
+    struct resp_conn c;
+    resp_open(&c, kv.port);
+    static const char *const keys[] = {"a", "b", "c", "d", "e", "f", "g"};
+    for (int i = 0; i < 7; i++)
+        resp_expect(&c, "+OK\r\n", "SET", keys[i], "41", "PX", "20", NULL);
+    resp_expect(&c, "+OK\r\n", "SET", "sentinel", "x", "PX", "20", NULL);
+    resp_expect(&c, "+OK\r\n", "SET", "stays", "x", NULL);
+    poll_until(&c, ":-2\r\n", 5000, "PTTL", "sentinel"); /* its time has come, so theirs too */
+    resp_expect(&c, ":8\r\n", "DBSIZE", NULL);
+    resp_expect(&c, "*1\r\n$5\r\nstays\r\n", "KEYS", "*", NULL); /* listed: only live keys */
+    resp_expect(&c, ":8\r\n", "DBSIZE", NULL);
+    resp_expect(&c, "$-1\r\n", "GET", "a", NULL);
+    resp_expect(&c, ":7\r\n", "DBSIZE", NULL);
+    resp_expect(&c, ":0\r\n", "EXISTS", "b", NULL);
+    resp_expect(&c, ":-2\r\n", "TTL", "c", NULL);
+    resp_expect(&c, ":0\r\n", "DEL", "d", NULL);
+    resp_expect(&c, ":4\r\n", "DBSIZE", NULL);
+    resp_expect(&c, "+OK\r\n", "SET", "e", "new", "NX", NULL); /* a new key... */
+    resp_expect(&c, ":-1\r\n", "TTL", "e", NULL);               /* ...without the old TTL */
+    resp_expect(&c, ":1\r\n", "INCR", "f", NULL);
+    resp_expect(&c, ":1\r\n", "APPEND", "g", "x", NULL);
+    resp_expect(&c, ":4\r\n", "DBSIZE", NULL);
+    resp_close(&c);
+    kv_stop(&kv);
+}
+
 /* Keys nobody looks at again still go: DBSIZE (which looks at none) falls to what is left. */
 static void sweep_deletes_untouched_keys(void)
 {
@@ -566,6 +598,7 @@ const struct test tests[] = {
     {"hiredis_every_command", hiredis_every_command, 0},
     {"pipelining_many_in_one_write", pipelining_many_in_one_write, 0},
     {"expiry_on_access", expiry_on_access, 0},
+    {"expired_keys_go_when_looked_up", expired_keys_go_when_looked_up, 0},
     {"sweep_deletes_untouched_keys", sweep_deletes_untouched_keys, 0},
     {"threads_share_one_store", threads_share_one_store, 120},
     {"quit_closes_and_sigterm_is_clean", quit_closes_and_sigterm_is_clean, 0},

@@ -19,6 +19,7 @@ struct kv_server {
     const char *bind; /* as given with -h */
     int port;         /* the port actually listened on */
     int threads;
+    int hz;           /* sweeps a second (0: none) */
     size_t max_conns;
     atomic_ullong next_id; /* CLIENT ID */
 };

@@ -239,6 +239,8 @@ static void config_value(const struct kv_server *s, const char *name, char *out,
         snprintf(out, cap, "%zu", s->limits.max_request);
     else if (strcmp(name, "io-threads") == 0)
         snprintf(out, cap, "%d", s->threads);
+    else if (strcmp(name, "hz") == 0)
+        snprintf(out, cap, "%d", s->hz);
     else if (strcmp(name, "appendonly") == 0)
         snprintf(out, cap, "no");
     else if (strcmp(name, "databases") == 0)
@@ -251,7 +253,7 @@ static void config_value(const struct kv_server *s, const char *name, char *out,
 
 static const char *const config_names[] = {
     "save", "appendonly", "databases", "port", "bind", "maxclients", "proto-max-bulk-len",
-    "client-query-buffer-limit", "timeout", "maxmemory", "io-threads", NULL,
+    "client-query-buffer-limit", "timeout", "maxmemory", "io-threads", "hz", NULL,
 };
 #define NCONFIG (sizeof config_names / sizeof config_names[0] - 1)
 

@@ -21,12 +21,13 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
-#define SWEEP_EVERY_MS 100 /* Redis's hz 10 */
-#define SWEEP_BATCH 20     /* keys looked at per batch, as Redis's active expire cycle */
-#define SWEEP_BUDGET_MS 25 /* at most this long per tick, yielding between batches */
+#define SWEEP_HZ_DEFAULT 10 /* sweeps a second, as Redis's hz */
+#define SWEEP_BATCH 20      /* keys looked at per batch, as Redis's active expire cycle */
+#define SWEEP_SHARE 4       /* a sweep takes at most a quarter of its period (25 ms at 10 Hz),
+                               yielding to the clients between batches */
 
 static const char usage_text[] =
-    "usage: kv [-p PORT] [-h HOST] [-q] [-g GRACE_MS] [--threads N]\n"
+    "usage: kv [-p PORT] [-h HOST] [-q] [-g GRACE_MS] [--threads N] [--hz N]\n"
     "          [--max-bulk BYTES] [--max-args N] [--max-inline BYTES] [--max-request BYTES]\n"
     "\n"
     "A Redis-protocol (RESP2) key-value server: strings with times to live, in memory.\n"
@@ -36,6 +37,8 @@ static const char usage_text[] =
     "  -q                   quiet: no line per connection on stderr\n"
     "  -g GRACE_MS          on SIGINT/SIGTERM, how long clients get to finish (default 5000)\n"
     "  --threads N          serve from N threads sharing the store (default 1)\n"
+    "  --hz N               sweeps for expired keys per second (default 10, as Redis's hz;\n"
+    "                       0: keys expire only when looked up)\n"
     "  --max-bulk BYTES     longest argument and value (default 536870912, Redis's\n"
     "                       proto-max-bulk-len)\n"
     "  --max-args N         most arguments in one request (default 1048576)\n"
@@ -91,16 +94,17 @@ static void serve_client(weft_chan *c, void *arg)
 
 static void *sweep_main(void *arg)
 {
-    struct kv_store *st = arg;
-    while (weft_sleep(SWEEP_EVERY_MS) == 0) {
+    struct kv_server *srv = arg;
+    int64_t period = 1000 / srv->hz, budget = period / SWEEP_SHARE;
+    while (weft_sleep(period) == 0) {
         int64_t start = weft_now();
         for (;;) {
             size_t looked;
-            kv_store_lock(st);
-            size_t gone = kv_store_sweep(st, kv_unix_ms(), SWEEP_BATCH, &looked);
-            kv_store_unlock(st);
+            kv_store_lock(srv->store);
+            size_t gone = kv_store_sweep(srv->store, kv_unix_ms(), SWEEP_BATCH, &looked);
+            kv_store_unlock(srv->store);
             /* Go on while more than a tenth of what we saw had expired, within the budget. */
-            if (gone * 10 <= looked || weft_now() - start >= SWEEP_BUDGET_MS)
+            if (gone * 10 <= looked || weft_now() - start >= budget)
                 break;
             if (weft_yield() != 0)
                 return NULL;
@@ -164,8 +168,7 @@ static void *control_main(void *arg)
     weft_co *sweeper = NULL, *hard_stop = NULL;
     if (t->index == 0) {
         weft_spawn_opts so = {.name = "sweep"};
-        sweeper = weft_spawn_ex(sweep_main, t->srv->store, &so);
-        if (!sweeper)
+        if (t->srv->hz > 0 && !(sweeper = weft_spawn_ex(sweep_main, t->srv, &so)))
             perror("kv: no sweep coroutine (keys expire on access only)");
         if (wait_signal(t->sigfd) != 0)
             perror("kv: signalfd");
@@ -218,7 +221,7 @@ static void *thread_main(void *arg)
 struct args {
     char addr[300];
     const char *host;
-    int threads;
+    int threads, hz;
     int64_t grace_ms;
     struct kv_limits limits;
 };
@@ -237,9 +240,10 @@ static size_t size_arg(const char *name, const char *s, size_t min)
 
 static void parse_args(int argc, char **argv, struct args *a)
 {
-    enum { OPT_THREADS = 256, OPT_BULK, OPT_ARGS, OPT_INLINE, OPT_REQUEST, OPT_HELP };
+    enum { OPT_THREADS = 256, OPT_HZ, OPT_BULK, OPT_ARGS, OPT_INLINE, OPT_REQUEST, OPT_HELP };
     static const struct option longs[] = {
         {"threads", required_argument, NULL, OPT_THREADS},
+        {"hz", required_argument, NULL, OPT_HZ},
         {"max-bulk", required_argument, NULL, OPT_BULK},
         {"max-args", required_argument, NULL, OPT_ARGS},
         {"max-inline", required_argument, NULL, OPT_INLINE},
@@ -250,6 +254,7 @@ static void parse_args(int argc, char **argv, struct args *a)
     const char *port = "6379";
     a->host = "127.0.0.1";
     a->threads = 1;
+    a->hz = SWEEP_HZ_DEFAULT;
     a->grace_ms = -1;
     a->limits = (struct kv_limits){KV_MAX_BULK_DEFAULT, KV_MAX_ARGS_DEFAULT,
                                    KV_MAX_INLINE_DEFAULT, KV_MAX_REQUEST_DEFAULT};
@@ -261,6 +266,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         case 'q': quiet = true; break;
         case 'g': a->grace_ms = (int64_t)size_arg("-g", optarg, 0); break;
         case OPT_THREADS: a->threads = (int)size_arg("--threads", optarg, 1); break;
+        case OPT_HZ: a->hz = (int)size_arg("--hz", optarg, 0); break;
         case OPT_BULK: a->limits.max_bulk = size_arg("--max-bulk", optarg, 1); break;
         case OPT_ARGS: a->limits.max_args = size_arg("--max-args", optarg, 1); break;
         case OPT_INLINE: a->limits.max_inline = size_arg("--max-inline", optarg, 16); break;
@@ -269,7 +275,7 @@ static void parse_args(int argc, char **argv, struct args *a)
         default: fputs(usage_text, stderr); exit(2);
         }
     }
-    if (optind < argc || a->threads > 1024) {
+    if (optind < argc || a->threads > 1024 || a->hz > 500) {
         fputs(usage_text, stderr);
         exit(2);
     }
@@ -293,7 +299,7 @@ int main(int argc, char **argv)
     int sigfd = signalfd(-1, &stop_set, SFD_NONBLOCK | SFD_CLOEXEC);
 
     struct kv_server srv = {.limits = a.limits, .bind = a.host, .threads = a.threads,
-                            .max_conns = WEFT_MAX_CONNS_DEFAULT};
+                            .hz = a.hz, .max_conns = WEFT_MAX_CONNS_DEFAULT};
     atomic_init(&srv.next_id, 0);
     srv.store = kv_store_new(a.threads > 1);
     weft_tqueue *stop = weft_tqueue_new(1);
