@@ -123,6 +123,7 @@ struct thread {
     char addr[320];      /* where the threads after the first listen */
     int sigfd;           /* the first thread's: SIGINT/SIGTERM */
     weft_tqueue *stop;   /* closed by the first thread to stop the others */
+    weft_tqueue *ready;  /* each other thread says here that it listens (or could not) */
     int64_t grace_ms;
     weft_server_opts opts;
 };
@@ -208,11 +209,11 @@ static void *thread_main(void *arg)
 {
     struct thread *t = arg;
     t->l = weft_listen_ex(t->addr, 0, WEFT_LISTEN_REUSEPORT);
-    if (!t->l) {
+    if (!t->l)
         fprintf(stderr, "kv: thread %d: listen on %s: %s\n", t->index, t->addr, strerror(errno));
-        return NULL;
-    }
-    run_thread(t);
+    weft_tqueue_send(t->ready, t, -1);
+    if (t->l)
+        run_thread(t);
     return NULL;
 }
 
@@ -302,9 +303,9 @@ int main(int argc, char **argv)
                             .hz = a.hz, .max_conns = WEFT_MAX_CONNS_DEFAULT};
     atomic_init(&srv.next_id, 0);
     srv.store = kv_store_new(a.threads > 1);
-    weft_tqueue *stop = weft_tqueue_new(1);
+    weft_tqueue *stop = weft_tqueue_new(1), *ready = weft_tqueue_new((size_t)a.threads);
     struct thread *t = calloc((size_t)a.threads, sizeof *t);
-    if (sigfd < 0 || !srv.store || !stop || !t) {
+    if (sigfd < 0 || !srv.store || !stop || !ready || !t) {
         perror("kv");
         return 1;
     }
@@ -314,8 +315,6 @@ int main(int argc, char **argv)
         return 1;
     }
     srv.port = weft_listener_port(l);
-    printf("listening on %s\n", weft_listener_addr(l));
-    fflush(stdout);
 
     weft_server_opts opts = {
         .idle_timeout_ms = -1,           /* Redis's default: clients may idle forever */
@@ -323,7 +322,7 @@ int main(int argc, char **argv)
     };
     for (int i = 0; i < a.threads; i++) {
         t[i] = (struct thread){.index = i, .srv = &srv, .sigfd = sigfd, .stop = stop,
-                               .grace_ms = a.grace_ms, .opts = opts};
+                               .ready = ready, .grace_ms = a.grace_ms, .opts = opts};
         snprintf(t[i].addr, sizeof t[i].addr, "%s", weft_listener_addr(l));
     }
     t[0].l = l;
@@ -331,12 +330,21 @@ int main(int argc, char **argv)
     for (; started < a.threads; started++)
         if (pthread_create(&t[started].tid, NULL, thread_main, &t[started]) != 0)
             break;
+    /* Say we listen once every thread does: a client connecting right after is then spread
+     * over all of them, not given to the first thread alone. */
+    for (int i = 1; i < started; i++) {
+        void *item;
+        weft_tqueue_recv(ready, &item, -1);
+    }
+    printf("listening on %s\n", weft_listener_addr(l));
+    fflush(stdout);
     run_thread(&t[0]);
     for (int i = 1; i < started; i++)
         pthread_join(t[i].tid, NULL);
 
     weft_fd_close(sigfd);
     weft_tqueue_free(stop);
+    weft_tqueue_free(ready);
     kv_store_free(srv.store);
     free(t);
     return 0;
