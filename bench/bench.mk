@@ -75,3 +75,15 @@ bench-ab: $(O)/bench/echo_bench $(O)/bench/loadgen $(O)/bench/base_epoll $(BENCH
 	    CC=$(CC) $(abspath $(O))/ab-base/examples/echo
 	$(BENCH_LOCK) $(RUN) $(O)/bench/echo_bench -b $(O) -B $(O)/ab-base \
 	    $(if $(HAVE_LIBURING),,-U) $(BENCH_QUICK)
+
+# ---- examples/kv against redis-server 7 (bench/kv_bench.c) ----
+#   make bench-kv              redis-benchmark SET/GET/INCR/MSET at -c 50 -P 1, -c 50 -P 16 and
+#                              -c 1000 -P 1, against kv and redis-server, 3 reps (a few minutes)
+$(O)/bench/kv_bench: $(O)/bench/kv_bench.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: bench-kv
+bench: bench-kv
+
+bench-kv: $(O)/bench/kv_bench $(O)/examples/kv
+	$(BENCH_LOCK) $(RUN) $(O)/bench/kv_bench -b $(O) $(BENCH_QUICK)
