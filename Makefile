@@ -88,10 +88,10 @@ EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
             test_examples test_chat
+TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
 .DEFAULT_GOAL := all
 include hook/hook.mk
 TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
-TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
 
 # The Tcl package (tcl/) is built where Tcl 8.6's headers are and the build is native (a cross
 # compiler has no Tcl to link against); its tests run too unless programs run through $(RUN)
