@@ -24,7 +24,6 @@
 #define NCHUNKS 1024 /* descriptors below 2^20; beyond, calls go to libc as they are */
 
 static _Atomic(hook_fd *) chunks[NCHUNKS];
-_Atomic bool hook_pipes_unhooked;
 
 /* fd's entry; with make, its chunk is allocated if need be. NULL: out of range (or no
  * memory). */
@@ -78,7 +77,7 @@ static void classify(int fd, hook_fd *e)
     unsigned flags = fl >= 0 && (fl & O_NONBLOCK) ? HOOK_NONBLOCK : 0;
     enum hook_kind kind = HOOK_OTHER;
     if (S_ISSOCK(st.st_mode)) {
-        int type = 0;
+        int type = 0, domain = 0;
         socklen_t len = sizeof type;
         if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0) {
             if (type == SOCK_STREAM)
@@ -86,6 +85,10 @@ static void classify(int fd, hook_fd *e)
             else if (type == SOCK_SEQPACKET)
                 flags |= HOOK_SEQPACKET;
         }
+        len = sizeof domain;
+        if ((flags & HOOK_STREAM) && getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 &&
+            (domain == AF_INET || domain == AF_INET6))
+            flags |= HOOK_TCP;
         atomic_store(&e->rcvtimeo_ms, sock_timeout(fd, SO_RCVTIMEO));
         atomic_store(&e->sndtimeo_ms, sock_timeout(fd, SO_SNDTIMEO));
         kind = HOOK_SOCKET;
@@ -115,8 +118,7 @@ hook_fd *hook_fd_managed(int fd)
     if (!e)
         return NULL;
     uint8_t kind = atomic_load_explicit(&e->kind, memory_order_relaxed);
-    if (kind != HOOK_SOCKET &&
-        (kind != HOOK_PIPE || atomic_load_explicit(&hook_pipes_unhooked, memory_order_relaxed)))
+    if (kind != HOOK_SOCKET && kind != HOOK_PIPE)
         return NULL;
     if (atomic_load_explicit(&e->flags, memory_order_relaxed) & HOOK_NONBLOCK)
         return NULL; /* the caller asked for EAGAIN: the real call gives it */
@@ -131,6 +133,7 @@ void hook_fd_made(int fd, enum hook_kind kind, unsigned flags, int32_t rcvtimeo_
         return;
     atomic_fetch_add(&e->gen, 1);
     atomic_store(&e->pending_err, 0);
+    atomic_store(&e->drained, 0);
     atomic_store(&e->rcvtimeo_ms, rcvtimeo_ms);
     atomic_store(&e->sndtimeo_ms, sndtimeo_ms);
     atomic_store(&e->flags, (uint8_t)flags);
@@ -149,6 +152,7 @@ void hook_fd_gone(int fd)
     atomic_store(&e->rcvtimeo_ms, 0);
     atomic_store(&e->sndtimeo_ms, 0);
     atomic_store(&e->pending_err, 0);
+    atomic_store(&e->drained, 0);
 }
 
 void hook_fd_reclassify(int fd)

@@ -138,6 +138,7 @@ enum hook_kind { HOOK_UNKNOWN, HOOK_SOCKET, HOOK_PIPE, HOOK_OTHER };
 #define HOOK_NONBLOCK  1u /* the caller made it non-blocking (O_NONBLOCK): EAGAIN is its answer */
 #define HOOK_STREAM    2u /* SOCK_STREAM: MSG_WAITALL waits for every byte */
 #define HOOK_SEQPACKET 4u /* SOCK_SEQPACKET: a write() is a record (MSG_EOR) */
+#define HOOK_TCP       8u /* TCP: a short read means its input is drained (see io.c) */
 
 typedef struct hook_fd {
     _Atomic uint32_t gen;        /* changes whenever the number may name another file */
@@ -147,11 +148,8 @@ typedef struct hook_fd {
     _Atomic int32_t sndtimeo_ms; /* SO_SNDTIMEO */
     _Atomic int32_t pending_err; /* an error our own extra attempt took from the socket,
                                     which the kernel would report at the next call */
+    _Atomic uint8_t drained;     /* TCP: the last read was short, so nothing was left */
 } hook_fd;
-
-/* Set when the kernel turns RWF_NOWAIT down on pipes (older kernels): pipes then go to libc
- * as they are, blocking the thread. */
-extern _Atomic bool hook_pipes_unhooked;
 
 /* fd's entry, classified if it was not yet; NULL for numbers outside the table. */
 hook_fd *hook_fd_get(int fd);

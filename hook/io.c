@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -78,6 +79,26 @@ static bool still_pipe(int fd)
     return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
 }
 
+/* A TCP socket whose last read was short had nothing left; on a backend whose edges show
+ * urgent data apart (epoll: urgent data is the one thing that stops a read short with more
+ * queued), nothing has come since unless the backend reported input. Then the read parks at
+ * once, without the recv that would only say EAGAIN: one system call in three, per request
+ * and reply. Plain reads only (not a peek, not MSG_OOB, not MSG_WAITALL). */
+static bool drain_known(const xfer *x)
+{
+    return x->input && !x->pipe && !x->all && !x->peek_all &&
+           !(x->flags & (MSG_PEEK | MSG_OOB)) &&
+           (atomic_load_explicit(&x->e->flags, memory_order_relaxed) & HOOK_TCP) &&
+           fd_edges_show_urgent();
+}
+
+static void note_drained(xfer *x, ssize_t r)
+{
+    bool drained = (r > 0 && (size_t)r < x->len) || (r < 0 && errno == EAGAIN);
+    if (atomic_load_explicit(&x->e->drained, memory_order_relaxed) != drained)
+        atomic_store_explicit(&x->e->drained, drained, memory_order_relaxed);
+}
+
 /* The engine: attempts, parks on EAGAIN, decides on signals and timeouts. Returns the count,
  * or -1 with errno; -2 when the descriptor is not what the table said (the caller then makes
  * the real call). */
@@ -95,8 +116,18 @@ static ssize_t transfer_errno(xfer *x)
     hook_call_begin(&c);
     int64_t deadline = hook_deadline(tmo);
     size_t done = 0;
+    bool tcp_read = drain_known(x);
     for (;;) {
-        ssize_t r = x->attempt(x, done, done > 0);
+        ssize_t r = -1;
+        /* (The hint is asked before every read, so that each arrival answers one read.) */
+        if (tcp_read && !fd_input_hint(x->fd) &&
+            atomic_load_explicit(&x->e->drained, memory_order_relaxed)) {
+            errno = EAGAIN; /* drained, and nothing came since: the recv would say so */
+        } else {
+            r = x->attempt(x, done, done > 0);
+            if (tcp_read)
+                note_drained(x, r);
+        }
         if (r > 0) {
             if (x->peek_all) {
                 if ((size_t)r >= x->len)
@@ -111,12 +142,10 @@ static ssize_t transfer_errno(xfer *x)
             return (ssize_t)done; /* end of input */
         } else if (errno != EAGAIN) {
             int err = errno;
-            bool refused = err == EOPNOTSUPP || err == ENOSYS; /* RWF_NOWAIT, preadv2 */
-            if (done == 0 && refused && x->pipe && still_pipe(x->fd)) {
-                atomic_store(&hook_pipes_unhooked, true); /* an older kernel, an emulator */
-                return -2;
-            }
-            if (done == 0 && ((err == ENOTSOCK && !x->pipe) || (refused && x->pipe)))
+            /* Not what the table said: a "socket" that is not one, a "pipe" that turned
+             * out to be something RWF_NOWAIT does not apply to. */
+            if (done == 0 && ((err == ENOTSOCK && !x->pipe) ||
+                              ((err == EOPNOTSUPP || err == ENOSYS) && x->pipe)))
                 return -2;
             if (done == 0)
                 return -1;
@@ -157,6 +186,50 @@ static ssize_t transfer(xfer *x)
 
 /* ---- Attempts ---- */
 
+/* Kernels before RWF_NOWAIT on pipes, and emulators (qemu-user 7), refuse it; then a pipe is
+ * asked with poll first, and written at most PIPE_BUF bytes at a time: poll says writable
+ * when a buffer slot is free, which takes that much without waiting. (Another process
+ * taking the data or the room between the two calls would block the thread: the blocking
+ * call's result, late.) */
+static _Atomic bool nowait_refused;
+
+static ssize_t pipe_polled(xfer *x, const struct iovec *iov, int n)
+{
+    struct pollfd p = {.fd = x->fd, .events = x->input ? POLLIN : POLLOUT};
+    int ready = hook_poll_now(&p, 1);
+    if (ready <= 0) {
+        if (ready == 0)
+            errno = EAGAIN;
+        return -1;
+    }
+    if (x->input)
+        return REAL(readv)(x->fd, iov, n);
+    struct iovec part[16];
+    size_t room = PIPE_BUF;
+    int k = 0;
+    for (; k < n && k < 16 && room > 0; k++) {
+        part[k] = iov[k];
+        if (part[k].iov_len > room)
+            part[k].iov_len = room;
+        room -= part[k].iov_len;
+    }
+    return REAL(writev)(x->fd, part, k);
+}
+
+static ssize_t pipe_nowait(xfer *x, const struct iovec *iov, int n)
+{
+    if (!atomic_load_explicit(&nowait_refused, memory_order_relaxed)) {
+        ssize_t r = x->input ? REAL(preadv2)(x->fd, iov, n, -1, RWF_NOWAIT)
+                             : REAL(pwritev2)(x->fd, iov, n, -1, RWF_NOWAIT);
+        if (r >= 0 || (errno != EOPNOTSUPP && errno != ENOSYS))
+            return r;
+        if (!still_pipe(x->fd))
+            return -1; /* not a pipe any more: transfer() falls back on the real call */
+        atomic_store(&nowait_refused, true);
+    }
+    return pipe_polled(x, iov, n);
+}
+
 static ssize_t pipe_attempt(xfer *x, size_t done, bool nosig)
 {
     (void)nosig; /* a pipe raises SIGPIPE even after a part, as the blocking write does */
@@ -173,8 +246,7 @@ static ssize_t pipe_attempt(xfer *x, size_t done, bool nosig)
         n = hook_iov_advance(iov, n, done, out);
         iov = out;
     }
-    ssize_t r = x->input ? REAL(preadv2)(x->fd, iov, n, -1, RWF_NOWAIT)
-                         : REAL(pwritev2)(x->fd, iov, n, -1, RWF_NOWAIT);
+    ssize_t r = pipe_nowait(x, iov, n);
 #ifdef HOOK_TSAN
     /* ThreadSanitizer does not see preadv2/pwritev2; a read or write of nothing through the
      * calls it intercepts tells it of the order the pipe gives. */

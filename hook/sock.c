@@ -25,12 +25,12 @@
 
 /* ---- Making descriptors ---- */
 
-static unsigned type_flags(int type)
+static unsigned type_flags(int domain, int type)
 {
     unsigned f = type & SOCK_NONBLOCK ? HOOK_NONBLOCK : 0;
     type &= ~(SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (type == SOCK_STREAM)
-        f |= HOOK_STREAM;
+        f |= HOOK_STREAM | (domain == AF_INET || domain == AF_INET6 ? HOOK_TCP : 0);
     else if (type == SOCK_SEQPACKET)
         f |= HOOK_SEQPACKET;
     return f;
@@ -40,7 +40,7 @@ HOOK_API int socket(int domain, int type, int protocol)
 {
     int fd = REAL(socket)(domain, type, protocol);
     if (fd >= 0)
-        hook_fd_made(fd, HOOK_SOCKET, type_flags(type), 0, 0);
+        hook_fd_made(fd, HOOK_SOCKET, type_flags(domain, type), 0, 0);
     return fd;
 }
 
@@ -48,8 +48,8 @@ HOOK_API int socketpair(int domain, int type, int protocol, int sv[2])
 {
     int rc = REAL(socketpair)(domain, type, protocol, sv);
     if (rc == 0) {
-        hook_fd_made(sv[0], HOOK_SOCKET, type_flags(type), 0, 0);
-        hook_fd_made(sv[1], HOOK_SOCKET, type_flags(type), 0, 0);
+        hook_fd_made(sv[0], HOOK_SOCKET, type_flags(domain, type), 0, 0);
+        hook_fd_made(sv[1], HOOK_SOCKET, type_flags(domain, type), 0, 0);
     }
     return rc;
 }
@@ -303,7 +303,7 @@ static void accepted(int fd, int listener, int flags)
     }
     /* The new socket has the listener's type and timeouts (the kernel copies them), and is
      * non-blocking only if asked (Linux does not pass O_NONBLOCK on). */
-    unsigned f = atomic_load(&l->flags) & (HOOK_STREAM | HOOK_SEQPACKET);
+    unsigned f = atomic_load(&l->flags) & (HOOK_STREAM | HOOK_SEQPACKET | HOOK_TCP);
     if (flags & SOCK_NONBLOCK)
         f |= HOOK_NONBLOCK;
     hook_fd_made(fd, HOOK_SOCKET, f, atomic_load(&l->rcvtimeo_ms), atomic_load(&l->sndtimeo_ms));

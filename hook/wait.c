@@ -70,12 +70,14 @@ bool hook_call_restart(hook_call *c, bool restartable)
     return true;
 }
 
-/* From the loop: a handler wrote this thread's eventfd. Wake every parked hooked call. */
+/* From the loop: an event on this thread's eventfd. If a handler wrote it (an eventfd is
+ * always writable, and that is reported too), wake every parked hooked call. */
 static void on_signal(void *owner, unsigned events)
 {
     (void)owner, (void)events;
     uint64_t n;
-    syscall(SYS_read, hook_sig_eventfd(), &n, sizeof n);
+    if (syscall(SYS_read, hook_sig_eventfd(), &n, sizeof n) != sizeof n)
+        return;
     for (hook_waiter *w = parked; w; w = w->next)
         sched_wake(w->co, EINTR);
 }

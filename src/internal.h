@@ -434,12 +434,8 @@ void rwait_end(rwait *r);
 int fd_wait(int fd, int events, int64_t deadline);
 /* Wake the coroutine waiting on fd for events (one WEFT_ flag), if any, with err. */
 void fd_cancel_wait(int fd, int events, int err);
-/* Before a read of fd: whether input may have come since the last call. False only when fd
- * is watched and no input event came since (a reader whose last read left the fd drained may
- * then park without reading); always true outside coroutines. */
-bool fd_input_hint(int fd);
-/* Whether the running coroutine's backend shows urgent data apart from input. */
-bool fd_edges_show_urgent(void);
+/* fd_input_hint and fd_edges_show_urgent (src/hook_entry.h): whether a read of fd may find
+ * input; whether the backend's edges show urgent data apart. */
 /* Callback (fd_owner_fn, src/hook_entry.h): called from the loop with the events (IO_ bits)
  * of fd, before the coroutines waiting on it are woken; the owner of a descriptor (its
  * transport) learns of room for its queued output this way. One per fd; fd_set_owner(fd,
@@ -469,7 +465,7 @@ int64_t deadline_after(int64_t timeout_ms);
 void ignore_sigpipe(void);
 
 /* ---- For libweft_hook (hook/, docs/hooks.md) ----
- * The hook library builds on the public API; besides it, it calls exactly the three entries
+ * The hook library builds on the public API; besides it, it calls exactly the entries
  * declared in src/hook_entry.h (included at the top of this file), and includes only that:
  *   fd_forget: a descriptor number was closed or reused where this thread's backend could
  *     not see it (another thread closed it, dup2 replaced it): its registration there is
@@ -477,7 +473,9 @@ void ignore_sigpipe(void);
  *   sched_wake, with EINTR: a signal handler ran on this thread while hooked calls were
  *     parked here, which the kernel would have interrupted;
  *   fd_watch_input: how the hook hears of those signals, through an eventfd its handlers
- *     write (the loop calls the hook back, as it calls a transport that owns an fd). */
+ *     write (the loop calls the hook back, as it calls a transport that owns an fd);
+ *   fd_input_hint and fd_edges_show_urgent: as sock.c does, a hooked read of a TCP socket
+ *     whose last read left it drained parks without the recv that would only say EAGAIN. */
 
 /* ---- Transports (transport.h, sock.c) ---- */
 #include "transport.h"

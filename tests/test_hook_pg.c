@@ -64,6 +64,14 @@ static void pg_start(void)
                     NULL};
     server = start_process(argv, log, server_user());
     wait_port_open(port, 30000);
+    /* It listens before it takes connections ("the database system is starting up"). */
+    char conninfo[128];
+    snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%d dbname=postgres user=weft",
+             port);
+    for (int waited = 0; PQping(conninfo) != PQPING_OK; waited += 20) {
+        CHECK(waited < 30000);
+        usleep(20000);
+    }
 }
 
 static void pg_stop(void)
@@ -81,6 +89,8 @@ static void *query(void *arg)
     snprintf(conninfo, sizeof conninfo, "host=127.0.0.1 port=%d dbname=postgres user=weft",
              port);
     PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK)
+        fprintf(stderr, "  connect: %s", PQerrorMessage(c));
     CHECK(PQstatus(c) == CONNECTION_OK);
     char sql[128];
     snprintf(sql, sizeof sql, "SELECT pg_sleep(0.3), %d * 2 AS twice", id);
