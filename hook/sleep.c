@@ -10,8 +10,8 @@
 #include <errno.h>
 #include <stdint.h>
 
-/* Park until the monotonic clock reaches end_ns. 0; or -1 with EINTR (*left_ns: what was
- * left) or ECANCELED. */
+/* Park until the monotonic clock reaches end_ns. 0; or -1 with EINTR or ECANCELED, and in
+ * *left_ns what was left. */
 static int sleep_until_ns(int64_t end_ns, int64_t *left_ns)
 {
     int saved = errno;
@@ -25,14 +25,13 @@ static int sleep_until_ns(int64_t end_ns, int64_t *left_ns)
     for (; now < end_ns; now = hook_now_ns()) {
         if (hook_sleep_until(&c, hook_ms_deadline(end_ns)) == 0)
             continue;
-        if (errno != EINTR)
-            return -1;
-        if (hook_call_interrupted(&c)) {
-            int64_t left = end_ns - hook_now_ns();
-            *left_ns = left > 0 ? left : 0;
-            errno = EINTR;
-            return -1;
-        }
+        if (errno == EINTR && !hook_call_interrupted(&c))
+            continue; /* (woken for a handler that ran before this call began) */
+        int err = errno;
+        int64_t left = end_ns - hook_now_ns();
+        *left_ns = left > 0 ? left : 0;
+        errno = err;
+        return -1;
     }
     errno = saved;
     return 0;
@@ -91,9 +90,9 @@ HOOK_API unsigned sleep(unsigned seconds)
     if (!hook_in_coroutine())
         return REAL(sleep)(seconds);
     int saved = errno;
-    struct timespec ts = {.tv_sec = seconds, .tv_nsec = 0}, rem = {0, 0};
-    if (sleep_for(&ts, &rem) != 0)
-        return (unsigned)rem.tv_sec;
+    int64_t left = 0;
+    if (sleep_until_ns(hook_now_ns() + (int64_t)seconds * 1000000000, &left) != 0)
+        return (unsigned)(left / 1000000000); /* interrupted (or cancelled) */
     errno = saved;
     return 0;
 }
