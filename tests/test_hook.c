@@ -392,6 +392,51 @@ static void peer_closes_mid_reply(void)
     }
 }
 
+/* A read after our own shutdown(SHUT_RD) ends at once. (A hooked read of a TCP socket whose
+ * last read was short parks until the backend reports input; the kernel's shutdown wakes
+ * pollers, so the event comes.) */
+struct later {
+    int fd;
+    char c;
+};
+
+static void *thread_writes_soon(void *p)
+{
+    struct later *l = p;
+    plain_sleep_ms(30);
+    CHECK(write(l->fd, &l->c, 1) == 1);
+    return NULL;
+}
+
+static void *read_after_shutdown(void *p)
+{
+    struct outcome *o = p;
+    int c, s;
+    tcp_pair(&c, &s);
+    struct later l = {s, 'x'};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, thread_writes_soon, &l) == 0);
+    char buf[8];
+    CHECK(read(c, buf, sizeof buf) == 1); /* waited, and short: drained */
+    pthread_join(th, NULL);
+    CHECK(shutdown(c, SHUT_RD) == 0);
+    errno = 0;
+    o->r1 = read(c, buf, sizeof buf);
+    o->e1 = errno;
+    close(c);
+    close(s);
+    return NULL;
+}
+
+static void shutdown_read(void)
+{
+    struct outcome kernel = {0}, hooked = {0};
+    run_on_plain_thread(read_after_shutdown, &kernel);
+    run_in_coroutine(read_after_shutdown, &hooked, NULL);
+    CHECK(kernel.r1 == 0);
+    CHECK(hooked.r1 == kernel.r1);
+}
+
 /* ---- 1 MiB to a slow reader: one write, every byte, the thread free meanwhile ---- */
 
 #define BIG (1 << 20)
@@ -1049,6 +1094,7 @@ const struct test tests[] = {
     {"accept_timeout", accept_timeout, 0},
     {"send_timeout", send_timeout, 0},
     {"peer_closes_mid_reply", peer_closes_mid_reply, 0},
+    {"shutdown_read", shutdown_read, 10},
     {"big_write_to_slow_reader", big_write_to_slow_reader, 0},
     {"pipe_big_write", pipe_big_write, 0},
     {"close_wakes_waiter", close_wakes_waiter, 0},
