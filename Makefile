@@ -12,6 +12,8 @@
 #   TESTS="..."      run only these test programs (e.g. TESTS="test_threads test_fork")
 #   RUN="..."        prefix to run built programs (e.g. "qemu-riscv64 -L /usr/riscv64-linux-gnu")
 #   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install`
+#
+# libweft_hook (hook/, docs/hooks.md) is built, tested and installed with it: hook/hook.mk.
 
 O       ?= build
 CC      ?= cc
@@ -99,8 +101,10 @@ KV_OBJ   := $(patsubst %,$(O)/kv-obj/%.o,$(KV_PARTS))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
             test_examples test_chat test_kv test_kv_hostile test_kv_replay
-TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
 TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
+.DEFAULT_GOAL := all
+include hook/hook.mk
+TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
 
 # The Tcl package (tcl/) is built where Tcl 8.6's headers are and the build is native (a cross
 # compiler has no Tcl to link against); its tests run too unless programs run through $(RUN)
@@ -120,7 +124,7 @@ lib: $(O)/libweft.a $(O)/libweft.so
 examples: $(EX_BIN)
 tests: $(TEST_BIN) $(O)/tests/echoload $(O)/tests/soak
 
-$(O)/%.c.o: %.c include/weft.h src/internal.h src/transport.h src/chan.h src/sys.h Makefile
+$(O)/%.c.o: %.c include/weft.h src/internal.h src/transport.h src/chan.h src/sys.h src/hook_entry.h Makefile hook/hook.mk
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
