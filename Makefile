@@ -141,11 +141,11 @@ $(O)/libweft.so: $(LIB_OBJ)
 
 # Examples: echo and echo-blocking share examples/echo_handler.c (the seed's one handler).
 $(O)/examples/echo.c.o $(O)/examples/echo-blocking.c.o $(O)/examples/chat.c.o: examples/options.h
-$(O)/examples/echo: $(O)/examples/echo.c.o $(O)/examples/echo_handler.c.o $(O)/libweft.a
+$(O)/examples/echo: $(O)/examples/echo.c.o $(O)/examples/echo_handler.c.o $(O)/examples/log.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-$(O)/examples/echo-blocking: $(O)/examples/echo-blocking.c.o $(O)/examples/echo_handler.c.o $(O)/libweft.a
+$(O)/examples/echo-blocking: $(O)/examples/echo-blocking.c.o $(O)/examples/echo_handler.c.o $(O)/examples/log.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-$(O)/examples/chat: $(O)/examples/chat.c.o $(O)/libweft.a
+$(O)/examples/chat: $(O)/examples/chat.c.o $(O)/examples/log.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/examples/client: $(O)/examples/client.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -24,7 +24,7 @@ $(O)/bench/sync_bench: $(O)/bench/sync_bench.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(O)/bench/echo_threads_bench: $(O)/bench/echo_threads_bench.c.o $(O)/tests/echoload.c.o \
-                               $(O)/examples/echo_handler.c.o $(O)/libweft.a
+                               $(O)/examples/echo_handler.c.o $(O)/examples/log.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 .PHONY: bench bench-sync bench-echo-threads

@@ -12,6 +12,7 @@
  *
  *     chat [-p PORT] [-h HOST] [-q] [-g GRACE_MS]      (as the echo servers)
  */
+#include "log.h"
 #include "options.h"
 
 #include <weft.h>
@@ -221,11 +222,11 @@ static void chat(weft_chan *c, void *arg)
     struct member *me = join(r, c);
     if (!me) {
         if (!r->quiet)
-            fprintf(stderr, "no memory for %s\n", weft_chan_peer(c));
+            log_line("no memory for %s", weft_chan_peer(c));
         return;
     }
     if (!r->quiet)
-        fprintf(stderr, "connect on fd %d (from %s)\n", fd, weft_chan_peer(c));
+        log_line("connect on fd %d (from %s)", fd, weft_chan_peer(c));
     const char *line;
     size_t len;
     while ((line = weft_gets(c, &len)) != NULL && !me->dropped) {
@@ -235,12 +236,12 @@ static void chat(weft_chan *c, void *arg)
     int err = errno;
     if (!r->quiet) {
         if (me->dropped)
-            fprintf(stderr, "dropped fd %d (%s): %s\n", fd, weft_chan_peer(c),
+            log_line("dropped fd %d (%s): %s", fd, weft_chan_peer(c),
                     me->why ? strerror(me->why) : "queue full, not reading");
         else if (weft_eof(c))
-            fprintf(stderr, "EOF on fd %d\n", fd);
+            log_line("EOF on fd %d", fd);
         else
-            fprintf(stderr, "error on fd %d: %s\n", fd, strerror(err));
+            log_line("error on fd %d: %s", fd, strerror(err));
     }
     part(me);
 }

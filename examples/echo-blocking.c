@@ -1,6 +1,7 @@
 /* The seed's first server: blocking. It accepts a client, serves it to the end with the
  * shared handler, then accepts the next: one client at a time. No coroutine runs here, so
  * every weft call simply blocks. */
+#include "log.h"
 #include "echo_handler.h"
 #include "options.h"
 
@@ -37,7 +38,7 @@ int main(int argc, char **argv)
         if (!tls || weft_tls_accept(c, tls, weft_now() + 10000) == 0)
             echo(c, &opts);
         else if (!a.quiet)
-            fprintf(stderr, "TLS handshake with %s failed: %s\n", weft_chan_peer(c),
+            log_line("TLS handshake with %s failed: %s", weft_chan_peer(c),
                     errno == EPROTO ? weft_tls_error(c) : strerror(errno));
         weft_close(c);
     }

@@ -2,6 +2,7 @@
  * know whether it runs in a coroutine (echo.c) or not (echo-blocking.c): weft_gets parks in
  * the first case and blocks in the second. */
 #include "echo_handler.h"
+#include "log.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -15,14 +16,14 @@ void echo(weft_chan *c, void *arg)
     size_t len;
 
     if (!o->quiet)
-        fprintf(stderr, "connect on fd %d (from %s)\n", fd, weft_chan_peer(c));
+        log_line("connect on fd %d (from %s)", fd, weft_chan_peer(c));
     while ((line = weft_gets(c, &len)) != NULL)
         if (weft_putln(c, line, len) != 0)
             break;
     if (o->quiet)
         return;
     if (weft_eof(c))
-        fprintf(stderr, "EOF on fd %d\n", fd);
+        log_line("EOF on fd %d", fd);
     else
-        fprintf(stderr, "error on fd %d: %s\n", fd, strerror(errno));
+        log_line("error on fd %d: %s", fd, strerror(errno));
 }

@@ -191,11 +191,13 @@ static int pbuf_grow(pbufs *pb)
     if (!kernel)
         return -1;
     pb->kernel = kernel;
-    /* Touched at once (MAP_POPULATE): the kernel fills the ring's buffers in turn, so all of
-     * them are touched soon enough; counted from the start, they are a fixed cost of the
-     * thread's loop, not a growth that looks like one connection's. */
+    /* The first chunk is touched at once (MAP_POPULATE): the kernel fills the ring's buffers
+     * in turn, so all of them are touched soon enough; counted from the start, they are a
+     * fixed cost of the thread's loop, not a growth that looks like one connection's. Later
+     * chunks come in a burst of arrivals, and only what the burst writes is touched. */
+    int populate = c == 0 ? MAP_POPULATE : 0;
     void *mem = mmap(NULL, PBUF_CHUNK * pb->size, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+                     MAP_PRIVATE | MAP_ANONYMOUS | populate, -1, 0);
     if (mem == MAP_FAILED)
         return -1;
     chunks[c] = mem;

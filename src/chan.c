@@ -36,7 +36,9 @@ static int64_t deadline_of(lazy_deadline *dl)
 
 weft_chan *chan_new(transport *t, const char *peer, bool line_buffered)
 {
-    weft_chan *c = aligned_alloc(64, (sizeof *c + 63) / 64 * 64);
+    size_t peer_len = peer ? strlen(peer) : 0;
+    size_t size = (sizeof(weft_chan) + peer_len + 1 + 63) / 64 * 64; /* whole cache lines */
+    weft_chan *c = aligned_alloc(64, size);
     if (!c) {
         t->ops->close(t);
         t->ops->free(t);
@@ -44,13 +46,12 @@ weft_chan *chan_new(transport *t, const char *peer, bool line_buffered)
         return NULL;
     }
     memset(c, 0, sizeof *c);
+    memcpy(c->peer, peer ? peer : "", peer_len + 1);
     c->t = t;
     c->buffering = line_buffered ? WEFT_BUF_LINE : WEFT_BUF_FULL;
     c->maxline = WEFT_MAXLINE_DEFAULT;
     c->wmax = WEFT_WBUF_DEFAULT;
     c->read_timeout = c->write_timeout = -1;
-    if (peer)
-        snprintf(c->peer, sizeof c->peer, "%s", peer);
     return c;
 }
 

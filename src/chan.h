@@ -32,7 +32,7 @@ struct weft_chan {
     /* cold */
     int64_t read_timeout, write_timeout;
     wait_list turns;   /* writers waiting for their turn */
-    char peer[64];
+    char peer[];       /* NUL-terminated, in the same allocation (most are short) */
 };
 
 /* Stop holding c's output back (it is being sent). */

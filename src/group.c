@@ -20,17 +20,9 @@ weft_group *weft_group_new(void)
     return calloc(1, sizeof(weft_group));
 }
 
-weft_co *weft_group_spawn(weft_group *g, weft_fn fn, void *arg, const weft_spawn_opts *opts)
+/* A spawned coroutine joins g. */
+static weft_co *join_group(weft_group *g, weft_co *co)
 {
-    if (g->ref.closed) {
-        errno = EPIPE;
-        return NULL;
-    }
-    weft_spawn_opts o = {0};
-    if (opts)
-        o = *opts;
-    o.detached = 1; /* the group, not a joiner, accounts for it */
-    weft_co *co = weft_spawn_ex(fn, arg, &o);
     if (!co)
         return NULL;
     co->group = g;
@@ -42,6 +34,29 @@ weft_co *weft_group_spawn(weft_group *g, weft_fn fn, void *arg, const weft_spawn
     g->members = co;
     g->count++;
     return co;
+}
+
+weft_co *weft_group_spawn(weft_group *g, weft_fn fn, void *arg, const weft_spawn_opts *opts)
+{
+    if (g->ref.closed) {
+        errno = EPIPE;
+        return NULL;
+    }
+    weft_spawn_opts o = {0};
+    if (opts)
+        o = *opts;
+    o.detached = 1; /* the group, not a joiner, accounts for it */
+    return join_group(g, weft_spawn_ex(fn, arg, &o));
+}
+
+weft_co *group_spawn_room(weft_group *g, weft_fn fn, const weft_spawn_opts *opts, size_t room,
+                          void **roomp)
+{
+    if (g->ref.closed) {
+        errno = EPIPE;
+        return NULL;
+    }
+    return join_group(g, co_spawn_room(fn, opts, room, roomp));
 }
 
 /* Callback from the scheduler: a member of a group has ended. */

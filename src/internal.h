@@ -58,9 +58,9 @@ void ctx_make(ctx *c, void *stack_lo, size_t size, void (*fn)(void *), void *arg
 void ctx_switch(ctx *from, ctx *to);
 
 /* ---- Stacks (stack.c) ---- */
-typedef struct stack {
+typedef struct stack { /* (at the top of its own mapping) */
     void *lo;        /* lowest usable byte (just above the guard page, if any) */
-    size_t size;     /* usable bytes */
+    size_t size;     /* usable bytes, from lo up to this record */
     struct stack *next_free;
     void *map;       /* the whole mapping, guard included */
     size_t map_size;
@@ -362,6 +362,10 @@ void sched_note_stop_handlers(void);
 void sched_resume_hint(const void *p);
 /* The running coroutine's backend, or NULL outside any coroutine. */
 backend *sched_backend(void);
+/* weft_spawn_ex of a detached coroutine with room bytes (zeroed) kept for the caller at the
+ * top of its stack, in the page its first frames touch anyway: *roomp points to them, and
+ * they are fn's argument. They last as long as the coroutine runs. NULL/errno. */
+weft_co *co_spawn_room(weft_fn fn, const weft_spawn_opts *opts, size_t room, void **roomp);
 
 /* ---- Held output (chan_hold.c), called by the scheduler ---- */
 /* co is leaving the CPU (parks, yields or ends) while it holds back line output on a channel
@@ -550,6 +554,11 @@ weft_listener *net_listen(const char *addr, int backlog, bool reuseport);
 /* Accept a connection already waiting, without waiting: a channel, or NULL with errno
  * (EAGAIN: none is waiting). */
 weft_chan *net_accept_now(weft_listener *l);
+
+/* ---- Groups (group.c) ---- */
+/* co_spawn_room into group g (weft_group_spawn's EPIPE once it is closed). */
+weft_co *group_spawn_room(weft_group *g, weft_fn fn, const weft_spawn_opts *opts, size_t room,
+                          void **roomp);
 
 /* ---- Sync (sync.c) ---- */
 /* The bounded FIFO of items behind both queues (weft_queue, weft_tqueue). */

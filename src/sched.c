@@ -651,7 +651,11 @@ weft_co *weft_spawn(weft_fn fn, void *arg)
     return weft_spawn_ex(fn, arg, NULL);
 }
 
-weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
+/* The body of weft_spawn_ex, with room bytes (rounded up to 64) kept at the top of a detached
+ * coroutine's stack, just below its record: *roomp points to them (zeroed), and they are
+ * fn's argument. */
+static weft_co *spawn(weft_fn fn, void *arg, const weft_spawn_opts *opts, size_t room,
+                      void **roomp)
 {
     sched *s = sched_get();
     if (!s)
@@ -659,8 +663,9 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     size_t size = opts && opts->stack_size ? opts->stack_size : WEFT_STACK_DEFAULT;
     if (size < WEFT_STACK_MIN)
         size = WEFT_STACK_MIN;
+    room = (room + 63) / 64 * 64;
 
-    stack *st = stack_take(size, opts ? opts->guard_size : 0, CO_ROOM);
+    stack *st = stack_take(size, opts ? opts->guard_size : 0, CO_ROOM + room);
     if (!st) {
         errno = ENOMEM;
         return NULL;
@@ -669,13 +674,19 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
      * frames touch anyway: no allocation, and resuming it touches one page fewer. A joinable
      * one's outlives its stack (the handle stays valid until weft_join), so it is allocated. */
     bool detached = opts && opts->detached;
-    weft_co *co = detached ? (weft_co *)((char *)st->lo + st->size - CO_ROOM) : co_alloc();
+    char *top = (char *)st->lo + st->size;
+    weft_co *co = detached ? (weft_co *)(top - CO_ROOM) : co_alloc();
     if (!co) {
         stack_give(st);
         return NULL;
     }
     if (detached)
         memset(co, 0, sizeof *co);
+    if (room) {
+        arg = top - CO_ROOM - room;
+        memset(arg, 0, room);
+        *roomp = arg;
+    }
     co->in_stack = detached;
     co->stack = st;
     co->guarded = co->stack->guarded;
@@ -687,7 +698,7 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     co->timer.index = SIZE_MAX;
     co->deadline = -1;
     co->state = CO_READY;
-    ctx_make(&co->ctx, st->lo, st->size - CO_ROOM, co_main, co);
+    ctx_make(&co->ctx, st->lo, st->size - CO_ROOM - room, co_main, co);
 #ifdef WEFT_TSAN
     co->tsan_fiber = __tsan_create_fiber(0);
 #endif
@@ -695,6 +706,20 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
     all_link(s, co);
     runq_push(s, co);
     return co;
+}
+
+weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
+{
+    return spawn(fn, arg, opts, 0, NULL);
+}
+
+weft_co *co_spawn_room(weft_fn fn, const weft_spawn_opts *opts, size_t room, void **roomp)
+{
+    weft_spawn_opts o = {0};
+    if (opts)
+        o = *opts;
+    o.detached = 1;
+    return spawn(fn, NULL, &o, room, roomp);
 }
 
 int weft_detach(weft_co *co)

@@ -69,8 +69,7 @@ static void *conn_main(void *p)
     else
         srv->st.tls_failures++;
     weft_close(k->c);
-    conn_unlink(srv, k);
-    free(k);
+    conn_unlink(srv, k); /* (k is on this coroutine's stack: nothing to free) */
     srv->st.active--;
     if (srv->slot_waiter)
         sched_wake(srv->slot_waiter, 0);
@@ -82,22 +81,21 @@ static void start_conn(weft_server *srv, weft_chan *c)
     weft_chan_set_timeouts(c, srv->o.idle_timeout_ms, srv->o.write_timeout_ms);
     weft_chan_set_maxline(c, srv->o.maxline);
     weft_chan_set_wbuf(c, srv->o.wbuf);
-    conn *k = calloc(1, sizeof *k);
-    if (k) {
-        k->srv = srv;
-        k->c = c;
-        weft_spawn_opts so = {.name = weft_chan_peer(c), .stack_size = srv->o.stack_size,
-                              .guard_size = srv->o.guard_size,
-                              .detached = 1};
-        k->co = weft_group_spawn(srv->handlers, conn_main, k, &so);
-    }
-    if (!k || !k->co) {
+    /* The connection's record lives at the top of its handler's stack. */
+    weft_spawn_opts so = {.name = weft_chan_peer(c), .stack_size = srv->o.stack_size,
+                          .guard_size = srv->o.guard_size};
+    void *room;
+    weft_co *co = group_spawn_room(srv->handlers, conn_main, &so, sizeof(conn), &room);
+    if (!co) {
         /* No memory for this client: it alone pays, with a close; the server goes on. */
-        free(k);
         srv->st.spawn_errors++;
         weft_close(c);
         return;
     }
+    conn *k = room;
+    k->srv = srv;
+    k->c = c;
+    k->co = co;
     k->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = k;

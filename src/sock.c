@@ -22,6 +22,35 @@
  * poll completions do not; a recv that reports zero bytes left (TCP_INQ) means it for sure. */
 enum drained { NOT_DRAINED, DRAINED_SHORT, DRAINED_EMPTY };
 
+/* Receive and send structures whose transport is gone while an operation of theirs is in
+ * flight wait for its completion in a list of the thread's, where the kernel's reference
+ * (the operation's user data in the ring) is not the only one: leak checkers see them, and
+ * a scheduler that ends with them pending frees them through its backend's last reaping. */
+typedef struct olink {
+    struct olink *prev, *next;
+} olink;
+
+static _Thread_local olink *orphans;
+
+static void orphan_add(olink *l)
+{
+    l->prev = NULL;
+    l->next = orphans;
+    if (orphans)
+        orphans->prev = l;
+    orphans = l;
+}
+
+static void orphan_remove(olink *l)
+{
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        orphans = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+}
+
 /* Small output in ring mode is copied into slabs the thread's connections share, so that a
  * reply in flight holds a few bytes of a slab rather than a whole write buffer (ten thousand
  * connections answering at once would hold 40 MB of buffers). A slab is freed, or kept as
@@ -39,9 +68,12 @@ static _Thread_local slab *slab_cur, *slab_spare;
 static pthread_key_t slab_key;
 static pthread_once_t slab_once = PTHREAD_ONCE_INIT;
 
+static void send_pool_drain(void);
+
 static void slab_exit(void *unused)
 {
     (void)unused;
+    send_pool_drain();
     free(slab_spare);
     slab_spare = NULL;
     if (slab_cur && slab_cur->refs)
@@ -110,52 +142,29 @@ typedef struct qbuf {
 #define RXQ_PAUSE 16  /* arrivals a connection holds before its receive is paused (those
                        * already on their way when the pause is asked are kept too) */
 
-/* Receive and send structures whose transport is gone while an operation of theirs is in
- * flight wait for its completion in a list of the thread's, where the kernel's reference
- * (the operation's user data in the ring) is not the only one: leak checkers see them, and
- * a scheduler that ends with them pending frees them through its backend's last reaping. */
-typedef struct olink {
-    struct olink *prev, *next;
-} olink;
+#define RXQ_INLINE 1  /* held arrivals kept in the receive structure itself */
 
-static _Thread_local olink *orphans;
-
-static void orphan_add(olink *l)
-{
-    l->prev = NULL;
-    l->next = orphans;
-    if (orphans)
-        orphans->prev = l;
-    orphans = l;
-}
-
-static void orphan_remove(olink *l)
-{
-    if (l->prev)
-        l->prev->next = l->next;
-    else
-        orphans = l->next;
-    if (l->next)
-        l->next->prev = l->prev;
-}
+typedef struct rxbuf {
+    char *data;        /* the arrival's slice of provided buffer bid */
+    uint32_t len;
+    uint16_t bid;
+} rxbuf;
 
 typedef struct ring_rx {
     io_op op;          /* the multishot receive */
     olink link;        /* in orphans, once owner is NULL */
     struct sock *owner;
     uint64_t be_gen;   /* the backend it runs on (sched->be_gen) */
+    rxbuf *q;          /* held arrivals, a circular queue of cap entries: q_inline, or (past
+                        * RXQ_INLINE, until the queue is empty again) the heap */
+    uint16_t cap, head, count;
+    uint32_t head_off; /* consumed bytes of the first buffer */
     bool armed;        /* op in flight */
     bool pausing;      /* cancelled because the queue is full, or input stopped: no error */
     bool ready;        /* something to read (data, end of file, error): for outside waits */
     bool eof;
     int err;
-    struct rxbuf {
-        char *data;    /* the arrival's slice of provided buffer bid */
-        uint32_t len;
-        uint16_t bid;
-    } *q;              /* held arrivals, a circular queue of cap entries */
-    unsigned cap, head, count;
-    uint32_t head_off; /* consumed bytes of the first buffer */
+    rxbuf q_inline[RXQ_INLINE];
 } ring_rx;
 
 /* Room for one more held arrival (the queue doubles as needed). -1/ENOMEM. */
@@ -163,45 +172,116 @@ static int rxq_room(ring_rx *rx)
 {
     if (rx->count < rx->cap)
         return 0;
-    unsigned cap = rx->cap ? rx->cap * 2 : 8;
-    struct rxbuf *q = malloc(cap * sizeof *q);
+    unsigned cap = rx->cap * 2u;
+    if (cap > UINT16_MAX) {
+        errno = ENOMEM;
+        return -1;
+    }
+    rxbuf *q = malloc(cap * sizeof *q);
     if (!q)
         return -1;
     for (unsigned i = 0; i < rx->count; i++)
         q[i] = rx->q[(rx->head + i) % rx->cap];
-    free(rx->q);
+    if (rx->q != rx->q_inline)
+        free(rx->q);
     rx->q = q;
-    rx->cap = cap;
+    rx->cap = (uint16_t)cap;
     rx->head = 0;
     return 0;
 }
 
+/* The first held arrival is out of the queue; an emptied heap queue goes back inline. */
+static void rxq_shift(ring_rx *rx)
+{
+    rx->head = (uint16_t)((rx->head + 1) % rx->cap);
+    rx->count--;
+    rx->head_off = 0;
+    if (rx->count == 0 && rx->q != rx->q_inline) {
+        free(rx->q);
+        rx->q = rx->q_inline;
+        rx->cap = RXQ_INLINE;
+        rx->head = 0;
+    }
+    rx->ready = rx->count > 0 || rx->eof || rx->err;
+}
+
+static ring_rx *rx_new(struct sock *owner)
+{
+    ring_rx *rx = calloc(1, sizeof *rx);
+    if (rx) {
+        rx->owner = owner;
+        rx->q = rx->q_inline;
+        rx->cap = RXQ_INLINE;
+    }
+    return rx;
+}
+
 static void rx_free(ring_rx *rx)
 {
-    free(rx->q);
+    if (rx->q != rx->q_inline)
+        free(rx->q);
     free(rx);
 }
 
-typedef struct ring_tx {
-    io_op op;          /* the send in flight, if busy */
-    olink link;        /* in orphans, once owner is NULL */
+/* A send in flight: the loop owns it from submission to completion. Idle connections hold
+ * none: they come from a per-thread pool as sends start and go back as they complete. */
+typedef struct send_op {
+    io_op op;
+    olink link;        /* in orphans once owner is NULL; in the pool, link.next chains it */
     struct sock *owner;
-    bool busy;
-    bool progress;     /* a send completed since an outside waiter looked */
     char *base;        /* the buffer being sent: [off, off + len) still to go */
     size_t cap, off, len;
     slab *sb;          /* base is in this slab, not a buffer of ours */
-} ring_tx;
+} send_op;
+
+#define SEND_POOL_MAX 256 /* idle send operations a thread keeps */
+
+static _Thread_local olink *send_pool;
+static _Thread_local unsigned send_pool_n;
+
+static void send_pool_drain(void)
+{
+    while (send_pool) {
+        olink *l = send_pool;
+        send_pool = l->next;
+        free((char *)l - offsetof(send_op, link));
+    }
+    send_pool_n = 0;
+}
+
+static send_op *send_op_take(void)
+{
+    if (send_pool) {
+        send_op *o = (send_op *)((char *)send_pool - offsetof(send_op, link));
+        send_pool = send_pool->next;
+        send_pool_n--;
+        return o;
+    }
+    pthread_once(&slab_once, slab_init_key);
+    pthread_setspecific(slab_key, &send_pool); /* (non-NULL: the exit destructor runs) */
+    return malloc(sizeof(send_op));
+}
+
+static void send_op_give(send_op *o)
+{
+    if (send_pool_n >= SEND_POOL_MAX) {
+        free(o);
+        return;
+    }
+    o->link.next = send_pool;
+    send_pool = &o->link;
+    send_pool_n++;
+}
 
 /* The buffer the send was from goes back (to the pool, or its slab). */
-static void tx_release(ring_tx *tx)
+static void tx_release(send_op *o)
 {
-    if (tx->sb)
-        slab_put(tx->sb);
+    if (o->sb)
+        slab_put(o->sb);
     else
-        buf_give(tx->base, tx->cap);
-    tx->base = NULL;
-    tx->sb = NULL;
+        buf_give(o->base, o->cap);
+    o->base = NULL;
+    o->sb = NULL;
 }
 
 typedef struct sock {
@@ -217,8 +297,9 @@ typedef struct sock {
     uint64_t owner_gen; /* the backend it was registered with */
     qbuf *head, *tail; /* output given and not yet sent, oldest first */
     qbuf first;        /* the node of a queue's first buffer: no allocation for it */
+    bool tx_progress;  /* (ring mode) a send completed since an outside waiter looked */
     ring_rx *rx;       /* ring mode: the receive side, NULL until armed */
-    ring_tx *tx;       /* ring mode: the send side, NULL until first used */
+    send_op *tx;       /* ring mode: the send in flight, if any */
 } sock;
 
 /* The backend a ring-mode call may use: the running coroutine's (or, outside coroutines, the
@@ -313,7 +394,7 @@ static void rx_done(io_op *op)
             rx->err = ENOMEM;
         } else {
             unsigned i = (rx->head + rx->count++) % rx->cap;
-            rx->q[i] = (struct rxbuf){op->buf, (uint32_t)op->res, op->bid};
+            rx->q[i] = (rxbuf){op->buf, (uint32_t)op->res, op->bid};
             sched_peek()->io_owned++; /* a provided buffer held */
             if (rx->count >= RXQ_PAUSE && op->more && !rx->pausing) {
                 rx->pausing = true; /* enough held: stop until the channel takes some */
@@ -325,8 +406,10 @@ static void rx_done(io_op *op)
     } else if (op->res != -ECANCELED || !rx->pausing) {
         rx->err = op->res == -ECANCELED ? EBADF : -op->res;
     }
-    if (op->more)
-        return rx_wake(rx, false);
+    if (op->more) {
+        rx_wake(rx, false);
+        return;
+    }
     rx->armed = rx->pausing = false;
     sched_peek()->io_owned--;
     if (!rx->owner) { /* the transport is gone: this was the last completion */
@@ -342,12 +425,8 @@ static int rx_arm(sock *s, backend *b)
 {
     ring_rx *rx = s->rx;
     sched *sc = sched_peek();
-    if (!rx) {
-        rx = s->rx = calloc(1, sizeof *rx);
-        if (!rx)
-            return -1;
-        rx->owner = s;
-    }
+    if (!rx && !(rx = s->rx = rx_new(s)))
+        return -1;
     if (rx->armed && rx->be_gen != sc->be_gen)
         rx->armed = false; /* (a backend since gone: its operations ended with it) */
     if (rx->armed || rx->eof || rx->err || s->input_stopped || rx->count >= RXQ_PAUSE)
@@ -368,10 +447,7 @@ static void rx_pop(sock *s, backend *b)
     ring_rx *rx = s->rx;
     b->ops->pbuf_put(b, rx->q[rx->head].bid);
     sched_peek()->io_owned--;
-    rx->head = (rx->head + 1) % rx->cap;
-    rx->count--;
-    rx->head_off = 0;
-    rx->ready = rx->count > 0 || rx->eof || rx->err;
+    rxq_shift(rx);
     if (!rx->armed && rx->count < RXQ_PAUSE / 2)
         rx_arm(s, b);
 }
@@ -382,7 +458,7 @@ static ssize_t rx_recv(sock *s, backend *b, char *buf, size_t n)
     ring_rx *rx = s->rx;
     size_t got = 0;
     while (got < n && rx && rx->count > 0) {
-        struct rxbuf *h = &rx->q[rx->head];
+        rxbuf *h = &rx->q[rx->head];
         const char *p = h->data + rx->head_off;
         size_t left = h->len - rx->head_off, k = left < n - got ? left : n - got;
         memcpy(buf + got, p, k);
@@ -444,17 +520,14 @@ static ssize_t sock_adopt(transport *t, char **base, size_t *start, size_t *cap,
     if (!rx || rx->count == 0)
         return rx_recv(s, b, NULL, 0); /* (0 at end of file, errors, else arm and EAGAIN) */
     /* The slice only: the rest of the buffer may be other connections' bytes. */
-    struct rxbuf *h = &rx->q[rx->head];
+    rxbuf *h = &rx->q[rx->head];
     *base = h->data;
     *start = rx->head_off;
     *cap = h->len;
     *token = h->bid;
     ssize_t len = (ssize_t)(h->len - rx->head_off);
     /* The buffer is the caller's now: out of the queue, still held (io_owned) until release. */
-    rx->head = (rx->head + 1) % rx->cap;
-    rx->count--;
-    rx->head_off = 0;
-    rx->ready = rx->count > 0 || rx->eof || rx->err;
+    rxq_shift(rx);
     return len;
 }
 
@@ -654,54 +727,57 @@ static void tx_start(sock *s);
 static void tx_done(io_op *op);
 static size_t sock_drop(transport *t);
 
-static void tx_submit(sock *s)
+static void tx_submit(sock *s, send_op *o)
 {
-    ring_tx *tx = s->tx;
     backend *b = sched_peek()->be;
-    tx->op = (io_op){.cb = tx_done, .kind = IO_OP_SEND, .fd = s->fd, .buf = tx->base + tx->off,
-                     .len = (unsigned)(tx->len > UINT32_MAX ? UINT32_MAX : tx->len), .data = tx};
-    if (b->ops->submit(b, &tx->op) != 0) { /* no room for it: fail it as a send would */
-        tx->op.res = -errno;
-        tx->busy = true;
-        sched_peek()->io_owned++;
-        tx_done(&tx->op);
-        return;
-    }
-    tx->busy = true;
+    o->op = (io_op){.cb = tx_done, .kind = IO_OP_SEND, .fd = s->fd, .buf = o->base + o->off,
+                    .len = (unsigned)(o->len > UINT32_MAX ? UINT32_MAX : o->len), .data = o};
     sched_peek()->io_owned++;
+    if (b->ops->submit(b, &o->op) != 0) { /* no room for it: fail it as a send would */
+        o->op.res = -errno;
+        tx_done(&o->op);
+    }
+}
+
+/* A send failed: it and everything queued behind it are undeliverable. */
+static void tx_failed(sock *s, send_op *o, int err)
+{
+    if (!s->t.err)
+        s->t.err = err == ECANCELED ? EBADF : err;
+    s->t.queued -= o->len;
+    tx_release(o);
+    s->tx = NULL;
+    send_op_give(o);
+    sock_drop(&s->t);
 }
 
 /* Callback from the backend: the send in flight is done (res bytes, or -errno). */
 static void tx_done(io_op *op)
 {
-    ring_tx *tx = op->data;
-    sock *s = tx->owner;
+    send_op *o = op->data;
+    sock *s = o->owner;
     sched_peek()->io_owned--;
-    tx->busy = false;
     if (!s) { /* the transport is gone: this was the last of its sends */
-        orphan_remove(&tx->link);
-        tx_release(tx);
-        free(tx);
+        orphan_remove(&o->link);
+        tx_release(o);
+        send_op_give(o);
         return;
     }
-    tx->progress = true;
-    if (op->res > 0) {
-        tx->off += (size_t)op->res;
-        tx->len -= (size_t)op->res;
+    s->tx_progress = true;
+    if (op->res <= 0) {
+        tx_failed(s, o, op->res == 0 ? EIO : -op->res);
+    } else {
+        o->off += (size_t)op->res;
+        o->len -= (size_t)op->res;
         s->t.queued -= (size_t)op->res;
-        if (tx->len > 0) {
-            tx_submit(s); /* a short send: the rest, at once, still ahead of the queue */
+        if (o->len > 0) { /* a short send: the rest, at once, ahead of the queue */
+            tx_submit(s, o);
             return;
         }
-        tx_release(tx);
+        tx_release(o);
+        s->tx = NULL;
+        send_op_give(o);
         tx_start(s);
-    } else {
-        int err = op->res == 0 ? EIO : -op->res;
-        if (!s->t.err)
-            s->t.err = err == ECANCELED ? EBADF : err;
-        tx_release(tx);
-        s->t.queued -= tx->len;
-        sock_drop(&s->t); /* undeliverable now */
     }
     fd_cancel_wait(s->fd, WEFT_WRITABLE, 0);
 }
@@ -709,21 +785,25 @@ static void tx_done(io_op *op)
 /* If no send is in flight, send the first queued buffer. */
 static void tx_start(sock *s)
 {
-    ring_tx *tx = s->tx;
     qbuf *q = s->head;
-    if (tx->busy || !q)
+    if (s->tx || !q)
         return;
+    send_op *o = send_op_take();
+    if (!o) { /* (ENOMEM) the queue cannot go: as a failed send */
+        if (!s->t.err)
+            s->t.err = ENOMEM;
+        sock_drop(&s->t);
+        return;
+    }
     s->head = q->next;
     if (!s->head)
         s->tail = NULL;
-    tx->base = q->base;
-    tx->cap = q->cap;
-    tx->off = q->off;
-    tx->len = q->len;
-    tx->sb = q->sb;
+    *o = (send_op){.owner = s, .base = q->base, .cap = q->cap, .off = q->off, .len = q->len,
+                   .sb = q->sb};
     if (q != &s->first)
         free(q);
-    tx_submit(s);
+    s->tx = o;
+    tx_submit(s, o);
 }
 
 /* give in ring mode: queued for the loop, which sends it with its next io_uring_enter. A
@@ -731,12 +811,6 @@ static void tx_start(sock *s)
  * queued slice in one send when it lands right after it; a large one is taken (1). */
 static int tx_give(sock *s, char *base, size_t cap, size_t off, size_t len)
 {
-    if (!s->tx) {
-        s->tx = calloc(1, sizeof *s->tx);
-        if (!s->tx)
-            return -1;
-        s->tx->owner = s;
-    }
     slab *sb = NULL;
     if (len <= SLAB_SMALL) {
         char *p = slab_alloc(len, &sb);
@@ -753,7 +827,7 @@ static int tx_give(sock *s, char *base, size_t cap, size_t off, size_t len)
         base = p;
         cap = off = 0;
     }
-    qbuf *q = s->head || s->tx->busy ? malloc(sizeof *q) : &s->first;
+    qbuf *q = s->head || s->tx ? malloc(sizeof *q) : &s->first;
     if (!q) {
         if (sb)
             slab_put(sb);
@@ -813,11 +887,11 @@ static int sock_give(transport *t, char *base, size_t cap, size_t off, size_t le
 static int sock_wait_output(transport *t, int64_t deadline)
 {
     sock *s = (sock *)t;
-    if (s->tx && s->tx->busy) { /* ring mode: tx_done wakes us */
+    if (s->tx) { /* ring mode, a send in flight: tx_done wakes us */
         if (sched_backend())
             return fd_park(s->fd, WEFT_WRITABLE, deadline);
-        s->tx->progress = false;
-        return sched_drive_io(&s->tx->progress, deadline);
+        s->tx_progress = false;
+        return sched_drive_io(&s->tx_progress, deadline);
     }
     int rc = fd_wait(s->fd, WEFT_WRITABLE, deadline);
     if (rc == 0 && s->head && !sched_backend())
@@ -861,13 +935,10 @@ static void ring_let_go(sock *s)
             orphan_add(&rx->link);
         s->rx = NULL;
     }
-    ring_tx *tx = s->tx;
-    if (tx) {
-        tx->owner = NULL;
-        if (!tx->busy)
-            free(tx);
-        else
-            orphan_add(&tx->link);
+    send_op *o = s->tx;
+    if (o) { /* in flight: its completion gives it back */
+        o->owner = NULL;
+        orphan_add(&o->link);
         s->tx = NULL;
     }
 }

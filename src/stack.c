@@ -67,10 +67,14 @@ static size_t page_size(void)
     return v;
 }
 
+/* The stack's own record sits at the top of its mapping, in the page its coroutine's first
+ * frames touch anyway: no allocation per stack. */
+#define STACK_HDR ((sizeof(stack) + 63) / 64 * 64)
+
 static stack *pool_take(size_t size, size_t guard)
 {
     for (stack **p = &pool_head; *p; p = &(*p)->next_free) {
-        if ((*p)->size == size && (*p)->guard == guard) {
+        if ((*p)->size + STACK_HDR == size && (*p)->guard == guard) {
             stack *s = *p;
             *p = s->next_free;
             pool_len--;
@@ -136,8 +140,7 @@ static void stack_unmap(stack *s)
 #ifdef HAVE_VALGRIND
     VALGRIND_STACK_DEREGISTER(s->valgrind_id);
 #endif
-    munmap(s->map, s->map_size);
-    free(s);
+    munmap(s->map, s->map_size); /* (s with it) */
 }
 
 stack *stack_take(size_t size, size_t guard, size_t top_reserve)
@@ -157,31 +160,30 @@ stack *stack_take(size_t size, size_t guard, size_t top_reserve)
             canary_set(s);
         return s;
     }
-    s = malloc(sizeof *s);
-    if (!s)
-        return NULL;
-    s->guarded = want_guard();
-    s->guard = guard;
-    s->map_size = size + (s->guarded ? guard : 0);
-    s->map = mmap(NULL, s->map_size, PROT_READ | PROT_WRITE,
-                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    if (s->map == MAP_FAILED) {
-        free(s);
+    bool guarded = want_guard();
+    size_t map_size = size + (guarded ? guard : 0);
+    void *map = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (map == MAP_FAILED) {
         errno = ENOMEM;
         return NULL;
     }
     /* The guard splits the mapping in two; when the kernel's map count is exhausted this
      * fails with ENOMEM, and so does the spawn. */
-    if (s->guarded && mprotect(s->map, guard, PROT_NONE) != 0) {
-        munmap(s->map, s->map_size);
-        free(s);
+    if (guarded && mprotect(map, guard, PROT_NONE) != 0) {
+        munmap(map, map_size);
         errno = ENOMEM;
         return NULL;
     }
-    if (s->guarded)
+    if (guarded)
         atomic_fetch_add(&guarded_stacks, 1);
-    s->lo = (char *)s->map + (s->guarded ? guard : 0);
-    s->size = size;
+    s = (stack *)((char *)map + map_size - STACK_HDR);
+    s->guarded = guarded;
+    s->guard = guard;
+    s->map = map;
+    s->map_size = map_size;
+    s->lo = (char *)map + (guarded ? guard : 0);
+    s->size = size - STACK_HDR;
     s->next_free = NULL;
 #ifdef HAVE_VALGRIND
     s->valgrind_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + size - top_reserve);

@@ -5,7 +5,7 @@
 
 DURATION ?= 600
 
-$(O)/tests/soak: $(O)/tests/soak.c.o $(O)/tests/echoload.c.o $(O)/examples/echo_handler.c.o \
+$(O)/tests/soak: $(O)/tests/soak.c.o $(O)/tests/echoload.c.o $(O)/examples/echo_handler.c.o $(O)/examples/log.c.o \
                  $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -14,7 +14,8 @@
 static void guard_page_below_every_stack(void)
 {
     stack *s = stack_take(64 * 1024, 0, 0);
-    CHECK(s && s->size == 64 * 1024);
+    /* (the stack's own record takes the top 64 bytes of the mapping) */
+    CHECK(s && s->size < 64 * 1024 && s->size >= 64 * 1024 - 128);
     memset(s->lo, 1, s->size); /* the whole usable range is writable */
     pid_t pid = fork();
     CHECK(pid >= 0);
@@ -39,7 +40,7 @@ static void pool_reuses_stacks_of_the_same_size(void)
     stack *b = stack_take(WEFT_STACK_DEFAULT, 0, 0);
     CHECK(b && b->lo == lo); /* came back from the pool */
     stack *c = stack_take(128 * 1024, 0, 0);
-    CHECK(c && c->lo != lo && c->size == 128 * 1024);
+    CHECK(c && c->lo != lo && c->size < 128 * 1024 && c->size >= 128 * 1024 - 128);
     stack_give(b);
     stack_give(c);
     stack_pool_drain();
