@@ -68,7 +68,7 @@ LIB_SRC := src/stack.c src/buf.c src/timer.c src/addr.c src/check.c \
            src/backend.c src/backend_epoll.c src/backend_uring.c \
            src/sched.c src/wait.c src/inbox.c src/fd.c src/sock.c src/chan.c src/chan_hold.c \
            src/sync.c src/group.c src/offload.c src/tqueue.c \
-           src/net.c src/serve.c
+           src/net.c src/serve.c src/dump.c
 ifeq ($(CTX),ucontext)
   LIB_SRC += src/ctx/ctx_ucontext.c
   CPPFLAGS += -DWEFT_CTX_UCONTEXT
@@ -85,7 +85,7 @@ EXAMPLES := echo echo-blocking echo-events chat
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
-            test_examples test_chat
+            test_examples test_chat test_dump test_gdb
 TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
 TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
 

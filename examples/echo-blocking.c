@@ -5,12 +5,14 @@
 #include "options.h"
 
 #include <errno.h>
+#include <signal.h>
 
 int main(int argc, char **argv)
 {
     struct server_args a;
     parse_server_args(argc, argv, &a);
     struct echo_opts opts = {.quiet = a.quiet};
+    weft_dump_on_signal(SIGUSR1); /* kill -USR1: a dump (no coroutines here) on stderr */
 
     weft_listener *l = weft_listen(a.addr, 0);
     if (!l) {

@@ -1,4 +1,5 @@
-/* Command line shared by the example servers: [-p PORT] [-h HOST] [-q] [-g GRACE_MS]. */
+/* Command line shared by the example servers: [-p PORT] [-h HOST] [-q] [-g GRACE_MS]. Each
+ * of them also writes a dump of its coroutines to stderr on SIGUSR1 (weft_dump_on_signal). */
 #ifndef EXAMPLE_OPTIONS_H
 #define EXAMPLE_OPTIONS_H
 
@@ -35,7 +36,10 @@ static inline void parse_server_args(int argc, char **argv, struct server_args *
         case 'q': a->quiet = 1; break;
         case 'g': a->grace_ms = atol(optarg); break;
         default:
-            fprintf(stderr, "usage: %s [-p PORT] [-h HOST] [-q] [-g GRACE_MS]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [-p PORT] [-h HOST] [-q] [-g GRACE_MS]\n"
+                    "  kill -USR1 PID writes what each coroutine is doing to stderr\n",
+                    argv[0]);
             exit(2);
         }
     }

@@ -38,6 +38,7 @@ typedef struct fd_table {
     size_t nchunks;
     uint64_t gen;        /* the backend these slots describe (sched->be_gen) */
     bool latches;        /* its latches_input */
+    sched *s;            /* the scheduler of that backend (it counts the events) */
 } fd_table;
 
 static _Thread_local fd_table tab;
@@ -68,7 +69,7 @@ static void tab_init_key(void)
 static void slot_event(io_watcher *w, unsigned events);
 
 /* Clean slots for a new backend: nothing it has not told us can be known. */
-static void tab_reset(const sched *s)
+static void tab_reset(sched *s)
 {
     for (size_t i = 0; i < tab.nchunks; i++) {
         if (!tab.chunks[i])
@@ -79,6 +80,7 @@ static void tab_reset(const sched *s)
     }
     tab.gen = s->be_gen;
     tab.latches = s->be->ops->latches_input;
+    tab.s = (sched *)s; /* (events come only from that backend, so only while s lives) */
 }
 
 /* fd's slot for scheduler s, made as needed; NULL/errno. */
@@ -143,6 +145,7 @@ static void slot_wake(weft_co **w, int err)
 static void slot_event(io_watcher *w, unsigned events)
 {
     fd_slot *slot = (fd_slot *)w; /* (w is its first member) */
+    tab.s->events++;
     if (events & IO_IN)
         slot->in_seen = true; /* noted with nobody waiting too: a reader may be about to read */
     if (events & (IO_HUP | IO_PRI))
@@ -177,6 +180,8 @@ static int poll_wait(int fd, int events, int64_t deadline)
             timeout = left > INT_MAX ? INT_MAX : (int)left;
         }
         int n = sys_poll1(&p, timeout);
+        if (n < 0 && errno == EINTR)
+            sched_poll_requests(); /* a signal may have asked for a dump */
         if (n > 0) {
             if (p.revents & POLLNVAL) {
                 errno = EBADF;
@@ -193,14 +198,16 @@ static int poll_wait(int fd, int events, int64_t deadline)
 static int slot_park(fd_slot *slot, int events, int64_t deadline)
 {
     weft_co *self = weft_self();
-    weft_co **w = (events & WEFT_READABLE) ? &slot->reader : &slot->writer;
+    bool input = events & WEFT_READABLE;
+    weft_co **w = input ? &slot->reader : &slot->writer;
     if (*w) {
         errno = EBUSY;
         return -1;
     }
     *w = self;
     slot->w.hint = self;
-    int rc = sched_park_io(deadline, true);
+    int rc = sched_park_io(input ? WAIT_READ : WAIT_WRITE, (wait_on){.fd = slot->w.fd},
+                           deadline, true);
     if (*w == self) /* a timeout or cancel: take ourselves out */
         *w = NULL;
     return rc;
@@ -296,6 +303,7 @@ bool fd_ops_available(void)
 static void op_done(io_op *op)
 {
     op_wait *ow = op->data;
+    sched_peek()->events++; /* (not tab.s: an operation needs no slot, so tab may be older) */
     ow->done = true;
     sched_wake(ow->co, 0);
 }
@@ -309,13 +317,14 @@ ssize_t fd_op(io_op *op, int64_t deadline)
     if (b->ops->submit(b, op) != 0)
         return -1;
     int err = 0;
+    wait_on on = {.obj = op};
     while (!ow.done) {
-        if (sched_park_io(deadline, true) != 0 && !ow.done) {
+        if (sched_park_io(WAIT_OP, on, deadline, true) != 0 && !ow.done) {
             /* The kernel may still be using the buffer: cancel and wait for the end. */
             err = errno;
             b->ops->cancel(b, op);
             while (!ow.done)
-                sched_park_io(-1, false);
+                sched_park_io(WAIT_OP, on, -1, false);
         }
     }
     if (op->res >= 0)

@@ -19,6 +19,7 @@ static void inbox_readable(io_watcher *w, unsigned events)
     uint64_t n;
     ssize_t r = sys_read(w->fd, &n, sizeof n);
     (void)r;
+    s->events++;
     pthread_mutex_lock(&s->in.mu);
     rwait *list = s->in.list;
     s->in.list = NULL;
@@ -93,7 +94,7 @@ void rwait_settle(rwait *r)
 {
     while (!r->delivered) {
         if (r->co)
-            sched_park_nocancel(-1);
+            sched_park_on(WAIT_DELIVERY, r, -1, false);
         else
             sched_drive(&r->delivered, -1);
     }
