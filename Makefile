@@ -11,7 +11,8 @@
 #   TSAN=1           ThreadSanitizer
 #   TESTS="..."      run only these test programs (e.g. TESTS="test_threads test_fork")
 #   RUN="..."        prefix to run built programs (e.g. "qemu-riscv64 -L /usr/riscv64-linux-gnu")
-#   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install`
+#   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install` (the header,
+#                    the libraries, weft.pc, and share/weft/weft-gdb.py)
 
 O       ?= build
 CC      ?= cc
@@ -151,8 +152,10 @@ test: all
 	 TCL_MAKE_ARGS="O=$(abspath $(O)) CC=$(CC) SAN=$(SAN)" sh tests/run.sh $(TEST_BIN)
 
 install: lib
-	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	    $(DESTDIR)$(PREFIX)/share/weft
 	install -m 644 include/weft.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 tools/weft-gdb.py $(DESTDIR)$(PREFIX)/share/weft/
 	install -m 644 $(O)/libweft.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(O)/libweft.so $(DESTDIR)$(PREFIX)/lib/libweft.so.$(VERSION)
 	ln -sf libweft.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libweft.so.0

@@ -125,7 +125,8 @@ static const char *printable(char *b, size_t n, const char *name)
 
 /* ---- What a coroutine waits on ---- */
 
-/* ", peer HOST:PORT" or ", listening on HOST:PORT" for a socket, else "". */
+/* ", peer HOST:PORT" or ", listening on HOST:PORT" for a socket, else what /proc says the
+ * descriptor is (", pipe:[1234]", ", anon_inode:[eventfd]", a path), or "". */
 static void describe_fd(char *b, size_t n, int fd)
 {
     struct sockaddr_storage ss;
@@ -140,11 +141,20 @@ static void describe_fd(char *b, size_t n, int fd)
     int listening = 0;
     socklen_t ilen = sizeof listening;
     len = sizeof ss;
-    if (errno == ENOTCONN &&
-        sys_getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ilen) == 0 && listening &&
-        getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
-        sockaddr_format(&ss, len, addr, sizeof addr);
-        snprintf(b, n, ", listening on %s", addr);
+    if (errno == ENOTCONN) {
+        if (sys_getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ilen) == 0 &&
+            listening && getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+            sockaddr_format(&ss, len, addr, sizeof addr);
+            snprintf(b, n, ", listening on %s", addr);
+        }
+        return;
+    }
+    char path[32];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t r = readlink(path, addr, sizeof addr - 1);
+    if (r > 0) {
+        addr[r] = '\0';
+        snprintf(b, n, ", %s", addr);
     }
 }
 

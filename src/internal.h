@@ -58,7 +58,8 @@ void ctx_switch(ctx *from, ctx *to);
 
 /* ---- Stacks (stack.c) ---- */
 typedef struct stack {
-    void *lo;        /* lowest usable byte (just above the guard page, if any) */
+    void *lo;        /* lowest usable byte (just above the guard page, if any); read by
+                      * tools/weft-gdb.py, as size */
     size_t size;     /* usable bytes */
     struct stack *next_free;
     void *map;       /* the whole mapping, guard included */
@@ -107,7 +108,7 @@ typedef struct timer {
 
 typedef struct timer_heap {
     timer **items;
-    size_t len, cap;
+    size_t len, cap; /* (len read by tools/weft-gdb.py) */
 } timer_heap;
 
 /* Arm t (its deadline already set). -1/ENOMEM only if the heap cannot grow. */
@@ -165,7 +166,7 @@ struct io_op {
      * call's result (or -errno). */
     void (*cb)(io_op *op);
     int res;
-    uint8_t kind;        /* enum io_op_kind */
+    uint8_t kind;        /* enum io_op_kind (kind and fd read by tools/weft-gdb.py) */
     int fd;
     void *buf;           /* recv/read into, send/write from; accept/connect: the address */
     unsigned len;        /* bytes; connect: the address length */
@@ -175,7 +176,7 @@ struct io_op {
 
 typedef struct backend backend;
 typedef struct backend_ops {
-    const char *name;
+    const char *name;    /* (read by tools/weft-gdb.py) */
     void (*free)(backend *b);
     /* Report w->fd's events to w->cb from now on: input (IO_IN, IO_PRI, IO_HUP) as long as it
      * is watched, output (IO_OUT) at least once after this call if events has IO_OUT. The
@@ -224,7 +225,8 @@ static inline int backend_poll(backend *b, int timeout_ms) { return b->ops->poll
 enum co_state { CO_READY, CO_RUNNING, CO_PARKED, CO_DONE, CO_ORPHAN };
 
 /* What a parked coroutine waits on, noted at each park for weft_dump (dump.c) and
- * tools/weft-gdb.py, which read the names; wait_on says which one. */
+ * tools/weft-gdb.py, which reads the names (and has their order as a fallback); wait_on says
+ * which one. */
 enum wait_kind {
     WAIT_OTHER,       /* a park that did not say */
     WAIT_READ,        /* descriptor wait_on.fd readable */

@@ -159,7 +159,7 @@ class Sockets:
         except OSError:
             return ""
         if not link.startswith("socket:["):
-            return ""
+            return ", " + link
         if self.by_inode is None:
             self.load()
         found = self.by_inode.get(link[8:-1])
@@ -232,10 +232,11 @@ def describe_wait(co, kind, sockets):
                                sockets.describe(fd))
     if kind == "WAIT_OP":
         op = on["obj"].cast(gdb.lookup_type("io_op").pointer())
-        ops = {0: "recv", 1: "send", 2: "read", 3: "write", 4: "accept", 5: "connect"}
+        ops = enum_names("enum io_op_kind", ["IO_OP_RECV", "IO_OP_SEND", "IO_OP_READ",
+                                             "IO_OP_WRITE", "IO_OP_ACCEPT", "IO_OP_CONNECT"])
+        name = ops.get(int(op["kind"]), "IO_OP_OPERATION")[len("IO_OP_"):].lower()
         fd = int(op["fd"])
-        return "%s on fd %d%s" % (ops.get(int(op["kind"]), "operation"), fd,
-                                  sockets.describe(fd))
+        return "%s on fd %d%s" % (name, fd, sockets.describe(fd))
     if kind == "WAIT_JOIN":
         other = on["obj"].cast(gdb.lookup_type("weft_co").pointer())
         return 'join #%d "%s"' % (int(other["id"]), co_name(other))
