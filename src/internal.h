@@ -7,15 +7,18 @@
  *   1. ctx (src/ctx/), stack, buf, timer, addr       leaves
  *   2. backend, backend_epoll, backend_uring        the kernel's event interface; report
  *                                                   through io_watcher.cb and io_op.cb
- *   3. sched                                        coroutines and the loop (calls 1, 2; and
- *                                                   chan_hold, which calls nothing of 3+)
+ *   3. sched, request                               coroutines and the loop (calls 1, 2; and
+ *                                                   chan_hold, which calls nothing of 3+);
+ *                                                   requests from signal handlers
  *   4. wait, inbox                                  waits on objects and across threads
  *   5. fd                                           parking on descriptors and operations
  *   6. sock (transport.h)                           the plain descriptor transport
  *   7. chan, chan_hold                              buffered channels over a transport
  *   8. net, serve, sync, group, offload, tqueue     sockets, serving, sync, pool, queues
+ *   9. dump                                         weft_dump, its signal, the statistics
  * stack's fault handler asks which coroutine runs through a callback sched registers;
- * group learns of a member's end through co->on_end. */
+ * group learns of a member's end through co->on_end; the loop answers a signal's request
+ * through the sched_request_fn dump registers. */
 #ifndef WEFT_INTERNAL_H
 #define WEFT_INTERNAL_H
 
@@ -398,11 +401,12 @@ void sched_resume_hint(const void *p);
 /* The running coroutine's backend, or NULL outside any coroutine. */
 backend *sched_backend(void);
 
-/* Requests from signal handlers (weft_dump_on_signal). A handler calls sched_request: an
- * atomic increment and a write to an eventfd that every scheduler's backend watches before
- * its loop sleeps; each scheduler's loop then calls fn at its next turn, in ordinary context
- * (and a thread blocked outside coroutines in a weft wait, when the signal interrupts it:
- * sched_poll_requests). Callback: fn, registered by dump.c. -1/errno (no eventfd). */
+/* ---- Requests from signal handlers (request.c), for weft_dump_on_signal ----
+ * A handler calls sched_request: an atomic increment and a write to an eventfd that every
+ * scheduler's backend watches before its loop sleeps; each scheduler's loop then calls fn at
+ * its next turn, in ordinary context (and a thread blocked outside coroutines in a weft wait,
+ * when the signal interrupts it: sched_poll_requests). Callback: fn, registered by dump.c.
+ * -1/errno (no eventfd). */
 typedef void (*sched_request_fn)(void);
 int sched_on_request(sched_request_fn fn);
 /* Async-signal-safe. */
@@ -410,6 +414,11 @@ void sched_request(void);
 /* Outside the loop (a wait that a signal interrupted): call fn if a request came since this
  * thread last answered one. */
 void sched_poll_requests(void);
+/* For the loop (sched.c): a new scheduler answers only later requests; before it sleeps, its
+ * backend watches the eventfd (if there is one yet); each turn, it answers what came. */
+void requests_init(sched *s);
+void requests_watch(sched *s);
+void requests_answer(sched *s);
 
 /* ---- Held output (chan_hold.c), called by the scheduler ---- */
 /* co is leaving the CPU (parks, yields or ends) while it holds back line output on a channel

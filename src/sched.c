@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -117,7 +116,6 @@ const char *weft_backend_reason(void)
 static void after_fork_child(void);
 static void at_thread_exit(void *p);
 static pthread_once_t process_once = PTHREAD_ONCE_INIT;
-static atomic_uint request_gen; /* requests made by signal handlers (see sched_request) */
 static pthread_key_t exit_key; /* its value: the thread's scheduler, for at_thread_exit */
 
 static void process_init(void)
@@ -164,7 +162,7 @@ sched *sched_get(void)
     s->in.fd = -1;
     pthread_mutex_init(&s->in.mu, NULL);
     s->turn_ms = weft_now();
-    s->requests_seen = atomic_load(&request_gen); /* (older requests were not for it) */
+    requests_init(s);
     tls_sched = s;
     pthread_setspecific(exit_key, s);
     return s;
@@ -575,101 +573,6 @@ void sched_note_stop_handlers(void)
 #endif
 }
 
-/* ---- Requests from signal handlers (weft_dump_on_signal) ----
- * A handler may only touch lock-free atomics and make async-signal-safe calls: it bumps
- * request_gen and writes to an eventfd. The eventfd is never read, so it stays readable, and
- * each write is a new edge for every backend that watches it (edge-triggered epoll, io_uring's
- * multishot poll): one signal wakes every sleeping loop of the process, and each compares
- * request_gen with the count it has answered. A backend that starts to watch the eventfd
- * reports it at once: one turn for nothing. */
-static _Atomic int request_fd = -1;
-static _Atomic(sched_request_fn) request_fn;
-static _Thread_local unsigned requests_seen_outside; /* (a thread without a scheduler) */
-static pthread_mutex_t request_setup = PTHREAD_MUTEX_INITIALIZER;
-
-int sched_on_request(sched_request_fn fn)
-{
-    pthread_once(&process_once, process_init); /* (the fork handler) */
-    pthread_mutex_lock(&request_setup);
-    int rc = 0;
-    if (atomic_load(&request_fd) < 0) {
-        int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (fd < 0)
-            rc = -1;
-        else
-            atomic_store(&request_fd, fd);
-    }
-    if (rc == 0)
-        atomic_store(&request_fn, fn);
-    pthread_mutex_unlock(&request_setup);
-    return rc;
-}
-
-void sched_request(void)
-{
-    atomic_fetch_add_explicit(&request_gen, 1, memory_order_relaxed);
-    int fd = atomic_load_explicit(&request_fd, memory_order_relaxed);
-    if (fd >= 0) {
-        int saved = errno;
-        uint64_t one = 1;
-        ssize_t w = sys_write(fd, &one, sizeof one);
-        (void)w; /* (fails only when the counter is full, and then it is readable anyway) */
-        errno = saved;
-    }
-}
-
-/* Call the callback if requests came since *seen. */
-static void answer_requests(unsigned *seen)
-{
-    unsigned gen = atomic_load_explicit(&request_gen, memory_order_relaxed);
-    if (gen == *seen)
-        return;
-    *seen = gen;
-    sched_request_fn fn = atomic_load(&request_fn);
-    if (fn)
-        fn();
-}
-
-void sched_poll_requests(void)
-{
-    sched *s = tls_sched;
-    answer_requests(s ? &s->requests_seen : &requests_seen_outside);
-}
-
-/* Callback from the backend: a request's write (or an older one, at the first watch). The
- * loop turn that follows answers it. */
-static void requests_event(io_watcher *w, unsigned events)
-{
-    sched *s = (sched *)((char *)w - offsetof(sched, requests_w));
-    s->events++;
-    if (events & IO_UNWATCHED)
-        s->requests_watched = false; /* (io_uring ended the poll: armed again before a sleep) */
-}
-
-/* Before the loop sleeps: let a request wake it. */
-static void requests_watch(sched *s)
-{
-    int fd = atomic_load_explicit(&request_fd, memory_order_relaxed);
-    if (fd < 0)
-        return;
-    s->requests_w = (io_watcher){.cb = requests_event, .fd = fd};
-    if (backend_watch(s->be, &s->requests_w, IO_IN) == 0)
-        s->requests_watched = true;
-}
-
-/* fork(): the eventfd is shared with the parent, whose signals would wake the child's loop and
- * the child's the parent's; the child gets its own (without one, a request is still answered
- * at the next turn, just without waking a sleeping loop). */
-static void requests_after_fork(void)
-{
-    pthread_mutex_init(&request_setup, NULL);
-    int fd = atomic_load(&request_fd);
-    if (fd < 0)
-        return;
-    sys_close(fd);
-    atomic_store(&request_fd, eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
-}
-
 /* A coarse reading of the monotonic clock: a few ns instead of a few tens, to within a tick. */
 static int64_t coarse_now_ms(void)
 {
@@ -704,7 +607,7 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
      * to within a few ms, and costs the park a load, not a clock reading. */
     if (!expire_timers(s) && (!quiet || (s->turns & 63) == 0))
         s->turn_ms = coarse_now_ms();
-    answer_requests(&s->requests_seen);
+    requests_answer(s);
 
     /* The coroutines run one after the other, each switching straight to the next
      * (switch_out); the loop gets the CPU back when the list is done. */
@@ -918,7 +821,6 @@ static void co_drop(sched *s, weft_co *co)
  * (No registration is removed from the shared instance: the child only closes its copies.) */
 static void after_fork_child(void)
 {
-    requests_after_fork();
     sched *s = tls_sched;
     if (!s)
         return;
