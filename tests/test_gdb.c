@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <weft.h>
 
 #define SCRIPT "tools/weft-gdb.py"
 #define CLIENTS 3
@@ -194,7 +195,212 @@ static void gdb_reads_a_core_file(void)
     free(out);
 }
 
+/* ---- gdb and weft_dump agree ---- */
+
+/* A child process with coroutines parked in many kinds of wait writes weft_dump to out_fd,
+ * then blocks its thread in read(2) while gdb looks at it. */
+static struct scene {
+    weft_co *sleeper;
+    weft_queue *empty, *full;
+    weft_mutex *m;
+    weft_waitgroup *wg;
+    weft_group *g;
+    weft_chan *sc;
+    int out_fd, block_fd;
+} sc;
+
+static void *sleep_long(void *a)
+{
+    (void)a;
+    weft_sleep(600000);
+    return NULL;
+}
+
+static void *join_sleeper(void *a)
+{
+    (void)a;
+    weft_join(sc.sleeper, NULL, -1);
+    return NULL;
+}
+
+static void *recv_empty(void *a)
+{
+    (void)a;
+    void *item;
+    weft_queue_recv(sc.empty, &item, -1);
+    return NULL;
+}
+
+static void *send_full(void *a)
+{
+    (void)a;
+    weft_queue_send(sc.full, NULL, -1);
+    return NULL;
+}
+
+static void *lock_held(void *a)
+{
+    (void)a;
+    weft_mutex_lock(sc.m, -1);
+    return NULL;
+}
+
+static void *wait_wg(void *a)
+{
+    (void)a;
+    weft_waitgroup_wait(sc.wg, -1);
+    return NULL;
+}
+
+static void *wait_group(void *a)
+{
+    (void)a;
+    weft_group_wait(sc.g, -1);
+    return NULL;
+}
+
+static void *read_line(void *a)
+{
+    (void)a;
+    size_t len;
+    weft_gets(sc.sc, &len);
+    return NULL;
+}
+
+static void spawn_as(const char *name, weft_fn fn)
+{
+    weft_spawn_opts o = {.name = name};
+    weft_co *co = weft_spawn_ex(fn, NULL, &o);
+    CHECK(co);
+    if (strcmp(name, "sleeper") == 0)
+        sc.sleeper = co;
+}
+
+static void *scene_main(void *a)
+{
+    (void)a;
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    int cfd = tcp_connect_loopback(weft_listener_port(l));
+    sc.sc = weft_accept(l, -1);
+    CHECK(sc.sc && cfd >= 0);
+    sc.empty = weft_queue_new(1);
+    sc.full = weft_queue_new(1);
+    CHECK(weft_queue_send(sc.full, NULL, -1) == 0);
+    sc.m = weft_mutex_new();
+    CHECK(weft_mutex_lock(sc.m, -1) == 0);
+    sc.wg = weft_waitgroup_new();
+    CHECK(weft_waitgroup_add(sc.wg, 2) == 0);
+    sc.g = weft_group_new();
+    weft_spawn_opts mo = {.name = "member"};
+    CHECK(weft_group_spawn(sc.g, sleep_long, NULL, &mo));
+    spawn_as("sleeper", sleep_long);
+    spawn_as("joiner", join_sleeper);
+    spawn_as("receiver", recv_empty);
+    spawn_as("sender", send_full);
+    spawn_as("locker", lock_held);
+    spawn_as("wg", wait_wg);
+    spawn_as("grouper", wait_group);
+    spawn_as("reader", read_line);
+    for (int i = 0; i < 1000; i++) {
+        weft_sched_stats st;
+        weft_sched_get_stats(&st);
+        if (st.parked == 9)
+            break;
+        weft_yield();
+    }
+    spawn_as("not yet run", sleep_long); /* ready */
+    CHECK(weft_dump(sc.out_fd) == 0);
+    close(sc.out_fd);
+    char ch;
+    ssize_t r = read(sc.block_fd, &ch, 1); /* the whole thread stops here, as gdb looks */
+    (void)r;
+    _exit(0);
+}
+
+/* A dump line without what changes between two looks: the time parked, the time left, the
+ * stack in memory. */
+static void normalize(const char *line, char *out, size_t cap)
+{
+    snprintf(out, cap, "%.*s", (int)strcspn(line, "\n"), line);
+    char *p = strstr(out, " parked ");
+    if (p) {
+        char *colon = strchr(p, ':');
+        if (colon)
+            memmove(p + 7, colon, strlen(colon) + 1); /* " parked: ..." */
+    }
+    char *cut = strstr(out, ", times out in ");
+    if (!cut)
+        cut = strstr(out, ", wakes in ");
+    if (!cut)
+        cut = strstr(out, "; stack ");
+    if (cut)
+        *cut = '\0';
+}
+
+static void gdb_and_weft_dump_agree(void)
+{
+    const char *why = why_no_gdb();
+    if (why) {
+        printf("  skipped: %s\n", why);
+        return;
+    }
+    int out[2], block[2];
+    CHECK(pipe(out) == 0 && pipe(block) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        close(out[0]);
+        close(block[1]);
+        sc.out_fd = out[1];
+        sc.block_fd = block[0];
+        weft_spawn_opts o = {.name = "scene"};
+        CHECK(weft_spawn_ex(scene_main, NULL, &o));
+        weft_run();
+        _exit(1);
+    }
+    close(out[1]);
+    close(block[0]);
+    char dump[16384];
+    size_t len = 0;
+    ssize_t r;
+    while ((r = read(out[0], dump + len, sizeof dump - 1 - len)) > 0)
+        len += (size_t)r;
+    dump[len] = '\0';
+    close(out[0]);
+    char *got = run_capture("gdb -nx -batch -p %d -x " SCRIPT " -ex 'weft coroutines' "
+                            "-ex 'weft bt scene' 2>&1 </dev/null", (int)pid);
+    close(block[1]); /* the child goes on and exits */
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK(got);
+    if (strstr(got, "ptrace: Operation not permitted") || strstr(got, "Could not attach")) {
+        printf("  skipped: gdb may not attach to a process here (ptrace not permitted)\n");
+        free(got);
+        return;
+    }
+    int lines = 0;
+    for (const char *p = dump; (p = strstr(p, "\n  #")); p++) {
+        char want[512], have[512], key[32];
+        normalize(p + 1, want, sizeof want);
+        snprintf(key, sizeof key, "\n%.*s\"", (int)strcspn(p + 1, "\""), p + 1);
+        const char *in_gdb = strstr(got, key);
+        if (!in_gdb)
+            fprintf(stderr, "  gdb has no line %s in:\n%s\n", key + 1, got);
+        CHECK(in_gdb);
+        normalize(in_gdb + 1, have, sizeof have);
+        if (strcmp(want, have) != 0)
+            fprintf(stderr, "  weft_dump: %s\n  gdb:       %s\n", want, have);
+        CHECK(strcmp(want, have) == 0);
+        lines++;
+    }
+    CHECK(lines == 11); /* scene, member and the nine above */
+    CHECK(strstr(got, "running: its frames are gdb thread 1's own"));
+    free(got);
+}
+
 const struct test tests[] = {
+    {"gdb_and_weft_dump_agree", gdb_and_weft_dump_agree, 120},
     {"gdb_lists_coroutines_and_backtraces_a_live_process",
      gdb_lists_coroutines_and_backtraces_a_live_process, 120},
     {"gdb_reads_a_core_file", gdb_reads_a_core_file, 120},

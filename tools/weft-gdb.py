@@ -238,8 +238,10 @@ def describe_wait(co, kind, sockets):
         fd = int(op["fd"])
         return "%s on fd %d%s" % (name, fd, sockets.describe(fd))
     if kind == "WAIT_JOIN":
-        other = on["obj"].cast(gdb.lookup_type("weft_co").pointer())
-        return 'join #%d "%s"' % (int(other["id"]), co_name(other))
+        return "join %s" % co_ref(on["obj"].cast(gdb.lookup_type("weft_co").pointer()))
+    more = object_details(kind, on["obj"])
+    if more is not None:
+        return more
     words = {
         "WAIT_SLEEP": "sleep",
         "WAIT_QUEUE_SEND": "queue 0x%x (send)",
@@ -262,6 +264,40 @@ def describe_wait(co, kind, sockets):
         if sym and sym[0] != "No":
             return "offloaded call %s()" % sym[0]
     return text % obj if "%" in text else text
+
+
+def co_ref(co):
+    return '#%d "%s"' % (int(co["id"]), co_name(co))
+
+
+def object_details(kind, obj):
+    """The words of src/dump.c for a queue, mutex, wait group or group, with what their
+    structures (private to sync.c and group.c, but in the debug information) hold; None if
+    kind is none of those or the types are missing."""
+    addr = int(obj)
+    try:
+        if kind in ("WAIT_QUEUE_SEND", "WAIT_QUEUE_RECV"):
+            q = obj.cast(gdb.lookup_type("struct weft_queue").pointer())
+            return "queue 0x%x (%s, %d queued)" % (
+                addr, "send" if kind == "WAIT_QUEUE_SEND" else "receive", int(q["ring"]["len"]))
+        if kind == "WAIT_MUTEX":
+            owner = int(obj.cast(gdb.lookup_type("struct weft_mutex").pointer())["owner"])
+            if owner == 0:
+                return "mutex 0x%x (being handed over)" % addr
+            for _, s in schedulers():
+                for co in coroutines(s):
+                    if int(co) == owner:
+                        return "mutex 0x%x, held by %s" % (addr, co_ref(co))
+            return "mutex 0x%x, held outside coroutines" % addr
+        if kind == "WAIT_WAITGROUP":
+            wg = obj.cast(gdb.lookup_type("struct weft_waitgroup").pointer())
+            return "wait group 0x%x (count %d)" % (addr, int(wg["count"]))
+        if kind == "WAIT_GROUP":
+            g = obj.cast(gdb.lookup_type("struct weft_group").pointer())
+            return "group 0x%x (%d running)" % (addr, int(g["count"]))
+    except gdb.error:
+        return None
+    return None
 
 
 def secs(ms):
