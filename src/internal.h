@@ -24,6 +24,7 @@
 
 #include "weft.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -415,10 +416,17 @@ void sched_request(void);
  * thread last answered one. */
 void sched_poll_requests(void);
 /* For the loop (sched.c): a new scheduler answers only later requests; before it sleeps, its
- * backend watches the eventfd (if there is one yet); each turn, it answers what came. */
+ * backend watches the eventfd (if there is one yet); each turn, it answers what came (a load
+ * and a compare, inline: the call is made only when there is something to answer). */
 void requests_init(sched *s);
 void requests_watch(sched *s);
-void requests_answer(sched *s);
+extern atomic_uint requests_made; /* sched_request()s so far */
+void requests_run(sched *s);
+static inline void requests_answer(sched *s)
+{
+    if (atomic_load_explicit(&requests_made, memory_order_relaxed) != s->requests_seen)
+        requests_run(s);
+}
 
 /* ---- Held output (chan_hold.c), called by the scheduler ---- */
 /* co is leaving the CPU (parks, yields or ends) while it holds back line output on a channel

@@ -1,9 +1,9 @@
 /* Requests from signal handlers (weft_dump_on_signal), answered by every scheduler's loop at
  * its next turn. A handler may only touch lock-free atomics and make async-signal-safe calls:
- * it bumps request_gen and writes to an eventfd. The eventfd is never read, so it stays
+ * it bumps requests_made and writes to an eventfd. The eventfd is never read, so it stays
  * readable, and each write is a new edge for every backend that watches it (edge-triggered
  * epoll, io_uring's multishot poll): one signal wakes every sleeping loop of the process, and
- * each compares request_gen with the count it has answered. A backend that starts to watch
+ * each compares requests_made with the count it has answered. A backend that starts to watch
  * the eventfd reports it at once: one turn for nothing. */
 #include "internal.h"
 #include "sys.h"
@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <sys/eventfd.h>
 
-static atomic_uint request_gen;
+atomic_uint requests_made;
 static _Atomic int request_fd = -1;
 static _Atomic(sched_request_fn) request_fn;
 static _Thread_local unsigned seen_outside; /* (a thread without a scheduler) */
@@ -47,7 +47,7 @@ int sched_on_request(sched_request_fn fn)
 
 void sched_request(void)
 {
-    atomic_fetch_add_explicit(&request_gen, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&requests_made, 1, memory_order_relaxed);
     int fd = atomic_load_explicit(&request_fd, memory_order_relaxed);
     if (fd >= 0) {
         int saved = errno;
@@ -61,7 +61,7 @@ void sched_request(void)
 /* Call the callback if requests came since *seen. */
 static void answer(unsigned *seen)
 {
-    unsigned gen = atomic_load_explicit(&request_gen, memory_order_relaxed);
+    unsigned gen = atomic_load_explicit(&requests_made, memory_order_relaxed);
     if (gen == *seen)
         return;
     *seen = gen;
@@ -72,10 +72,10 @@ static void answer(unsigned *seen)
 
 void requests_init(sched *s)
 {
-    s->requests_seen = atomic_load(&request_gen); /* (older requests were not for it) */
+    s->requests_seen = atomic_load(&requests_made); /* (older requests were not for it) */
 }
 
-void requests_answer(sched *s)
+void requests_run(sched *s)
 {
     answer(&s->requests_seen);
 }

@@ -424,7 +424,7 @@ static timer *idle_timers_top(sched *s)
 
 /* Park the running coroutine; kind and on say what it waits on (weft_dump), in two stores:
  * the kind goes with the loop's clock, which tells the dump for how long. */
-static int park(int64_t deadline, bool cancellable, uint8_t kind, wait_on on)
+static int park(uint8_t kind, wait_on on, int64_t deadline, bool cancellable)
 {
     sched *s = tls_sched;
     weft_co *co = s->current;
@@ -458,7 +458,7 @@ static int park(int64_t deadline, bool cancellable, uint8_t kind, wait_on on)
 
 int sched_park_on(uint8_t kind, const void *obj, int64_t deadline, bool cancellable)
 {
-    return park(deadline, cancellable, kind, (wait_on){.obj = obj});
+    return park(kind, (wait_on){.obj = obj}, deadline, cancellable); /* (a jump: same order) */
 }
 
 int sched_park(int64_t deadline)
@@ -475,7 +475,7 @@ int sched_park_io(uint8_t kind, wait_on on, int64_t deadline, bool cancellable)
 {
     sched *s = tls_sched;
     s->io_waiting++;
-    int rc = park(deadline, cancellable, kind, on);
+    int rc = park(kind, on, deadline, cancellable);
     s->io_waiting--;
     return rc;
 }
