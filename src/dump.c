@@ -318,8 +318,21 @@ static void dump_co(out *o, const weft_co *co, int64_t now)
 /* Dumps of several threads (one signal reaches them all) go out one after the other. */
 static pthread_mutex_t dump_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* fork(): a dump under way in another thread does not go on in the child. */
+static void dump_lock_after_fork(void)
+{
+    pthread_mutex_init(&dump_lock, NULL);
+}
+
+static void dump_lock_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, dump_lock_after_fork);
+}
+
 int weft_dump(int fd)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, dump_lock_fork_handler);
     out o = {.fd = fd};
     sched *s = sched_peek();
     weft_sched_stats st;

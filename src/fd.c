@@ -80,7 +80,7 @@ static void tab_reset(sched *s)
     }
     tab.gen = s->be_gen;
     tab.latches = s->be->ops->latches_input;
-    tab.s = (sched *)s; /* (events come only from that backend, so only while s lives) */
+    tab.s = s; /* (events come only from that backend, so only while s lives) */
 }
 
 /* fd's slot for scheduler s, made as needed; NULL/errno. */
