@@ -52,6 +52,15 @@ ifeq ($(URING),1)
   LDLIBS += -luring
   PC_PRIVATE := -luring
 endif
+# TLS: built when OpenSSL 3 is there for this compiler (TLS=0 to leave it out: the TLS calls
+# then fail with ENOTSUP).
+TLS     ?= $(shell printf '$(HASH)include <openssl/ssl.h>\nint main(void){return !SSL_CTX_new(TLS_method());}\n' \
+             | $(CC) -x c - -lssl -lcrypto -o /dev/null >/dev/null 2>&1 && echo 1)
+ifeq ($(TLS),1)
+  CPPFLAGS += -DWEFT_HAVE_TLS
+  LDLIBS += -lssl -lcrypto
+  PC_REQUIRES := openssl
+endif
 
 ifneq ($(SAN)$(TSAN)$(DEBUG),)
   CPPFLAGS += -DWEFT_DEBUG  # internal invariant checks (WEFT_ASSERT)
@@ -68,6 +77,7 @@ endif
 LIB_SRC := src/stack.c src/buf.c src/timer.c src/addr.c src/check.c \
            src/backend.c src/backend_epoll.c src/backend_uring.c \
            src/sched.c src/request.c src/wait.c src/inbox.c src/fd.c src/sock.c src/chan.c src/chan_hold.c \
+           src/tls.c \
            src/sync.c src/group.c src/offload.c src/tqueue.c \
            src/net.c src/serve.c src/dump.c
 ifeq ($(CTX),ucontext)
@@ -82,7 +92,7 @@ else
 endif
 LIB_OBJ := $(patsubst %,$(O)/%.o,$(LIB_SRC))
 
-EXAMPLES := echo echo-blocking echo-events chat
+EXAMPLES := echo echo-blocking echo-events chat client
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
@@ -131,6 +141,8 @@ $(O)/examples/echo-blocking: $(O)/examples/echo-blocking.c.o $(O)/examples/echo_
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/examples/chat: $(O)/examples/chat.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/examples/client: $(O)/examples/client.c.o $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/examples/echo-events: $(O)/examples/echo-events.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -161,7 +173,7 @@ install: lib
 	ln -sf libweft.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libweft.so.0
 	ln -sf libweft.so.0 $(DESTDIR)$(PREFIX)/lib/libweft.so
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' -e 's|@PRIVATE@|$(PC_PRIVATE)|' \
-	    -e 's|@CFLAGS@|$(CLASH)|' weft.pc.in \
+	    -e 's|@CFLAGS@|$(CLASH)|' -e 's|@REQUIRES@|$(PC_REQUIRES)|' weft.pc.in \
 	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/weft.pc
 ifeq ($(TCL_BUILD),1)
 	$(TCL_MAKE) install PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)

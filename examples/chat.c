@@ -264,7 +264,12 @@ int main(int argc, char **argv)
     /* No read timeout: in a chat, listening without talking is normal. A client that stops
      * reading is dropped by its queue filling up or by the write timeout. */
     weft_server_opts o = {.idle_timeout_ms = -1};
+    if (a.cert && !(o.tls = weft_tls_server(a.cert, a.key))) {
+        perror("TLS certificate or key");
+        return 1;
+    }
     weft_server *srv = weft_server_start_ex(l, chat, &room, &o);
+    weft_tls_free(o.tls); /* (the server keeps it) */
     if (!srv || weft_server_stop_on_signals(srv, a.grace_ms) != 0) {
         perror("weft_server_start");
         return 1;

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <string.h>
 
 int main(int argc, char **argv)
 {
@@ -14,6 +15,11 @@ int main(int argc, char **argv)
     struct echo_opts opts = {.quiet = a.quiet};
     weft_dump_on_signal(SIGUSR1); /* kill -USR1: a dump (no coroutines here) on stderr */
 
+    weft_tls *tls = NULL;
+    if (a.cert && !(tls = weft_tls_server(a.cert, a.key))) {
+        perror("TLS certificate or key");
+        return 1;
+    }
     weft_listener *l = weft_listen(a.addr, 0);
     if (!l) {
         perror(a.addr);
@@ -29,7 +35,12 @@ int main(int argc, char **argv)
             weft_sleep(100); /* out of fds or memory: let it pass rather than spin */
             continue;
         }
-        echo(c, &opts);
+        /* TLS: the handshake blocks too, as every weft call does outside a coroutine. */
+        if (!tls || weft_tls_accept(c, tls, weft_now() + 10000) == 0)
+            echo(c, &opts);
+        else if (!a.quiet)
+            fprintf(stderr, "TLS handshake with %s failed: %s\n", weft_chan_peer(c),
+                    errno == EPROTO ? weft_tls_error(c) : strerror(errno));
         weft_close(c);
     }
 }

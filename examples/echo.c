@@ -18,7 +18,13 @@ int main(int argc, char **argv)
         perror(a.addr);
         return 1;
     }
-    weft_server *srv = weft_server_start(l, echo, &opts);
+    weft_server_opts so = {0};
+    if (a.cert && !(so.tls = weft_tls_server(a.cert, a.key))) { /* the same handler, on TLS */
+        perror("TLS certificate or key");
+        return 1;
+    }
+    weft_server *srv = weft_server_start_ex(l, echo, &opts, &so);
+    weft_tls_free(so.tls); /* (the server keeps it) */
     /* SIGINT/SIGTERM: stop accepting, answer every line already received, exit 0. */
     if (!srv || weft_server_stop_on_signals(srv, a.grace_ms) != 0) {
         perror("weft_server_start");

@@ -159,8 +159,9 @@ typedef enum weft_buffering {
 #define WEFT_WBUF_DEFAULT (64u * 1024u)
 
 /* Wrap fd (socket, pipe, tty, ...) in a channel that owns it; fd is made non-blocking (its
- * other flags, close-on-exec among them, stay as they were). ENOMEM, EBADF. Descriptors weft
- * creates itself (listeners, accepted and connected sockets) are close-on-exec. */
+ * other flags, close-on-exec among them, stay as they were; a TCP socket may get TCP_INQ).
+ * ENOMEM, EBADF. Descriptors weft creates itself (listeners, accepted and connected
+ * sockets) are close-on-exec. */
 weft_chan *weft_chan_open(int fd);
 /* The channel's file descriptor (still owned by the channel). */
 int weft_chan_fd(const weft_chan *c);
@@ -206,15 +207,24 @@ int weft_putln(weft_chan *c, const void *line, size_t n);
 int weft_printf(weft_chan *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* vprintf to the channel. */
 int weft_vprintf(weft_chan *c, const char *fmt, va_list ap);
+/* Send count bytes of the file fd, from *offset (advanced past what was read; NULL: from and
+ * advancing its file position), after what c has buffered: the kernel copies them straight
+ * from the page cache (sendfile(2)) on a plain socket or pipe, else (TLS, files sendfile
+ * cannot read) they pass through the write buffer. Waits as a write does, and returns once
+ * they are sent or queued within the write buffer limit, in any buffering mode. Returns the
+ * byte count, fewer than count only at the file's end, or -1: as weft_write, or the file's
+ * read error (EIO, EINVAL, ESPIPE, EBADF, ...); *offset then tells how far it got. */
+ssize_t weft_sendfile(weft_chan *c, int fd, off_t *offset, size_t count);
 /* Send all buffered output, waiting as needed. -1 as weft_write. */
 int weft_flush(weft_chan *c);
 /* Flush, then shut down the sending side (the peer reads end of file); reads go on. */
 int weft_shutdown(weft_chan *c);
 /* Flush (within the write timeout), close the fd and free c. Coroutines still waiting on c
  * wake with EBADF; c is freed when the last leaves. Returns 0, or -1 with the flush or
- * close error (c is closed and freed all the same). Close never waits for another coroutine
- * parked inside a write on c: that write fails with EBADF and what was still buffered is
- * dropped (then -1/EBUSY). */
+ * close error, or with EPIPE/ECONNRESET when output was left that the vanished peer never
+ * got (c is closed and freed all the same). Close never waits for another coroutine parked
+ * inside a write on c: that write fails with EBADF, what it had not sent is dropped, and
+ * close returns -1/EBUSY. */
 int weft_close(weft_chan *c);
 
 /* ---- Network ----------------------------------------------------------------------- */
@@ -248,6 +258,54 @@ int weft_listener_close(weft_listener *l);
  * ETIMEDOUT, ECANCELED, ECONNREFUSED, EINVAL, EHOSTUNREACH (name not resolved). */
 weft_chan *weft_connect(const char *addr, int64_t deadline);
 
+/* ---- TLS --------------------------------------------------------------------------- */
+/* TLS on any connected channel, over OpenSSL 3: after a handshake every channel call works
+ * unchanged (lines, limits, buffering modes, timeouts, coalescing, close under a waiter),
+ * parking in a coroutine and blocking outside one, on either backend. A context holds the
+ * settings and certificates and is shared by every connection and thread. TLS 1.2 is the
+ * minimum, renegotiation is off, servers issue session tickets. Without OpenSSL at build
+ * time every call here fails with ENOTSUP. Errors: EPROTO for a TLS protocol failure
+ * (weft_tls_error tells OpenSSL's reason), and those of the channel's calls. */
+
+typedef struct weft_tls weft_tls;
+
+/* A server context from PEM files: cert_file holds the certificate chain (leaf first),
+ * key_file its private key (ECDSA or RSA). NULL: ENOENT/EACCES (a file), EPROTO (not PEM,
+ * or the key does not match), ENOMEM, ENOTSUP. */
+weft_tls *weft_tls_server(const char *cert_file, const char *key_file);
+/* A client context that verifies the peer's certificate chain against ca_file and/or ca_dir
+ * (PEM; both NULL: the system's CA store) and its name against the one given to
+ * weft_tls_connect. NULL: ENOENT/EACCES, EPROTO, ENOMEM, ENOTSUP. */
+weft_tls *weft_tls_client(const char *ca_file, const char *ca_dir);
+/* Client only: verify == 0 turns verification off (insecure: any certificate is taken). */
+int weft_tls_set_verify(weft_tls *ctx, int verify);
+/* The application protocols offered (client) or accepted (server, in its order of
+ * preference), e.g. {"h2", "http/1.1"}: ALPN. EINVAL (n == 0, a name empty or over 255
+ * bytes), ENOMEM. */
+int weft_tls_set_alpn(weft_tls *ctx, const char *const *protocols, size_t n);
+/* Release ctx; channels and servers using it keep it until they are done. */
+void weft_tls_free(weft_tls *ctx);
+
+/* Server side: make c a TLS channel and run the handshake (until the deadline). Bytes of the
+ * peer's already buffered on c are part of the handshake (a protocol that starts TLS after
+ * plain lines); output buffered on c is sent first, in the clear. 0, or -1: EPROTO (with
+ * weft_tls_error), ETIMEDOUT, ECANCELED, ECONNRESET (the peer went away), EBADF, ENOTSUP.
+ * After a failure c only closes. */
+int weft_tls_accept(weft_chan *c, weft_tls *ctx, int64_t deadline);
+/* Client side: the same, sending servername (SNI, unless it is an IP address) and checking
+ * the certificate is for it (unless verification is off); NULL: no name is sent or checked. */
+int weft_tls_connect(weft_chan *c, weft_tls *ctx, const char *servername, int64_t deadline);
+/* After a handshake: the protocol ("TLSv1.3"), cipher, ALPN result (NULL if none), or NULL
+ * when c is not a TLS channel. Valid until c is closed. */
+const char *weft_tls_version(const weft_chan *c);
+const char *weft_tls_cipher(const weft_chan *c);
+const char *weft_tls_alpn(const weft_chan *c);
+/* The peer certificate's subject ("CN=example.com,O=..."), or NULL (none, or not TLS). */
+const char *weft_tls_peer_subject(const weft_chan *c);
+/* The reason of c's last TLS failure, as OpenSSL gives it ("certificate verify failed:
+ * ..."), or "" if none. */
+const char *weft_tls_error(const weft_chan *c);
+
 /* ---- Serving ----------------------------------------------------------------------- */
 /* A server accepts clients on a listener and runs each in its own detached coroutine, named
  * after the peer ("host:port" as the seed names them). Every limit below has a default, is
@@ -263,6 +321,7 @@ typedef void (*weft_handler)(weft_chan *c, void *arg);
 #define WEFT_IDLE_TIMEOUT_DEFAULT 300000    /* ms a read may wait: a line must arrive in it */
 #define WEFT_WRITE_TIMEOUT_DEFAULT 60000    /* ms a write may wait for a client that does not read */
 #define WEFT_GRACE_DEFAULT 5000             /* ms handlers get to finish on shutdown */
+#define WEFT_HANDSHAKE_TIMEOUT_DEFAULT 10000 /* ms a TLS client gets to finish its handshake */
 
 typedef struct weft_server_opts {
     size_t max_conns;         /* concurrent handlers; beyond it accepting pauses */
@@ -272,6 +331,10 @@ typedef struct weft_server_opts {
     size_t wbuf;              /* write buffer limit of every client channel (WEFT_WBUF_DEFAULT) */
     size_t stack_size;        /* handler stacks (WEFT_STACK_DEFAULT) */
     size_t guard_size;        /* guard gap below each handler stack (one page) */
+    weft_tls *tls;            /* serve TLS with this context: each client's coroutine runs
+                                 the handshake before the handler (which is then the same
+                                 for TLS and plain TCP); NULL: plain */
+    int64_t handshake_timeout_ms; /* TLS handshake limit (WEFT_HANDSHAKE_TIMEOUT_DEFAULT) */
     int keep_fd_limit;        /* nonzero: leave RLIMIT_NOFILE alone (by default the first
                                  server raises the soft limit to the hard one, as Go does,
                                  so thousands of clients need no ulimit) */
@@ -283,6 +346,7 @@ typedef struct weft_server_stats {
     uint64_t accept_errors; /* failed accept calls (EMFILE and the like) */
     uint64_t spawn_errors;  /* connections closed at once: no memory for their coroutine */
     uint64_t limit_waits;   /* times accepting paused at max_conns */
+    uint64_t tls_failures;  /* connections closed because their TLS handshake failed */
 } weft_server_stats;
 
 /* Start serving l with the default options. The server owns l. On EMFILE/ENFILE or any accept

@@ -136,6 +136,7 @@ static void epoll_forget(backend *b, int fd)
 static const backend_ops epoll_ops = {
     .name = "epoll",
     .free = epoll_free,
+    .abandon = epoll_free, /* (closing our copy of the epoll fd touches nothing shared) */
     .watch = epoll_watch,
     .forget = epoll_forget,
     .poll = epoll_poll,

@@ -16,6 +16,7 @@
 
 #include <liburing.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,27 @@ static char ring_lifetimes; /* the sync object */
 #define UD_IGNORE UINT64_MAX   /* cancellations: their completions mean nothing */
 #define UD_OP (1ull << 62)     /* an operation: the rest is its io_op's address */
 
+/* Provided buffers for multishot receives. Where the kernel can (6.12 and later: incremental
+ * consumption, IOU_PBUF_RING_INC), each arrival takes only the bytes it needs from the head
+ * buffer, so ten thousand connections that each receive one short line share a handful of
+ * buffers instead of a page each; a buffer goes back to the ring when the kernel has moved
+ * past it and every connection has let go of its slice (refs). Elsewhere each arrival takes
+ * a whole (smaller) buffer. The ring is filled PBUF_CHUNK buffers at a time, as receives run
+ * out, up to a few per receive: it grows with the connections that have data at once. */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+#define PBUF_SIZE_INC (16 * 1024)
+#define PBUF_SIZE_WHOLE 4096
+#define PBUF_RING 32768    /* ring entries (the kernel's limit) */
+#define PBUF_MAX 4096      /* buffers at most */
+#define PBUF_CHUNK 32
+#define PBUF_BGID 0
+#define PBUF_PER_RECV 4    /* the ring grows past its first chunk by this many per receive */
+
 /* What the backend knows of an fd. */
 typedef struct ufd {
     io_watcher *w;     /* who hears its polls */
@@ -60,11 +82,28 @@ typedef struct ufd {
     unsigned ops;      /* operations in flight on it */
 } ufd;
 
+typedef struct pbufs {
+    struct io_uring_buf_ring *br; /* the ring (PBUF_RING entries), NULL until first needed */
+    bool inc;          /* incremental consumption */
+    size_t size;       /* of each buffer */
+    char **chunks;     /* buffer memory, PBUF_CHUNK buffers each */
+    uint32_t *off;     /* per buffer: where the next arrival's bytes start */
+    uint16_t *refs;    /* per buffer: slices handed out and not yet put back */
+    uint8_t *kernel;   /* per buffer: the kernel still fills it (in the ring, or BUF_MORE) */
+    unsigned nbufs;    /* buffers made, ids 0 .. nbufs - 1 */
+    unsigned avail;    /* of which in the ring, untouched, now */
+    int added;         /* added since the ring's tail last moved */
+    io_op *starved;    /* multishot receives that ran out of buffers: started again later */
+} pbufs;
+
 typedef struct uring_backend {
     backend base;
     struct io_uring ring;
     ufd *fds;          /* by fd */
     size_t n;
+    pbufs pb;
+    size_t inflight;   /* operations submitted and not completed (all fds) */
+    size_t multishots; /* multishot receives among them */
 } uring_backend;
 
 static ufd *ufd_get(uring_backend *u, int fd)
@@ -108,11 +147,178 @@ static struct io_uring_sqe *get_sqe(uring_backend *u)
     return sqe;
 }
 
+/* ---- Provided buffers ---- */
+
+static char *pbuf_addr(const pbufs *pb, unsigned bid)
+{
+    return pb->chunks[bid / PBUF_CHUNK] + (size_t)(bid % PBUF_CHUNK) * pb->size;
+}
+
+static void pbuf_add(pbufs *pb, unsigned bid)
+{
+    pb->off[bid] = 0;
+    pb->kernel[bid] = 1;
+    io_uring_buf_ring_add(pb->br, pbuf_addr(pb, bid), (unsigned)pb->size, (unsigned short)bid,
+                          io_uring_buf_ring_mask(PBUF_RING), pb->added++);
+    pb->avail++;
+}
+
+/* Make the buffers added since last time visible to the kernel. */
+static void pbuf_publish(pbufs *pb)
+{
+    if (pb->added) {
+        io_uring_buf_ring_advance(pb->br, pb->added);
+        pb->added = 0;
+    }
+}
+
+/* PBUF_CHUNK more buffers (memory touched by the kernel only as data comes). 0, -1. */
+static int pbuf_grow(pbufs *pb)
+{
+    if (pb->nbufs >= PBUF_MAX)
+        return -1;
+    unsigned c = pb->nbufs / PBUF_CHUNK, n = pb->nbufs + PBUF_CHUNK;
+    char **chunks = realloc(pb->chunks, (c + 1) * sizeof *chunks);
+    if (chunks)
+        pb->chunks = chunks;
+    uint32_t *off = chunks ? realloc(pb->off, n * sizeof *off) : NULL;
+    if (off)
+        pb->off = off;
+    uint16_t *refs = off ? realloc(pb->refs, n * sizeof *refs) : NULL;
+    if (refs)
+        pb->refs = refs;
+    uint8_t *kernel = refs ? realloc(pb->kernel, n) : NULL;
+    if (!kernel)
+        return -1;
+    pb->kernel = kernel;
+    /* Touched at once (MAP_POPULATE): the kernel fills the ring's buffers in turn, so all of
+     * them are touched soon enough; counted from the start, they are a fixed cost of the
+     * thread's loop, not a growth that looks like one connection's. */
+    void *mem = mmap(NULL, PBUF_CHUNK * pb->size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (mem == MAP_FAILED)
+        return -1;
+    chunks[c] = mem;
+    for (unsigned i = 0; i < PBUF_CHUNK; i++) {
+        refs[pb->nbufs] = 0;
+        pbuf_add(pb, pb->nbufs++);
+    }
+    return 0;
+}
+
+/* The ring, registered with the first chunk, when the first multishot receive needs it:
+ * with incremental consumption where the kernel has it. */
+static int pbuf_init(uring_backend *u)
+{
+    pbufs *pb = &u->pb;
+    if (pb->br)
+        return 0;
+    size_t size = PBUF_RING * sizeof(struct io_uring_buf);
+    void *br = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (br == MAP_FAILED)
+        return -1;
+    /* (liburing 2.3's header still calls the flags field pad) */
+    struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)br,
+                                   .ring_entries = PBUF_RING, .bgid = PBUF_BGID,
+                                   .pad = IOU_PBUF_RING_INC};
+    int rc = io_uring_register_buf_ring(&u->ring, &reg, 0);
+    pb->inc = rc == 0;
+    if (rc < 0) {
+        reg.pad = 0;
+        rc = io_uring_register_buf_ring(&u->ring, &reg, 0);
+    }
+    if (rc < 0) {
+        munmap(br, size);
+        errno = -rc;
+        return -1;
+    }
+    pb->br = br;
+    pb->size = pb->inc ? PBUF_SIZE_INC : PBUF_SIZE_WHOLE;
+    io_uring_buf_ring_init(pb->br);
+    if (pbuf_grow(pb) != 0)
+        return -1;
+    pbuf_publish(pb);
+    return 0;
+}
+
+static void pbuf_unmap(pbufs *pb)
+{
+    for (unsigned c = 0; c < pb->nbufs / PBUF_CHUNK; c++)
+        munmap(pb->chunks[c], PBUF_CHUNK * pb->size);
+    free(pb->chunks);
+    free(pb->off);
+    free(pb->refs);
+    free(pb->kernel);
+    munmap(pb->br, PBUF_RING * sizeof(struct io_uring_buf));
+    memset(pb, 0, sizeof *pb);
+}
+
+static void pbuf_free(uring_backend *u)
+{
+    if (u->pb.br) {
+        io_uring_unregister_buf_ring(&u->ring, PBUF_BGID);
+        pbuf_unmap(&u->pb);
+    }
+}
+
+/* An arrival of len bytes in buffer bid, the kernel done with it unless more: where the bytes
+ * are; the slice counts in refs until put back. */
+static char *pbuf_take(pbufs *pb, unsigned bid, unsigned len, bool more)
+{
+    char *p = pbuf_addr(pb, bid) + pb->off[bid];
+    if (pb->off[bid] == 0)
+        pb->avail--; /* (first use of a fresh buffer) */
+    pb->off[bid] += pb->inc ? len : 0;
+    pb->refs[bid]++;
+    pb->kernel[bid] = pb->inc && more;
+    return p;
+}
+
+static char *uring_pbuf(backend *b, uint16_t bid)
+{
+    return pbuf_addr(&((uring_backend *)b)->pb, bid);
+}
+
+/* A slice of buffer bid is consumed: the buffer goes back to the ring once nobody (the kernel
+ * included) uses it. */
+static void uring_pbuf_put(backend *b, uint16_t bid)
+{
+    pbufs *pb = &((uring_backend *)b)->pb;
+    if (--pb->refs[bid] == 0 && !pb->kernel[bid])
+        pbuf_add(pb, bid); /* published before the next enter */
+}
+
+static int uring_poll(backend *b, int timeout_ms);
+
 static void uring_free(backend *b)
 {
     uring_backend *u = (uring_backend *)b;
+    /* Operations still in flight (a transport's multishot receive, a send the loop owns):
+     * cancel them and reap their completions, so that their owners hear of the end. */
+    for (int i = 0; i < 100 && u->inflight > 0; i++) {
+        struct io_uring_sqe *sqe = i == 0 ? get_sqe(u) : NULL;
+        if (sqe) {
+            io_uring_prep_cancel(sqe, NULL, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+            io_uring_sqe_set_data64(sqe, UD_IGNORE);
+        }
+        uring_poll(b, 10);
+    }
     RING_UNMAPPED();
+    pbuf_free(u);
     io_uring_queue_exit(&u->ring);
+    free(u->fds);
+    free(u);
+}
+
+/* In a forked child: the ring is the parent's too, so nothing may be submitted to it or
+ * unregistered from it; only our mappings and descriptor go. */
+static void uring_abandon(backend *b)
+{
+    uring_backend *u = (uring_backend *)b;
+    if (u->pb.br)
+        pbuf_unmap(&u->pb);
+    RING_UNMAPPED();
+    io_uring_queue_exit(&u->ring); /* (munmap and close: nothing reaches the kernel's ring) */
     free(u->fds);
     free(u);
 }
@@ -143,12 +349,51 @@ static int uring_watch(backend *b, io_watcher *w, unsigned events)
     return 0;
 }
 
-static void complete_op(uring_backend *u, io_op *op, int res)
+static int submit_op(uring_backend *u, io_op *op);
+
+static void complete_op(uring_backend *u, io_op *op, const struct io_uring_cqe *cqe)
 {
-    if ((size_t)op->fd < u->n)
-        u->fds[op->fd].ops--;
-    op->res = res;
-    op->cb(op); /* (may free op) */
+    op->more = op->kind == IO_OP_RECV_MULTI && (cqe->flags & IORING_CQE_F_MORE);
+    if (!op->more) {
+        u->inflight--;
+        if ((size_t)op->fd < u->n)
+            u->fds[op->fd].ops--;
+    }
+    if (op->kind == IO_OP_RECV_MULTI && !op->more)
+        u->multishots--;
+    if (op->kind == IO_OP_RECV_MULTI && cqe->res == -ENOBUFS && !op->more) {
+        /* Out of buffers: more are made, up to a few per receive (so one connection that
+         * floods us cannot grow the ring for all), and the receive starts again once some
+         * are in the ring; its owner need not know. */
+        if (u->pb.nbufs <= PBUF_PER_RECV * u->multishots)
+            pbuf_grow(&u->pb);
+        op->next = u->pb.starved;
+        u->pb.starved = op;
+        return;
+    }
+    op->res = cqe->res;
+    if (cqe->flags & IORING_CQE_F_BUFFER) {
+        op->bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+        op->buf = pbuf_take(&u->pb, op->bid, cqe->res > 0 ? (unsigned)cqe->res : 0,
+                            cqe->flags & IORING_CQE_F_BUF_MORE);
+        if (cqe->res <= 0) /* (a buffer with no data in it: straight back) */
+            uring_pbuf_put(&u->base, op->bid);
+    }
+    op->cb(op); /* (may free op, once more is false) */
+}
+
+/* Start again the receives that ran out of buffers, now that there are some. */
+static void restart_starved(uring_backend *u)
+{
+    while (u->pb.starved && u->pb.avail > 0) {
+        io_op *op = u->pb.starved;
+        u->pb.starved = op->next;
+        if (submit_op(u, op) != 0) { /* no room in the ring now: next turn */
+            op->next = u->pb.starved;
+            u->pb.starved = op;
+            break;
+        }
+    }
 }
 
 static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
@@ -157,7 +402,7 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
     if (ud == UD_IGNORE)
         return;
     if (ud & UD_OP) {
-        complete_op(u, (io_op *)(uintptr_t)(ud & ~UD_OP), cqe->res);
+        complete_op(u, (io_op *)(uintptr_t)(ud & ~UD_OP), cqe);
         return;
     }
     int fd = (int)((ud >> 1) & 0x7fffffff), dir = (int)(ud & 1);
@@ -192,6 +437,10 @@ static int uring_poll(backend *b, int timeout_ms)
     uring_backend *u = (uring_backend *)b;
     struct io_uring_cqe *cqe;
     int rc;
+    if (u->pb.br) {
+        pbuf_publish(&u->pb); /* the buffers given back this turn */
+        restart_starved(u);
+    }
     if (timeout_ms == 0) {
         /* Not a plain submit: with DEFER_TASKRUN, completions are only posted when we ask
          * for events, and a busy loop (always something runnable) would never see them. */
@@ -221,11 +470,23 @@ static int uring_poll(backend *b, int timeout_ms)
 static int uring_submit(backend *b, io_op *op)
 {
     uring_backend *u = (uring_backend *)b;
+    if (op->kind == IO_OP_RECV_MULTI && pbuf_init(u) != 0)
+        return -1;
+    return submit_op(u, op);
+}
+
+static int submit_op(uring_backend *u, io_op *op)
+{
     ufd *f = ufd_get(u, op->fd);
     struct io_uring_sqe *sqe = f ? get_sqe(u) : NULL;
     if (!sqe)
         return -1;
     switch (op->kind) {
+    case IO_OP_RECV_MULTI:
+        io_uring_prep_recv_multishot(sqe, op->fd, NULL, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = PBUF_BGID;
+        break;
     case IO_OP_RECV:
         io_uring_prep_recv(sqe, op->fd, op->buf, op->len, 0);
         break;
@@ -248,6 +509,8 @@ static int uring_submit(backend *b, io_op *op)
     }
     io_uring_sqe_set_data64(sqe, UD_OP | (uint64_t)(uintptr_t)op);
     f->ops++;
+    u->inflight++;
+    u->multishots += op->kind == IO_OP_RECV_MULTI;
     return 0;
 }
 
@@ -282,16 +545,31 @@ static void uring_forget(backend *b, int fd)
     }
     f->gen++;
     f->w = NULL;
+    /* A receive waiting for buffers must not start on whatever takes the number next. */
+    for (io_op **p = &u->pb.starved; *p;) {
+        io_op *op = *p;
+        if (op->fd != fd) {
+            p = &op->next;
+            continue;
+        }
+        *p = op->next;
+        op->res = -ECANCELED;
+        op->more = false;
+        op->cb(op);
+    }
 }
 
 static const backend_ops uring_ops = {
     .name = "uring",
     .free = uring_free,
+    .abandon = uring_abandon,
     .watch = uring_watch,
     .forget = uring_forget,
     .poll = uring_poll,
     .submit = uring_submit,
     .cancel = uring_cancel,
+    .pbuf = uring_pbuf,
+    .pbuf_put = uring_pbuf_put,
     .edges_show_urgent = false,
     .latches_input = true,
 };
@@ -319,6 +597,9 @@ backend *uring_backend_new(void)
     }
     RING_MAPPED();
     u->base.ops = &uring_ops;
+    /* Now, with the ring: its memory is the loop's fixed cost. Without it (an old kernel),
+     * receives use readiness, as on epoll. */
+    u->base.multishot_rx = pbuf_init(u) == 0;
     return &u->base;
 }
 

@@ -5,6 +5,7 @@
  * stay inside the channel (ref_enter/ref_leave): whoever is inside when it is closed wakes
  * with EBADF, and the last one out frees it. */
 #include "chan.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -54,6 +55,8 @@ weft_chan *chan_new(transport *t, const char *peer, bool line_buffered)
 }
 
 static int flush_dl(weft_chan *c, lazy_deadline *dl);
+static int send_held(weft_chan *c, lazy_deadline *dl);
+static int await_arrived(weft_chan *c, lazy_deadline *dl);
 
 /* A buffer of cap bytes: a new one (pooled if BUF_SIZE) when p is NULL, else p grown. */
 static char *grow_buf(char *p, size_t cap)
@@ -64,16 +67,55 @@ static char *grow_buf(char *p, size_t cap)
     return b;
 }
 
+/* Let go of the read buffer: to the pool, or back to the transport that lent it. */
+static void rbuf_drop(weft_chan *c)
+{
+    if (c->adopted)
+        c->t->ops->release(c->t, c->rtoken);
+    else if (c->rbuf) {
+        c->rwant = c->rcap > UINT32_MAX ? UINT32_MAX : (uint32_t)c->rcap;
+        buf_give(c->rbuf, c->rcap);
+    }
+    c->adopted = false;
+    c->rbuf = NULL;
+    c->rcap = c->rstart = c->rend = c->rscan = 0;
+}
+
+/* A read buffer of our own with room for cap bytes, keeping what it holds (a lent one is
+ * copied out and given back: it cannot grow). -1/ENOMEM. */
+static int rbuf_grow(weft_chan *c, size_t cap)
+{
+    if (!c->adopted) {
+        char *p = grow_buf(c->rbuf, cap);
+        if (!p)
+            return -1;
+        c->rbuf = p;
+        c->rcap = cap;
+        return 0;
+    }
+    char *p = cap == BUF_SIZE ? buf_take() : malloc(cap);
+    if (!p) {
+        errno = ENOMEM;
+        return -1;
+    }
+    size_t have = c->rend - c->rstart; /* (only what is unread: the slice may be shared) */
+    memcpy(p, c->rbuf + c->rstart, have);
+    c->t->ops->release(c->t, c->rtoken);
+    c->adopted = false;
+    c->rscan -= c->rstart;
+    c->rstart = 0;
+    c->rend = have;
+    c->rbuf = p;
+    c->rcap = cap;
+    return 0;
+}
+
 /* Waiting for input with nothing buffered either way: give both buffers back, so an idle
  * connection holds none. Never while a write is in progress (wlen > wstart). */
 static void chan_go_idle(weft_chan *c)
 {
-    if (c->rbuf && c->rstart == c->rend) {
-        c->rwant = c->rcap > UINT32_MAX ? UINT32_MAX : (uint32_t)c->rcap;
-        buf_give(c->rbuf, c->rcap);
-        c->rbuf = NULL;
-        c->rcap = c->rstart = c->rend = c->rscan = 0;
-    }
+    if (c->rbuf && c->rstart == c->rend)
+        rbuf_drop(c);
     if (c->wbuf && c->wlen == c->wstart) {
         buf_give(c->wbuf, c->wcap);
         c->wbuf = NULL;
@@ -84,7 +126,7 @@ static void chan_go_idle(weft_chan *c)
 static void chan_free(weft_chan *c)
 {
     chan_unhold(c);
-    buf_give(c->rbuf, c->rcap);
+    rbuf_drop(c);
     buf_give(c->wbuf, c->wcap);
     c->t->ops->free(c->t);
     free(c);
@@ -181,6 +223,7 @@ int weft_chan_set_timeouts(weft_chan *c, int64_t read_ms, int64_t write_ms)
 
 /* What read_some found. */
 enum rd {
+    RD_NOADOPT, /* (adopt_some) the transport cannot lend its buffer now: read with recv */
     RD_DATA,  /* *got bytes */
     RD_EOF,   /* end of file */
     RD_FAIL,  /* -1 with errno (EBADF: c may be gone) */
@@ -193,7 +236,7 @@ enum rd {
 static int before_read(weft_chan *c)
 {
     if (c->holder && c->holder == weft_self() &&
-        flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout)) != 0 && errno == EBADF)
+        send_held(c, &(lazy_deadline)LAZY(c->write_timeout)) != 0 && errno == EBADF)
         return -1;
     return chan_spend(c);
 }
@@ -217,6 +260,13 @@ static enum rd read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, b
             if (r == 0) {
                 c->eof = true;
                 return RD_EOF;
+            }
+            if (errno == EINPROGRESS) {
+                if (await_arrived(c, dl) != 0)
+                    return RD_FAIL;
+                if (in_rbuf)
+                    return RD_MOVED;
+                continue;
             }
             if (errno != EAGAIN && errno != EWOULDBLOCK)
                 return RD_FAIL;
@@ -243,7 +293,17 @@ static enum rd read_some(weft_chan *c, char *dst, size_t n, lazy_deadline *dl, b
 void chan_stop_input(weft_chan *c)
 {
     c->input_stopped = true;
+    if (c->t->ops->stop_input)
+        c->t->ops->stop_input(c->t);
     c->t->ops->wake_reader(c->t, ECANCELED);
+}
+
+/* With input stopped, the transport says input that had arrived is still on its way up:
+ * wait for it (not cancellable by the stop itself). 0 to try again, -1 on error. */
+static int await_arrived(weft_chan *c, lazy_deadline *dl)
+{
+    int rc = chan_wait_input(c, dl);
+    return rc != 0 && errno == ECANCELED && c->input_stopped ? 0 : rc;
 }
 
 /* Make room for at least one more byte after rend: slide unread bytes to the front, grow up
@@ -252,6 +312,9 @@ static int rbuf_room(weft_chan *c, size_t limit)
 {
     if (c->rend < c->rcap)
         return 0;
+    if (c->adopted) /* a lent slice: what is left of it (a partial line) is copied out */
+        return rbuf_grow(c, c->rend - c->rstart < RBUF_INITIAL ? RBUF_INITIAL
+                                                                : (c->rend - c->rstart) * 2);
     if (c->rstart > 0) {
         size_t have = c->rend - c->rstart;
         memmove(c->rbuf, c->rbuf + c->rstart, have);
@@ -267,12 +330,54 @@ static int rbuf_room(weft_chan *c, size_t limit)
     size_t cap = c->rcap ? c->rcap * 2 : c->rwant > RBUF_INITIAL ? c->rwant : RBUF_INITIAL;
     if (cap > limit)
         cap = limit;
-    char *p = grow_buf(c->rbuf, cap);
-    if (!p)
-        return -1;
-    c->rbuf = p;
-    c->rcap = cap;
-    return 0;
+    return rbuf_grow(c, cap);
+}
+
+/* Nothing is buffered: take the transport's next received bytes as the read buffer, without
+ * a copy, waiting as needed (as read_some). */
+static enum rd adopt_some(weft_chan *c, lazy_deadline *dl)
+{
+    transport *t = c->t;
+    for (;;) {
+        { /* (adopt itself knows whether anything came: no hint is asked, or spent) */
+            char *base;
+            size_t start, cap;
+            unsigned token;
+            ssize_t r = t->ops->adopt(t, &base, &start, &cap, &token);
+            if (r > 0) {
+                rbuf_drop(c);
+                c->rbuf = base;
+                c->rcap = cap;
+                c->rstart = c->rscan = start;
+                c->rend = start + (size_t)r;
+                c->adopted = true;
+                c->rtoken = token;
+                return RD_DATA;
+            }
+            if (r == 0) {
+                c->eof = true;
+                return RD_EOF;
+            }
+            if (errno == ENOTSUP)
+                return RD_NOADOPT;
+            if (errno == EINPROGRESS) {
+                if (await_arrived(c, dl) != 0)
+                    return RD_FAIL;
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                return RD_FAIL;
+        }
+        if (c->input_stopped) {
+            errno = ECANCELED;
+            return RD_FAIL;
+        }
+        chan_go_idle(c);
+        if (chan_wait_input(c, dl) != 0 && (errno != ECANCELED || !c->input_stopped))
+            return RD_FAIL;
+        if (chan_spend(c) != 0)
+            return RD_FAIL;
+    }
 }
 
 /* Read more input into rbuf (the line limit bounds its size): > 0 bytes, 0 at end of file,
@@ -280,7 +385,21 @@ static int rbuf_room(weft_chan *c, size_t limit)
 static ssize_t fill(weft_chan *c, lazy_deadline *dl)
 {
     for (;;) {
-        if (before_read(c) != 0 || rbuf_room(c, c->maxline + 1) != 0)
+        if (before_read(c) != 0)
+            return -1;
+        if (c->rstart == c->rend && c->t->ops->adopt) {
+            switch (adopt_some(c, dl)) {
+            case RD_DATA:
+                return (ssize_t)(c->rend - c->rstart);
+            case RD_EOF:
+                return 0;
+            case RD_NOADOPT:
+                break; /* a copy, then */
+            default:
+                return -1;
+            }
+        }
+        if (rbuf_room(c, c->maxline + 1) != 0)
             return -1;
         size_t got;
         switch (read_some(c, c->rbuf + c->rend, c->rcap - c->rend, dl, true, &got)) {
@@ -292,6 +411,7 @@ static ssize_t fill(weft_chan *c, lazy_deadline *dl)
         case RD_FAIL:
             return -1;
         case RD_MOVED:
+        case RD_NOADOPT:
             break;
         }
     }
@@ -410,11 +530,8 @@ static int unread(weft_chan *c, const char *p, size_t n)
             size_t cap = c->rcap ? c->rcap : RBUF_INITIAL;
             while (cap < have + n)
                 cap *= 2;
-            char *b = grow_buf(c->rbuf, cap);
-            if (!b)
+            if (rbuf_grow(c, cap) != 0)
                 return -1;
-            c->rbuf = b;
-            c->rcap = cap;
         }
         memmove(c->rbuf + n, c->rbuf + c->rstart, have);
         c->rstart = n;
@@ -512,30 +629,63 @@ static void turn_give(weft_chan *c)
 static int drain(weft_chan *c, lazy_deadline *dl)
 {
     transport *t = c->t;
-    while (t->queued > 0 && !t->err)
+    while (transport_queued(t) > 0 && !transport_err(t))
         if (chan_wait_output(c, dl) != 0)
             return -1; /* (EBADF: closed meanwhile; c stays until turn_give) */
-    if (t->err) {
-        errno = t->err;
+    if (transport_err(t)) {
+        errno = transport_err(t);
         return -1;
     }
     return 0;
 }
 
-/* With the turn: send everything buffered, waiting as needed. */
-static int flush_turn(weft_chan *c, lazy_deadline *dl)
+/* With the turn: wait while more than the write limit waits in the transport. */
+static int wait_room(weft_chan *c, lazy_deadline *dl)
+{
+    transport *t = c->t;
+    while (transport_queued(t) > c->wmax && !transport_err(t))
+        if (chan_wait_output(c, dl) != 0)
+            return -1;
+    if (transport_err(t)) {
+        errno = transport_err(t);
+        return -1;
+    }
+    return 0;
+}
+
+/* With the turn: hand everything buffered to the transport, which sends it now or as the
+ * peer reads (from the loop); wait only while more than the write limit is queued. What a
+ * line (or no) buffering mode does after a write. */
+static int send_turn(weft_chan *c, lazy_deadline *dl)
 {
     chan_unhold(c);
     if (c->wlen > c->wstart && (chan_spend(c) != 0 || chan_give_output(c) != 0))
         return -1;
-    return drain(c, dl);
+    /* Outside a coroutine no loop runs to send what is queued: a blocking write completes. */
+    return weft_self() ? wait_room(c, dl) : drain(c, dl);
+}
+
+/* With the turn: send everything buffered, and wait until the transport has sent it all. */
+static int flush_turn(weft_chan *c, lazy_deadline *dl)
+{
+    return send_turn(c, dl) != 0 ? -1 : drain(c, dl);
+}
+
+/* Before a read: hand our held replies to the transport (waiting only above the limit). */
+static int send_held(weft_chan *c, lazy_deadline *dl)
+{
+    if (turn_take(c, dl) != 0)
+        return -1;
+    int rc = send_turn(c, dl);
+    turn_give(c);
+    return rc;
 }
 
 /* Send everything buffered, after any writer now inside a send (its bytes came first). */
 static int flush_dl(weft_chan *c, lazy_deadline *dl)
 {
     chan_unhold(c);
-    if (c->wstart == c->wlen && !c->sending && !c->t->queued) {
+    if (c->wstart == c->wlen && !c->sending && !transport_queued(c->t)) {
         c->wstart = c->wlen = 0;
         return 0;
     }
@@ -597,10 +747,28 @@ static int hold_output(weft_chan *c, lazy_deadline *dl)
 {
     weft_co *co = weft_self();
     if (c->holder && c->holder != co)
-        return flush_turn(c, dl); /* another coroutine's hold: no sharing, send it all */
+        return send_turn(c, dl); /* another coroutine's hold: no sharing, send it all */
     /* (write_begin gave away any other channel this coroutine held.) */
     co->held_output = c;
     c->holder = co;
+    return 0;
+}
+
+/* Room for k more bytes in the write buffer (wlen + k <= wmax). -1/ENOMEM. */
+static int wbuf_reserve(weft_chan *c, size_t k)
+{
+    if (c->wlen + k <= c->wcap)
+        return 0;
+    size_t cap = c->wcap ? c->wcap : WBUF_INITIAL;
+    while (cap < c->wlen + k)
+        cap *= 2;
+    if (cap > c->wmax)
+        cap = c->wmax;
+    char *b = grow_buf(c->wbuf, cap);
+    if (!b)
+        return -1;
+    c->wbuf = b;
+    c->wcap = cap;
     return 0;
 }
 
@@ -614,24 +782,14 @@ static int put(weft_chan *c, const char *p, size_t n, lazy_deadline *dl)
             return drain(c, dl) != 0 ? -1 : send_direct(c, &iov, 1, dl);
         }
         if (c->wlen >= c->wmax) {
-            if (flush_turn(c, dl) != 0)
+            if (send_turn(c, dl) != 0)
                 return -1;
             continue; /* empty now: a large remainder may go straight out */
         }
         size_t room = c->wmax - c->wlen;
         size_t k = n < room ? n : room;
-        if (c->wlen + k > c->wcap) {
-            size_t cap = c->wcap ? c->wcap : WBUF_INITIAL;
-            while (cap < c->wlen + k)
-                cap *= 2;
-            if (cap > c->wmax)
-                cap = c->wmax;
-            char *b = grow_buf(c->wbuf, cap);
-            if (!b)
-                return -1;
-            c->wbuf = b;
-            c->wcap = cap;
-        }
+        if (wbuf_reserve(c, k) != 0)
+            return -1;
         memcpy(c->wbuf + c->wlen, p, k);
         c->wlen += k;
         p += k;
@@ -646,7 +804,7 @@ static int settle(weft_chan *c, bool has_newline, lazy_deadline *dl)
     if (c->buffering == WEFT_BUF_LINE && has_newline && weft_self() && input_line_buffered(c))
         return hold_output(c, dl);
     if (c->buffering == WEFT_BUF_NONE || (c->buffering == WEFT_BUF_LINE && has_newline))
-        return flush_turn(c, dl);
+        return send_turn(c, dl);
     return 0;
 }
 
@@ -655,14 +813,22 @@ static int settle(weft_chan *c, bool has_newline, lazy_deadline *dl)
  * be gone). */
 static int write_begin(weft_chan *c, lazy_deadline *dl)
 {
-    if (c->t->err) {
-        errno = c->t->err;
+    int err = transport_err(c->t);
+    if (err) {
+        errno = err;
         return -1;
     }
     weft_co *co = weft_self();
     if (co && co->held_output && co->held_output != c)
         chan_release_held(co); /* to its transport, without waiting */
-    return turn_take(c, dl);
+    if (turn_take(c, dl) != 0)
+        return -1;
+    if ((err = transport_err(c->t))) { /* the peer vanished while we waited for the turn */
+        turn_give(c);
+        errno = err;
+        return -1;
+    }
+    return 0;
 }
 
 ssize_t weft_write(weft_chan *c, const void *buf, size_t n)
@@ -687,7 +853,7 @@ static int putln_direct(weft_chan *c, const char *line, size_t n, lazy_deadline 
 {
     transport *t = c->t;
     size_t sent = 0;
-    if (!t->queued) {
+    if (!transport_queued(t)) {
         struct iovec iov[2] = {{(void *)line, n}, {"\n", 1}};
         ssize_t w = t->ops->send(t, iov, 2);
         /* On an error nothing went: the flush below meets it again and reports it as any
@@ -700,7 +866,7 @@ static int putln_direct(weft_chan *c, const char *line, size_t n, lazy_deadline 
         return -1;
     if (put(c, "\n", 1, dl) != 0)
         return -1;
-    return flush_turn(c, dl);
+    return send_turn(c, dl);
 }
 
 /* With the turn: the body of weft_putln. */
@@ -774,10 +940,75 @@ int weft_printf(weft_chan *c, const char *fmt, ...)
     return n;
 }
 
+/* With the turn: the file's bytes read into the write buffer, which goes to the transport
+ * each time it fills (TLS, or a file the kernel cannot send from). */
+static ssize_t copy_file(weft_chan *c, int fd, off_t *off, size_t count, lazy_deadline *dl)
+{
+    size_t sent = 0;
+    while (sent < count) {
+        if (c->wlen >= c->wmax && send_turn(c, dl) != 0)
+            return -1;
+        size_t room = c->wmax - c->wlen, want = count - sent;
+        size_t k = want < room ? want : room;
+        if (wbuf_reserve(c, k) != 0)
+            return -1;
+        ssize_t r = sys_file_read(fd, c->wbuf + c->wlen, k, off);
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break; /* the file's end */
+        c->wlen += (size_t)r;
+        sent += (size_t)r;
+    }
+    return send_turn(c, dl) != 0 ? -1 : (ssize_t)sent;
+}
+
+/* With the turn, nothing buffered or queued: the kernel sends from the file. */
+static ssize_t send_file(weft_chan *c, int fd, off_t *off, size_t count, lazy_deadline *dl)
+{
+    transport *t = c->t;
+    size_t sent = 0;
+    while (sent < count) {
+        if (chan_spend(c) != 0)
+            return -1;
+        size_t want = count - sent;
+        ssize_t w = t->ops->sendfile(t, fd, off, want < (1u << 30) ? want : (1u << 30));
+        if (w > 0) {
+            sent += (size_t)w;
+        } else if (w == 0) {
+            break; /* the file's end */
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (chan_wait_output(c, dl) != 0)
+                return -1;
+        } else if (errno == ENOTSUP && sent == 0) {
+            ssize_t r = copy_file(c, fd, off, count, dl);
+            return r;
+        } else {
+            return -1;
+        }
+    }
+    return (ssize_t)sent;
+}
+
+ssize_t weft_sendfile(weft_chan *c, int fd, off_t *offset, size_t count)
+{
+    lazy_deadline dl = LAZY(c->write_timeout);
+    if (write_begin(c, &dl) != 0)
+        return -1;
+    ssize_t r;
+    if (c->t->ops->sendfile)
+        r = flush_turn(c, &dl) != 0 ? -1 : send_file(c, fd, offset, count, &dl);
+    else
+        r = copy_file(c, fd, offset, count, &dl);
+    turn_give(c);
+    return r;
+}
+
 int weft_flush(weft_chan *c)
 {
-    if (c->t->err) {
-        errno = c->t->err;
+    int err = transport_err(c->t);
+    if (err) {
+        errno = err;
         return -1;
     }
     return flush_dl(c, &(lazy_deadline)LAZY(c->write_timeout));
@@ -788,9 +1019,75 @@ int weft_shutdown(weft_chan *c)
     lazy_deadline dl = LAZY(c->write_timeout);
     if (write_begin(c, &dl) != 0)
         return -1;
+    transport *t = c->t;
     int rc = flush_turn(c, &dl);
+    if (rc == 0 && t->ops->finish && (rc = t->ops->finish(t)) == 0)
+        rc = drain(c, &dl);
     if (rc == 0)
-        rc = c->t->ops->shutdown(c->t);
+        rc = t->ops->shutdown(t);
+    turn_give(c);
+    return rc;
+}
+
+/* ---- Layering ---- */
+
+transport *chan_transport(const weft_chan *c)
+{
+    return c->t;
+}
+
+int chan_wait_transport(weft_chan *c, int events, int64_t deadline)
+{
+    ref_enter(&c->ref);
+    transport *t = c->t;
+    int rc = events == WEFT_READABLE ? t->ops->wait_input(t, deadline)
+                                     : t->ops->wait_output(t, deadline);
+    return chan_leave(c, rc);
+}
+
+int chan_push_transport(weft_chan *c, transport *upper, int64_t deadline)
+{
+    lazy_deadline dl = {&c->write_timeout, deadline};
+    int rc = write_begin(c, &dl);
+    if (rc == 0) {
+        rc = flush_turn(c, &dl);
+        size_t have = c->rend - c->rstart;
+        if (rc == 0 && have > 0) { /* the peer's first bytes of the new layer came early */
+            rc = upper->ops->preload(upper, c->rbuf + c->rstart, have);
+            if (rc == 0)
+                c->rstart = c->rend = c->rscan = 0;
+        }
+        if (rc == 0) {
+            WEFT_ASSERT(upper->below == c->t);
+            c->t = upper;
+        }
+        turn_give(c); /* (EBADF: c may be gone) */
+    }
+    if (rc != 0) {
+        int err = errno;
+        upper->below = NULL; /* (still the channel's, if the channel still is) */
+        upper->ops->free(upper);
+        errno = err;
+    }
+    return rc;
+}
+
+/* ---- Closing ---- */
+
+/* Flush, and let the transport end its stream (TLS's close_notify), within the write
+ * timeout. 0, or -1 with errno (EBADF: c is gone). */
+static int close_flush(weft_chan *c)
+{
+    lazy_deadline dl = LAZY(c->write_timeout);
+    if (turn_take(c, &dl) != 0)
+        return -1;
+    transport *t = c->t;
+    int rc = flush_turn(c, &dl);
+    if (rc == 0 && t->ops->finish) {
+        rc = t->ops->finish(t);
+        if (rc == 0)
+            rc = drain(c, &dl);
+    }
     turn_give(c);
     return rc;
 }
@@ -802,12 +1099,15 @@ int weft_close(weft_chan *c)
     if (c->sending) {
         /* Another coroutine is inside a write on c, parked (for room, or on another channel
          * while it holds c's turn): waiting for it could take forever, so its write ends now
-         * with EBADF and what is still buffered or queued is dropped. */
-        size_t dropped = (c->wlen - c->wstart) + t->ops->drop(t);
+         * with EBADF and what it had not sent yet (buffered, queued, or still in its own
+         * memory for a direct send) is dropped. */
+        t->ops->drop(t);
         c->wstart = c->wlen = 0;
-        if (dropped && !t->err)
-            err = EBUSY;
-    } else if ((c->wlen > c->wstart || t->queued) && !t->err && weft_flush(c) != 0) {
+        err = transport_err(t) ? transport_err(t) : EBUSY;
+    } else if (transport_err(t) && (c->wlen > c->wstart || transport_queued(t))) {
+        err = transport_err(t); /* output the vanished peer will never get */
+    } else if ((c->wlen > c->wstart || transport_queued(t) || t->ops->finish) &&
+               !transport_err(t) && close_flush(c) != 0) {
         if (errno == EBADF)
             return -1; /* closed by someone else while we flushed: c is gone */
         err = errno;

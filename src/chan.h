@@ -15,9 +15,11 @@ struct weft_chan {
     bool skipping;     /* discarding the rest of an over-long line */
     bool input_stopped; /* reads take what has arrived but no longer wait (shutdown) */
     bool sending;      /* a writer holds the turn (see chan.c: turns) */
+    bool adopted;      /* rbuf is the transport's buffer (rtoken names it), not ours */
     uint8_t buffering; /* a weft_buffering, narrowed to keep the hot fields in two lines */
     ref ref;           /* coroutines inside a call on this channel; closed under them */
     uint32_t rwant;    /* capacity the read buffer last had (saturated): where a new one starts */
+    unsigned rtoken;   /* (adopted) the transport's name for rbuf */
     weft_co *holder;   /* coroutine holding back this channel's line output, if any */
     size_t maxline;
     char *rbuf;

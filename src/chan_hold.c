@@ -23,7 +23,7 @@ int chan_give_output(weft_chan *c)
         return 0;
     transport *t = c->t;
     int r = t->ops->give(t, c->wbuf, c->wcap, c->wstart, c->wlen - c->wstart);
-    if (r < 0 && !t->err)
+    if (r < 0 && !transport_err(t))
         return -1; /* ENOMEM: the bytes stay for the next try */
     if (r == 1) { /* the transport owns the buffer now: the next write takes another */
         c->wbuf = NULL;

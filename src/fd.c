@@ -237,6 +237,13 @@ int fd_wait(int fd, int events, int64_t deadline)
     return slot_park(slot, events, deadline);
 }
 
+int fd_park(int fd, int events, int64_t deadline)
+{
+    sched *s = sched_peek();
+    fd_slot *slot = slot_get(s, fd);
+    return slot ? slot_park(slot, events, deadline) : -1;
+}
+
 void fd_cancel_wait(int fd, int events, int err)
 {
     sched *s = sched_peek();

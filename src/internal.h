@@ -161,27 +161,38 @@ struct io_watcher {
     const void *hint;   /* what cb will touch first (a waiting coroutine), fetched ahead */
 };
 
-enum io_op_kind { IO_OP_RECV, IO_OP_SEND, IO_OP_READ, IO_OP_WRITE, IO_OP_ACCEPT, IO_OP_CONNECT };
+enum io_op_kind {
+    IO_OP_RECV, IO_OP_SEND, IO_OP_READ, IO_OP_WRITE, IO_OP_ACCEPT, IO_OP_CONNECT,
+    IO_OP_RECV_MULTI, /* receive whenever data comes, into buffers the backend provides */
+};
 
 /* An operation the backend performs itself (io_uring). */
 typedef struct io_op io_op;
 struct io_op {
-    /* Callback, from backend_poll, once: the operation is done and res holds the system
-     * call's result (or -errno). */
+    /* Callback, from backend_poll: the operation is done and res holds the system call's
+     * result (or -errno). A multishot receive calls back once per arrival, each with a
+     * provided buffer (bid) while res > 0, and is over when more is false. */
     void (*cb)(io_op *op);
     int res;
     uint8_t kind;        /* enum io_op_kind (kind and fd read by tools/weft-gdb.py) */
+    bool more;           /* (multishot) more completions will come */
+    uint16_t bid;        /* (multishot, res > 0) the provided buffer holding the data */
     int fd;
-    void *buf;           /* recv/read into, send/write from; accept/connect: the address */
+    void *buf;           /* recv/read into, send/write from; accept/connect: the address;
+                            (multishot) where each arrival's bytes are */
     unsigned len;        /* bytes; connect: the address length */
     unsigned *addrlen;   /* accept: in/out */
     void *data;          /* the callback's own */
+    io_op *next;         /* the backend's: ops waiting for provided buffers */
 };
 
 typedef struct backend backend;
 typedef struct backend_ops {
     const char *name;    /* (read by tools/weft-gdb.py) */
     void (*free)(backend *b);
+    /* Free b in a forked child, where its kernel objects are the parent's too: release only
+     * this process's mappings and descriptors, asking nothing of the kernel's instance. */
+    void (*abandon)(backend *b);
     /* Report w->fd's events to w->cb from now on: input (IO_IN, IO_PRI, IO_HUP) as long as it
      * is watched, output (IO_OUT) at least once after this call if events has IO_OUT. The
      * watcher must stay where it is until forget. Called at each wait (cheap once armed).
@@ -196,6 +207,12 @@ typedef struct backend_ops {
     int (*submit)(backend *b, io_op *op);
     /* Ask the kernel to cancel op; its completion still comes. */
     void (*cancel)(backend *b, io_op *op);
+    /* Optional, with multishot receives: each arrival's bytes are a slice of provided buffer
+     * op->bid, at op->buf; pbuf_put gives a slice back once consumed (a buffer may hold
+     * several connections' slices). A multishot receive that ran out of buffers is started
+     * again by the backend when some come back (its callback is not told). */
+    char *(*pbuf)(backend *b, uint16_t bid);
+    void (*pbuf_put)(backend *b, uint16_t bid);
     /* Edges show urgent data apart (IO_PRI): a short TCP read then means drained. */
     bool edges_show_urgent;
     /* An arrival reported while nobody waits may come before the failed call it answers:
@@ -206,6 +223,8 @@ typedef struct backend_ops {
 /* Every backend starts with this. */
 struct backend {
     const backend_ops *ops;
+    bool multishot_rx; /* multishot receives into provided buffers work here (io_uring, with
+                          its buffer ring set up): transports receive that way */
 };
 
 /* A backend chosen by name ("epoll", "uring", "auto", or NULL for $WEFT_BACKEND), with a
@@ -352,6 +371,8 @@ struct sched {
     weft_co *all;          /* [gdb] those coroutines, linked through all_next */
     size_t io_waiting;     /* [gdb] parked on a descriptor or operation: the backend may wake them */
     uint64_t events;       /* [gdb] events and completions dispatched (fd.c, inbox.c) */
+    size_t io_owned;       /* operations and provided buffers transports hold on the backend:
+                            * while any, the scheduler (and its backend) is not released */
     bool stop;
     int loop_depth;        /* nested weft_run/join-from-outside loops */
     const void *main_stack_lo; /* for AddressSanitizer's fiber switch */
@@ -388,6 +409,9 @@ void sched_wake(weft_co *co, int err);
 /* Outside any coroutine: run this thread's loop until *flag is set (0) or the deadline
  * passes (-1/ETIMEDOUT; EDEADLK if nothing can ever set it). */
 int sched_drive(const bool *flag, int64_t deadline);
+/* sched_drive for a flag the backend sets (an operation's completion): no deadlock while the
+ * operation is in flight, and the scheduler may be gone once it returns. */
+int sched_drive_io(const bool *flag, int64_t deadline);
 /* Count one I/O call of the running coroutine; after IO_BUDGET calls that all found data or
  * room without waiting, yield, so a client whose input never runs dry cannot starve the
  * others. A no-op outside coroutines. */
@@ -525,6 +549,10 @@ void rwait_end(rwait *r);
 /* Wait for fd: parks inside a coroutine, poll()s outside one. ETIMEDOUT, ECANCELED, EBUSY
  * (another coroutine waits for the same direction), EBADF (closed meanwhile). */
 int fd_wait(int fd, int events, int64_t deadline);
+/* In a coroutine: park in fd's slot (as fd_wait) without asking the backend to watch fd:
+ * for a wait that an operation's completion ends (its callback wakes the slot with
+ * fd_cancel_wait). */
+int fd_park(int fd, int events, int64_t deadline);
 /* Wake the coroutine waiting on fd for events (one WEFT_ flag), if any, with err. */
 void fd_cancel_wait(int fd, int events, int err);
 /* Before a read of fd: whether input may have come since the last call. False only when fd
@@ -572,6 +600,21 @@ weft_chan *chan_new(transport *t, const char *peer, bool line_buffered);
  * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
  * parked now wakes, takes what has arrived, else fails with ECANCELED. Writes go on. */
 void chan_stop_input(weft_chan *c);
+/* Layer transport upper over c's (upper->below is c's transport; c owns upper from now on):
+ * what c has buffered for output goes first (waiting as needed, until deadline), and input
+ * c has buffered but not handed out is upper's to read first (its preload). 0, or -1 with
+ * errno (ETIMEDOUT, EBADF: then c may be gone and upper is freed; ENOMEM). */
+int chan_push_transport(weft_chan *c, transport *upper, int64_t deadline);
+/* Wait, as a stay inside c, until c's transport may have input (WEFT_READABLE) or may take
+ * output (WEFT_WRITABLE), or the deadline. 0, or -1: ETIMEDOUT, ECANCELED, EBADF (then c may
+ * be gone). For a layered transport's handshake. */
+int chan_wait_transport(weft_chan *c, int events, int64_t deadline);
+/* The transport under c. */
+transport *chan_transport(const weft_chan *c);
+
+/* ---- TLS (tls.c) ---- */
+/* Count one more user of ctx (weft_tls_free releases it); ctx may be NULL. */
+weft_tls *tls_ref(weft_tls *ctx);
 
 /* ---- Offload (offload.c) ---- */
 /* weft_offload with a deadline (-1: none; ETIMEDOUT), plus drop(arg, result): when the call

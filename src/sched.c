@@ -183,8 +183,9 @@ backend *sched_backend(void)
  * epoll fd, pooled stack or heap. A later call simply makes a new one. */
 static void sched_release_if_idle(sched *s)
 {
-    if (s->live || s->loop_depth || s->current || s->external_waits)
-        return; /* (a wake-up from another thread may be on its way to the inbox) */
+    if (s->live || s->loop_depth || s->current || s->external_waits || s->io_owned)
+        return; /* (a wake-up from another thread may be on its way to the inbox; a transport
+                 * may hold the backend's buffers or have an operation in flight) */
     pthread_setspecific(exit_key, NULL);
     backend_free(s->be);
     if (s->in.fd >= 0)
@@ -594,8 +595,9 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
         errno = EDEADLK; /* everyone is parked on something no event can end */
         return -1;
     }
-    /* With work queued and nothing that only the kernel can report, skip the system call. */
-    bool quiet = timeout == 0 && !s->io_waiting && !s->external_waits;
+    /* With work queued and nothing that only the kernel can report or carry out (output a
+     * transport queued, operations it started), skip the system call. */
+    bool quiet = timeout == 0 && !s->io_waiting && !s->external_waits && !s->io_owned;
     if (timeout != 0 && !s->requests_watched)
         requests_watch(s); /* so that a signal's request ends the sleep */
     if (!quiet && backend_poll(s->be, timeout) != 0)
@@ -771,6 +773,18 @@ int sched_drive(const bool *flag, int64_t deadline)
     return *flag ? 0 : rc;
 }
 
+int sched_drive_io(const bool *flag, int64_t deadline)
+{
+    sched *s = sched_get();
+    if (!s)
+        return -1;
+    s->io_waiting++; /* the backend may end this wait: not a deadlock */
+    int rc = drive_until(s, flag, NULL, deadline);
+    s->io_waiting--;
+    sched_release_if_idle(s);
+    return *flag ? 0 : rc;
+}
+
 /* ---- Thread exit ----
  * A thread that ends while coroutines of its scheduler are parked would leave the scheduler
  * (backend descriptors, ring, stacks) behind for good. So at its exit they are cancelled and
@@ -801,6 +815,7 @@ static void at_thread_exit(void *p)
         return;
     while (s->all)
         co_drop(s, s->all);
+    s->io_owned = 0; /* (the backend's end cancels what transports still have in flight) */
     sched_release_if_idle(s);
 }
 
@@ -843,6 +858,7 @@ static void after_fork_child(void)
     s->timers.len = 0; /* the orphans' timers go; they are never looked at again */
     s->external_waits = 0; /* the threads those waits were for do not exist here */
     s->io_waiting = 0;
+    s->io_owned = 0; /* (the parent's ring, buffers and operations are not ours) */
     s->in.list = NULL;
     pthread_mutex_init(&s->in.mu, NULL);
     if (s->in.fd >= 0)
@@ -850,7 +866,7 @@ static void after_fork_child(void)
     s->in.fd = -1;
     s->stop = false;
     s->requests_watched = false; /* (by the old backend) */
-    backend_free(s->be);
+    s->be->ops->abandon(s->be);
     if (make_backend(s) != 0) {
         static const char msg[] = "weft: no event backend in a forked child\n";
         ssize_t w = sys_write(STDERR_FILENO, msg, sizeof msg - 1);

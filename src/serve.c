@@ -61,7 +61,13 @@ static void *conn_main(void *p)
 {
     conn *k = p;
     weft_server *srv = k->srv;
-    srv->handler(k->c, srv->arg);
+    /* TLS: the handshake runs here, in the client's own coroutine, so a slow or hostile
+     * client holds up nobody else; a failure costs this connection only. */
+    if (!srv->o.tls ||
+        weft_tls_accept(k->c, srv->o.tls, deadline_after(srv->o.handshake_timeout_ms)) == 0)
+        srv->handler(k->c, srv->arg);
+    else
+        srv->st.tls_failures++;
     weft_close(k->c);
     conn_unlink(srv, k);
     free(k);
@@ -184,6 +190,9 @@ weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *
         srv->o.maxline = WEFT_MAXLINE_DEFAULT;
     if (!srv->o.wbuf)
         srv->o.wbuf = WEFT_WBUF_DEFAULT;
+    if (!srv->o.handshake_timeout_ms)
+        srv->o.handshake_timeout_ms = WEFT_HANDSHAKE_TIMEOUT_DEFAULT;
+    tls_ref(srv->o.tls); /* (released with the server) */
     srv->l = l;
     srv->handler = handler;
     srv->arg = arg;
@@ -197,6 +206,7 @@ weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *
     if (!srv->acceptor) {
         if (srv->handlers)
             weft_group_close(srv->handlers);
+        weft_tls_free(srv->o.tls);
         free(srv);
         errno = ENOMEM;
         return NULL;
@@ -286,6 +296,7 @@ static void server_free(weft_server *srv)
     while (srv->pending_at < srv->npending) /* (only if starting them failed) */
         weft_close(srv->pending[srv->pending_at++]);
     free(srv->pending);
+    weft_tls_free(srv->o.tls);
     free(srv);
 }
 

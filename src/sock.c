@@ -22,11 +22,187 @@
  * poll completions do not; a recv that reports zero bytes left (TCP_INQ) means it for sure. */
 enum drained { NOT_DRAINED, DRAINED_SHORT, DRAINED_EMPTY };
 
+/* Small output in ring mode is copied into slabs the thread's connections share, so that a
+ * reply in flight holds a few bytes of a slab rather than a whole write buffer (ten thousand
+ * connections answering at once would hold 40 MB of buffers). A slab is freed, or kept as
+ * the spare, once the last send in it is done. */
+#define SLAB_SIZE (64 * 1024)
+#define SLAB_SMALL 1024 /* gives up to this size are copied */
+
+typedef struct slab {
+    unsigned used, refs;
+    bool orphan;        /* its thread ended with sends still in it: the last one frees it */
+    char data[SLAB_SIZE];
+} slab;
+
+static _Thread_local slab *slab_cur, *slab_spare;
+static pthread_key_t slab_key;
+static pthread_once_t slab_once = PTHREAD_ONCE_INIT;
+
+static void slab_exit(void *unused)
+{
+    (void)unused;
+    free(slab_spare);
+    slab_spare = NULL;
+    if (slab_cur && slab_cur->refs)
+        slab_cur->orphan = true;
+    else
+        free(slab_cur);
+    slab_cur = NULL;
+}
+
+static void slab_init_key(void)
+{
+    pthread_key_create(&slab_key, slab_exit);
+}
+
+/* n (<= SLAB_SMALL) bytes of slab, counted in *sb until slab_put. NULL/ENOMEM. */
+static char *slab_alloc(size_t n, slab **sb)
+{
+    if (!slab_cur || slab_cur->used + n > SLAB_SIZE) {
+        slab *old = slab_cur;
+        slab_cur = slab_spare ? slab_spare : malloc(sizeof *slab_cur);
+        slab_spare = NULL;
+        if (!slab_cur) {
+            slab_cur = old;
+            errno = ENOMEM;
+            return NULL;
+        }
+        *slab_cur = (slab){0};
+        if (old && !old->refs)
+            free(old); /* (the spare is taken: one empty slab kept at most) */
+        pthread_once(&slab_once, slab_init_key);
+        pthread_setspecific(slab_key, slab_cur);
+    }
+    char *p = slab_cur->data + slab_cur->used;
+    slab_cur->used += (unsigned)n;
+    slab_cur->refs++;
+    *sb = slab_cur;
+    return p;
+}
+
+static void slab_put(slab *sb)
+{
+    if (--sb->refs > 0 || sb == slab_cur)
+        return;
+    if (!sb->orphan && !slab_spare)
+        slab_spare = sb;
+    else
+        free(sb);
+}
+
 typedef struct qbuf {
     struct qbuf *next;
     char *base;
     size_t cap, off, len; /* [off, off + len) of base still to send */
+    slab *sb;             /* base is in this slab (ring mode), not a buffer of ours */
 } qbuf;
+
+/* ---- The io_uring data path (ring mode) ----
+ * On a backend with multishot receives and provided buffers, a socket's input comes without a
+ * system call: one multishot receive, armed at the first read, puts each arrival in a buffer
+ * the backend provides, and the transport keeps those buffers in a small queue until the
+ * channel has consumed them (adopting the first one as its read buffer, without a copy). Its
+ * output goes as send operations the loop owns, one at a time in order, submitted with the
+ * loop's one io_uring_enter per turn. Both structures live on the heap, apart from the
+ * transport: the kernel may complete an operation after the transport is closed, and the
+ * last completion then frees them (owner NULL). */
+#define RXQ_PAUSE 16  /* arrivals a connection holds before its receive is paused (those
+                       * already on their way when the pause is asked are kept too) */
+
+/* Receive and send structures whose transport is gone while an operation of theirs is in
+ * flight wait for its completion in a list of the thread's, where the kernel's reference
+ * (the operation's user data in the ring) is not the only one: leak checkers see them, and
+ * a scheduler that ends with them pending frees them through its backend's last reaping. */
+typedef struct olink {
+    struct olink *prev, *next;
+} olink;
+
+static _Thread_local olink *orphans;
+
+static void orphan_add(olink *l)
+{
+    l->prev = NULL;
+    l->next = orphans;
+    if (orphans)
+        orphans->prev = l;
+    orphans = l;
+}
+
+static void orphan_remove(olink *l)
+{
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        orphans = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
+}
+
+typedef struct ring_rx {
+    io_op op;          /* the multishot receive */
+    olink link;        /* in orphans, once owner is NULL */
+    struct sock *owner;
+    uint64_t be_gen;   /* the backend it runs on (sched->be_gen) */
+    bool armed;        /* op in flight */
+    bool pausing;      /* cancelled because the queue is full, or input stopped: no error */
+    bool ready;        /* something to read (data, end of file, error): for outside waits */
+    bool eof;
+    int err;
+    struct rxbuf {
+        char *data;    /* the arrival's slice of provided buffer bid */
+        uint32_t len;
+        uint16_t bid;
+    } *q;              /* held arrivals, a circular queue of cap entries */
+    unsigned cap, head, count;
+    uint32_t head_off; /* consumed bytes of the first buffer */
+} ring_rx;
+
+/* Room for one more held arrival (the queue doubles as needed). -1/ENOMEM. */
+static int rxq_room(ring_rx *rx)
+{
+    if (rx->count < rx->cap)
+        return 0;
+    unsigned cap = rx->cap ? rx->cap * 2 : 8;
+    struct rxbuf *q = malloc(cap * sizeof *q);
+    if (!q)
+        return -1;
+    for (unsigned i = 0; i < rx->count; i++)
+        q[i] = rx->q[(rx->head + i) % rx->cap];
+    free(rx->q);
+    rx->q = q;
+    rx->cap = cap;
+    rx->head = 0;
+    return 0;
+}
+
+static void rx_free(ring_rx *rx)
+{
+    free(rx->q);
+    free(rx);
+}
+
+typedef struct ring_tx {
+    io_op op;          /* the send in flight, if busy */
+    olink link;        /* in orphans, once owner is NULL */
+    struct sock *owner;
+    bool busy;
+    bool progress;     /* a send completed since an outside waiter looked */
+    char *base;        /* the buffer being sent: [off, off + len) still to go */
+    size_t cap, off, len;
+    slab *sb;          /* base is in this slab, not a buffer of ours */
+} ring_tx;
+
+/* The buffer the send was from goes back (to the pool, or its slab). */
+static void tx_release(ring_tx *tx)
+{
+    if (tx->sb)
+        slab_put(tx->sb);
+    else
+        buf_give(tx->base, tx->cap);
+    tx->base = NULL;
+    tx->sb = NULL;
+}
 
 typedef struct sock {
     transport t;
@@ -37,9 +213,24 @@ typedef struct sock {
     bool inq_tried;    /* asked for TCP_INQ already (whether or not the kernel agreed) */
     uint8_t drained;   /* enum drained */
     bool owning;       /* registered as the fd's owner (its queue is not empty) */
+    bool input_stopped; /* (ring mode) read what the socket holds directly: arm nothing */
+    uint64_t owner_gen; /* the backend it was registered with */
     qbuf *head, *tail; /* output given and not yet sent, oldest first */
     qbuf first;        /* the node of a queue's first buffer: no allocation for it */
+    ring_rx *rx;       /* ring mode: the receive side, NULL until armed */
+    ring_tx *tx;       /* ring mode: the send side, NULL until first used */
 } sock;
+
+/* The backend a ring-mode call may use: the running coroutine's (or, outside coroutines, the
+ * thread's) if it has multishot receives and provided buffers, else NULL. */
+static backend *ring_backend(const sock *s)
+{
+    if (!s->is_socket)
+        return NULL;
+    sched *sc = sched_peek();
+    backend *b = sc ? sc->be : NULL;
+    return b && b->multishot_rx ? b : NULL;
+}
 
 /* ---- Input ---- */
 
@@ -99,9 +290,202 @@ static void note_read(sock *s, ssize_t r, size_t n, int left)
     }
 }
 
+/* -- ring mode: input -- */
+
+/* Wake the reader when there is something for it, or (ended) when the receive stopped. */
+static void rx_wake(ring_rx *rx, bool ended)
+{
+    rx->ready = rx->count > 0 || rx->eof || rx->err;
+    if ((rx->ready || ended) && rx->owner)
+        fd_cancel_wait(rx->owner->fd, WEFT_READABLE, 0);
+}
+
+/* Callback from the backend: an arrival, or the end of the multishot receive. */
+static void rx_done(io_op *op)
+{
+    ring_rx *rx = op->data;
+    backend *b = sched_peek()->be;
+    if (op->res > 0) {
+        if (!rx->owner) {
+            b->ops->pbuf_put(b, op->bid);
+        } else if (rxq_room(rx) != 0) { /* no memory to hold it: the stream is broken */
+            b->ops->pbuf_put(b, op->bid);
+            rx->err = ENOMEM;
+        } else {
+            unsigned i = (rx->head + rx->count++) % rx->cap;
+            rx->q[i] = (struct rxbuf){op->buf, (uint32_t)op->res, op->bid};
+            sched_peek()->io_owned++; /* a provided buffer held */
+            if (rx->count >= RXQ_PAUSE && op->more && !rx->pausing) {
+                rx->pausing = true; /* enough held: stop until the channel takes some */
+                b->ops->cancel(b, op);
+            }
+        }
+    } else if (op->res == 0) {
+        rx->eof = true;
+    } else if (op->res != -ECANCELED || !rx->pausing) {
+        rx->err = op->res == -ECANCELED ? EBADF : -op->res;
+    }
+    if (op->more)
+        return rx_wake(rx, false);
+    rx->armed = rx->pausing = false;
+    sched_peek()->io_owned--;
+    if (!rx->owner) { /* the transport is gone: this was the last completion */
+        orphan_remove(&rx->link);
+        rx_free(rx);
+    }
+    else
+        rx_wake(rx, true);
+}
+
+/* Start the multishot receive if it is not running (on this thread's backend). */
+static int rx_arm(sock *s, backend *b)
+{
+    ring_rx *rx = s->rx;
+    sched *sc = sched_peek();
+    if (!rx) {
+        rx = s->rx = calloc(1, sizeof *rx);
+        if (!rx)
+            return -1;
+        rx->owner = s;
+    }
+    if (rx->armed && rx->be_gen != sc->be_gen)
+        rx->armed = false; /* (a backend since gone: its operations ended with it) */
+    if (rx->armed || rx->eof || rx->err || s->input_stopped || rx->count >= RXQ_PAUSE)
+        return 0;
+    rx->op = (io_op){.cb = rx_done, .kind = IO_OP_RECV_MULTI, .fd = s->fd, .data = rx};
+    if (b->ops->submit(b, &rx->op) != 0)
+        return -1;
+    rx->armed = true;
+    rx->be_gen = sc->be_gen;
+    sc->io_owned++;
+    return 0;
+}
+
+/* The first held buffer is consumed: back to the backend, and the receive restarted if it
+ * was paused. */
+static void rx_pop(sock *s, backend *b)
+{
+    ring_rx *rx = s->rx;
+    b->ops->pbuf_put(b, rx->q[rx->head].bid);
+    sched_peek()->io_owned--;
+    rx->head = (rx->head + 1) % rx->cap;
+    rx->count--;
+    rx->head_off = 0;
+    rx->ready = rx->count > 0 || rx->eof || rx->err;
+    if (!rx->armed && rx->count < RXQ_PAUSE / 2)
+        rx_arm(s, b);
+}
+
+/* recv in ring mode: copy out of the held buffers. */
+static ssize_t rx_recv(sock *s, backend *b, char *buf, size_t n)
+{
+    ring_rx *rx = s->rx;
+    size_t got = 0;
+    while (got < n && rx && rx->count > 0) {
+        struct rxbuf *h = &rx->q[rx->head];
+        const char *p = h->data + rx->head_off;
+        size_t left = h->len - rx->head_off, k = left < n - got ? left : n - got;
+        memcpy(buf + got, p, k);
+        got += k;
+        rx->head_off += (uint32_t)k;
+        if (rx->head_off == h->len)
+            rx_pop(s, b);
+    }
+    if (got > 0)
+        return (ssize_t)got;
+    if (rx && rx->err) {
+        errno = rx->err;
+        return -1;
+    }
+    if (rx && rx->eof)
+        return 0;
+    if (s->input_stopped) {
+        if (rx && rx->armed) { /* its cancel has not completed: arrivals may be on their way */
+            errno = EINPROGRESS;
+            return -1;
+        }
+        if (n == 0) { /* (adopt asks) */
+            errno = ENOTSUP;
+            return -1;
+        }
+        ssize_t r = sys_recv(s->fd, buf, n, 0); /* nothing is armed: what the socket holds */
+        return r < 0 && errno == EINTR ? (errno = EAGAIN, -1) : r;
+    }
+    if (rx_arm(s, b) != 0)
+        return -1;
+    errno = EAGAIN;
+    return -1;
+}
+
+static void sock_stop_input(transport *t)
+{
+    sock *s = (sock *)t;
+    s->input_stopped = true; /* (ring mode: no receive is armed from now on) */
+    ring_rx *rx = s->rx;
+    backend *b = ring_backend(s);
+    if (!rx || !b)
+        return;
+    if (rx->armed && rx->be_gen == sched_peek()->be_gen && !rx->pausing) {
+        rx->pausing = true; /* (its -ECANCELED end is no error) */
+        b->ops->cancel(b, &rx->op);
+    }
+}
+
+static ssize_t sock_adopt(transport *t, char **base, size_t *start, size_t *cap,
+                          unsigned *token)
+{
+    sock *s = (sock *)t;
+    backend *b = ring_backend(s);
+    ring_rx *rx = s->rx;
+    if (!b) {
+        errno = ENOTSUP; /* not in ring mode: read with recv */
+        return -1;
+    }
+    if (!rx || rx->count == 0)
+        return rx_recv(s, b, NULL, 0); /* (0 at end of file, errors, else arm and EAGAIN) */
+    /* The slice only: the rest of the buffer may be other connections' bytes. */
+    struct rxbuf *h = &rx->q[rx->head];
+    *base = h->data;
+    *start = rx->head_off;
+    *cap = h->len;
+    *token = h->bid;
+    ssize_t len = (ssize_t)(h->len - rx->head_off);
+    /* The buffer is the caller's now: out of the queue, still held (io_owned) until release. */
+    rx->head = (rx->head + 1) % rx->cap;
+    rx->count--;
+    rx->head_off = 0;
+    rx->ready = rx->count > 0 || rx->eof || rx->err;
+    return len;
+}
+
+static void sock_release(transport *t, unsigned token)
+{
+    sock *s = (sock *)t;
+    backend *b = sched_peek() ? sched_peek()->be : NULL;
+    if (!b || !b->ops->pbuf)
+        return; /* (its backend is gone, and its buffers with it) */
+    b->ops->pbuf_put(b, (uint16_t)token);
+    sched_peek()->io_owned--;
+    if (s->rx && !s->rx->armed && s->rx->count < RXQ_PAUSE / 2)
+        rx_arm(s, b);
+}
+
+/* Outside any coroutine, in ring mode: run the loop until the receive has news. */
+static int rx_wait_outside(sock *s, backend *b, int64_t deadline)
+{
+    if (rx_arm(s, b) != 0)
+        return -1;
+    ring_rx *rx = s->rx;
+    rx->ready = rx->count > 0 || rx->eof || rx->err;
+    return sched_drive_io(&rx->ready, deadline);
+}
+
 static ssize_t sock_recv(transport *t, void *buf, size_t n)
 {
     sock *s = (sock *)t;
+    backend *rb = ring_backend(s);
+    if (rb)
+        return rx_recv(s, rb, buf, n);
     for (;;) {
         /* recv, not read: read goes through the VFS (vfs_read, fdget_pos) first. */
         int left = -1;
@@ -119,6 +503,8 @@ static ssize_t sock_recv(transport *t, void *buf, size_t n)
 static bool sock_may_have_input(transport *t)
 {
     sock *s = (sock *)t;
+    if (ring_backend(s)) /* what the receive brought, or (not armed yet) let recv arm it */
+        return !s->rx || !s->rx->armed || s->rx->ready;
     if (!sched_backend())
         return true; /* blocking use: poll() decides, not the backend */
     bool urgent_apart = fd_edges_show_urgent();
@@ -132,6 +518,16 @@ static bool sock_may_have_input(transport *t)
 static int sock_wait_input(transport *t, int64_t deadline)
 {
     sock *s = (sock *)t;
+    backend *rb = ring_backend(s);
+    if (rb) {
+        if (s->rx && s->rx->ready)
+            return 0;
+        if (!sched_backend())
+            return rx_wait_outside(s, rb, deadline);
+        if (rx_arm(s, rb) != 0)
+            return -1;
+        return fd_park(s->fd, WEFT_READABLE, deadline); /* rx_done wakes us */
+    }
     int rc = fd_wait(s->fd, WEFT_READABLE, deadline);
     if (rc == 0)
         s->drained = NOT_DRAINED; /* woken: input came */
@@ -160,7 +556,7 @@ static ssize_t send_now(sock *s, const struct iovec *iov, int iovcnt)
                             : sys_writev(s->fd, iov, iovcnt);
         }
         if (w >= 0 || errno != EINTR) {
-            if (w < 0 && (errno == EPIPE || errno == ECONNRESET))
+            if (w < 0 && (errno == EPIPE || errno == ECONNRESET) && !s->t.err)
                 s->t.err = errno; /* the peer is gone: every later send fails the same way */
             return w;
         }
@@ -172,9 +568,27 @@ static ssize_t sock_send(transport *t, const struct iovec *iov, int iovcnt)
     return send_now((sock *)t, iov, iovcnt);
 }
 
+static ssize_t sock_sendfile(transport *t, int fd, off_t *off, size_t n)
+{
+    sock *s = (sock *)t;
+    for (;;) {
+        ssize_t w = sys_sendfile(s->fd, fd, off, n);
+        if (w >= 0 || errno != EINTR) {
+            if (w < 0 && (errno == EPIPE || errno == ECONNRESET) && !t->err)
+                t->err = errno;
+            if (w < 0 && errno == EINVAL)
+                errno = ENOTSUP; /* (a file sendfile cannot read from: copy it) */
+            return w;
+        }
+    }
+}
+
 static void qbuf_free(sock *s, qbuf *q)
 {
-    buf_give(q->base, q->cap);
+    if (q->sb)
+        slab_put(q->sb);
+    else
+        buf_give(q->base, q->cap);
     if (q != &s->first)
         free(q);
 }
@@ -184,6 +598,9 @@ static void disown(sock *s)
     if (s->owning) {
         fd_set_owner(s->fd, NULL, NULL);
         s->owning = false;
+        sched *sc = sched_peek();
+        if (sc && sc->be_gen == s->owner_gen)
+            sc->io_owned--;
     }
 }
 
@@ -231,6 +648,128 @@ static void sock_on_event(void *owner, unsigned events)
         push(owner);
 }
 
+/* -- ring mode: output -- */
+
+static void tx_start(sock *s);
+static void tx_done(io_op *op);
+static size_t sock_drop(transport *t);
+
+static void tx_submit(sock *s)
+{
+    ring_tx *tx = s->tx;
+    backend *b = sched_peek()->be;
+    tx->op = (io_op){.cb = tx_done, .kind = IO_OP_SEND, .fd = s->fd, .buf = tx->base + tx->off,
+                     .len = (unsigned)(tx->len > UINT32_MAX ? UINT32_MAX : tx->len), .data = tx};
+    if (b->ops->submit(b, &tx->op) != 0) { /* no room for it: fail it as a send would */
+        tx->op.res = -errno;
+        tx->busy = true;
+        sched_peek()->io_owned++;
+        tx_done(&tx->op);
+        return;
+    }
+    tx->busy = true;
+    sched_peek()->io_owned++;
+}
+
+/* Callback from the backend: the send in flight is done (res bytes, or -errno). */
+static void tx_done(io_op *op)
+{
+    ring_tx *tx = op->data;
+    sock *s = tx->owner;
+    sched_peek()->io_owned--;
+    tx->busy = false;
+    if (!s) { /* the transport is gone: this was the last of its sends */
+        orphan_remove(&tx->link);
+        tx_release(tx);
+        free(tx);
+        return;
+    }
+    tx->progress = true;
+    if (op->res > 0) {
+        tx->off += (size_t)op->res;
+        tx->len -= (size_t)op->res;
+        s->t.queued -= (size_t)op->res;
+        if (tx->len > 0) {
+            tx_submit(s); /* a short send: the rest, at once, still ahead of the queue */
+            return;
+        }
+        tx_release(tx);
+        tx_start(s);
+    } else {
+        int err = op->res == 0 ? EIO : -op->res;
+        if (!s->t.err)
+            s->t.err = err == ECANCELED ? EBADF : err;
+        tx_release(tx);
+        s->t.queued -= tx->len;
+        sock_drop(&s->t); /* undeliverable now */
+    }
+    fd_cancel_wait(s->fd, WEFT_WRITABLE, 0);
+}
+
+/* If no send is in flight, send the first queued buffer. */
+static void tx_start(sock *s)
+{
+    ring_tx *tx = s->tx;
+    qbuf *q = s->head;
+    if (tx->busy || !q)
+        return;
+    s->head = q->next;
+    if (!s->head)
+        s->tail = NULL;
+    tx->base = q->base;
+    tx->cap = q->cap;
+    tx->off = q->off;
+    tx->len = q->len;
+    tx->sb = q->sb;
+    if (q != &s->first)
+        free(q);
+    tx_submit(s);
+}
+
+/* give in ring mode: queued for the loop, which sends it with its next io_uring_enter. A
+ * small give is copied into a slab (the caller keeps its buffer: 0), and follows the last
+ * queued slice in one send when it lands right after it; a large one is taken (1). */
+static int tx_give(sock *s, char *base, size_t cap, size_t off, size_t len)
+{
+    if (!s->tx) {
+        s->tx = calloc(1, sizeof *s->tx);
+        if (!s->tx)
+            return -1;
+        s->tx->owner = s;
+    }
+    slab *sb = NULL;
+    if (len <= SLAB_SMALL) {
+        char *p = slab_alloc(len, &sb);
+        if (!p)
+            return -1;
+        memcpy(p, base + off, len);
+        qbuf *tail = s->tail;
+        if (tail && tail->sb == sb && tail->base + tail->off + tail->len == p) {
+            tail->len += len; /* (one slab reference per slice: drop ours) */
+            sb->refs--;
+            s->t.queued += len;
+            return 0;
+        }
+        base = p;
+        cap = off = 0;
+    }
+    qbuf *q = s->head || s->tx->busy ? malloc(sizeof *q) : &s->first;
+    if (!q) {
+        if (sb)
+            slab_put(sb);
+        return -1;
+    }
+    *q = (qbuf){NULL, base, cap, off, len, sb};
+    if (s->tail)
+        s->tail->next = q;
+    else
+        s->head = q;
+    s->tail = q;
+    s->t.queued += len;
+    tx_start(s);
+    return sb ? 0 : 1;
+}
+
 static int sock_give(transport *t, char *base, size_t cap, size_t off, size_t len)
 {
     sock *s = (sock *)t;
@@ -238,6 +777,8 @@ static int sock_give(transport *t, char *base, size_t cap, size_t off, size_t le
         errno = t->err;
         return -1;
     }
+    if (ring_backend(s))
+        return tx_give(s, base, cap, off, len);
     qbuf *q = &s->first;
     if (!s->head) { /* nothing queued: what the fd takes now goes now */
         struct iovec iov = {base + off, len};
@@ -253,15 +794,18 @@ static int sock_give(transport *t, char *base, size_t cap, size_t off, size_t le
     } else if (!(q = malloc(sizeof *q))) {
         return -1; /* ENOMEM, with nothing sent: it goes behind what is queued */
     }
-    *q = (qbuf){NULL, base, cap, off, len};
+    *q = (qbuf){NULL, base, cap, off, len, NULL};
     if (s->tail)
         s->tail->next = q;
     else
         s->head = q;
     s->tail = q;
     t->queued += len;
-    if (!s->owning && fd_set_owner(s->fd, sock_on_event, s) == 0)
-        s->owning = true;
+    if (!s->owning && fd_set_owner(s->fd, sock_on_event, s) == 0 && sched_peek()) {
+        s->owning = true; /* the loop must poll for our room (sched->io_owned) */
+        s->owner_gen = sched_peek()->be_gen;
+        sched_peek()->io_owned++;
+    }
     fd_watch_output(s->fd);
     return 1;
 }
@@ -269,6 +813,12 @@ static int sock_give(transport *t, char *base, size_t cap, size_t off, size_t le
 static int sock_wait_output(transport *t, int64_t deadline)
 {
     sock *s = (sock *)t;
+    if (s->tx && s->tx->busy) { /* ring mode: tx_done wakes us */
+        if (sched_backend())
+            return fd_park(s->fd, WEFT_WRITABLE, deadline);
+        s->tx->progress = false;
+        return sched_drive_io(&s->tx->progress, deadline);
+    }
     int rc = fd_wait(s->fd, WEFT_WRITABLE, deadline);
     if (rc == 0 && s->head && !sched_backend())
         push(s); /* outside a coroutine no loop runs to do it */
@@ -295,10 +845,38 @@ static int sock_shutdown(transport *t)
     return shutdown(((sock *)t)->fd, SHUT_WR);
 }
 
+/* Ring mode: let go of the receive and send structures; an operation still in flight frees
+ * its own when it completes (closing the fd cancels it). */
+static void ring_let_go(sock *s)
+{
+    ring_rx *rx = s->rx;
+    if (rx) {
+        backend *b = ring_backend(s);
+        while (rx->count > 0 && b) /* held buffers go back */
+            rx_pop(s, b);
+        rx->owner = NULL;
+        if (!rx->armed || (b && rx->be_gen != sched_peek()->be_gen))
+            rx_free(rx);
+        else
+            orphan_add(&rx->link);
+        s->rx = NULL;
+    }
+    ring_tx *tx = s->tx;
+    if (tx) {
+        tx->owner = NULL;
+        if (!tx->busy)
+            free(tx);
+        else
+            orphan_add(&tx->link);
+        s->tx = NULL;
+    }
+}
+
 static int sock_close(transport *t)
 {
     sock *s = (sock *)t;
     sock_drop(t);
+    ring_let_go(s);
     int rc = fd_close(s->fd);
     s->fd = -1;
     return rc;
@@ -307,6 +885,7 @@ static int sock_close(transport *t)
 static void sock_free(transport *t)
 {
     sock_drop(t); /* (never closed: a channel whose making failed) */
+    ring_let_go((sock *)t);
     free(t);
 }
 
@@ -317,11 +896,15 @@ static int sock_fd(const transport *t)
 
 static const transport_ops sock_ops = {
     .recv = sock_recv,
+    .adopt = sock_adopt,
+    .release = sock_release,
     .may_have_input = sock_may_have_input,
     .wait_input = sock_wait_input,
     .wake_reader = sock_wake_reader,
+    .stop_input = sock_stop_input,
     .send = sock_send,
     .give = sock_give,
+    .sendfile = sock_sendfile,
     .wait_output = sock_wait_output,
     .drop = sock_drop,
     .shutdown = sock_shutdown,

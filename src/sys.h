@@ -7,6 +7,7 @@
 #ifndef WEFT_SYS_H
 #define WEFT_SYS_H
 
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -63,9 +64,39 @@ static inline int sys_connect(int fd, const struct sockaddr *sa, socklen_t len)
     return (int)syscall(SYS_connect, fd, sa, len);
 }
 
+#if defined(__SANITIZE_THREAD__)
+/* ThreadSanitizer must see descriptors close, or it takes the next descriptor with the same
+ * number (another thread's socket) for a race. glibc's __close is the same call under a name
+ * no hook replaces, and TSan intercepts it. */
+extern int __close(int fd);
+
+static inline int sys_close(int fd)
+{
+    return __close(fd);
+}
+#else
 static inline int sys_close(int fd)
 {
     return (int)syscall(SYS_close, fd);
+}
+#endif
+
+/* Read up to n bytes of a file at *off (advanced by what was read), or at its position when
+ * off is NULL, retrying on EINTR: weft_sendfile's copying path. */
+static inline ssize_t sys_file_read(int fd, void *buf, size_t n, off_t *off)
+{
+    for (;;) {
+        ssize_t r = off ? syscall(SYS_pread64, fd, buf, n, *off) : syscall(SYS_read, fd, buf, n);
+        if (r > 0 && off)
+            *off += r;
+        if (r >= 0 || errno != EINTR)
+            return r;
+    }
+}
+
+static inline ssize_t sys_sendfile(int out, int in, off_t *off, size_t n)
+{
+    return syscall(SYS_sendfile, out, in, off, n);
 }
 
 static inline int sys_fcntl(int fd, int cmd, long arg)

@@ -32,6 +32,21 @@ typedef struct transport_ops {
     int (*wait_input)(transport *t, int64_t deadline);
     /* End a wait_input now with err (0 for a plain wake-up). */
     void (*wake_reader)(transport *t, int err);
+    /* The channel's input is stopped (graceful shutdown): what already arrived is still to be
+     * read, nothing more is waited for. From now on recv may fail with EINPROGRESS: input
+     * that had arrived is still on its way up (a cancelled receive); wait_input, then recv
+     * again. Optional. */
+    void (*stop_input)(transport *t);
+    /* Optional (layered transports): n bytes that came from below before t was layered on
+     * it, unread yet: t reads them first. -1/ENOMEM. */
+    int (*preload)(transport *t, const void *buf, size_t n);
+    /* Optional: take the next received bytes without a copy, in a buffer of the transport's:
+     * they are [*start, *start + result) of *base, which has *cap bytes the caller may also
+     * write (it may append to it, and keeps the buffer until release). The result, 0 at end
+     * of file, -1 (EAGAIN: none now; ENOTSUP: not now, use recv). */
+    ssize_t (*adopt)(transport *t, char **base, size_t *start, size_t *cap, unsigned *token);
+    /* Give back a buffer adopt gave. */
+    void (*release)(transport *t, unsigned token);
 
     /* -- Output -- */
     /* Send from iov what the peer takes now, only when nothing is queued: the count, or -1
@@ -39,16 +54,23 @@ typedef struct transport_ops {
     ssize_t (*send)(transport *t, const struct iovec *iov, int iovcnt);
     /* Take [off, off + len) of the heap buffer base (cap bytes) for sending: what the peer
      * takes now goes at once, and the transport keeps the rest and sends it as the peer reads,
-     * from the loop, whatever the channel does meanwhile (t->queued counts it; a failure is
-     * kept in t->err). 0: all sent now (base is still the caller's); 1: base is the
-     * transport's now (it frees it); -1 with errno (EPIPE, ...): nothing taken. */
+     * from the loop, whatever the channel does meanwhile (transport_queued counts it; a failure
+     * is kept in t->err). 0: all sent now, or handed below (base is still the caller's); 1:
+     * base is the transport's now (it frees it); -1 with errno (EPIPE, ...): nothing taken. */
     int (*give)(transport *t, char *base, size_t cap, size_t off, size_t len);
+    /* Optional: send up to n bytes of file fd from *off (NULL: its position) with the kernel
+     * copying them, only when nothing is queued: the count (0 at the file's end), or -1
+     * (EAGAIN: none taken now; ENOTSUP: this file or stream cannot, copy it instead). */
+    ssize_t (*sendfile)(transport *t, int fd, off_t *off, size_t n);
     /* Wait until output may go on: room for send, or progress of what is queued; -1 as
      * wait_input. Returns early at times: the caller checks again. */
     int (*wait_output)(transport *t, int64_t deadline);
     /* Drop what is queued unsent: the number of bytes dropped. */
     size_t (*drop)(transport *t);
-    /* Tell the peer no more output comes (after the caller waited for t->queued to reach 0). */
+    /* Optional: put what ends the stream into the output (TLS: close_notify), before a close
+     * or shutdown; the caller then waits for it to be sent. -1 with errno. */
+    int (*finish)(transport *t);
+    /* Tell the peer no more output comes (after the caller waited for the queue to empty). */
     int (*shutdown)(transport *t);
 
     /* -- Lifetime -- */
@@ -65,9 +87,28 @@ typedef struct transport_ops {
 /* Every transport starts with this. */
 struct transport {
     const transport_ops *ops;
-    size_t queued;  /* bytes taken by give and not sent yet */
+    transport *below; /* the transport a layered one runs over, or NULL */
+    size_t queued;  /* bytes taken by give and not yet sent (or handed below) */
     int err;        /* sticky: the peer is gone (EPIPE, ECONNRESET), learnt by any send */
 };
+
+/* Bytes given to t and not sent yet, all the way down. */
+static inline size_t transport_queued(const transport *t)
+{
+    size_t n = 0;
+    for (; t; t = t->below)
+        n += t->queued;
+    return n;
+}
+
+/* The sticky error of t or of one below it, else 0. */
+static inline int transport_err(const transport *t)
+{
+    for (; t; t = t->below)
+        if (t->err)
+            return t->err;
+    return 0;
+}
 
 /* The transport of fd (socket, pipe, tty, file), already non-blocking. tcp: a TCP socket,
  * whose short reads say "drained for now" and which may ask the kernel how much input a read

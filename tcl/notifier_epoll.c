@@ -11,6 +11,7 @@
  */
 #include "weft_tcl.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -337,16 +338,171 @@ Nop(ClientData cd, int mask)
     (void) mask;
 }
 
-static int
-ListChannels(Tcl_Interp *interp, Tcl_Obj **listPtr)
+/*
+ * Every interpreter of this thread that the switch can reach: interp and its
+ * child interpreters, recursively (appended to *list).
+ */
+static void
+CollectInterps(Tcl_Interp *interp, Tcl_Interp ***list, int *n, int *cap)
 {
-    if (Tcl_EvalEx(interp, "::chan names", -1, TCL_EVAL_GLOBAL) != TCL_OK) {
-        return TCL_ERROR;
+    Tcl_Obj *names, **elems;
+    int count, i;
+
+    if (*n == *cap) {
+        *cap = *cap ? 2 * *cap : 8;
+        *list = (Tcl_Interp **) ckrealloc((char *) *list,
+                sizeof(Tcl_Interp *) * *cap);
     }
-    *listPtr = Tcl_GetObjResult(interp);
-    Tcl_IncrRefCount(*listPtr);
+    (*list)[(*n)++] = interp;
+    if (Tcl_EvalEx(interp, "::interp slaves", -1, TCL_EVAL_GLOBAL) != TCL_OK) {
+        Tcl_ResetResult(interp);
+        return;
+    }
+    names = Tcl_GetObjResult(interp);
+    Tcl_IncrRefCount(names);
+    Tcl_ResetResult(interp);
+    if (Tcl_ListObjGetElements(NULL, names, &count, &elems) == TCL_OK) {
+        for (i = 0; i < count; i++) {
+            Tcl_Interp *child = Tcl_GetSlave(interp, Tcl_GetString(elems[i]));
+            if (child != NULL) {
+                CollectInterps(child, list, n, cap);
+            }
+        }
+    }
+    Tcl_DecrRefCount(names);
+}
+
+/* The channels registered in one interpreter (a new reference). */
+static Tcl_Obj *
+ChannelNames(Tcl_Interp *interp)
+{
+    Tcl_Obj *list;
+
+    if (Tcl_GetChannelNamesEx(interp, NULL) != TCL_OK) {
+        Tcl_ResetResult(interp);
+        return Tcl_NewObj();
+    }
+    list = Tcl_GetObjResult(interp);
+    Tcl_IncrRefCount(list);
+    Tcl_ResetResult(interp);
+    return list;
+}
+
+/* A listening TCP socket: it registers its file handler directly. */
+static int
+IsListening(Tcl_Channel chan)
+{
+    const Tcl_ChannelType *type = chan ? Tcl_GetChannelType(chan) : NULL;
+    Tcl_DString ds;
+    int listening;
+
+    if (type == NULL || strcmp(type->typeName, "tcp") != 0) {
+        return 0;
+    }
+    Tcl_DStringInit(&ds);
+    listening = Tcl_GetChannelOption(NULL, chan, "-peername", &ds) != TCL_OK;
+    Tcl_DStringFree(&ds);
+    return listening;
+}
+
+/*
+ * Threads in this process other than the caller and Tcl's notifier thread
+ * (started here if it was not, so that it is always counted).  A thread
+ * blocked in the select notifier would never see an alert of ours.
+ */
+static int
+OtherThreads(void)
+{
+    DIR *d;
+    struct dirent *e;
+    int n = 0;
+
+    Tcl_ServiceModeHook(TCL_SERVICE_ALL);
+    if ((d = opendir("/proc/self/task")) == NULL) {
+        return 0;
+    }
+    while ((e = readdir(d)) != NULL) {
+        n += e->d_name[0] != '.';
+    }
+    closedir(d);
+    return n > 2 ? n - 2 : 0;
+}
+
+/* Refuse (an error in interp) a switch that would cut off event sources. */
+static int
+Refuse(Tcl_Interp *interp, Tcl_Interp **interps, int n)
+{
+    int i, j, count, threads;
+    Tcl_Obj **elems;
+
+    if (Tcl_GetMaster(interp) != NULL) {
+        return Weft_Error(interp, "NOTIFIER", "weft::notifier: switch from "
+                "the main interpreter, not from a child interpreter: the "
+                "notifier serves every interpreter of the process");
+    }
+    if ((threads = OtherThreads()) > 0) {
+        return Weft_Error(interp, "NOTIFIER", "weft::notifier: cannot "
+                "switch to epoll while other threads exist (%d); switch "
+                "before creating threads", threads);
+    }
+    for (i = 0; i < n; i++) {
+        Tcl_Obj *names = ChannelNames(interps[i]);
+
+        Tcl_ListObjGetElements(NULL, names, &count, &elems);
+        for (j = 0; j < count; j++) {
+            const char *name = Tcl_GetString(elems[j]);
+
+            if (IsListening(Tcl_GetChannel(interps[i], name, NULL))) {
+                Weft_Error(interp, "NOTIFIER", "weft::notifier: cannot "
+                        "switch to epoll while listening socket \"%s\" is "
+                        "open; switch before opening server sockets", name);
+                Tcl_DecrRefCount(names);
+                return TCL_ERROR;
+            }
+        }
+        Tcl_DecrRefCount(names);
+    }
     Tcl_ResetResult(interp);
     return TCL_OK;
+}
+
+/*
+ * Before the switch (watch = 0): drop every channel's file handlers from the
+ * old notifier, which frees them there.  After it: register the channels'
+ * interest again, now with the new notifier.
+ */
+static void
+CarryOver(Tcl_Interp **interps, int n, int watch)
+{
+    int i, j, count;
+    Tcl_Obj **elems;
+
+    for (i = 0; i < n; i++) {
+        Tcl_Obj *names = ChannelNames(interps[i]);
+
+        Tcl_ListObjGetElements(NULL, names, &count, &elems);
+        for (j = 0; j < count; j++) {
+            Tcl_Channel chan = Tcl_GetChannel(interps[i],
+                    Tcl_GetString(elems[j]), NULL);
+            Tcl_DriverWatchProc *watchProc = chan == NULL ? NULL
+                    : Tcl_ChannelWatchProc(Tcl_GetChannelType(chan));
+
+            if (chan == NULL) {
+                continue;
+            }
+            if (!watch) {
+                if (watchProc != NULL) {
+                    watchProc(Tcl_GetChannelInstanceData(chan), 0);
+                }
+                continue;
+            }
+            /* A handler added and removed makes Tcl watch it again. */
+            Tcl_CreateChannelHandler(chan, TCL_READABLE, Nop, NULL);
+            Tcl_DeleteChannelHandler(chan, Nop, NULL);
+        }
+        Tcl_DecrRefCount(names);
+        Tcl_ResetResult(interps[i]);
+    }
 }
 
 int
@@ -356,50 +512,23 @@ Weft_InstallEpoll(Tcl_Interp *interp)
         EpSetTimer, EpWaitForEvent, EpCreateFileHandler, EpDeleteFileHandler,
         EpInitNotifier, EpFinalizeNotifier, EpAlertNotifier, EpServiceModeHook
     };
-    Tcl_Obj *list, **elems;
-    int n, i;
+    Tcl_Interp **interps = NULL;
+    int n = 0, cap = 0;
 
     if (installed) {
         return TCL_OK;
     }
-    if (ListChannels(interp, &list) != TCL_OK) {
+    CollectInterps(interp, &interps, &n, &cap);
+    if (Refuse(interp, interps, n) != TCL_OK) {
+        ckfree((char *) interps);
         return TCL_ERROR;
     }
-    Tcl_ListObjGetElements(NULL, list, &n, &elems);
-    /* Listening sockets register with the notifier directly: cannot move. */
-    for (i = 0; i < n; i++) {
-        Tcl_Channel chan = Tcl_GetChannel(interp, Tcl_GetString(elems[i]), NULL);
-        const Tcl_ChannelType *type = chan ? Tcl_GetChannelType(chan) : NULL;
-        Tcl_DString ds;
-        int listening;
-
-        if (type == NULL || strcmp(type->typeName, "tcp") != 0) {
-            continue;
-        }
-        Tcl_DStringInit(&ds);
-        listening = Tcl_GetChannelOption(NULL, chan, "-peername", &ds)
-                != TCL_OK;
-        Tcl_DStringFree(&ds);
-        if (listening) {
-            Weft_Error(interp, "NOTIFIER", "weft::notifier: cannot switch "
-                    "to epoll while listening socket \"%s\" is open; switch "
-                    "before opening server sockets", Tcl_GetString(elems[i]));
-            Tcl_DecrRefCount(list);
-            return TCL_ERROR;
-        }
-    }
+    CarryOver(interps, n, 0);
     Tcl_SetNotifier(&procs);
     installed = 1;
     GetTsd();
-    /* Re-register the interest of open channels with the new notifier. */
-    for (i = 0; i < n; i++) {
-        Tcl_Channel chan = Tcl_GetChannel(interp, Tcl_GetString(elems[i]), NULL);
-        if (chan != NULL) {
-            Tcl_CreateChannelHandler(chan, TCL_READABLE, Nop, NULL);
-            Tcl_DeleteChannelHandler(chan, Nop, NULL);
-        }
-    }
-    Tcl_DecrRefCount(list);
+    CarryOver(interps, n, 1);
+    ckfree((char *) interps);
     return TCL_OK;
 }
 

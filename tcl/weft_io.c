@@ -1,14 +1,18 @@
 /*
  * weft_io.c -- weft::gets, weft::read, weft::puts, weft::flush, weft::sleep.
  *
- * Each command is NRE-enabled.  Outside a coroutine it behaves like its Tcl
- * counterpart on a blocking channel.  Inside a coroutine it first tries to
- * complete without waiting (channel temporarily non-blocking) and otherwise
- * suspends the coroutine through weft_wait.c.
+ * Each command is NRE-enabled.  Outside a coroutine, or where the coroutine
+ * cannot yield, it behaves like its Tcl counterpart on a blocking channel.
+ * Inside a coroutine it first tries to complete without waiting and
+ * otherwise suspends the coroutine (weft_wait.c) until the channel's handler
+ * (weft_chan.c) wakes it.  A channel that was blocking is non-blocking only
+ * while a step tries it, or while a write waits for Tcl's flush.
  */
 #include "weft_tcl.h"
 
+#include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 
 
 static const char *
@@ -89,6 +93,24 @@ LeaveBlocking(Tcl_Channel chan, int wasBlocking)
     }
 }
 
+/*
+ * Whether I/O on chan can never wait: its handle is a regular file (or a
+ * block device), which Linux reads and writes at once whatever O_NONBLOCK
+ * says.  weft calls on such a blocking channel are the Tcl commands.
+ */
+static int
+NeverBlocks(Tcl_Channel chan, int dir)
+{
+    ClientData h;
+    struct stat st;
+
+    if (Tcl_GetChannelHandle(chan, dir, &h) != TCL_OK
+            || fstat((int) (intptr_t) h, &st) != 0) {
+        return 0;
+    }
+    return S_ISREG(st.st_mode) || S_ISBLK(st.st_mode);
+}
+
 static int
 BusyError(Tcl_Interp *interp, const char *cmd, Tcl_Channel chan, int dir)
 {
@@ -115,9 +137,16 @@ GetsResult(Tcl_Interp *interp, Tcl_Obj *line, int n, Tcl_Obj *varName)
 }
 
 static int
-StepGets(Wait *w)
+MaxlineError(Wait *w, int maxline)
 {
-    Tcl_Interp *interp = w->interp;
+    return Weft_Error(w->interp, "MAXLINE", "%s: line longer than %d bytes "
+            "on \"%s\"", w->cmdName, maxline, ChanName(w->chan));
+}
+
+/* One try at a line; the channel is non-blocking for the try only. */
+static int
+TryGets(Wait *w)
+{
     Tcl_Channel chan = w->chan;
     Tcl_Obj *line = Tcl_NewObj();
     int n, code;
@@ -126,27 +155,49 @@ StepGets(Wait *w)
     Tcl_IncrRefCount(line);
     n = Tcl_GetsObj(chan, line);
     if (n >= 0) {
-        if (maxline > 0 && n > maxline) {
-            code = Weft_Error(interp, "MAXLINE", "%s: line longer than %d "
-                    "bytes on \"%s\"", w->cmdName, maxline, ChanName(chan));
-        } else {
-            code = GetsResult(interp, line, n, w->varName);
-        }
+        code = (maxline > 0 && n > maxline) ? MaxlineError(w, maxline)
+                : GetsResult(w->interp, line, n, w->varName);
     } else if (Tcl_Eof(chan)) {
-        code = GetsResult(interp, line, -1, w->varName);
+        code = GetsResult(w->interp, line, -1, w->varName);
     } else if (Tcl_InputBlocked(chan)) {
-        if (maxline > 0 && Tcl_InputBuffered(chan) > maxline) {
-            code = Weft_Error(interp, "MAXLINE", "%s: line longer than %d "
-                    "bytes on \"%s\"", w->cmdName, maxline, ChanName(chan));
-        } else {
-            w->wantMask = TCL_READABLE;
-            code = STEP_WAIT;
-        }
+        code = (maxline > 0 && Tcl_InputBuffered(chan) > maxline)
+                ? MaxlineError(w, maxline) : STEP_WAIT;
     } else {
-        code = IoError(interp, "reading", chan);
+        code = IoError(w->interp, "reading", chan);
     }
     Tcl_DecrRefCount(line);
     return code;
+}
+
+/*
+ * Run a read step with the channel non-blocking.  A read queues no output,
+ * so leaving cannot cut a background flush short unless one was pending.
+ */
+static int
+ReadStep(Wait *w, int (*try)(Wait *w))
+{
+    int code;
+
+    if (w->flags & W_SKIP) {
+        w->flags &= ~W_SKIP;
+        Weft_ChanArm(w);
+        return STEP_WAIT;
+    }
+    if (Weft_ChanEnterNonBlocking(w) != TCL_OK) {
+        return TCL_ERROR;
+    }
+    code = try(w);
+    Weft_ChanLeaveNonBlocking(w, !w->cs->restorePending);
+    if (code == STEP_WAIT) {
+        Weft_ChanArm(w);
+    }
+    return code;
+}
+
+static int
+StepGets(Wait *w)
+{
+    return ReadStep(w, TryGets);
 }
 
 static int
@@ -172,14 +223,55 @@ BlockingGets(Tcl_Interp *interp, Tcl_Channel chan, Tcl_Obj *varName)
 }
 
 static int
+BlockGets(Wait *w)
+{
+    return BlockingGets(w->interp, w->chan, w->varName);
+}
+
+/*
+ * Non-blocking channel: a complete line (or EOF) already available gives
+ * the same result in or outside a coroutine, so no need to ask which.
+ * Returns STEP_WAIT when there is none.
+ */
+static int
+FastGets(WeftInterp *wi, Tcl_Interp *interp, Tcl_Channel chan, ChanState *cs,
+        Tcl_Obj *varName)
+{
+    int maxline = cs ? cs->maxline : WEFT_DEFAULT_MAXLINE;
+    Tcl_Obj *line = Tcl_NewObj();
+    Tcl_Obj *coro;
+    int n, code = STEP_WAIT;
+
+    Tcl_IncrRefCount(line);
+    n = Tcl_GetsObj(chan, line);
+    if ((n >= 0 && (maxline == 0 || n <= maxline)) || (n < 0
+            && (Tcl_Eof(chan) || !Tcl_InputBlocked(chan)))) {
+        code = (n < 0 && !Tcl_Eof(chan)) ? IoError(interp, "reading", chan)
+                : GetsResult(interp, line, n, varName);
+    } else if (n >= 0) {
+        /* Over -maxline: an error in a coroutine, the line outside. */
+        if ((coro = Weft_CurrentCoroutine(wi)) == NULL) {
+            code = GetsResult(interp, line, n, varName);
+        } else {
+            Tcl_DecrRefCount(coro);
+            code = Weft_Error(interp, "MAXLINE", "weft::gets: line longer "
+                    "than %d bytes on \"%s\"", maxline, ChanName(chan));
+        }
+    }
+    Tcl_DecrRefCount(line);
+    return code;
+}
+
+static int
 GetsNR(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
 {
     WeftInterp *wi = (WeftInterp *) cd;
+    Tcl_Obj *varName = objc == 3 ? objv[2] : NULL;
     Tcl_Channel chan;
     ChanState *cs;
     Tcl_Obj *coro;
     Wait *w;
-    int blocking;
+    int blocking, code;
 
     if (objc < 2 || objc > 3) {
         Tcl_WrongNumArgs(interp, 1, objv, "channelId ?varName?");
@@ -188,67 +280,34 @@ GetsNR(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
     if ((chan = GetChan(interp, objv[1], TCL_READABLE)) == NULL) {
         return TCL_ERROR;
     }
-    cs = Weft_ChanState(wi, chan, 0);
+    cs = Weft_ChanFind(wi, chan);
     if (cs != NULL && cs->waiter[DIR_READ] != NULL) {
         return BusyError(interp, "weft::gets", chan, DIR_READ);
     }
     if (WasBlocking(interp, chan, &blocking) != TCL_OK) {
         return TCL_ERROR;
     }
-    if (!blocking) {
-        /*
-         * Fast path: a complete line (or EOF) already available gives the
-         * same result in or outside a coroutine, so no need to ask which.
-         */
-        int maxline = cs ? cs->maxline : WEFT_DEFAULT_MAXLINE;
-        Tcl_Obj *line = Tcl_NewObj();
-        int n;
-
-        Tcl_IncrRefCount(line);
-        n = Tcl_GetsObj(chan, line);
-        if ((n >= 0 && (maxline == 0 || n <= maxline)) || (n < 0
-                && (Tcl_Eof(chan) || !Tcl_InputBlocked(chan)))) {
-            int code = (n < 0 && !Tcl_Eof(chan))
-                    ? IoError(interp, "reading", chan)
-                    : GetsResult(interp, line, n, objc == 3 ? objv[2] : NULL);
-            Tcl_DecrRefCount(line);
-            return code;
-        }
-        if (n >= 0) {
-            /* Over -maxline: an error in a coroutine, the line outside. */
-            if ((coro = Weft_CurrentCoroutine(wi)) == NULL) {
-                int code = GetsResult(interp, line, n,
-                        objc == 3 ? objv[2] : NULL);
-                Tcl_DecrRefCount(line);
-                return code;
-            }
-            Tcl_DecrRefCount(coro);
-            Tcl_DecrRefCount(line);
-            return Weft_Error(interp, "MAXLINE", "weft::gets: line longer "
-                    "than %d bytes on \"%s\"", maxline, ChanName(chan));
-        }
-        Tcl_DecrRefCount(line);
+    if (!blocking && (code = FastGets(wi, interp, chan, cs, varName))
+            != STEP_WAIT) {
+        return code;
     }
-    if ((coro = Weft_CurrentCoroutine(wi)) == NULL) {
-        return BlockingGets(interp, chan, objc == 3 ? objv[2] : NULL);
+    if ((blocking && NeverBlocks(chan, TCL_READABLE))
+            || (coro = Weft_CurrentCoroutine(wi)) == NULL) {
+        return BlockingGets(interp, chan, varName);
     }
-    cs = Weft_ChanState(wi, chan, 1);
-    w = Weft_NewWait(wi, OP_GETS, cs, coro, "weft::gets");
+    cs = Weft_ChanGet(wi, chan);
+    w = Weft_NewWait(wi, OP_GETS, coro, "weft::gets");
     Tcl_DecrRefCount(coro);
-    if (objc == 3) {
-        w->varName = objv[2];
+    Weft_ChanAttach(w, cs, DIR_READ);
+    if (varName != NULL) {
+        w->varName = varName;
         Tcl_IncrRefCount(w->varName);
     }
     w->step = StepGets;
-    if (Weft_SetNonBlockingKnown(w, blocking) != TCL_OK) {
-        Weft_FreeWait(w);
-        return TCL_ERROR;
-    }
+    w->block = BlockGets;
     if (!blocking && !(cs->maxline > 0
             && Tcl_InputBuffered(chan) > cs->maxline)) {
-        /* The fast path above just found no complete line. */
-        w->wantMask = TCL_READABLE;
-        w->skipStep = 1;
+        w->flags |= W_SKIP;     /* FastGets just found no complete line */
     }
     return Weft_Run(w);
 }
@@ -267,13 +326,13 @@ StripNewline(Tcl_Obj *obj)
 }
 
 static int
-StepRead(Wait *w)
+TryRead(Wait *w)
 {
     Tcl_Channel chan = w->chan;
     int i;
 
     for (i = 0; i < 64; i++) {
-        int toRead = -1, n;
+        int toRead = -1;
 
         if (w->want >= 0) {
             toRead = w->want - Tcl_GetCharLength(w->acc);
@@ -281,8 +340,7 @@ StepRead(Wait *w)
                 break;
             }
         }
-        n = Tcl_ReadChars(chan, w->acc, toRead, 1);
-        if (n < 0) {
+        if (Tcl_ReadChars(chan, w->acc, toRead, 1) < 0) {
             return IoError(w->interp, "reading", chan);
         }
         if (Tcl_Eof(chan)) {
@@ -292,7 +350,6 @@ StepRead(Wait *w)
             break;
         }
         if (Tcl_InputBlocked(chan)) {
-            w->wantMask = TCL_READABLE;
             return STEP_WAIT;
         }
     }
@@ -304,17 +361,58 @@ StepRead(Wait *w)
 }
 
 static int
-BlockingRead(Tcl_Interp *interp, Tcl_Channel chan, int want, int nonewline)
+StepRead(Wait *w)
+{
+    return ReadStep(w, TryRead);
+}
+
+/*
+ * The read fails (timeout, deleted coroutine, I/O error): put what it took
+ * back at the head of the channel's input, in the channel's encoding, so
+ * the next read gets it.
+ */
+static void
+GiveBack(Wait *w)
+{
+    Tcl_DString enc, bytes;
+    Tcl_Encoding encoding;
+    const char *s, *utf;
+    int len, ulen;
+
+    if (w->chan == NULL || w->acc == NULL || Tcl_GetCharLength(w->acc) == 0) {
+        return;
+    }
+    Tcl_DStringInit(&enc);
+    Tcl_DStringInit(&bytes);
+    Tcl_GetChannelOption(NULL, w->chan, "-encoding", &enc);
+    if (strcmp(Tcl_DStringValue(&enc), "binary") == 0) {
+        s = (const char *) Tcl_GetByteArrayFromObj(w->acc, &len);
+    } else {
+        encoding = Tcl_GetEncoding(NULL, Tcl_DStringValue(&enc));
+        utf = Tcl_GetStringFromObj(w->acc, &ulen);
+        s = Tcl_UtfToExternalDString(encoding, utf, ulen, &bytes);
+        len = Tcl_DStringLength(&bytes);
+        Tcl_FreeEncoding(encoding);
+    }
+    Tcl_Ungets(w->chan, s, len, 0);
+    Tcl_SetObjLength(w->acc, 0);
+    Tcl_DStringFree(&bytes);
+    Tcl_DStringFree(&enc);
+}
+
+static int
+BlockingRead(Tcl_Interp *interp, Tcl_Channel chan, Tcl_Obj *acc, int want,
+        int nonewline)
 {
     int blocking, code = TCL_OK;
-    Tcl_Obj *acc;
 
     if (EnterBlocking(interp, chan, &blocking) != TCL_OK) {
         return TCL_ERROR;
     }
-    acc = Tcl_NewObj();
-    Tcl_IncrRefCount(acc);
-    if (Tcl_ReadChars(chan, acc, want, 0) < 0) {
+    if (want >= 0) {
+        want -= Tcl_GetCharLength(acc);
+    }
+    if (want != 0 && Tcl_ReadChars(chan, acc, want, 1) < 0) {
         code = IoError(interp, "reading", chan);
     } else {
         if (nonewline && Tcl_Eof(chan)) {
@@ -322,9 +420,14 @@ BlockingRead(Tcl_Interp *interp, Tcl_Channel chan, int want, int nonewline)
         }
         Tcl_SetObjResult(interp, acc);
     }
-    Tcl_DecrRefCount(acc);
     LeaveBlocking(chan, blocking);
     return code;
+}
+
+static int
+BlockRead(Wait *w)
+{
+    return BlockingRead(w->interp, w->chan, w->acc, w->want, w->nonewline);
 }
 
 static int
@@ -333,9 +436,9 @@ ReadNR(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
     WeftInterp *wi = (WeftInterp *) cd;
     Tcl_Channel chan;
     ChanState *cs;
-    Tcl_Obj *coro;
+    Tcl_Obj *coro, *acc;
     Wait *w;
-    int nonewline = 0, want = -1, i = 1;
+    int nonewline = 0, want = -1, i = 1, blocking, code;
 
     if (objc >= 2 && strcmp(Tcl_GetString(objv[1]), "-nonewline") == 0) {
         nonewline = 1;
@@ -360,29 +463,47 @@ ReadNR(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
             return TCL_ERROR;
         }
     }
-    if ((coro = Weft_CurrentCoroutine(wi)) == NULL) {
-        return BlockingRead(interp, chan, want, nonewline);
-    }
-    cs = Weft_ChanState(wi, chan, 1);
-    if (cs->waiter[DIR_READ] != NULL) {
-        Tcl_DecrRefCount(coro);
+    cs = Weft_ChanFind(wi, chan);
+    if (cs != NULL && cs->waiter[DIR_READ] != NULL) {
         return BusyError(interp, "weft::read", chan, DIR_READ);
     }
-    w = Weft_NewWait(wi, OP_READ, cs, coro, "weft::read");
+    if (WasBlocking(interp, chan, &blocking) != TCL_OK) {
+        return TCL_ERROR;
+    }
+    if ((blocking && NeverBlocks(chan, TCL_READABLE))
+            || (coro = Weft_CurrentCoroutine(wi)) == NULL) {
+        acc = Tcl_NewObj();
+        Tcl_IncrRefCount(acc);
+        code = BlockingRead(interp, chan, acc, want, nonewline);
+        Tcl_DecrRefCount(acc);
+        return code;
+    }
+    cs = Weft_ChanGet(wi, chan);
+    w = Weft_NewWait(wi, OP_READ, coro, "weft::read");
     Tcl_DecrRefCount(coro);
+    Weft_ChanAttach(w, cs, DIR_READ);
     w->want = want;
     w->nonewline = nonewline;
     w->acc = Tcl_NewObj();
     Tcl_IncrRefCount(w->acc);
     w->step = StepRead;
-    if (Weft_SetNonBlocking(w) != TCL_OK) {
-        Weft_FreeWait(w);
-        return TCL_ERROR;
-    }
+    w->block = BlockRead;
+    w->abandon = GiveBack;
     return Weft_Run(w);
 }
 
 /* ------------------------------------------------------------ puts/flush */
+
+/* Surface an error of a background flush, without flushing anything. */
+static int
+PendingWriteError(Wait *w)
+{
+    if (Tcl_WriteChars(w->chan, "", 0) < 0) {
+        return IoError(w->interp, "writing", w->chan);
+    }
+    Tcl_ResetResult(w->interp);
+    return TCL_OK;
+}
 
 /* Wait until the output queue is empty, then surface any write error. */
 static int
@@ -393,39 +514,10 @@ StepDrain(Wait *w)
         return IoError(w->interp, "flushing", w->chan);
     }
     if (Tcl_OutputBuffered(w->chan) > 0) {
-        w->wantMask = TCL_WRITABLE;
+        Weft_ChanArm(w);
         return STEP_WAIT;
     }
-    if (Tcl_Flush(w->chan) != TCL_OK) {
-        return IoError(w->interp, "flushing", w->chan);
-    }
-    Tcl_ResetResult(w->interp);
-    return TCL_OK;
-}
-
-static int
-StepDone(Wait *w)
-{
-    Tcl_ResetResult(w->interp);
-    return TCL_OK;
-}
-
-/* Output bytes a puts may leave queued before it waits for the drain. */
-static int
-OutputLimit(Wait *w)
-{
-    Tcl_DString ds;
-    int full;
-
-    if (!w->cs->wasBlocking) {
-        return w->cs->maxoutput;
-    }
-    /* Originally blocking: behave like a blocking write would. */
-    Tcl_DStringInit(&ds);
-    Tcl_GetChannelOption(NULL, w->chan, "-buffering", &ds);
-    full = strcmp(Tcl_DStringValue(&ds), "full") == 0;
-    Tcl_DStringFree(&ds);
-    return full ? Tcl_GetChannelBufferSize(w->chan) : 0;
+    return PendingWriteError(w);
 }
 
 static int
@@ -442,6 +534,31 @@ DoWrite(Tcl_Interp *interp, Tcl_Channel chan, Tcl_Obj *str, int newline)
     return TCL_OK;
 }
 
+/*
+ * A write to a channel that was blocking, made non-blocking: the first step
+ * queues the data; Tcl then buffers or flushes it by the channel's
+ * -buffering as a blocking write would, except that what the OS does not take
+ * at once goes to a background flush.  The call waits for that flush only:
+ * once the channel handler sees the channel writable (Tcl reports it only
+ * after its flush), what is still buffered is what a blocking write would
+ * have left there too.
+ */
+static int
+StepWrite(Wait *w)
+{
+    if (!(w->flags & W_WROTE)) {
+        w->flags |= W_WROTE;
+        if (DoWrite(w->interp, w->chan, w->acc, !w->nonewline) != TCL_OK) {
+            return TCL_ERROR;
+        }
+    }
+    if ((w->flags & W_FIRED) || Tcl_OutputBuffered(w->chan) == 0) {
+        return PendingWriteError(w);
+    }
+    Weft_ChanArm(w);
+    return STEP_WAIT;
+}
+
 /* Outside a coroutine: bound the queue by flushing as a blocking write. */
 static int
 BlockingFlush(Tcl_Interp *interp, Tcl_Channel chan)
@@ -456,11 +573,40 @@ BlockingFlush(Tcl_Interp *interp, Tcl_Channel chan)
     return code;
 }
 
+/* The coroutine cannot yield: finish the write as a blocking one would. */
+static int
+BlockWrite(Wait *w)
+{
+    if (!(w->flags & W_SETNB)) {
+        return BlockingFlush(w->interp, w->chan);
+    }
+    /* Blocking again (Tcl keeps the queued output), then flush it. */
+    w->flags &= ~W_SETNB;
+    Weft_ChanLeaveNonBlocking(w, 1);
+    if (Tcl_Flush(w->chan) != TCL_OK) {
+        return IoError(w->interp, "flushing", w->chan);
+    }
+    Tcl_ResetResult(w->interp);
+    return TCL_OK;
+}
+
+static Wait *
+NewWriteWait(WeftInterp *wi, Tcl_Channel chan, Tcl_Obj *coro,
+        const char *cmdName)
+{
+    Wait *w = Weft_NewWait(wi, OP_WRITE, coro, cmdName);
+
+    Tcl_DecrRefCount(coro);
+    Weft_ChanAttach(w, Weft_ChanGet(wi, chan), DIR_WRITE);
+    w->block = BlockWrite;
+    return w;
+}
+
 static int
 WriteNR(WeftInterp *wi, Tcl_Interp *interp, Tcl_Channel chan, Tcl_Obj *str,
         int newline, const char *cmdName)
 {
-    ChanState *cs = Weft_ChanState(wi, chan, 0);
+    ChanState *cs = Weft_ChanFind(wi, chan);
     Tcl_Obj *coro;
     Wait *w;
     int blocking;
@@ -487,17 +633,12 @@ WriteNR(WeftInterp *wi, Tcl_Interp *interp, Tcl_Channel chan, Tcl_Obj *str,
             /* weft::flush outside a coroutine behaves like flush. */
             return str == NULL ? TCL_OK : BlockingFlush(interp, chan);
         }
-        cs = Weft_ChanState(wi, chan, 1);
-        w = Weft_NewWait(wi, OP_WRITE, cs, coro, cmdName);
-        Tcl_DecrRefCount(coro);
-        if (Weft_SetNonBlocking(w) != TCL_OK) {
-            Weft_FreeWait(w);
-            return TCL_ERROR;
-        }
+        w = NewWriteWait(wi, chan, coro, cmdName);
         w->step = StepDrain;
         return Weft_Run(w);
     }
-    if ((coro = Weft_CurrentCoroutine(wi)) == NULL) {
+    if (NeverBlocks(chan, TCL_WRITABLE)
+            || (coro = Weft_CurrentCoroutine(wi)) == NULL) {
         if (DoWrite(interp, chan, str, newline) != TCL_OK) {
             return TCL_ERROR;
         }
@@ -505,21 +646,22 @@ WriteNR(WeftInterp *wi, Tcl_Interp *interp, Tcl_Channel chan, Tcl_Obj *str,
         return TCL_OK;
     }
     /* Blocking channel in a coroutine: write non-blocking, then wait. */
-    cs = Weft_ChanState(wi, chan, 1);
-    w = Weft_NewWait(wi, OP_WRITE, cs, coro, cmdName);
-    Tcl_DecrRefCount(coro);
-    if (Weft_SetNonBlocking(w) != TCL_OK) {
+    w = NewWriteWait(wi, chan, coro, cmdName);
+    if (Weft_ChanEnterNonBlocking(w) != TCL_OK) {
+        cs = w->cs;
         Weft_FreeWait(w);
+        Weft_ChanMaybeFree(cs);
         return TCL_ERROR;
     }
-    if (DoWrite(interp, chan, str, newline) != TCL_OK) {
-        Weft_FreeWait(w);
-        return TCL_ERROR;
-    }
-    if (str != NULL && Tcl_OutputBuffered(chan) <= OutputLimit(w)) {
-        w->step = StepDone;
-    } else {
+    w->flags |= W_SETNB;
+    if (str == NULL) {
+        w->flags |= W_WROTE;
         w->step = StepDrain;
+    } else {
+        w->acc = str;
+        Tcl_IncrRefCount(w->acc);
+        w->nonewline = !newline;
+        w->step = StepWrite;
     }
     return Weft_Run(w);
 }
@@ -595,35 +737,44 @@ StepSleep(Wait *w)
         Tcl_ResetResult(w->interp);
         return TCL_OK;
     }
-    w->wantMask = 0;
     return STEP_WAIT;
 }
 
 static int
+BlockSleep(Wait *w)
+{
+    Weft_SleepBlocking(Weft_SleepLeft(w));
+    Tcl_ResetResult(w->interp);
+    return TCL_OK;
+}
+
+/* Like `after ms`: a wide integer, negative sleeps 0. */
+static int
 SleepNR(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
 {
     WeftInterp *wi = (WeftInterp *) cd;
+    Tcl_WideInt ms;
     Tcl_Obj *coro;
     Wait *w;
-    int ms;
 
     if (objc != 2) {
         Tcl_WrongNumArgs(interp, 1, objv, "ms");
         return TCL_ERROR;
     }
-    if (Tcl_GetIntFromObj(interp, objv[1], &ms) != TCL_OK) {
+    if (Tcl_GetWideIntFromObj(interp, objv[1], &ms) != TCL_OK) {
         return TCL_ERROR;
     }
     if (ms < 0) {
         ms = 0;
     }
     if ((coro = Weft_CurrentCoroutine(wi)) == NULL) {
-        Tcl_Sleep(ms);
+        Weft_SleepBlocking(ms);
         return TCL_OK;
     }
-    w = Weft_NewWait(wi, OP_SLEEP, NULL, coro, "weft::sleep");
+    w = Weft_NewWait(wi, OP_SLEEP, coro, "weft::sleep");
     Tcl_DecrRefCount(coro);
     w->step = StepSleep;
+    w->block = BlockSleep;
     Weft_StartSleep(w, ms);
     return Weft_Run(w);
 }

@@ -14,7 +14,7 @@ static const char initScript[] =
     "    proc _conn {handler sock quiet} {\n"
     "        set code [catch {{*}$handler $sock} res opts]\n"
     "        if {!$quiet} { catch {::puts stderr \"EOF on $sock\"} }\n"
-    "        catch {::weft::_forget $sock}\n"
+    "        catch {::weft::_drop $sock}\n"
     "        catch {::close $sock}\n"
     "        if {$code == 1} { return -options $opts $res }\n"
     "        return\n"
@@ -64,7 +64,7 @@ ConfigureCmd(ClientData cd, Tcl_Interp *interp, int objc,
 {
     WeftInterp *wi = (WeftInterp *) cd;
     Tcl_Channel chan;
-    ChanState *cs;
+    ChanState *cs, defaults;
     int i, idx, v;
 
     if (objc < 2) {
@@ -76,7 +76,14 @@ ConfigureCmd(ClientData cd, Tcl_Interp *interp, int objc,
     if (chan == NULL) {
         return TCL_ERROR;
     }
-    cs = Weft_ChanState(wi, chan, 1);
+    if (objc <= 3) {
+        /* A query: the defaults unless something was set. */
+        ChanState *found = Weft_ChanFind(wi, chan);
+        memset(&defaults, 0, sizeof defaults);
+        defaults.maxline = WEFT_DEFAULT_MAXLINE;
+        defaults.maxoutput = WEFT_DEFAULT_MAXOUTPUT;
+        cs = found ? found : &defaults;
+    }
     if (objc == 2) {
         Tcl_Obj *res = Tcl_NewObj();
         for (i = 0; optNames[i]; i++) {
@@ -116,6 +123,8 @@ ConfigureCmd(ClientData cd, Tcl_Interp *interp, int objc,
             return TCL_ERROR;
         }
     }
+    cs = Weft_ChanGet(wi, chan);
+    Weft_ChanConfigured(cs);
     for (i = 2; i < objc; i += 2) {
         Tcl_GetIndexFromObj(NULL, objv[i], optNames, "option", 0, &idx);
         Tcl_GetIntFromObj(NULL, objv[i + 1], &v);
@@ -125,10 +134,11 @@ ConfigureCmd(ClientData cd, Tcl_Interp *interp, int objc,
     return TCL_OK;
 }
 
-/* ----------------------------------------------------------- weft::_forget */
+/* ------------------------------------------------------------- weft::_drop */
 
+/* Used by ::weft::_conn before it closes a client's socket. */
 static int
-ForgetCmd(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
+DropCmd(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
 {
     Tcl_Channel chan;
 
@@ -140,7 +150,7 @@ ForgetCmd(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
     if (chan == NULL) {
         return TCL_ERROR;
     }
-    Weft_ForgetChannel((WeftInterp *) cd, chan);
+    Weft_ChanForget((WeftInterp *) cd, chan);
     return TCL_OK;
 }
 
@@ -167,6 +177,8 @@ StatsCmd(ClientData cd, Tcl_Interp *interp, int objc, Tcl_Obj *const objv[])
     Tcl_ListObjAppendElement(NULL, res, Tcl_NewIntObj(wi->coros.numEntries));
     Tcl_ListObjAppendElement(NULL, res, Tcl_NewStringObj("channels", -1));
     Tcl_ListObjAppendElement(NULL, res, Tcl_NewIntObj(wi->chans.numEntries));
+    Tcl_ListObjAppendElement(NULL, res, Tcl_NewStringObj("sweep", -1));
+    Tcl_ListObjAppendElement(NULL, res, Tcl_NewIntObj(wi->sweep != NULL));
     Tcl_ListObjAppendElement(NULL, res, Tcl_NewStringObj("notifier", -1));
     Tcl_ListObjAppendElement(NULL, res,
             Tcl_NewStringObj(Weft_NotifierName(), -1));
@@ -198,6 +210,7 @@ Weft_Init(Tcl_Interp *interp)
     wi = (WeftInterp *) ckalloc(sizeof(WeftInterp));
     memset(wi, 0, sizeof *wi);
     wi->interp = interp;
+    wi->thread = Tcl_GetCurrentThread();
     Tcl_InitHashTable(&wi->chans, TCL_ONE_WORD_KEYS);
     Tcl_InitHashTable(&wi->coros, TCL_ONE_WORD_KEYS);
     y = Tcl_NewStringObj("::yield", -1);
@@ -218,7 +231,7 @@ Weft_Init(Tcl_Interp *interp)
     }
     Tcl_CreateObjCommand(interp, "::weft::configure", ConfigureCmd, wi, NULL);
     Tcl_CreateObjCommand(interp, "::weft::stats", StatsCmd, wi, NULL);
-    Tcl_CreateObjCommand(interp, "::weft::_forget", ForgetCmd, wi, NULL);
+    Tcl_CreateObjCommand(interp, "::weft::_drop", DropCmd, wi, NULL);
     Tcl_CreateObjCommand(interp, "::weft::notifier", Weft_NotifierCmd, wi,
             NULL);
 

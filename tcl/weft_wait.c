@@ -1,24 +1,27 @@
 /*
- * weft_wait.c -- suspending a Tcl coroutine until a channel is ready.
+ * weft_wait.c -- suspending a Tcl coroutine until something wakes it.
  *
- * A command that cannot complete at once creates a Wait, registers it as
- * the channel's waiter for one direction, makes sure a channel handler for
- * that direction exists (and arms the channel's -timeout timer), then yields
- * through ::yield with Tcl_NRAddCallback + Tcl_NREvalObj.  When the notifier
- * fires, the coroutine is resumed by its current name.  After every
- * resumption the command's step runs again; spurious resumptions just wait
- * again.  Finish() is the only place a Wait is freed.
+ * A command that cannot complete at once creates a Wait; its step arms a
+ * wake-up (a channel handler through weft_chan.c, or a timer here) and
+ * returns STEP_WAIT; Drive then yields through ::yield with
+ * Tcl_NRAddCallback + Tcl_NREvalObj.  Whatever wakes it resumes the
+ * coroutine by its current name, and the step runs again; a spurious
+ * resumption just waits again.  Finish() is the only place a Wait is freed.
  *
- * Channel state and handlers are in weft_chan.c.  Each coroutine gets one
- * command trace
+ * This file knows nothing of channels: the layers above plug in through the
+ * Wait's callbacks (weft_tcl.h).  Each coroutine gets one command trace
  * (delete + rename) for its lifetime; deletion drops its wait's wake-up
  * sources before Tcl rewinds the coroutine (which runs Resumed once more).
  */
 #include "weft_tcl.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+/* Tcl timers take an int of milliseconds: longer sleeps are chained. */
+#define MAX_TIMER_MS (1 << 30)
 
 static int  Drive(Wait *w);
 static int  Resumed(ClientData data[], Tcl_Interp *interp, int result);
@@ -123,9 +126,6 @@ FreeCoroRec(CoroRec *rec)
         /* Nothing may resume it any more; Tcl rewinds it (Resumed). */
         w->flags |= W_DELETED;
         Weft_Disarm(w);
-        if (w->cs != NULL && !w->cs->restorePending) {
-            Weft_DropHandler(w->cs, w->dir, 0);
-        }
         w->rec = NULL;
     }
     Tcl_DeleteHashEntry(rec->entry);
@@ -186,7 +186,7 @@ CoroName(CoroRec *rec)
 /* ------------------------------------------------------------------- waits */
 
 Wait *
-Weft_NewWait(WeftInterp *wi, enum WaitOp op, ChanState *cs, Tcl_Obj *coroName,
+Weft_NewWait(WeftInterp *wi, enum WaitOp op, Tcl_Obj *coroName,
         const char *cmdName)
 {
     Wait *w = (Wait *) ckalloc(sizeof(Wait));
@@ -195,8 +195,6 @@ Weft_NewWait(WeftInterp *wi, enum WaitOp op, ChanState *cs, Tcl_Obj *coroName,
     w->wi = wi;
     w->interp = wi->interp;
     w->op = op;
-    w->cs = cs;
-    w->chan = cs ? cs->chan : NULL;
     w->dir = (op == OP_WRITE) ? DIR_WRITE : DIR_READ;
     w->rec = GetCoroRec(wi, coroName);
     w->want = -1;
@@ -206,18 +204,14 @@ Weft_NewWait(WeftInterp *wi, enum WaitOp op, ChanState *cs, Tcl_Obj *coroName,
     return w;
 }
 
-/* Remove every wake-up source of a Wait (lazy channel handlers stay). */
+/* Remove every wake-up source of a Wait. */
 void
 Weft_Disarm(Wait *w)
 {
     WeftInterp *wi = w->wi;
 
-    if (w->waiting) {
-        if (w->cs && w->cs->waiter[w->dir] == w) {
-            w->cs->waiter[w->dir] = NULL;
-        }
-        w->waiting = 0;
-        wi->armed--;
+    if (w->unhook != NULL) {
+        w->unhook(w);
     }
     if (w->timer) {
         Tcl_DeleteTimerHandler(w->timer);
@@ -234,16 +228,13 @@ Weft_Disarm(Wait *w)
     }
 }
 
+/* Free a Wait that never ran (setup failed) or whose call is over. */
 void
 Weft_FreeWait(Wait *w)
 {
     WeftInterp *wi = w->wi;
 
     Weft_Disarm(w);
-    if ((w->flags & W_SETNB) && w->cs && --w->cs->nbUsers == 0
-            && w->cs->wasBlocking) {
-        Weft_RestoreBlocking(w->cs);
-    }
     if (w->varName) {
         Tcl_DecrRefCount(w->varName);
     }
@@ -258,41 +249,15 @@ Weft_FreeWait(Wait *w)
 static int
 Finish(Wait *w, int code)
 {
-    /* Keep the channel handler only for the likely next wait after a
-     * successful call; errors (timeout, deletion...) drop it at once. */
-    if (code != TCL_OK && w->cs != NULL) {
-        Weft_DropHandler(w->cs, w->dir, 0);
+    if (code != TCL_OK && w->abandon != NULL) {
+        w->abandon(w);
     }
-    Weft_FreeWait(w);           /* may re-arm the writable handler */
+    Weft_Disarm(w);
+    if (w->release != NULL) {
+        w->release(w, code);
+    }
+    Weft_FreeWait(w);
     return code;
-}
-
-/* Arm the wake-up sources for the coming yield. */
-static int
-Arm(Wait *w)
-{
-    WeftInterp *wi = w->wi;
-    ChanState *cs = w->cs;
-
-    if (w->rec == NULL) {
-        return Weft_Error(w->interp, "NOCORO", "%s: cannot find the current "
-                "coroutine", w->cmdName);
-    }
-    w->rec->wait = w;
-    if (cs != NULL && w->wantMask) {
-        if (!w->waiting) {
-            cs->waiter[w->dir] = w;
-            w->waiting = 1;
-            wi->armed++;
-        }
-        Weft_EnsureHandler(cs, w->dir);
-        if (!w->timerStarted && cs->timeout > 0) {
-            w->timer = Tcl_CreateTimerHandler(cs->timeout, TimerFired, w);
-            w->timerStarted = 1;
-            wi->armed++;
-        }
-    }
-    return TCL_OK;
 }
 
 int
@@ -305,25 +270,28 @@ static int
 Drive(Wait *w)
 {
     Tcl_Interp *interp = w->interp;
-    int r;
+    int r = w->step(w);
 
-    if (w->skipStep) {
-        w->skipStep = 0;
-        r = STEP_WAIT;
-    } else {
-        r = w->step(w);
-    }
+    w->flags &= ~W_FIRED;
     if (r != STEP_WAIT) {
         return Finish(w, r);
     }
     if (w->flags & W_TIMEDOUT) {
         Weft_Error(interp, "TIMEOUT", "%s: timed out after %d ms on \"%s\"",
-                w->cmdName, w->cs ? w->cs->timeout : 0,
+                w->cmdName, w->timeout,
                 w->chan ? Tcl_GetChannelName(w->chan) : "");
         return Finish(w, TCL_ERROR);
     }
-    if (Arm(w) != TCL_OK) {
+    if (w->rec == NULL) {
+        Weft_Error(interp, "NOCORO", "%s: cannot find the current "
+                "coroutine", w->cmdName);
         return Finish(w, TCL_ERROR);
+    }
+    w->rec->wait = w;
+    if (w->timer == NULL && w->timeout > 0 && w->op != OP_SLEEP
+            && !(w->flags & W_TIMEDOUT)) {
+        w->timer = Tcl_CreateTimerHandler(w->timeout, TimerFired, w);
+        w->wi->armed++;
     }
     Tcl_NRAddCallback(interp, Resumed, w, NULL, NULL, NULL);
     return Tcl_NREvalObj(interp, w->wi->yieldCmd, 0);
@@ -347,6 +315,26 @@ CantYield(Tcl_Interp *interp, int result)
     return found;
 }
 
+/*
+ * The coroutine cannot yield: a C command that is not NRE-enabled lies
+ * between it and this call (lsort -command, a trace, an event handler run by
+ * a vwait inside the coroutine).  Finish the call as it would finish outside
+ * a coroutine, so that it never fails with part of its work done.
+ */
+static int
+FinishBlocking(Wait *w)
+{
+    Tcl_ResetResult(w->interp);
+    Weft_Disarm(w);
+    if (w->block == NULL) {
+        Weft_Error(w->interp, "NOCORO", "%s: cannot wait here: the caller "
+                "cannot yield (the coroutine is called through a C command "
+                "that is not NRE-enabled)", w->cmdName);
+        return Finish(w, TCL_ERROR);
+    }
+    return Finish(w, w->block(w));
+}
+
 /* NRE callback: the yield returned (the coroutine was resumed) or failed. */
 static int
 Resumed(ClientData data[], Tcl_Interp *interp, int result)
@@ -360,9 +348,7 @@ Resumed(ClientData data[], Tcl_Interp *interp, int result)
     }
     if (result != TCL_OK) {
         if (CantYield(interp, result)) {
-            Weft_Error(interp, "NOCORO", "%s: cannot wait here: the caller "
-                    "cannot yield (the coroutine is called through a C "
-                    "command that is not NRE-enabled)", w->cmdName);
+            return FinishBlocking(w);
         }
         return Finish(w, TCL_ERROR);
     }
@@ -400,6 +386,29 @@ Weft_Wake(Wait *w)
     Tcl_Release(interp);
 }
 
+static Tcl_WideInt
+MsUntil(const Tcl_Time *t)
+{
+    Tcl_Time now;
+
+    Tcl_GetTime(&now);
+    return ((Tcl_WideInt) t->sec - now.sec) * 1000
+            + (t->usec - now.usec + 999) / 1000;
+}
+
+static void
+ArmSleepTimer(Wait *w)
+{
+    Tcl_WideInt left = MsUntil(&w->deadline);
+
+    if (left < 0) {
+        left = 0;
+    }
+    w->timer = Tcl_CreateTimerHandler(
+            (int) (left > MAX_TIMER_MS ? MAX_TIMER_MS : left), TimerFired, w);
+    w->wi->armed++;
+}
+
 static void
 TimerFired(ClientData cd)
 {
@@ -407,7 +416,15 @@ TimerFired(ClientData cd)
 
     w->timer = NULL;
     w->wi->armed--;
-    w->flags |= (w->op == OP_SLEEP) ? W_SLEPT : W_TIMEDOUT;
+    if (w->op == OP_SLEEP) {
+        if (MsUntil(&w->deadline) > 0) {
+            ArmSleepTimer(w);   /* a chained part of a long sleep */
+            return;
+        }
+        w->flags |= W_SLEPT;
+    } else {
+        w->flags |= W_TIMEDOUT;
+    }
     Weft_Wake(w);
 }
 
@@ -432,11 +449,37 @@ Weft_WakeLater(Wait *w)
     }
 }
 
-/* Start the timer of weft::sleep. */
+/* Start the timer of weft::sleep: ms from now, however long. */
 void
-Weft_StartSleep(Wait *w, int ms)
+Weft_StartSleep(Wait *w, Tcl_WideInt ms)
 {
-    w->timer = Tcl_CreateTimerHandler(ms, TimerFired, w);
-    w->timerStarted = 1;
-    w->wi->armed++;
+    Tcl_GetTime(&w->deadline);
+    w->deadline.sec += (long) (ms / 1000);
+    w->deadline.usec += (long) (ms % 1000) * 1000;
+    if (w->deadline.usec >= 1000000) {
+        w->deadline.sec++;
+        w->deadline.usec -= 1000000;
+    }
+    ArmSleepTimer(w);
+}
+
+/* Milliseconds left of a weft::sleep. */
+Tcl_WideInt
+Weft_SleepLeft(Wait *w)
+{
+    Tcl_WideInt left = MsUntil(&w->deadline);
+
+    return left > 0 ? left : 0;
+}
+
+/* Block the thread for ms milliseconds, however long. */
+void
+Weft_SleepBlocking(Tcl_WideInt ms)
+{
+    while (ms > 0) {
+        int part = ms > INT_MAX ? INT_MAX : (int) ms;
+
+        Tcl_Sleep(part);
+        ms -= part;
+    }
 }

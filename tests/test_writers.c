@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -130,14 +131,15 @@ static size_t split_records(const char *data, size_t len, char *letters, size_t 
     return n;
 }
 
-static void parked_record_stays_whole(enum how how, weft_buffering mode, size_t a_len)
+static void parked_record_stays_whole(enum how how, weft_buffering mode, size_t a_len,
+                                      size_t b_len)
 {
     int peer;
     weft_chan *c = small_pipe(&peer);
     CHECK(weft_chan_set_buffering(c, mode) == 0);
     struct sink s;
     sink_start(&s, peer, 200, 4096);
-    struct job b = {c, how, 'B', 60000, true}, a = {c, how, 'A', a_len, false};
+    struct job b = {c, how, 'B', b_len, true}, a = {c, how, 'A', a_len, false};
     weft_co *cb = weft_spawn(job_main, &b), *ca = weft_spawn(job_main, &a);
     CHECK(cb && ca);
     CHECK(weft_join(cb, NULL, -1) == 0 && weft_join(ca, NULL, -1) == 0);
@@ -146,14 +148,16 @@ static void parked_record_stays_whole(enum how how, weft_buffering mode, size_t 
     char letters[8];
     size_t lens[8];
     CHECK(split_records(s.data, s.len, letters, lens, 8) == 3);
-    /* B's record first; A's whole, before or after B's "bbbb" (in line and no buffering
-     * A waits for the turn B's parked record holds, and then B's next write waits for A). */
-    CHECK(letters[0] == 'B' && lens[0] == 60000);
+    /* B's record first; A's whole, before or after B's "bbbb". */
+    CHECK(letters[0] == 'B' && lens[0] == b_len);
     int ia = letters[1] == 'A' ? 1 : 2, ib = 3 - ia;
     CHECK(letters[ia] == 'A' && lens[ia] == a_len);
     CHECK(letters[ib] == 'b' && lens[ib] == 4);
-    if (mode != WEFT_BUF_FULL)
-        CHECK(ia == 1); /* the turn went to the writer that waited for it */
+    /* A record larger than the write buffer parks B with the turn held (a smaller one is
+     * queued whole, without waiting): then A, waiting for the turn, gets it before B's next
+     * write. */
+    if (b_len > WEFT_WBUF_DEFAULT && mode != WEFT_BUF_FULL)
+        CHECK(ia == 1);
     free(s.data);
     close(peer);
 }
@@ -162,8 +166,10 @@ static void a_parked_writers_record_is_never_split(void)
 {
     weft_buffering modes[] = {WEFT_BUF_LINE, WEFT_BUF_NONE, WEFT_BUF_FULL};
     for (int m = 0; m < 3; m++) {
-        parked_record_stays_whole(BY_WRITE, modes[m], 9999);
-        parked_record_stays_whole(BY_PUTLN, modes[m], 30000);
+        parked_record_stays_whole(BY_WRITE, modes[m], 9999, 60000);   /* the audit's sizes */
+        parked_record_stays_whole(BY_PUTLN, modes[m], 30000, 60000);
+        parked_record_stays_whole(BY_WRITE, modes[m], 9999, 200000);  /* B parks mid-record */
+        parked_record_stays_whole(BY_PUTLN, modes[m], 30000, 200000);
     }
 }
 
@@ -305,12 +311,15 @@ static void *turn_writer(void *arg)
     return NULL;
 }
 
+static void *turn_writer(void *arg);
+
 static void *stuck_closer(void *arg)
 {
-    (void)arg;
+    weft_co **t = arg;
     while (!writer_parked)
         CHECK(weft_sleep(1) == 0);
     CHECK(weft_sleep(50) == 0); /* the writer has been parked on the full socket since */
+    CHECK((*t = weft_spawn(turn_writer, NULL)) && weft_yield() == 0); /* it waits its turn */
     int rc = weft_close(stuck_c);
     CHECK(rc == 0 || errno == EBUSY); /* EBUSY: the parked writer's bytes were dropped */
     return NULL;
@@ -326,19 +335,18 @@ static void close_does_not_wait_for_a_parked_writer(void)
         stuck_reader_err = stuck_writer_err = turn_writer_err = 0;
         writer_parked = false;
         weft_co *r = weft_spawn(stuck_reader, NULL), *w = weft_spawn(stuck_writer, NULL);
+        weft_co *t = NULL;
         CHECK(r && w);
-        for (int i = 0; i < 100 && !writer_parked; i++)
-            CHECK(weft_yield() == 0);
-        weft_co *t = weft_spawn(turn_writer, NULL);
-        CHECK(t);
         if (from_main) {
-            /* The main program closes, outside any coroutine, while all three wait. */
+            /* The main program closes, outside any coroutine, while all three wait: the
+             * writer has filled the socket and its write buffer's worth of queue. */
             for (int i = 0; i < 200; i++)
                 CHECK(weft_yield() == 0);
+            CHECK((t = weft_spawn(turn_writer, NULL)) && weft_yield() == 0);
             int rc = weft_close(stuck_c);
             CHECK(rc == 0 || errno == EBUSY);
         } else {
-            weft_co *k = weft_spawn(stuck_closer, NULL);
+            weft_co *k = weft_spawn(stuck_closer, &t);
             CHECK(k && weft_join(k, NULL, -1) == 0);
         }
         CHECK(weft_join(r, NULL, -1) == 0 && weft_join(w, NULL, -1) == 0);
@@ -440,10 +448,115 @@ static void a_held_reply_flows_while_its_coroutine_waits_elsewhere(void)
     close(go[1]);
 }
 
+
+/* ---- A peer that resets while writers wait ---- */
+
+/* A connected loopback TCP pair whose weft side (*mine) holds little in its send buffer. */
+static void tcp_pair_small(int *mine, int *peer)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sa;
+    CHECK(l >= 0 && bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 1) == 0);
+    CHECK(getsockname(l, (struct sockaddr *)&sa, &len) == 0);
+    *mine = socket(AF_INET, SOCK_STREAM, 0);
+    int sndbuf = 4096;
+    CHECK(setsockopt(*mine, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf) == 0);
+    CHECK(connect(*mine, (struct sockaddr *)&sa, sizeof sa) == 0);
+    CHECK((*peer = accept(l, NULL, NULL)) >= 0);
+    close(l);
+}
+
+static void reset(int fd)
+{
+    struct linger lg = {1, 0};
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
+    close(fd); /* RST */
+}
+
+static weft_chan *rst_c;
+static char big[4 << 20];
+
+static void *big_writer(void *arg)
+{
+    (void)arg;
+    CHECK(weft_write(rst_c, big, sizeof big) == -1);
+    CHECK(errno == ECONNRESET || errno == EPIPE);
+    return NULL;
+}
+
+static void *small_writer(void *arg)
+{
+    (void)arg;
+    CHECK(weft_write(rst_c, "bbbb\n", 5) == -1); /* its turn came after the reset */
+    CHECK(errno == ECONNRESET || errno == EPIPE);
+    return NULL;
+}
+
+/* The audit's case: in full buffering, a write that waited for its turn while the writer
+ * ahead of it met the reset returned success, its bytes buffered for a peer that was gone.
+ * Every later write and the close report the first error, not a later EPIPE. */
+static void writers_waiting_for_their_turn_see_the_reset(void)
+{
+    for (int mode = 0; mode < 2; mode++) {
+        int mine, peer;
+        tcp_pair_small(&mine, &peer);
+        CHECK((rst_c = weft_chan_open(mine)));
+        if (mode)
+            CHECK(weft_chan_set_buffering(rst_c, WEFT_BUF_FULL) == 0);
+        weft_co *a = weft_spawn(big_writer, NULL), *b = weft_spawn(small_writer, NULL);
+        CHECK(a && b);
+        for (int i = 0; i < 20; i++) { /* a fills the socket and parks; b waits its turn */
+            CHECK(weft_yield() == 0);
+            usleep(1000);
+        }
+        reset(peer);
+        CHECK(weft_join(a, NULL, -1) == 0 && weft_join(b, NULL, -1) == 0);
+        CHECK(weft_write(rst_c, "later\n", 6) == -1 && errno == ECONNRESET);
+        CHECK(weft_flush(rst_c) == -1 && errno == ECONNRESET);
+        CHECK(weft_close(rst_c) == 0); /* nothing was left buffered */
+    }
+}
+
+static void *direct_writer(void *arg)
+{
+    (void)arg;
+    CHECK(weft_write(rst_c, big, sizeof big) == -1 && errno == EBADF);
+    return NULL;
+}
+
+/* The audit's case: a close while another coroutine was parked in a large write (sent
+ * straight from its memory) returned 0, though most of that write never left. */
+static void a_close_that_cuts_a_direct_write_says_ebusy(void)
+{
+    int mine, peer;
+    tcp_pair_small(&mine, &peer);
+    CHECK((rst_c = weft_chan_open(mine)));
+    weft_co *a = weft_spawn(direct_writer, NULL);
+    CHECK(a);
+    for (int i = 0; i < 10; i++) {
+        CHECK(weft_yield() == 0);
+        usleep(1000);
+    }
+    CHECK(weft_close(rst_c) == -1 && errno == EBUSY);
+    CHECK(weft_join(a, NULL, -1) == 0);
+    size_t got = 0;
+    char buf[65536];
+    ssize_t r;
+    while ((r = read(peer, buf, sizeof buf)) > 0)
+        got += (size_t)r;
+    CHECK(r == 0 && got < sizeof big);
+    close(peer);
+}
+
 const struct test tests[] = {
     {"a_parked_writers_record_is_never_split", a_parked_writers_record_is_never_split, 0},
     {"three_writers_random_records_stay_whole", three_writers_random_records_stay_whole, 0},
     {"close_does_not_wait_for_a_parked_writer", close_does_not_wait_for_a_parked_writer, 20},
+    {"writers_waiting_for_their_turn_see_the_reset", writers_waiting_for_their_turn_see_the_reset,
+     20},
+    {"a_close_that_cuts_a_direct_write_says_ebusy", a_close_that_cuts_a_direct_write_says_ebusy,
+     20},
     {"a_held_reply_flows_while_its_coroutine_waits_elsewhere",
      a_held_reply_flows_while_its_coroutine_waits_elsewhere, 60},
 };

@@ -110,3 +110,56 @@ proc drain {chan n {secs 60}} {
     }
     return $data
 }
+
+# Run a Tcl script in a child tclsh (bounded by `timeout`); returns its output
+# (stdout and stderr), or "exit N: output" when it did not exit with 0.
+proc child {script {secs 20}} {
+    set fd [file tempfile f weftchild.tcl]
+    puts $fd "lappend auto_path [list $::buildDir]"
+    puts $fd $script
+    close $fd
+    set rc [catch {exec timeout -k 2 $secs [info nameofexecutable] $f 2>@1} out opts]
+    file delete $f
+    if {$rc} {
+        set ec [dict get $opts -errorcode]
+        if {[lindex $ec 0] eq "CHILDSTATUS"} { return "exit [lindex $ec 2]: $out" }
+    }
+    return $out
+}
+
+# A peer in a child process that counts the bytes of one connection and
+# prints the count when it reaches end of file.  Returns {pid port chan}.
+proc startSink {} {
+    set fd [file tempfile script weftsink.tcl]
+    puts $fd {
+        set l [socket -server {apply {{s h p} {
+            chan configure $s -translation binary -blocking 0
+            set ::n 0
+            chan event $s readable [list apply {{s} {
+                incr ::n [string length [read $s]]
+                if {[eof $s]} { puts "got $::n"; flush stdout; exit }
+            }} $s]
+        }}} -myaddr 127.0.0.1 0]
+        puts "listening on 127.0.0.1:[lindex [chan configure $l -sockname] 2]"
+        flush stdout
+        after 60000 exit
+        vwait forever
+    }
+    close $fd
+    set srv [startServer $script]
+    file delete $script
+    return $srv
+}
+
+# One line from chan, running the event loop meanwhile (bounded).
+proc getline {chan {ms 10000}} {
+    chan configure $chan -blocking 0
+    set ::_line {}
+    set ::_got 0
+    chan event $chan readable [list apply {{chan} {
+        if {[gets $chan l] >= 0} { set ::_line $l; set ::_got 1 } elseif {[eof $chan]} { set ::_got 1 }
+    }} $chan]
+    waitfor {$::_got} $ms
+    chan event $chan readable {}
+    return $::_line
+}

@@ -8,7 +8,7 @@
 here=$(cd "$(dirname "$0")" && pwd)
 : "${TCLSH:=tclsh8.6}"
 : "${WEFT_TEST_TIMEOUT:=150}"
-export TCLLIBPATH="${WEFT_TCL_BUILD:?set WEFT_TCL_BUILD}"
+export TCLLIBPATH="${WEFT_TCL_BUILD:?set WEFT_TCL_BUILD} ${WEFT_TCLLIBPATH_EXTRA:-}"
 export WEFT_TCL_BUILD
 passed=0; failed=0
 for f in "$here"/*.test; do

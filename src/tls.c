@@ -1,0 +1,751 @@
+/* TLS: a transport layered over another (the socket's), with OpenSSL doing the records. The
+ * channel above does not know it is there. OpenSSL talks to the transport below through a
+ * BIO of ours: its reads are the lower transport's non-blocking recv (EAGAIN becomes a retry,
+ * so SSL_read says WANT_READ and we wait for the lower transport's input); its writes are
+ * collected in a buffer that, once an SSL call returns, is given to the lower transport,
+ * which sends it now or as the peer reads. So a TLS write never waits inside OpenSSL, and
+ * every wait is the lower transport's. A context (weft_tls) wraps an SSL_CTX with its settings
+ * and is counted by the connections and servers that use it. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef WEFT_HAVE_TLS
+
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
+/* Plaintext one send takes at most, and output waiting below past which it takes none: a
+ * large write is encrypted as the peer reads, not all at once into memory. */
+#define SEND_CHUNK (16 * 1024)
+#define QUEUE_LIMIT (64 * 1024)
+
+struct weft_tls {
+    SSL_CTX *ctx;
+    bool server;
+    atomic_int refs;
+    unsigned char *alpn;   /* wire format: length-prefixed names */
+    unsigned alpn_len;
+};
+
+typedef struct tls {
+    transport t;
+    SSL *ssl;
+    weft_tls *owner;       /* the context, counted */
+    bool handshaken;       /* the handshake finished */
+    bool failed;           /* a fatal error: only close is left */
+    char *out;             /* records OpenSSL wrote, not yet given below */
+    size_t out_len, out_cap;
+    char *pre;             /* bytes from below read before we were layered (preload) */
+    size_t pre_off, pre_len;
+    int lower_errno;       /* the lower transport's error behind a failed BIO call */
+    char error[160];       /* the last failure, as text */
+    char alpn[64];
+} tls;
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+/* ---- Contexts ---- */
+
+static weft_tls *ctx_new(bool server)
+{
+    weft_tls *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (!w->ctx) {
+        free(w);
+        errno = ENOMEM;
+        return NULL;
+    }
+    w->server = server;
+    atomic_init(&w->refs, 1);
+    SSL_CTX_set_min_proto_version(w->ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(w->ctx, SSL_OP_NO_RENEGOTIATION);
+    /* Idle connections keep no record buffers (measured in docs/tls.md). */
+    SSL_CTX_set_mode(w->ctx, SSL_MODE_RELEASE_BUFFERS);
+    return w;
+}
+
+static void ctx_unref(weft_tls *w)
+{
+    if (atomic_fetch_sub(&w->refs, 1) == 1) {
+        SSL_CTX_free(w->ctx);
+        free(w->alpn);
+        free(w);
+    }
+}
+
+/* A file OpenSSL could not load: ENOENT/EACCES when the file is the reason, else EPROTO. */
+static int load_errno(const char *path)
+{
+    FILE *f = path ? fopen(path, "r") : NULL;
+    int err = f ? EPROTO : errno;
+    if (f)
+        fclose(f);
+    ERR_clear_error();
+    return err;
+}
+
+weft_tls *weft_tls_server(const char *cert_file, const char *key_file)
+{
+    if (!cert_file || !key_file) {
+        errno = EINVAL;
+        return NULL;
+    }
+    weft_tls *w = ctx_new(true);
+    if (!w)
+        return NULL;
+    int err = 0;
+    if (SSL_CTX_use_certificate_chain_file(w->ctx, cert_file) != 1)
+        err = load_errno(cert_file);
+    else if (SSL_CTX_use_PrivateKey_file(w->ctx, key_file, SSL_FILETYPE_PEM) != 1)
+        err = load_errno(key_file);
+    else if (SSL_CTX_check_private_key(w->ctx) != 1)
+        err = EPROTO;
+    if (err) {
+        ERR_clear_error();
+        ctx_unref(w);
+        errno = err;
+        return NULL;
+    }
+    return w;
+}
+
+weft_tls *weft_tls_client(const char *ca_file, const char *ca_dir)
+{
+    weft_tls *w = ctx_new(false);
+    if (!w)
+        return NULL;
+    int ok = ca_file || ca_dir ? SSL_CTX_load_verify_locations(w->ctx, ca_file, ca_dir)
+                               : SSL_CTX_set_default_verify_paths(w->ctx);
+    if (ok != 1) {
+        int err = load_errno(ca_file ? ca_file : ca_dir);
+        ctx_unref(w);
+        errno = err;
+        return NULL;
+    }
+    SSL_CTX_set_verify(w->ctx, SSL_VERIFY_PEER, NULL);
+    return w;
+}
+
+int weft_tls_set_verify(weft_tls *w, int verify)
+{
+    if (w->server) {
+        errno = EINVAL;
+        return -1;
+    }
+    SSL_CTX_set_verify(w->ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    return 0;
+}
+
+/* Server: pick the first of our protocols the client offers. */
+static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned inlen, void *arg)
+{
+    (void)ssl;
+    weft_tls *w = arg;
+    unsigned char *sel;
+    if (SSL_select_next_proto(&sel, outlen, w->alpn, w->alpn_len, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK; /* no common protocol: go on without one */
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+int weft_tls_set_alpn(weft_tls *w, const char *const *protocols, size_t n)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = protocols[i] ? strlen(protocols[i]) : 0;
+        if (k == 0 || k > 255) {
+            errno = EINVAL;
+            return -1;
+        }
+        len += 1 + k;
+    }
+    if (n == 0 || len > 65535) {
+        errno = EINVAL;
+        return -1;
+    }
+    unsigned char *wire = malloc(len);
+    if (!wire) {
+        errno = ENOMEM;
+        return -1;
+    }
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t k = strlen(protocols[i]);
+        wire[at++] = (unsigned char)k;
+        memcpy(wire + at, protocols[i], k);
+        at += k;
+    }
+    free(w->alpn);
+    w->alpn = wire;
+    w->alpn_len = (unsigned)len;
+    if (w->server)
+        SSL_CTX_set_alpn_select_cb(w->ctx, select_alpn, w);
+    else if (SSL_CTX_set_alpn_protos(w->ctx, wire, (unsigned)len) != 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return 0;
+}
+
+void weft_tls_free(weft_tls *w)
+{
+    if (w)
+        ctx_unref(w);
+}
+
+weft_tls *tls_ref(weft_tls *w)
+{
+    if (w)
+        atomic_fetch_add(&w->refs, 1);
+    return w;
+}
+
+/* ---- The BIO between OpenSSL and the lower transport ---- */
+
+static int bio_write(BIO *b, const char *buf, int len)
+{
+    tls *s = BIO_get_data(b);
+    size_t need = s->out_len + (size_t)len;
+    if (need > s->out_cap) {
+        size_t cap = s->out_cap ? s->out_cap : BUF_SIZE;
+        while (cap < need)
+            cap *= 2;
+        char *p = !s->out && cap == BUF_SIZE ? buf_take() : realloc(s->out, cap);
+        if (!p)
+            return -1;
+        s->out = p;
+        s->out_cap = cap;
+    }
+    memcpy(s->out + s->out_len, buf, (size_t)len);
+    s->out_len += (size_t)len;
+    return len; /* all of it, always: the lower transport queues what the peer does not take */
+}
+
+static int bio_read(BIO *b, char *buf, int len)
+{
+    tls *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (s->pre_len > 0) {
+        size_t k = s->pre_len < (size_t)len ? s->pre_len : (size_t)len;
+        memcpy(buf, s->pre + s->pre_off, k);
+        s->pre_off += k;
+        s->pre_len -= k;
+        if (s->pre_len == 0) {
+            free(s->pre);
+            s->pre = NULL;
+        }
+        return (int)k;
+    }
+    transport *below = s->t.below;
+    ssize_t r = below->ops->recv(below, buf, (size_t)len);
+    if (r >= 0)
+        return (int)r; /* (0: end of file) */
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        BIO_set_retry_read(b);
+    else
+        s->lower_errno = errno;
+    return -1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b, (void)num, (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static void make_bio_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "weft transport");
+    if (m && BIO_meth_set_write(m, bio_write) && BIO_meth_set_read(m, bio_read) &&
+        BIO_meth_set_ctrl(m, bio_ctrl) && BIO_meth_set_create(m, bio_create))
+        bio_method = m;
+}
+
+/* ---- Errors ---- */
+
+/* Note why OpenSSL failed (its reason, or the verification's), and the errno it means. */
+static int failure(tls *s, int ssl_err)
+{
+    unsigned long e = ERR_peek_last_error();
+    long verify = SSL_get_verify_result(s->ssl);
+    int err = EPROTO;
+    if (ssl_err == SSL_ERROR_SYSCALL && s->lower_errno) {
+        err = s->lower_errno;
+        snprintf(s->error, sizeof s->error, "%s", strerror(err));
+    } else if (verify != X509_V_OK && !s->handshaken) {
+        snprintf(s->error, sizeof s->error, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(verify));
+    } else if (e) {
+        const char *why = ERR_reason_error_string(e);
+        snprintf(s->error, sizeof s->error, "%s", why ? why : "TLS error");
+        if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+            err = ECONNRESET; /* the peer closed without close_notify */
+    } else if (ssl_err == SSL_ERROR_SYSCALL) {
+        snprintf(s->error, sizeof s->error, "unexpected eof while reading");
+        err = ECONNRESET;
+    } else {
+        snprintf(s->error, sizeof s->error, "TLS error %d", ssl_err);
+    }
+    ERR_clear_error();
+    s->lower_errno = 0;
+    s->failed = err == EPROTO || s->failed;
+    return err;
+}
+
+/* ---- The transport ---- */
+
+/* Give what OpenSSL wrote to the lower transport (it sends it now or as the peer reads). */
+static int push_out(tls *s)
+{
+    if (s->out_len == 0)
+        return 0;
+    transport *below = s->t.below;
+    int r = below->ops->give(below, s->out, s->out_cap, 0, s->out_len);
+    if (r < 0)
+        return -1;
+    if (r == 1) { /* it owns the buffer now */
+        s->out = NULL;
+        s->out_cap = 0;
+    }
+    s->out_len = 0;
+    if (s->out && s->out_cap == BUF_SIZE) { /* idle connections hold no buffer */
+        buf_give(s->out, s->out_cap);
+        s->out = NULL;
+        s->out_cap = 0;
+    }
+    return 0;
+}
+
+static ssize_t tls_recv(transport *t, void *buf, size_t n)
+{
+    tls *s = (tls *)t;
+    if (s->failed || !s->handshaken) {
+        errno = EPROTO;
+        return -1;
+    }
+    size_t got = 0;
+    ERR_clear_error();
+    int ok = SSL_read_ex(s->ssl, buf, n, &got);
+    int e = ok ? SSL_ERROR_NONE : SSL_get_error(s->ssl, 0);
+    if (push_out(s) != 0) /* (a TLS 1.3 key update's reply, say) */
+        return -1;
+    if (ok)
+        return (ssize_t)got;
+    switch (e) {
+    case SSL_ERROR_ZERO_RETURN:
+        return 0; /* close_notify: the end of the stream */
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    default:
+        errno = failure(s, e);
+        return -1;
+    }
+}
+
+static bool tls_may_have_input(transport *t)
+{
+    tls *s = (tls *)t;
+    transport *below = t->below;
+    return s->pre_len > 0 || SSL_has_pending(s->ssl) || below->ops->may_have_input(below);
+}
+
+static int tls_wait_input(transport *t, int64_t deadline)
+{
+    tls *s = (tls *)t;
+    if (s->pre_len > 0 || SSL_has_pending(s->ssl))
+        return 0;
+    return t->below->ops->wait_input(t->below, deadline);
+}
+
+static void tls_wake_reader(transport *t, int err)
+{
+    t->below->ops->wake_reader(t->below, err);
+}
+
+static void tls_stop_input(transport *t)
+{
+    if (t->below->ops->stop_input)
+        t->below->ops->stop_input(t->below);
+}
+
+static int tls_preload(transport *t, const void *buf, size_t n)
+{
+    tls *s = (tls *)t;
+    char *p = malloc(s->pre_len + n);
+    if (!p) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if (s->pre_len)
+        memcpy(p, s->pre + s->pre_off, s->pre_len);
+    memcpy(p + s->pre_len, buf, n);
+    free(s->pre);
+    s->pre = p;
+    s->pre_off = 0;
+    s->pre_len += n;
+    return 0;
+}
+
+/* Encrypt up to SEND_CHUNK bytes of [p, p + n) and give the records below: the count taken. */
+static ssize_t encrypt(tls *s, const char *p, size_t n)
+{
+    if (s->failed || !s->handshaken) {
+        errno = EPROTO;
+        return -1;
+    }
+    size_t k = n < SEND_CHUNK ? n : SEND_CHUNK, done = 0;
+    ERR_clear_error();
+    int ok = SSL_write_ex(s->ssl, p, k, &done);
+    if (!ok) {
+        errno = failure(s, SSL_get_error(s->ssl, 0));
+        return -1;
+    }
+    if (push_out(s) != 0)
+        return -1;
+    return (ssize_t)done;
+}
+
+static ssize_t tls_send(transport *t, const struct iovec *iov, int iovcnt)
+{
+    tls *s = (tls *)t;
+    if (transport_queued(t->below) >= QUEUE_LIMIT) {
+        errno = EAGAIN; /* the peer reads slower than we write: wait for it below */
+        return -1;
+    }
+    ssize_t total = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        ssize_t w = encrypt(s, iov[i].iov_base, iov[i].iov_len);
+        if (w < 0)
+            return total > 0 ? total : -1;
+        total += w;
+        if ((size_t)w < iov[i].iov_len)
+            break;
+    }
+    return total;
+}
+
+static int tls_give(transport *t, char *base, size_t cap, size_t off, size_t len)
+{
+    (void)cap;
+    tls *s = (tls *)t;
+    while (len > 0) { /* the records go below; the plaintext buffer stays the caller's */
+        ssize_t w = encrypt(s, base + off, len);
+        if (w < 0)
+            return -1;
+        off += (size_t)w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+static int tls_wait_output(transport *t, int64_t deadline)
+{
+    return t->below->ops->wait_output(t->below, deadline);
+}
+
+static size_t tls_drop(transport *t)
+{
+    tls *s = (tls *)t;
+    size_t n = s->out_len;
+    s->out_len = 0;
+    return n + t->below->ops->drop(t->below);
+}
+
+/* close_notify, once: into the output, for the channel to wait for. */
+static int tls_finish(transport *t)
+{
+    tls *s = (tls *)t;
+    if (!s->handshaken || s->failed || (SSL_get_shutdown(s->ssl) & SSL_SENT_SHUTDOWN))
+        return 0;
+    ERR_clear_error();
+    SSL_shutdown(s->ssl); /* (1 or 0: sent; we do not wait for the peer's) */
+    ERR_clear_error();
+    return push_out(s);
+}
+
+static int tls_shutdown(transport *t)
+{
+    return t->below->ops->shutdown(t->below);
+}
+
+static int tls_close(transport *t)
+{
+    tls_drop(t);
+    return t->below->ops->close(t->below);
+}
+
+static void tls_free(transport *t)
+{
+    tls *s = (tls *)t;
+    if (t->below) /* (NULL when layering it failed: below is still the channel's) */
+        t->below->ops->free(t->below);
+    SSL_free(s->ssl); /* (and our BIO with it) */
+    if (s->out)
+        buf_give(s->out, s->out_cap);
+    free(s->pre);
+    ctx_unref(s->owner);
+    free(s);
+}
+
+static int tls_fd(const transport *t)
+{
+    return t->below->ops->fd(t->below);
+}
+
+static const transport_ops tls_ops = {
+    .recv = tls_recv,
+    .may_have_input = tls_may_have_input,
+    .wait_input = tls_wait_input,
+    .wake_reader = tls_wake_reader,
+    .stop_input = tls_stop_input,
+    .preload = tls_preload,
+    .send = tls_send,
+    .give = tls_give,
+    .wait_output = tls_wait_output,
+    .drop = tls_drop,
+    .finish = tls_finish,
+    .shutdown = tls_shutdown,
+    .close = tls_close,
+    .free = tls_free,
+    .fd = tls_fd,
+};
+
+/* ---- Handshakes ---- */
+
+static bool is_ip_literal(const char *name)
+{
+    unsigned char addr[16];
+    return inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
+}
+
+/* A TLS transport over below for ctx, not yet handshaken. NULL/errno. */
+static tls *tls_new(weft_tls *w, transport *below, const char *servername)
+{
+    pthread_once(&bio_once, make_bio_method);
+    tls *s = calloc(1, sizeof *s);
+    if (!s || !bio_method) {
+        free(s);
+        errno = ENOMEM;
+        return NULL;
+    }
+    s->t.ops = &tls_ops;
+    s->t.below = below;
+    s->ssl = SSL_new(w->ctx);
+    BIO *bio = s->ssl ? BIO_new(bio_method) : NULL;
+    if (!bio) {
+        SSL_free(s->ssl);
+        free(s);
+        ERR_clear_error();
+        errno = ENOMEM;
+        return NULL;
+    }
+    BIO_set_data(bio, s);
+    SSL_set_bio(s->ssl, bio, bio);
+    if (w->server) {
+        SSL_set_accept_state(s->ssl);
+    } else {
+        SSL_set_connect_state(s->ssl);
+        if (servername && *servername) {
+            bool ip = is_ip_literal(servername);
+            if ((!ip && !SSL_set_tlsext_host_name(s->ssl, servername)) ||
+                (ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), servername)
+                    : !SSL_set1_host(s->ssl, servername))) {
+                SSL_free(s->ssl);
+                free(s);
+                ERR_clear_error();
+                errno = ENOMEM;
+                return NULL;
+            }
+        }
+    }
+    atomic_fetch_add(&w->refs, 1);
+    s->owner = w;
+    return s;
+}
+
+static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t deadline)
+{
+    transport *below = chan_transport(c);
+    tls *s = tls_new(w, below, servername);
+    if (!s)
+        return -1;
+    if (chan_push_transport(c, &s->t, deadline) != 0)
+        return -1; /* (s is freed) */
+    for (;;) {
+        ERR_clear_error();
+        int rc = SSL_do_handshake(s->ssl);
+        int e = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, rc);
+        if (push_out(s) != 0)
+            return -1;
+        if (rc == 1) {
+            s->handshaken = true;
+            const unsigned char *p;
+            unsigned len;
+            SSL_get0_alpn_selected(s->ssl, &p, &len);
+            if (len && len < sizeof s->alpn) {
+                memcpy(s->alpn, p, len);
+                s->alpn[len] = '\0';
+            }
+            return 0;
+        }
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            errno = failure(s, e);
+            s->failed = true;
+            return -1;
+        }
+        /* Our flight goes as the peer reads; wait for the peer's. */
+        if (chan_wait_transport(c, WEFT_READABLE, deadline) != 0)
+            return -1; /* (EBADF: c may be gone) */
+    }
+}
+
+int weft_tls_accept(weft_chan *c, weft_tls *w, int64_t deadline)
+{
+    if (!w->server) {
+        errno = EINVAL;
+        return -1;
+    }
+    return handshake(c, w, NULL, deadline);
+}
+
+int weft_tls_connect(weft_chan *c, weft_tls *w, const char *servername, int64_t deadline)
+{
+    if (w->server) {
+        errno = EINVAL;
+        return -1;
+    }
+    return handshake(c, w, servername, deadline);
+}
+
+/* c's TLS transport, or NULL. */
+static tls *tls_of(const weft_chan *c)
+{
+    transport *t = chan_transport(c);
+    return t->ops == &tls_ops ? (tls *)t : NULL;
+}
+
+const char *weft_tls_version(const weft_chan *c)
+{
+    tls *s = tls_of(c);
+    return s && s->handshaken ? SSL_get_version(s->ssl) : NULL;
+}
+
+const char *weft_tls_cipher(const weft_chan *c)
+{
+    tls *s = tls_of(c);
+    return s && s->handshaken ? SSL_get_cipher_name(s->ssl) : NULL;
+}
+
+const char *weft_tls_alpn(const weft_chan *c)
+{
+    tls *s = tls_of(c);
+    return s && s->alpn[0] ? s->alpn : NULL;
+}
+
+const char *weft_tls_peer_subject(const weft_chan *c)
+{
+    static _Thread_local char subject[256];
+    tls *s = tls_of(c);
+    X509 *cert = s && s->handshaken ? SSL_get1_peer_certificate(s->ssl) : NULL;
+    if (!cert)
+        return NULL;
+    BIO *mem = BIO_new(BIO_s_mem());
+    const char *out = NULL;
+    if (mem && X509_NAME_print_ex(mem, X509_get_subject_name(cert), 0,
+                                  XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
+        int n = BIO_read(mem, subject, sizeof subject - 1);
+        subject[n > 0 ? n : 0] = '\0';
+        out = subject;
+    }
+    BIO_free(mem);
+    X509_free(cert);
+    return out;
+}
+
+const char *weft_tls_error(const weft_chan *c)
+{
+    tls *s = tls_of(c);
+    return s ? s->error : "";
+}
+
+#else /* built without OpenSSL */
+
+weft_tls *weft_tls_server(const char *cert_file, const char *key_file)
+{
+    (void)cert_file, (void)key_file;
+    errno = ENOTSUP;
+    return NULL;
+}
+
+weft_tls *weft_tls_client(const char *ca_file, const char *ca_dir)
+{
+    (void)ca_file, (void)ca_dir;
+    errno = ENOTSUP;
+    return NULL;
+}
+
+int weft_tls_set_verify(weft_tls *w, int verify)
+{
+    (void)w, (void)verify;
+    errno = ENOTSUP;
+    return -1;
+}
+
+int weft_tls_set_alpn(weft_tls *w, const char *const *protocols, size_t n)
+{
+    (void)w, (void)protocols, (void)n;
+    errno = ENOTSUP;
+    return -1;
+}
+
+void weft_tls_free(weft_tls *w)
+{
+    (void)w;
+}
+
+weft_tls *tls_ref(weft_tls *w)
+{
+    return w;
+}
+
+int weft_tls_accept(weft_chan *c, weft_tls *w, int64_t deadline)
+{
+    (void)c, (void)w, (void)deadline;
+    errno = ENOTSUP;
+    return -1;
+}
+
+int weft_tls_connect(weft_chan *c, weft_tls *w, const char *servername, int64_t deadline)
+{
+    (void)c, (void)w, (void)servername, (void)deadline;
+    errno = ENOTSUP;
+    return -1;
+}
+
+const char *weft_tls_version(const weft_chan *c) { (void)c; return NULL; }
+const char *weft_tls_cipher(const weft_chan *c) { (void)c; return NULL; }
+const char *weft_tls_alpn(const weft_chan *c) { (void)c; return NULL; }
+const char *weft_tls_peer_subject(const weft_chan *c) { (void)c; return NULL; }
+const char *weft_tls_error(const weft_chan *c) { (void)c; return ""; }
+
+#endif
