@@ -393,8 +393,8 @@ typedef struct weft_sched_stats {
     size_t parked_io;    /* of those, on a descriptor or an I/O operation */
     uint64_t switches;   /* context switches: into a coroutine, and out of one */
     uint64_t turns;      /* loop turns */
-    uint64_t events;     /* descriptor events, completions of the operations coroutines wait
-                            on, and wake-ups from other threads, that the loop dispatched */
+    uint64_t events;     /* events and completions the event backend reported: descriptors'
+                            readiness, I/O operations (io_uring), wake-ups from other threads */
     size_t timers;       /* timers pending (a wait that ended early leaves its timer until due) */
     const char *backend; /* "epoll" or "uring" (static storage) */
 } weft_sched_stats;

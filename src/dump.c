@@ -44,7 +44,7 @@ void weft_sched_get_stats(weft_sched_stats *st)
     st->parked_io = s->io_waiting;
     st->switches = s->switches;
     st->turns = s->turns;
-    st->events = s->events;
+    st->events = s->be->dispatched;
     st->timers = s->timers.len;
     st->backend = s->be->ops->name;
 }

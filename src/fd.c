@@ -38,7 +38,6 @@ typedef struct fd_table {
     size_t nchunks;
     uint64_t gen;        /* the backend these slots describe (sched->be_gen) */
     bool latches;        /* its latches_input */
-    sched *s;            /* the scheduler of that backend (it counts the events) */
 } fd_table;
 
 static _Thread_local fd_table tab;
@@ -69,7 +68,7 @@ static void tab_init_key(void)
 static void slot_event(io_watcher *w, unsigned events);
 
 /* Clean slots for a new backend: nothing it has not told us can be known. */
-static void tab_reset(sched *s)
+static void tab_reset(const sched *s)
 {
     for (size_t i = 0; i < tab.nchunks; i++) {
         if (!tab.chunks[i])
@@ -80,7 +79,6 @@ static void tab_reset(sched *s)
     }
     tab.gen = s->be_gen;
     tab.latches = s->be->ops->latches_input;
-    tab.s = s; /* (events come only from that backend, so only while s lives) */
 }
 
 /* fd's slot for scheduler s, made as needed; NULL/errno. */
@@ -145,7 +143,6 @@ static void slot_wake(weft_co **w, int err)
 static void slot_event(io_watcher *w, unsigned events)
 {
     fd_slot *slot = (fd_slot *)w; /* (w is its first member) */
-    tab.s->events++;
     if (events & IO_IN)
         slot->in_seen = true; /* noted with nobody waiting too: a reader may be about to read */
     if (events & (IO_HUP | IO_PRI))
@@ -310,7 +307,6 @@ bool fd_ops_available(void)
 static void op_done(io_op *op)
 {
     op_wait *ow = op->data;
-    sched_peek()->events++; /* (not tab.s: an operation needs no slot, so tab may be older) */
     ow->done = true;
     sched_wake(ow->co, 0);
 }

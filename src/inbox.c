@@ -19,7 +19,6 @@ static void inbox_readable(io_watcher *w, unsigned events)
     uint64_t n;
     ssize_t r = sys_read(w->fd, &n, sizeof n);
     (void)r;
-    s->events++;
     pthread_mutex_lock(&s->in.mu);
     rwait *list = s->in.list;
     s->in.list = NULL;

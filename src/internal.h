@@ -225,6 +225,8 @@ struct backend {
     const backend_ops *ops;
     bool multishot_rx; /* multishot receives into provided buffers work here (io_uring, with
                           its buffer ring set up): transports receive that way */
+    uint64_t dispatched; /* events and completions it reported to watchers and operations
+                          * (weft_sched_get_stats; read by tools/weft-gdb.py) */
 };
 
 /* A backend chosen by name ("epoll", "uring", "auto", or NULL for $WEFT_BACKEND), with a
@@ -370,7 +372,6 @@ struct sched {
     size_t live;           /* [gdb] coroutines spawned and not yet ended */
     weft_co *all;          /* [gdb] those coroutines, linked through all_next */
     size_t io_waiting;     /* [gdb] parked on a descriptor or operation: the backend may wake them */
-    uint64_t events;       /* [gdb] events and completions dispatched (fd.c, inbox.c) */
     size_t io_owned;       /* operations and provided buffers transports hold on the backend:
                             * while any, the scheduler (and its backend) is not released */
     bool stop;

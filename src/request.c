@@ -91,7 +91,6 @@ void sched_poll_requests(void)
 static void requests_event(io_watcher *w, unsigned events)
 {
     sched *s = (sched *)((char *)w - offsetof(sched, requests_w));
-    s->events++;
     if (events & IO_UNWATCHED)
         s->requests_watched = false; /* (io_uring ended the poll: armed again before a sleep) */
 }

@@ -380,7 +380,7 @@ pages."""
               "%d turns, %d switches, %d events, %d timers" %
               (len(cos), counts.get("CO_RUNNING", 0), counts.get("CO_READY", 0),
                counts.get("CO_PARKED", 0), int(s["io_waiting"]), int(s["turns"]),
-               int(s["switches"]), int(s["events"]), int(s["timers"]["len"])))
+               int(s["switches"]), int(s["be"]["dispatched"]), int(s["timers"]["len"])))
 
 
 # ---- Backtraces of parked coroutines ----
