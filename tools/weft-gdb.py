@@ -84,10 +84,12 @@ def schedulers():
 
 
 def coroutines(s):
-    """The coroutines of scheduler s, oldest first."""
-    cos = []
+    """The coroutines of scheduler s, oldest first (a list that loops, in the core of a
+    process whose memory was corrupted, is cut where it comes back)."""
+    cos, seen = [], set()
     co = s["all"]
-    while int(co) != 0:
+    while int(co) != 0 and int(co) not in seen:
+        seen.add(int(co))
         cos.append(co)
         co = co["all_next"]
     cos.reverse()
