@@ -13,6 +13,8 @@
 #   RUN="..."        prefix to run built programs (e.g. "qemu-riscv64 -L /usr/riscv64-linux-gnu")
 #   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install` (the header,
 #                    the libraries, weft.pc, and share/weft/weft-gdb.py)
+#
+# libweft_hook (hook/, docs/hooks.md) is built, tested and installed with it: hook/hook.mk.
 
 O       ?= build
 CC      ?= cc
@@ -92,13 +94,19 @@ else
 endif
 LIB_OBJ := $(patsubst %,$(O)/%.o,$(LIB_SRC))
 
-EXAMPLES := echo echo-blocking echo-events chat client
+EXAMPLES := echo echo-blocking echo-events chat client kv
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
+# examples/kv: a Redis-protocol server; its parts (all but main.c) also go into the fuzz target.
+KV_PARTS := request reply store glob commands introspect
+KV_OBJ   := $(patsubst %,$(O)/kv-obj/%.o,$(KV_PARTS))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
-            test_examples test_chat test_dump test_gdb
-TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
+            test_examples test_chat test_kv test_kv_hostile test_kv_replay \
+            test_dump test_gdb
 TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
+.DEFAULT_GOAL := all
+include hook/hook.mk
+TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
 
 # The Tcl package (tcl/) is built where Tcl 8.6's headers are and the build is native (a cross
 # compiler has no Tcl to link against); its tests run too unless programs run through $(RUN)
@@ -118,7 +126,7 @@ lib: $(O)/libweft.a $(O)/libweft.so
 examples: $(EX_BIN)
 tests: $(TEST_BIN) $(O)/tests/echoload $(O)/tests/soak
 
-$(O)/%.c.o: %.c include/weft.h src/internal.h src/transport.h src/chan.h src/sys.h Makefile
+$(O)/%.c.o: %.c include/weft.h src/internal.h src/transport.h src/chan.h src/sys.h src/hook_entry.h Makefile hook/hook.mk
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
@@ -145,6 +153,26 @@ $(O)/examples/client: $(O)/examples/client.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/examples/echo-events: $(O)/examples/echo-events.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+# (Its objects live in $(O)/kv-obj: $(O)/examples/kv is the program.)
+$(O)/examples/kv: $(O)/kv-obj/main.o $(KV_OBJ) $(O)/libweft.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/kv-obj/%.o: examples/kv/%.c $(wildcard examples/kv/*.h) include/weft.h Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+# The kv tests talk to examples/kv with redis-cli, redis-benchmark, redis-server and, where
+# its headers are there for this compiler, hiredis.
+HIREDIS ?= $(shell printf '$(HASH)include <hiredis/hiredis.h>\nint main(void){return redisConnect("",0)!=0;}\n' \
+             | $(CC) -x c - -lhiredis -o /dev/null >/dev/null 2>&1 && echo 1)
+KV_TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/kvtest.c.o
+$(O)/tests/test_kv.c.o: CPPFLAGS += $(if $(filter 1,$(HIREDIS)),-DKV_TEST_HIREDIS)
+$(O)/tests/test_kv.c.o $(O)/tests/test_kv_hostile.c.o $(O)/tests/test_kv_replay.c.o \
+$(O)/tests/kvtest.c.o: tests/kvtest.h
+$(O)/tests/test_kv: $(O)/tests/test_kv.c.o $(KV_TEST_SUPPORT) $(O)/examples/kv
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(if $(filter 1,$(HIREDIS)),-lhiredis)
+$(O)/tests/test_kv_%: $(O)/tests/test_kv_%.c.o $(KV_TEST_SUPPORT) $(O)/examples/kv
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS)
 
 $(O)/tests/%: $(O)/tests/%.c.o $(TEST_SUPPORT) $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(TEST_LDLIBS)

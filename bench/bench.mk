@@ -75,3 +75,36 @@ bench-ab: $(O)/bench/echo_bench $(O)/bench/loadgen $(O)/bench/base_epoll $(BENCH
 	    CC=$(CC) $(abspath $(O))/ab-base/examples/echo
 	$(BENCH_LOCK) $(RUN) $(O)/bench/echo_bench -b $(O) -B $(O)/ab-base \
 	    $(if $(HAVE_LIBURING),,-U) $(BENCH_QUICK)
+
+# ---- examples/kv against redis-server 7 (bench/kv_bench.c) ----
+#   make bench-kv              redis-benchmark SET/GET/INCR/MSET at -c 50 -P 1, -c 50 -P 16 and
+#                              -c 1000 -P 1, against kv and redis-server, 3 reps (a few minutes)
+$(O)/bench/kv_bench: $(O)/bench/kv_bench.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: bench-kv
+bench: bench-kv
+
+bench-kv: $(O)/bench/kv_bench $(O)/examples/kv
+	$(BENCH_LOCK) $(RUN) $(O)/bench/kv_bench -b $(O) $(BENCH_QUICK)
+
+# ---- libweft_hook: hiredis GET/SET, sync API in hooked coroutines vs async on libevent vs
+# threads (bench/hook_bench.c) ----
+#   make bench-hook            about 40 s (QUICK=1: about 3 s)
+# Built where hiredis and libevent link (libhiredis-dev, libevent-dev) and run where
+# redis-server is installed; elsewhere it says why and skips.
+HOOK_BENCH_OK := $(and $(HOOK_HIREDIS),$(call hook_can_link,event2/event.h,-levent))
+$(O)/bench/hook_bench: $(O)/bench/hook_bench.c.o $(O)/libweft_hook.a $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $< $(HOOK_LINK) -lhiredis -levent $(LDLIBS)
+
+.PHONY: bench-hook
+bench: bench-hook
+ifeq ($(HOOK_BENCH_OK),1)
+bench-hook: $(O)/bench/hook_bench
+	@if command -v redis-server >/dev/null; then \
+	    $(BENCH_LOCK) $(RUN) $(O)/bench/hook_bench $(BENCH_QUICK); \
+	else echo "note: redis-server not installed: bench-hook skipped"; fi
+else
+bench-hook:
+	@echo "note: hiredis or libevent headers missing (libhiredis-dev, libevent-dev): bench-hook skipped"
+endif

@@ -361,7 +361,7 @@ int weft_wait_fd(int fd, int events, int64_t deadline)
     return fd_wait(fd, events, deadline);
 }
 
-int fd_close(int fd)
+void fd_forget(int fd)
 {
     sched *s = sched_peek();
     fd_slot *slot = s ? slot_find(s, fd) : NULL;
@@ -374,7 +374,30 @@ int fd_close(int fd)
         slot_wake(&slot->reader, EBADF);
         slot_wake(&slot->writer, EBADF);
     }
+}
+
+int fd_close(int fd)
+{
+    fd_forget(fd);
     return sys_close(fd);
+}
+
+int fd_watch_input(int fd, fd_owner_fn fn, void *owner)
+{
+    sched *s = sched_peek();
+    if (!s)
+        return 0; /* no loop to call fn from */
+    fd_slot *slot = slot_get(s, fd);
+    if (!slot)
+        return -1;
+    slot->owner_fn = fn;
+    slot->owner = owner;
+    if (slot->watched)
+        return 0;
+    if (backend_watch(s->be, &slot->w, IO_IN) != 0)
+        return -1;
+    slot->watched = true;
+    return 0;
 }
 
 int weft_fd_close(int fd)

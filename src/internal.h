@@ -23,6 +23,7 @@
 #define WEFT_INTERNAL_H
 
 #include "weft.h"
+#include "hook_entry.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -404,9 +405,8 @@ int sched_park_nocancel(int64_t deadline);
  * WAIT_WRITE) or on an operation (WAIT_OP, op): counted, so that the loop knows an event may
  * still come. */
 int sched_park_io(uint8_t kind, wait_on on, int64_t deadline, bool cancellable);
-/* Make a parked coroutine runnable; its sched_park returns with err (0 = success). A no-op
- * for a coroutine that is not parked. */
-void sched_wake(weft_co *co, int err);
+/* sched_wake (src/hook_entry.h): make a parked coroutine runnable; its sched_park returns
+ * with err (0 = success). A no-op for a coroutine that is not parked. */
 /* Outside any coroutine: run this thread's loop until *flag is set (0) or the deadline
  * passes (-1/ETIMEDOUT; EDEADLK if nothing can ever set it). */
 int sched_drive(const bool *flag, int64_t deadline);
@@ -556,16 +556,12 @@ int fd_wait(int fd, int events, int64_t deadline);
 int fd_park(int fd, int events, int64_t deadline);
 /* Wake the coroutine waiting on fd for events (one WEFT_ flag), if any, with err. */
 void fd_cancel_wait(int fd, int events, int err);
-/* Before a read of fd: whether input may have come since the last call. False only when fd
- * is watched and no input event came since (a reader whose last read left the fd drained may
- * then park without reading); always true outside coroutines. */
-bool fd_input_hint(int fd);
-/* Whether the running coroutine's backend shows urgent data apart from input. */
-bool fd_edges_show_urgent(void);
-/* Callback: called from the loop with the events (IO_ bits) of fd, before the coroutines
- * waiting on it are woken; the owner of a descriptor (its transport) learns of room for its
- * queued output this way. One per fd; fd_set_owner(fd, NULL, NULL) removes it. */
-typedef void (*fd_owner_fn)(void *owner, unsigned events);
+/* fd_input_hint and fd_edges_show_urgent (src/hook_entry.h): whether a read of fd may find
+ * input; whether the backend's edges show urgent data apart. */
+/* Callback (fd_owner_fn, src/hook_entry.h): called from the loop with the events (IO_ bits)
+ * of fd, before the coroutines waiting on it are woken; the owner of a descriptor (its
+ * transport) learns of room for its queued output this way. One per fd; fd_set_owner(fd,
+ * NULL, NULL) removes it. */
 int fd_set_owner(int fd, fd_owner_fn fn, void *owner);
 /* Make sure fd's output events reach its owner (after a send said EAGAIN). */
 int fd_watch_output(int fd);
@@ -582,12 +578,26 @@ ssize_t fd_op(io_op *op, int64_t deadline);
 int fd_op_start(io_op *op);
 /* Close fd, first waking every coroutine waiting on it with EBADF (weft_fd_close). */
 int fd_close(int fd);
+/* fd_forget (src/hook_entry.h): fd_close without the close. */
 /* Make fd non-blocking; nothing else about it changes. */
 int fd_set_nonblock(int fd);
 /* Deadline for a relative timeout in ms (-1 stays -1). */
 int64_t deadline_after(int64_t timeout_ms);
 /* Ignore SIGPIPE once per process if it still has its default action. */
 void ignore_sigpipe(void);
+
+/* ---- For libweft_hook (hook/, docs/hooks.md) ----
+ * The hook library builds on the public API; besides it, it calls exactly the entries
+ * declared in src/hook_entry.h (included at the top of this file), and includes only that:
+ *   fd_forget: a descriptor number was closed or reused where this thread's backend could
+ *     not see it (another thread closed it, dup2 replaced it): its registration there is
+ *     stale and would swallow the new file's events;
+ *   sched_wake, with EINTR: a signal handler ran on this thread while hooked calls were
+ *     parked here, which the kernel would have interrupted;
+ *   fd_watch_input: how the hook hears of those signals, through an eventfd its handlers
+ *     write (the loop calls the hook back, as it calls a transport that owns an fd);
+ *   fd_input_hint and fd_edges_show_urgent: as sock.c does, a hooked read of a TCP socket
+ *     whose last read left it drained parks without the recv that would only say EAGAIN. */
 
 /* ---- Transports (transport.h, sock.c) ---- */
 #include "transport.h"

@@ -111,7 +111,7 @@ static int listen_unix(weft_listener *l, const parsed_addr *pa, int backlog)
 {
     struct sockaddr_un un = {.sun_family = AF_UNIX};
     memcpy(un.sun_path, pa->path, strlen(pa->path) + 1);
-    l->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    l->fd = sys_socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (l->fd < 0)
         return -1;
     if (bind(l->fd, (struct sockaddr *)&un, sizeof un) != 0 || listen(l->fd, backlog) != 0) {
@@ -127,7 +127,7 @@ static int listen_unix(weft_listener *l, const parsed_addr *pa, int backlog)
 
 static int listen_one(const struct addrinfo *ai, int backlog, bool reuseport)
 {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+    int fd = sys_socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
     if (fd < 0)
         return -1;
     int one = 1, zero = 0;
@@ -359,7 +359,7 @@ static int connect_op(int fd, const struct sockaddr *sa, socklen_t salen, int64_
 
 static int connect_one(const struct sockaddr *sa, socklen_t salen, int64_t deadline)
 {
-    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = sys_socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     /* io_uring performs the whole connect as one operation; elsewhere (or on a kernel that

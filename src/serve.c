@@ -506,7 +506,7 @@ static int signals_setup(void)
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_stop_signal;
         sigemptyset(&sa.sa_mask);
-        if (pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0 ||
+        if (sys_pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0 ||
             sigaction(SIGINT, &sa, &sig_old_int) != 0 || sigaction(SIGTERM, &sa, &sig_old_term) != 0)
             rc = -1;
         else

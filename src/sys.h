@@ -1,9 +1,13 @@
 /* System calls weft makes on its own descriptors, straight to the kernel. libweft_hook
  * replaces libc's blocking calls (recv, send, poll, close, ...) with ones that park the
- * calling coroutine; weft's own calls must not go through them, whether the hooks are linked
+ * calling coroutine, and watches the calls that make descriptors (socket, pipe2, ...) to keep
+ * its table of them; weft's own calls must not go through them, whether the hooks are linked
  * in or preloaded (they would add bookkeeping to every call, and from a signal handler or a
  * hook itself they would recurse). So weft calls the kernel through syscall(2), which no hook
- * replaces. Only the calls libweft_hook replaces are here; the others are libc's. */
+ * replaces. Only the calls libweft_hook replaces are here; the others are libc's. (Two are
+ * not system calls and stay libc's: getaddrinfo, which weft calls only where the hook passes
+ * it straight through -- numeric addresses, offload threads -- and sigaction, whose handlers
+ * the hook wraps on purpose: see hook/signal.c.) */
 #ifndef WEFT_SYS_H
 #define WEFT_SYS_H
 
@@ -62,6 +66,16 @@ static inline int sys_accept4(int fd, struct sockaddr *sa, socklen_t *len, int f
 static inline int sys_connect(int fd, const struct sockaddr *sa, socklen_t len)
 {
     return (int)syscall(SYS_connect, fd, sa, len);
+}
+
+static inline int sys_socket(int domain, int type, int protocol)
+{
+    return (int)syscall(SYS_socket, domain, type, protocol);
+}
+
+static inline int sys_pipe2(int fds[2], int flags)
+{
+    return (int)syscall(SYS_pipe2, fds, flags);
 }
 
 #if defined(__SANITIZE_THREAD__)

@@ -255,3 +255,23 @@ void ask_line(int fd, const char *q, char *answer, size_t cap, int timeout_ms)
     }
     answer[n] = '\0';
 }
+
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+#ifndef RUNNING_ON_VALGRIND
+#define RUNNING_ON_VALGRIND 0
+#endif
+
+int under_valgrind(void)
+{
+    return RUNNING_ON_VALGRIND != 0;
+}
+
+int under_qemu(void)
+{
+    const char *run = getenv("WEFT_RUN");
+    return run && strstr(run, "qemu") != NULL;
+}

@@ -49,6 +49,11 @@ int test_scale(int n);
 int memory_is_measurable(void);
 /* A field of /proc/PID/status in kB ("VmRSS:", "VmHWM:"); fails the test if it is missing. */
 long proc_status_kib(pid_t pid, const char *field);
+/* Nonzero when running under valgrind (which emulates some faults, guard pages among them,
+ * differently from the hardware). */
+int under_valgrind(void);
+/* Nonzero when the tests run under qemu-user ($WEFT_RUN names it). */
+int under_qemu(void);
 /* Count this process's open file descriptors. */
 int count_open_fds(void);
 

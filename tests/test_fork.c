@@ -207,6 +207,11 @@ static void *must_not_run_in_the_child(void *arg)
 
 static void a_forked_child_gets_its_own_pool_and_scheduler(void)
 {
+    if (under_qemu()) { /* qemu-user aborts (cpu_exec assertion) when a child forked from a
+                         * process with threads starts one: the pool's, here */
+        printf("  skipped under qemu-user\n");
+        return;
+    }
     server_pid = getpid();
     weft_listener *l = weft_listen("127.0.0.1:0", 0);
     CHECK(l);

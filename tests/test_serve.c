@@ -15,15 +15,6 @@
 #include <unistd.h>
 #include <weft.h>
 
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
-
 static weft_server *the_server;
 
 /* Echo, except for two commands: "name" answers the handler's coroutine name, "stats" the
@@ -174,7 +165,7 @@ static void serve_with_few_fds(int port_pipe)
 
 static void keeps_serving_through_emfile_and_recovers(void)
 {
-    if (RUNNING_ON_VALGRIND) {
+    if (under_valgrind()) {
         /* valgrind emulates RLIMIT_NOFILE by closing accepted fds above it, so the kernel's
          * EMFILE, the thing under test, never happens there. Every other build runs it. */
         fprintf(stderr, "  skipped under valgrind\n");

@@ -3,7 +3,7 @@
 #   make fuzz                   build every target with clang and run each for FUZZ_SECONDS
 #   make fuzz FUZZ_SECONDS=600  longer
 #   make fuzz-build             build only
-#   make fuzz-gets / fuzz-addr  one target
+#   make fuzz-gets / fuzz-addr / fuzz-kv  one target
 #
 # Each target is built from the library sources themselves (not libweft.a, which may come
 # from gcc), instrumented with -fsanitize=fuzzer,address,undefined, into $(O)/fuzz/. It runs
@@ -17,7 +17,7 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  ?= -g -O1 -fno-omit-frame-pointer
 FUZZ_SAN     := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_NAMES   := gets addr
+FUZZ_NAMES   := gets addr kv
 FUZZ_DIR     := $(O)/fuzz
 FUZZ_BIN     := $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_NAMES))
 FUZZ_RUNS    := $(addprefix fuzz-,$(FUZZ_NAMES))
@@ -26,6 +26,11 @@ FUZZ_RUNS    := $(addprefix fuzz-,$(FUZZ_NAMES))
 # address parser's fields are at most 256 bytes.
 FUZZ_MAXLEN_gets := 16384
 FUZZ_MAXLEN_addr := 512
+# examples/kv's parser and commands: pipelines of a few dozen requests fit in 16 KiB, and
+# byte 0 can shrink the limits so that their paths are reached with short inputs.
+FUZZ_MAXLEN_kv := 16384
+FUZZ_EXTRA_kv := $(patsubst %,examples/kv/%.c,$(KV_PARTS)) -Iexamples/kv
+$(FUZZ_DIR)/fuzz_kv: $(patsubst %,examples/kv/%.c,$(KV_PARTS)) $(wildcard examples/kv/*.h)
 
 .PHONY: fuzz fuzz-build $(FUZZ_RUNS)
 fuzz: $(FUZZ_RUNS)
@@ -33,7 +38,8 @@ fuzz-build: $(FUZZ_BIN)
 
 $(FUZZ_BIN): $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(LIB_SRC) include/weft.h src/internal.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(CPPFLAGS) -std=c11 $(WARN) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $< $(LIB_SRC) -pthread \
+	$(FUZZ_CC) $(CPPFLAGS) -std=c11 $(WARN) $(FUZZ_CFLAGS) $(FUZZ_SAN) -o $@ $< $(LIB_SRC) \
+	    $(FUZZ_EXTRA_$*) -pthread \
 	    $(filter -l%,$(LDLIBS))
 
 # libFuzzer stops itself after FUZZ_SECONDS; `timeout` is only a backstop for a hang it

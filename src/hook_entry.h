@@ -1,0 +1,34 @@
+/* The internal entries libweft_hook (hook/) uses besides the public API, in a header of their
+ * own so that the hook library sees these and nothing else of src/internal.h, which includes
+ * it and says what each is for there. */
+#ifndef WEFT_HOOK_ENTRY_H
+#define WEFT_HOOK_ENTRY_H
+
+#include "weft.h"
+
+#include <stdbool.h>
+
+/* Callback: called from the loop with the events (IO_ bits) of an fd (see fd_set_owner). */
+typedef void (*fd_owner_fn)(void *owner, unsigned events);
+
+/* fd_close without the close: forget fd in this thread's backend and wake its waiters here
+ * with EBADF. A no-op on a thread without a scheduler. */
+void fd_forget(int fd);
+/* Watch fd for input on this thread's backend and call fn(owner, events) from the loop at
+ * each event, as fd_set_owner's callback (fd has no waiters of its own). Cheap once done, so
+ * it may be called before each park: a new scheduler or a forked child starts from clean
+ * slots. A no-op on a thread without a scheduler. -1/errno. */
+int fd_watch_input(int fd, fd_owner_fn fn, void *owner);
+/* Make a parked coroutine runnable; its park returns with err (0 = success). A no-op for a
+ * coroutine that is not parked. Only on the coroutine's own thread. */
+void sched_wake(weft_co *co, int err);
+
+/* Before a read of fd: whether input may have come since the last call. False only when fd
+ * is watched and no input event came since (a reader whose last read left the fd drained may
+ * then park without reading); always true outside coroutines. */
+bool fd_input_hint(int fd);
+/* Whether the running coroutine's backend shows urgent data apart from input (epoll does,
+ * io_uring does not): only then does a short TCP read mean the input is drained. */
+bool fd_edges_show_urgent(void);
+
+#endif
