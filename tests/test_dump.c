@@ -20,19 +20,10 @@
 #include <unistd.h>
 #include <weft.h>
 
-#if defined(__has_include)
-#if __has_include(<valgrind/valgrind.h>)
-#include <valgrind/valgrind.h>
-#endif
-#endif
-#ifndef RUNNING_ON_VALGRIND
-#define RUNNING_ON_VALGRIND 0
-#endif
-
 /* Set the backend, or say why the test is skipped (false). */
 static bool use_backend(const char *backend)
 {
-    if (strcmp(backend, "uring") == 0 && RUNNING_ON_VALGRIND) {
+    if (strcmp(backend, "uring") == 0 && under_valgrind()) {
         printf("  skipped: valgrind does not follow io_uring's shared rings\n");
         return false;
     }
