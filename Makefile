@@ -11,7 +11,8 @@
 #   TSAN=1           ThreadSanitizer
 #   TESTS="..."      run only these test programs (e.g. TESTS="test_threads test_fork")
 #   RUN="..."        prefix to run built programs (e.g. "qemu-riscv64 -L /usr/riscv64-linux-gnu")
-#   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install`
+#   PORT=1234        port for `make run`; PREFIX=/usr/local for `make install` (the header,
+#                    the libraries, weft.pc, and share/weft/weft-gdb.py)
 #
 # libweft_hook (hook/, docs/hooks.md) is built, tested and installed with it: hook/hook.mk.
 
@@ -77,10 +78,10 @@ endif
 
 LIB_SRC := src/stack.c src/buf.c src/timer.c src/addr.c src/check.c \
            src/backend.c src/backend_epoll.c src/backend_uring.c \
-           src/sched.c src/wait.c src/inbox.c src/fd.c src/sock.c src/chan.c src/chan_hold.c \
+           src/sched.c src/request.c src/wait.c src/inbox.c src/fd.c src/sock.c src/chan.c src/chan_hold.c \
            src/tls.c \
            src/sync.c src/group.c src/offload.c src/tqueue.c \
-           src/net.c src/serve.c
+           src/net.c src/serve.c src/dump.c
 ifeq ($(CTX),ucontext)
   LIB_SRC += src/ctx/ctx_ucontext.c
   CPPFLAGS += -DWEFT_CTX_UCONTEXT
@@ -100,7 +101,8 @@ KV_PARTS := request reply store glob commands introspect
 KV_OBJ   := $(patsubst %,$(O)/kv-obj/%.o,$(KV_PARTS))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
-            test_examples test_chat test_kv test_kv_hostile test_kv_replay
+            test_examples test_chat test_kv test_kv_hostile test_kv_replay \
+            test_dump test_gdb
 TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
 .DEFAULT_GOAL := all
 include hook/hook.mk
@@ -190,8 +192,10 @@ test: all
 	 TCL_MAKE_ARGS="O=$(abspath $(O)) CC=$(CC) SAN=$(SAN)" sh tests/run.sh $(TEST_BIN)
 
 install: lib
-	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	    $(DESTDIR)$(PREFIX)/share/weft
 	install -m 644 include/weft.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 tools/weft-gdb.py $(DESTDIR)$(PREFIX)/share/weft/
 	install -m 644 $(O)/libweft.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(O)/libweft.so $(DESTDIR)$(PREFIX)/lib/libweft.so.$(VERSION)
 	ln -sf libweft.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libweft.so.0

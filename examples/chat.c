@@ -11,6 +11,8 @@
  * file; what was already queued for it is still delivered (for up to LEAVE_FLUSH_MS).
  *
  *     chat [-p PORT] [-h HOST] [-q] [-g GRACE_MS]      (as the echo servers)
+ *
+ * kill -USR1 PID writes what each coroutine is doing to stderr.
  */
 #include "log.h"
 #include "options.h"
@@ -18,6 +20,7 @@
 #include <weft.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -252,6 +255,7 @@ int main(int argc, char **argv)
     parse_server_args(argc, argv, &a);
     static struct room room;
     room.quiet = a.quiet;
+    weft_dump_on_signal(SIGUSR1); /* kill -USR1: what each coroutine is doing, on stderr */
 
     weft_listener *l = weft_listen(a.addr, 0);
     if (!l) {

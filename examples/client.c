@@ -5,11 +5,14 @@
  * (--servername, else the host of HOST:PORT) unless --insecure.
  *
  *     client HOST:PORT [--tls] [--cafile FILE] [--servername NAME] [--insecure] [-t SECONDS]
+ *
+ * kill -USR1 PID writes what each coroutine is doing to stderr.
  */
 #include <weft.h>
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,7 +47,8 @@ static void *copy(void *arg)
 static _Noreturn void usage(const char *prog)
 {
     fprintf(stderr, "usage: %s HOST:PORT [--tls] [--cafile FILE] [--servername NAME] "
-                    "[--insecure] [-t CONNECT_TIMEOUT_SECONDS]\n", prog);
+                    "[--insecure] [-t CONNECT_TIMEOUT_SECONDS]\n"
+                    "  kill -USR1 PID writes what each coroutine is doing to stderr\n", prog);
     exit(2);
 }
 
@@ -74,6 +78,7 @@ int main(int argc, char **argv)
         usage(argv[0]);
     const char *addr = argv[optind];
     int64_t deadline = weft_now() + (int64_t)(timeout * 1000);
+    weft_dump_on_signal(SIGUSR1); /* kill -USR1: what each coroutine is doing, on stderr */
 
     weft_chan *server = weft_connect(addr, deadline);
     if (!server) {

@@ -6,6 +6,7 @@
 #include "options.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <string.h>
 
 int main(int argc, char **argv)
@@ -13,6 +14,7 @@ int main(int argc, char **argv)
     struct server_args a;
     parse_server_args(argc, argv, &a);
     struct echo_opts opts = {.quiet = a.quiet};
+    weft_dump_on_signal(SIGUSR1); /* kill -USR1: a dump (no coroutines here) on stderr */
 
     weft_tls *tls = NULL;
     if (a.cert && !(tls = weft_tls_server(a.cert, a.key))) {

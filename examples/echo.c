@@ -1,14 +1,17 @@
 /* The seed's third server: coroutines. One coroutine per client runs the same blocking-style
- * handler as echo-blocking, yet every client is served at once. */
+ * handler as echo-blocking, yet every client is served at once. kill -USR1 PID writes what
+ * each coroutine is doing to stderr. */
 #include "echo_handler.h"
 #include "options.h"
 
+#include <signal.h>
 
 int main(int argc, char **argv)
 {
     struct server_args a;
     parse_server_args(argc, argv, &a);
     struct echo_opts opts = {.quiet = a.quiet};
+    weft_dump_on_signal(SIGUSR1); /* kill -USR1: what each coroutine is doing, on stderr */
 
     weft_listener *l = weft_listen(a.addr, 0);
     if (!l) {

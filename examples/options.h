@@ -1,5 +1,6 @@
 /* Command line shared by the example servers: [-p PORT] [-h HOST] [-q] [-g GRACE_MS]
- * [--cert FILE --key FILE] (TLS, where the server supports it). */
+ * [--cert FILE --key FILE] (TLS, where the server supports it). Each of them also writes a
+ * dump of its coroutines to stderr on SIGUSR1 (weft_dump_on_signal). */
 #ifndef EXAMPLE_OPTIONS_H
 #define EXAMPLE_OPTIONS_H
 
@@ -46,8 +47,10 @@ static inline void parse_server_args(int argc, char **argv, struct server_args *
         case 'C': a->cert = optarg; break;
         case 'K': a->key = optarg; break;
         default:
-            fprintf(stderr, "usage: %s [-p PORT] [-h HOST] [-q] [-g GRACE_MS] "
-                            "[--cert FILE --key FILE]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [-p PORT] [-h HOST] [-q] [-g GRACE_MS] [--cert FILE --key FILE]\n"
+                    "  kill -USR1 PID writes what each coroutine is doing to stderr\n",
+                    argv[0]);
             exit(2);
         }
     }

@@ -381,6 +381,48 @@ void weft_server_get_stats(const weft_server *s, weft_server_stats *st);
  * listening failed. */
 int weft_serve(const char *addr, weft_handler handler, void *arg);
 
+/* ---- Seeing inside a running program ------------------------------------------------- */
+/* What each coroutine is doing and how busy the loop is, beside the servers' own counters;
+ * tools/weft-gdb.py shows the same from outside, in a live process or a core file. */
+
+typedef struct weft_sched_stats {
+    size_t coroutines;   /* live: running + ready + parked */
+    size_t running;      /* 1 when asked from a coroutine, else 0 */
+    size_t ready;        /* runnable, waiting for their turn */
+    size_t parked;       /* waiting for something: an event, a timer, another coroutine */
+    size_t parked_io;    /* of those, on a descriptor or an I/O operation */
+    uint64_t switches;   /* context switches: into a coroutine, and out of one */
+    uint64_t turns;      /* loop turns */
+    uint64_t events;     /* events and completions the event backend reported: descriptors'
+                            readiness, I/O operations (io_uring), wake-ups from other threads */
+    size_t timers;       /* timers pending (a wait that ended early leaves its timer until due) */
+    const char *backend; /* "epoll" or "uring" (static storage) */
+} weft_sched_stats;
+
+/* Counters of this thread's scheduler. It starts with the thread's first weft call that needs
+ * one and is freed when nothing is left for it (weft_run returned with no coroutine left);
+ * its counts go with it: a thread without a scheduler gets zeros and the backend it would
+ * get (weft_backend_name). */
+void weft_sched_get_stats(weft_sched_stats *st);
+
+/* Write to fd one line per coroutine of this thread's scheduler, oldest first: its id ("#N",
+ * unique in the process), name, state (running, ready, parked), and for a parked one what it
+ * waits on (reading or writing descriptor N, with the socket's peer or listening address; an
+ * I/O operation; a sleep; a join; a queue, select, mutex (and who holds it), condition, wait
+ * group, group, a channel's write turn, a thread queue, an offloaded call, a server's
+ * handlers), for how long (counted from the loop turn in which it parked, to within a few
+ * ms) and, if it has a deadline, the time left; then its stack, as pages in memory / size
+ * (pages it touched, or an earlier coroutine that had the same pooled stack). A last line
+ * sums up (as weft_sched_get_stats). From a coroutine or outside one; blocks the thread until
+ * written. 0, or -1 with the errno of write(2). */
+int weft_dump(int fd);
+/* From now on, when signal sig arrives, every thread's scheduler writes weft_dump to standard
+ * error at its next loop turn, waking its loop if it sleeps; never from the signal handler
+ * itself. A thread blocked in a weft call outside any coroutine writes its dump when the signal
+ * interrupts that call. Replaces sig's handler (the examples use SIGUSR1). EINVAL (sig cannot
+ * be caught), EMFILE/ENFILE (no eventfd for the wake-ups). */
+int weft_dump_on_signal(int sig);
+
 /* ---- Sync between coroutines ---------------------------------------------------------- */
 /* Queues, select, mutex, condition and wait group for the coroutines of one scheduler (one
  * thread): no locks, no system calls. Every wait takes a deadline and fails with ETIMEDOUT

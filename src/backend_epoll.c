@@ -114,6 +114,7 @@ static int epoll_poll(backend *b, int timeout_ms)
     int n = epoll_wait(e->epfd, e->events, MAX_EVENTS, timeout_ms);
     if (n < 0)
         return errno == EINTR ? 0 : -1;
+    e->base.dispatched += (uint64_t)n;
     for (int i = 0; i < n; i++) {
         prefetch_event(e, i, n);
         io_watcher *w = e->events[i].data.ptr;

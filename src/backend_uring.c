@@ -403,6 +403,7 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
     uint64_t ud = cqe->user_data;
     if (ud == UD_IGNORE)
         return;
+    u->base.dispatched++;
     if (ud & UD_OP) {
         complete_op(u, (io_op *)(uintptr_t)(ud & ~UD_OP), cqe);
         return;

@@ -590,7 +590,7 @@ static int turn_take(weft_chan *c, lazy_deadline *dl)
         return 0;
     }
     waiter w;
-    waiter_init(&w);
+    waiter_init_as(&w, WAIT_TURN, c);
     wait_list_push(&c->turns, &w);
     int rc = waiter_wait(&w, deadline_of(dl), true);
     if (rc != 0)

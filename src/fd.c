@@ -177,6 +177,8 @@ static int poll_wait(int fd, int events, int64_t deadline)
             timeout = left > INT_MAX ? INT_MAX : (int)left;
         }
         int n = sys_poll1(&p, timeout);
+        if (n < 0 && errno == EINTR)
+            sched_poll_requests(); /* a signal may have asked for a dump */
         if (n > 0) {
             if (p.revents & POLLNVAL) {
                 errno = EBADF;
@@ -193,14 +195,16 @@ static int poll_wait(int fd, int events, int64_t deadline)
 static int slot_park(fd_slot *slot, int events, int64_t deadline)
 {
     weft_co *self = weft_self();
-    weft_co **w = (events & WEFT_READABLE) ? &slot->reader : &slot->writer;
+    bool input = events & WEFT_READABLE;
+    weft_co **w = input ? &slot->reader : &slot->writer;
     if (*w) {
         errno = EBUSY;
         return -1;
     }
     *w = self;
     slot->w.hint = self;
-    int rc = sched_park_io(deadline, true);
+    int rc = sched_park_io(input ? WAIT_READ : WAIT_WRITE, (wait_on){.fd = slot->w.fd},
+                           deadline, true);
     if (*w == self) /* a timeout or cancel: take ourselves out */
         *w = NULL;
     return rc;
@@ -316,13 +320,14 @@ ssize_t fd_op(io_op *op, int64_t deadline)
     if (b->ops->submit(b, op) != 0)
         return -1;
     int err = 0;
+    wait_on on = {.obj = op};
     while (!ow.done) {
-        if (sched_park_io(deadline, true) != 0 && !ow.done) {
+        if (sched_park_io(WAIT_OP, on, deadline, true) != 0 && !ow.done) {
             /* The kernel may still be using the buffer: cancel and wait for the end. */
             err = errno;
             b->ops->cancel(b, op);
             while (!ow.done)
-                sched_park_io(-1, false);
+                sched_park_io(WAIT_OP, on, -1, false);
         }
     }
     if (op->res >= 0)

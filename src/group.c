@@ -88,7 +88,7 @@ static int group_wait(weft_group *g, int64_t deadline, bool cancellable)
     if (g->count == 0)
         return 0;
     waiter w;
-    waiter_init(&w);
+    waiter_init_as(&w, WAIT_GROUP, g);
     wait_list_push(&g->waiters, &w);
     int rc = waiter_wait(&w, deadline, cancellable);
     if (rc != 0)

@@ -93,7 +93,7 @@ void rwait_settle(rwait *r)
 {
     while (!r->delivered) {
         if (r->co)
-            sched_park_nocancel(-1);
+            sched_park_on(WAIT_DELIVERY, r, -1, false);
         else
             sched_drive(&r->delivered, -1);
     }

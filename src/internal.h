@@ -7,21 +7,25 @@
  *   1. ctx (src/ctx/), stack, buf, timer, addr       leaves
  *   2. backend, backend_epoll, backend_uring        the kernel's event interface; report
  *                                                   through io_watcher.cb and io_op.cb
- *   3. sched                                        coroutines and the loop (calls 1, 2; and
- *                                                   chan_hold, which calls nothing of 3+)
+ *   3. sched, request                               coroutines and the loop (calls 1, 2; and
+ *                                                   chan_hold, which calls nothing of 3+);
+ *                                                   requests from signal handlers
  *   4. wait, inbox                                  waits on objects and across threads
  *   5. fd                                           parking on descriptors and operations
  *   6. sock (transport.h)                           the plain descriptor transport
  *   7. chan, chan_hold                              buffered channels over a transport
  *   8. net, serve, sync, group, offload, tqueue     sockets, serving, sync, pool, queues
+ *   9. dump                                         weft_dump, its signal, the statistics
  * stack's fault handler asks which coroutine runs through a callback sched registers;
- * group learns of a member's end through co->on_end. */
+ * group learns of a member's end through co->on_end; the loop answers a signal's request
+ * through the sched_request_fn dump registers. */
 #ifndef WEFT_INTERNAL_H
 #define WEFT_INTERNAL_H
 
 #include "weft.h"
 #include "hook_entry.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -58,7 +62,8 @@ void ctx_make(ctx *c, void *stack_lo, size_t size, void (*fn)(void *), void *arg
 void ctx_switch(ctx *from, ctx *to);
 
 /* ---- Stacks (stack.c) ---- */
-typedef struct stack { /* (at the top of its own mapping) */
+typedef struct stack { /* (at the top of its own mapping; tools/weft-gdb.py reads lo, size,
+                        * map_size, guarded and guard) */
     void *lo;        /* lowest usable byte (just above the guard page, if any) */
     size_t size;     /* usable bytes, from lo up to this record */
     struct stack *next_free;
@@ -108,7 +113,7 @@ typedef struct timer {
 
 typedef struct timer_heap {
     timer **items;
-    size_t len, cap;
+    size_t len, cap; /* (len read by tools/weft-gdb.py) */
 } timer_heap;
 
 /* Arm t (its deadline already set). -1/ENOMEM only if the heap cannot grow. */
@@ -170,7 +175,7 @@ struct io_op {
      * provided buffer (bid) while res > 0, and is over when more is false. */
     void (*cb)(io_op *op);
     int res;
-    uint8_t kind;        /* enum io_op_kind */
+    uint8_t kind;        /* enum io_op_kind (kind and fd read by tools/weft-gdb.py) */
     bool more;           /* (multishot) more completions will come */
     uint16_t bid;        /* (multishot, res > 0) the provided buffer holding the data */
     int fd;
@@ -184,7 +189,7 @@ struct io_op {
 
 typedef struct backend backend;
 typedef struct backend_ops {
-    const char *name;
+    const char *name;    /* (read by tools/weft-gdb.py) */
     void (*free)(backend *b);
     /* Free b in a forked child, where its kernel objects are the parent's too: release only
      * this process's mappings and descriptors, asking nothing of the kernel's instance. */
@@ -221,6 +226,8 @@ struct backend {
     const backend_ops *ops;
     bool multishot_rx; /* multishot receives into provided buffers work here (io_uring, with
                           its buffer ring set up): transports receive that way */
+    uint64_t dispatched; /* events and completions it reported to watchers and operations
+                          * (weft_sched_get_stats; read by tools/weft-gdb.py) */
 };
 
 /* A backend chosen by name ("epoll", "uring", "auto", or NULL for $WEFT_BACKEND), with a
@@ -239,21 +246,63 @@ static inline void backend_forget(backend *b, int fd) { b->ops->forget(b, fd); }
 static inline int backend_poll(backend *b, int timeout_ms) { return b->ops->poll(b, timeout_ms); }
 
 /* ---- Scheduler (sched.c) ---- */
-/* ORPHAN: a coroutine of the parent process, in a child forked from it: never run again. */
+/* ORPHAN: a coroutine of the parent process, in a child forked from it: never run again.
+ * (Read by tools/weft-gdb.py, by name.) */
 enum co_state { CO_READY, CO_RUNNING, CO_PARKED, CO_DONE, CO_ORPHAN };
+
+/* What a parked coroutine waits on, noted at each park for weft_dump (dump.c) and
+ * tools/weft-gdb.py, which reads the names (and has their order as a fallback); wait_on says
+ * which one. */
+enum wait_kind {
+    WAIT_OTHER,       /* a park that did not say */
+    WAIT_READ,        /* descriptor wait_on.fd readable */
+    WAIT_WRITE,       /* descriptor wait_on.fd writable */
+    WAIT_OP,          /* an I/O operation (io_uring: accept, connect); wait_on.obj: the io_op */
+    WAIT_SLEEP,       /* weft_sleep, until co->deadline */
+    WAIT_JOIN,        /* weft_join; wait_on.obj: the coroutine joined */
+    WAIT_QUEUE_SEND,  /* room in a weft_queue (wait_on.obj) */
+    WAIT_QUEUE_RECV,  /* an item in a weft_queue */
+    WAIT_SELECT,      /* weft_select; wait_on.obj: its weft_select_op array */
+    WAIT_MUTEX,       /* a weft_mutex */
+    WAIT_COND,        /* a weft_cond */
+    WAIT_WAITGROUP,   /* a weft_waitgroup */
+    WAIT_GROUP,       /* a weft_group's coroutines to end */
+    WAIT_TURN,        /* a channel's write turn; wait_on.obj: the weft_chan */
+    WAIT_TQUEUE_SEND, /* room in a weft_tqueue */
+    WAIT_TQUEUE_RECV, /* an item in a weft_tqueue */
+    WAIT_OFFLOAD,     /* a call on the offload pool; wait_on.obj: the function */
+    WAIT_DELIVERY,    /* a wake-up from another thread, already on its way (rwait_settle) */
+    WAIT_SERVER,      /* a server's handlers (a free slot, or their end); obj: the server */
+    WAIT_KINDS
+};
+
+typedef union wait_on {
+    const void *obj;
+    int fd;
+} wait_on;
+
+/* co->wait_mark: the kind in the low 8 bits, and above them the loop's clock (sched.turn_ms)
+ * when the coroutine parked: one store for both. */
+static inline uint64_t wait_mark(uint8_t kind, int64_t since_ms)
+{
+    return (uint64_t)since_ms << 8 | kind;
+}
+static inline uint8_t wait_mark_kind(uint64_t mark) { return (uint8_t)(mark & 0xff); }
+static inline int64_t wait_mark_since(uint64_t mark) { return (int64_t)(mark >> 8); }
 
 typedef struct weft_group weft_group;
 
 /* The first 64 bytes are what a wake-up, a park and a switch touch. The struct is allocated
  * on a cache line, so with thousands of connections resuming one costs one miss here, which
- * the loop prefetches while the coroutine before it runs. */
+ * the loop prefetches while the coroutine before it runs. Fields marked [gdb] are read by
+ * tools/weft-gdb.py by name: renaming one means changing it there. */
 struct weft_co {
-    ctx ctx;
+    ctx ctx;              /* [gdb] its saved stack pointer (ctx.sp; ucontext: ctx.uc) */
     weft_co *next;        /* run-queue link */
     weft_chan *held_output; /* a channel whose line output it holds back (coalescing) */
-    int64_t deadline;     /* of the current park; -1: none */
+    int64_t deadline;     /* [gdb] of the current park; -1: none */
     timer timer;          /* in the heap at or before deadline (see sched.c: lazy timers) */
-    uint8_t state;        /* enum co_state; small, so that what a switch touches fits a line */
+    uint8_t state;        /* [gdb] enum co_state; small, so that what a switch touches fits a line */
     uint8_t io_streak;    /* I/O calls done since it last gave up the CPU (fairness) */
     int16_t wake_errno;   /* why a park ended: 0, ETIMEDOUT, ECANCELED, EBADF */
     bool guarded;         /* its stack has a guard page; else the canary is checked */
@@ -261,23 +310,25 @@ struct weft_co {
     bool nocancel;        /* parked in a wait that cancellation must not cut short */
     bool detached;
     const void *resume_hint; /* what it touches first when resumed (its channel), or NULL */
-    /* cold: spawn, join, end */
-    stack *stack;
+    /* cold: spawn, join, end; and the notes of a park, for weft_dump and gdb */
+    stack *stack;         /* [gdb] lo and size */
     bool in_stack;        /* lives at the top of its own stack (detached ones) */
-    bool io_wait;         /* parked on a descriptor or an operation (sched->io_waiting) */
+    uint64_t wait_mark;   /* [gdb] what a park waits on and since when (see wait_mark()) */
+    wait_on wait_on;      /* [gdb] which one (see enum wait_kind) */
+    uint64_t id;          /* [gdb] 1, 2, ...: unique in the process, never reused */
     weft_co *joiner;      /* coroutine parked in weft_join on this one */
     bool joined_outside;  /* the thread itself joins it, from outside any coroutine */
     /* Callback, when it has ended (before its joiner wakes): its group's bookkeeping. */
     void (*on_end)(weft_co *co);
     weft_group *group;    /* owning group, if any, and the links of its member list */
     weft_co *group_prev, *group_next;
-    weft_co *all_prev, *all_next; /* every live coroutine of the scheduler (sched->all) */
+    weft_co *all_prev, *all_next; /* [gdb] every live coroutine of the scheduler (sched->all) */
     weft_fn fn;
     void *arg;
     void *result;
     void *asan_fake_stack;
     void *tsan_fiber;
-    char name[64];
+    char name[64];        /* [gdb] */
 };
 
 /* Room at the top of every stack for a coroutine struct (detached coroutines keep theirs
@@ -304,19 +355,24 @@ typedef struct inbox {
     rwait *list;
 } inbox;
 
+/* Fields marked [gdb] are read by tools/weft-gdb.py by name (through the thread-local
+ * tls_sched in sched.c). */
 struct sched {
     ctx main_ctx;          /* the thread's own stack, where the loop runs */
-    weft_co *current;      /* NULL while the loop itself runs */
-    weft_co *runq_head, *runq_tail;
-    weft_co *batch;        /* the rest of the turn's run list (see loop_turn) */
+    weft_co *current;      /* [gdb] NULL while the loop itself runs */
+    weft_co *runq_head, *runq_tail; /* [gdb] */
+    weft_co *batch;        /* [gdb] the rest of the turn's run list (see loop_turn) */
     weft_co *reap;         /* ended, still to be reaped by whoever runs after it */
     bool from_main;        /* the last switch came from the loop's own stack */
-    timer_heap timers;
-    backend *be;
+    uint64_t switches;     /* [gdb] context switches, into coroutines and back to the loop */
+    uint64_t turns;        /* [gdb] loop turns */
+    int64_t turn_ms;       /* [gdb] the loop's clock: weft_now() as of this turn (see loop_turn) */
+    timer_heap timers;     /* [gdb] len */
+    backend *be;           /* [gdb] be->ops->name */
     uint64_t be_gen;       /* a number no other backend of the process had (fd.c's tables) */
-    size_t live;           /* coroutines spawned and not yet ended */
-    weft_co *all;          /* those coroutines, linked through all_next */
-    size_t io_waiting;     /* parked on a descriptor or operation: the backend may wake them */
+    size_t live;           /* [gdb] coroutines spawned and not yet ended */
+    weft_co *all;          /* [gdb] those coroutines, linked through all_next */
+    size_t io_waiting;     /* [gdb] parked on a descriptor or operation: the backend may wake them */
     size_t io_owned;       /* operations and provided buffers transports hold on the backend:
                             * while any, the scheduler (and its backend) is not released */
     bool stop;
@@ -326,6 +382,9 @@ struct sched {
     char backend_reason[96];   /* why this backend (a fallback says so) */
     size_t external_waits; /* coroutines (or the thread) waiting for another thread (rwait) */
     inbox in;
+    unsigned requests_seen; /* sched_request()s this scheduler has answered */
+    bool requests_watched; /* its backend watches the requests' eventfd */
+    io_watcher requests_w;
 };
 
 /* This thread's scheduler, created on first use; NULL with errno (ENOMEM, or why no event
@@ -333,14 +392,19 @@ struct sched {
 sched *sched_get(void);
 /* This thread's scheduler if it exists. */
 sched *sched_peek(void);
-/* Park the running coroutine until woken or the deadline. 0 when woken normally, else -1
- * with errno set from the waker (EBADF), ETIMEDOUT, or ECANCELED (already cancelled). */
+/* Park the running coroutine until woken or the deadline, noting that it waits on obj, of
+ * kind (enum wait_kind), for weft_dump. 0 when woken normally, else -1 with errno set from
+ * the waker (EBADF), ETIMEDOUT, or ECANCELED (already cancelled, when cancellable; if not,
+ * neither a pending nor a new cancel ends it). */
+int sched_park_on(uint8_t kind, const void *obj, int64_t deadline, bool cancellable);
+/* sched_park_on(WAIT_OTHER, NULL, deadline, true): for a wait that names nothing. */
 int sched_park(int64_t deadline);
-/* Like sched_park, but neither a pending nor a new cancel ends it. */
+/* Same, not cancellable. */
 int sched_park_nocancel(int64_t deadline);
-/* sched_park (cancellable or not) for a wait that only the backend can end (an fd event or
- * an operation's completion): counted, so that the loop knows an event may still come. */
-int sched_park_io(int64_t deadline, bool cancellable);
+/* sched_park_on for a wait that only the backend can end, on descriptor fd (WAIT_READ,
+ * WAIT_WRITE) or on an operation (WAIT_OP, op): counted, so that the loop knows an event may
+ * still come. */
+int sched_park_io(uint8_t kind, wait_on on, int64_t deadline, bool cancellable);
 /* sched_wake (src/hook_entry.h): make a parked coroutine runnable; its sched_park returns
  * with err (0 = success). A no-op for a coroutine that is not parked. */
 /* Outside any coroutine: run this thread's loop until *flag is set (0) or the deadline
@@ -367,6 +431,32 @@ backend *sched_backend(void);
  * they are fn's argument. They last as long as the coroutine runs. NULL/errno. */
 weft_co *co_spawn_room(weft_fn fn, const weft_spawn_opts *opts, size_t room, void **roomp);
 
+/* ---- Requests from signal handlers (request.c), for weft_dump_on_signal ----
+ * A handler calls sched_request: an atomic increment and a write to an eventfd that every
+ * scheduler's backend watches before its loop sleeps; each scheduler's loop then calls fn at
+ * its next turn, in ordinary context (and a thread blocked outside coroutines in a weft wait,
+ * when the signal interrupts it: sched_poll_requests). Callback: fn, registered by dump.c.
+ * -1/errno (no eventfd). */
+typedef void (*sched_request_fn)(void);
+int sched_on_request(sched_request_fn fn);
+/* Async-signal-safe. */
+void sched_request(void);
+/* Outside the loop (a wait that a signal interrupted): call fn if a request came since this
+ * thread last answered one. */
+void sched_poll_requests(void);
+/* For the loop (sched.c): a new scheduler answers only later requests; before it sleeps, its
+ * backend watches the eventfd (if there is one yet); each turn, it answers what came (a load
+ * and a compare, inline: the call is made only when there is something to answer). */
+void requests_init(sched *s);
+void requests_watch(sched *s);
+extern atomic_uint requests_made; /* sched_request()s so far */
+void requests_run(sched *s);
+static inline void requests_answer(sched *s)
+{
+    if (atomic_load_explicit(&requests_made, memory_order_relaxed) != s->requests_seen)
+        requests_run(s);
+}
+
 /* ---- Held output (chan_hold.c), called by the scheduler ---- */
 /* co is leaving the CPU (parks, yields or ends) while it holds back line output on a channel
  * (co->held_output): hand it to the channel's transport, which sends it as the peer reads,
@@ -390,6 +480,8 @@ typedef struct waiter {
     void *item;                  /* what is handed over (queues) */
     selector *sel;               /* set when this node is one of a weft_select's */
     int index;                   /* its operation's index in that select */
+    uint8_t kind;                /* what it waits on, for weft_dump (enum wait_kind) */
+    const void *obj;             /* the object waited on */
 } waiter;
 
 typedef struct wait_list {
@@ -407,7 +499,9 @@ void waiter_done(waiter *w, int err);
  * then tells the outcome); -1 with ETIMEDOUT/ECANCELED otherwise, and the caller must take w
  * off its list. cancellable=false ignores cancellation. */
 int waiter_wait(waiter *w, int64_t deadline, bool cancellable);
-/* Initialise w for the calling side. */
+/* Initialise w for the calling side, waiting on obj of kind (enum wait_kind). */
+void waiter_init_as(waiter *w, uint8_t kind, const void *obj);
+/* Same, for a wait that names nothing (WAIT_OTHER). */
 void waiter_init(waiter *w);
 
 /* ---- Objects closed under their waiters ----
@@ -574,5 +668,10 @@ void item_ring_free(item_ring *r);
 void item_ring_push(item_ring *r, void *item);
 /* Take from the head; only when len > 0. */
 void *item_ring_pop(item_ring *r);
+/* For weft_dump: whether m is held (*held), and by which coroutine (NULL: by the thread
+ * itself, outside any coroutine, or by nobody). */
+weft_co *mutex_holder(const weft_mutex *m, bool *held);
+/* For weft_dump: wg's counter. */
+long waitgroup_count(const weft_waitgroup *wg);
 
 #endif

@@ -167,7 +167,8 @@ int offload_call(void *(*fn)(void *), void *arg, void **result,
 
     for (;;) {
         /* Outside a coroutine (a call with a deadline) the loop runs while we wait. */
-        int rc = inside ? sched_park(deadline) : sched_drive(&j->rw.delivered, deadline);
+        int rc = inside ? sched_park_on(WAIT_OFFLOAD, (const void *)fn, deadline, true)
+                        : sched_drive(&j->rw.delivered, deadline);
         int err = errno;
         pthread_mutex_lock(&pool.mu);
         bool done = j->done;

@@ -48,6 +48,7 @@ static _Thread_local void *tsan_main_fiber;
 #define PREFETCH_STACK_LINES 8 /* the registers and the frames back up to the handler */
 #define PREFETCH_HINT_LINES 3  /* a channel's two hot lines and its timeouts */
 
+/* Read by tools/weft-gdb.py by name, in each thread. */
 static _Thread_local sched *tls_sched;
 #ifdef WEFT_ASAN
 static _Thread_local void *asan_main_fake;
@@ -114,6 +115,7 @@ const char *weft_backend_reason(void)
 
 static void after_fork_child(void);
 static void at_thread_exit(void *p);
+static pthread_once_t process_once = PTHREAD_ONCE_INIT;
 static pthread_key_t exit_key; /* its value: the thread's scheduler, for at_thread_exit */
 
 static void process_init(void)
@@ -147,8 +149,7 @@ sched *sched_get(void)
 {
     if (tls_sched)
         return tls_sched;
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, process_init);
+    pthread_once(&process_once, process_init);
     sched *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
@@ -160,6 +161,8 @@ sched *sched_get(void)
     }
     s->in.fd = -1;
     pthread_mutex_init(&s->in.mu, NULL);
+    s->turn_ms = weft_now();
+    requests_init(s);
     tls_sched = s;
     pthread_setspecific(exit_key, s);
     return s;
@@ -297,6 +300,7 @@ __attribute__((noinline)) /* inlined into its callers, it would be several call 
 static void switch_out(sched *s, weft_co *co, bool done)
 {
     co->io_streak = 0;
+    s->switches++;
     if (!co->guarded && !stack_canary_ok(co->stack))
         stack_overflow_abort(co->name); /* before anything else runs on corrupted memory */
     if (done)
@@ -362,6 +366,7 @@ static void run_co(sched *s, weft_co *co)
 {
     co->state = CO_RUNNING;
     s->from_main = true;
+    s->switches++;
 #ifdef WEFT_ASAN
     __sanitizer_start_switch_fiber(&asan_main_fake, co->stack->lo, co->stack->size);
 #endif
@@ -418,7 +423,9 @@ static timer *idle_timers_top(sched *s)
     return t;
 }
 
-static int park(int64_t deadline, bool cancellable)
+/* Park the running coroutine; kind and on say what it waits on (weft_dump), in two stores:
+ * the kind goes with the loop's clock, which tells the dump for how long. */
+static int park(uint8_t kind, wait_on on, int64_t deadline, bool cancellable)
 {
     sched *s = tls_sched;
     weft_co *co = s->current;
@@ -439,6 +446,8 @@ static int park(int64_t deadline, bool cancellable)
     co->state = CO_PARKED;
     co->nocancel = !cancellable;
     co->wake_errno = 0;
+    co->wait_mark = wait_mark(kind, s->turn_ms);
+    co->wait_on = on;
     switch_out(s, co, false);
     co->nocancel = false;
     if (co->wake_errno) {
@@ -448,25 +457,27 @@ static int park(int64_t deadline, bool cancellable)
     return 0;
 }
 
+int sched_park_on(uint8_t kind, const void *obj, int64_t deadline, bool cancellable)
+{
+    return park(kind, (wait_on){.obj = obj}, deadline, cancellable); /* (a jump: same order) */
+}
+
 int sched_park(int64_t deadline)
 {
-    return park(deadline, true);
+    return sched_park_on(WAIT_OTHER, NULL, deadline, true);
 }
 
 int sched_park_nocancel(int64_t deadline)
 {
-    return park(deadline, false);
+    return sched_park_on(WAIT_OTHER, NULL, deadline, false);
 }
 
-int sched_park_io(int64_t deadline, bool cancellable)
+int sched_park_io(uint8_t kind, wait_on on, int64_t deadline, bool cancellable)
 {
     sched *s = tls_sched;
-    weft_co *co = s->current;
-    co->io_wait = true;
     s->io_waiting++;
-    int rc = park(deadline, cancellable);
+    int rc = park(kind, on, deadline, cancellable);
     s->io_waiting--;
-    co->io_wait = false;
     return rc;
 }
 
@@ -490,11 +501,13 @@ void sched_wake(weft_co *co, int err)
 
 /* ---- The loop ---- */
 
-static void expire_timers(sched *s)
+/* Returns whether it read the clock (then s->turn_ms is up to date). */
+static bool expire_timers(sched *s)
 {
     if (!timer_heap_peek(&s->timers))
-        return;
+        return false;
     int64_t now = weft_now();
+    s->turn_ms = now;
     timer *t;
     while ((t = timer_heap_peek(&s->timers)) && t->deadline <= now) {
         weft_co *co = timer_owner(t);
@@ -508,6 +521,7 @@ static void expire_timers(sched *s)
             timer_heap_add(&s->timers, t); /* cannot fail: the heap just had room for it */
         }
     }
+    return true;
 }
 
 /* How long the loop may sleep in the backend: not at all with work queued, else until the
@@ -560,6 +574,14 @@ void sched_note_stop_handlers(void)
 #endif
 }
 
+/* A coarse reading of the monotonic clock: a few ns instead of a few tens, to within a tick. */
+static int64_t coarse_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* One turn: collect I/O events and expired timers, then run every coroutine that was
  * runnable at that moment once (those made runnable meanwhile wait for the next turn, so a
  * coroutine that keeps yielding cannot starve I/O). Returns -1/EDEADLK if no coroutine can
@@ -576,9 +598,18 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
     /* With work queued and nothing that only the kernel can report or carry out (output a
      * transport queued, operations it started), skip the system call. */
     bool quiet = timeout == 0 && !s->io_waiting && !s->external_waits && !s->io_owned;
+    if (timeout != 0 && !s->requests_watched)
+        requests_watch(s); /* so that a signal's request ends the sleep */
     if (!quiet && backend_poll(s->be, timeout) != 0)
         return -1;
-    expire_timers(s);
+    s->turns++;
+    /* The loop's clock, which a park notes (weft_dump's "for how long"): the timers' reading
+     * when there are timers; else a coarse one after a poll, a system call anyway, and every
+     * 64 turns of a loop that makes none. So a park's time is that of the start of its turn,
+     * to within a few ms, and costs the park a load, not a clock reading. */
+    if (!expire_timers(s) && (!quiet || (s->turns & 63) == 0))
+        s->turn_ms = coarse_now_ms();
+    requests_answer(s);
 
     /* The coroutines run one after the other, each switching straight to the next
      * (switch_out); the loop gets the CPU back when the list is done. */
@@ -637,6 +668,8 @@ size_t weft_count(void)
 _Static_assert(offsetof(weft_co, stack) <= 64, "what a switch touches in one line");
 #endif
 
+static _Atomic uint64_t coroutines_made; /* for ids: unique in the process */
+
 static weft_co *co_alloc(void)
 {
     size_t size = CO_ROOM; /* aligned_alloc wants a multiple of the alignment */
@@ -688,6 +721,7 @@ static weft_co *spawn(weft_fn fn, void *arg, const weft_spawn_opts *opts, size_t
         *roomp = arg;
     }
     co->in_stack = detached;
+    co->id = atomic_fetch_add_explicit(&coroutines_made, 1, memory_order_relaxed) + 1;
     co->stack = st;
     co->guarded = co->stack->guarded;
     const char *name = opts && opts->name ? opts->name : "co";
@@ -856,6 +890,7 @@ static void after_fork_child(void)
         sys_close(s->in.fd); /* (its copy only: the parent's stays watched there) */
     s->in.fd = -1;
     s->stop = false;
+    s->requests_watched = false; /* (by the old backend) */
     s->be->ops->abandon(s->be);
     if (make_backend(s) != 0) {
         static const char msg[] = "weft: no event backend in a forked child\n";
@@ -881,7 +916,7 @@ int weft_join(weft_co *co, void **result, int64_t deadline)
         int rc;
         if (self) {
             co->joiner = self;
-            rc = sched_park(deadline);
+            rc = sched_park_on(WAIT_JOIN, co, deadline, true);
             co->joiner = NULL;
         } else {
             co->joined_outside = true;
@@ -976,11 +1011,12 @@ int weft_sleep_until(int64_t deadline)
         int64_t left;
         while ((left = deadline - weft_now()) > 0) {
             struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000};
-            sys_nanosleep(&ts);
+            if (sys_nanosleep(&ts) != 0 && errno == EINTR)
+                sched_poll_requests(); /* (a signal's dump, if that was one) */
         }
         return 0;
     }
-    if (sched_park(deadline) == 0 || errno == ETIMEDOUT)
+    if (sched_park_on(WAIT_SLEEP, NULL, deadline, true) == 0 || errno == ETIMEDOUT)
         return 0;
     return -1;
 }

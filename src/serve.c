@@ -110,7 +110,7 @@ static int wait_for_slot(weft_server *srv)
     while (srv->st.active >= srv->o.max_conns) {
         srv->st.limit_waits++;
         srv->slot_waiter = weft_self();
-        int rc = sched_park(-1);
+        int rc = sched_park_on(WAIT_SERVER, srv, -1, true);
         srv->slot_waiter = NULL;
         if (rc != 0)
             return -1;
@@ -280,7 +280,7 @@ static int serve_pending(weft_server *srv, int64_t deadline)
         if (srv->pending_at == srv->npending)
             return 0;
         srv->slot_waiter = weft_self();
-        int rc = sched_park(deadline);
+        int rc = sched_park_on(WAIT_SERVER, srv, deadline, true);
         srv->slot_waiter = NULL;
         if (rc != 0)
             return -1;

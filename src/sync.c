@@ -129,7 +129,7 @@ int weft_queue_send(weft_queue *q, void *item, int64_t deadline)
     if (errno != EAGAIN)
         return -1;
     waiter w;
-    waiter_init(&w);
+    waiter_init_as(&w, WAIT_QUEUE_SEND, q);
     w.item = item;
     return queue_wait(&q->senders, &w, deadline);
 }
@@ -141,7 +141,7 @@ int weft_queue_recv(weft_queue *q, void **item, int64_t deadline)
     if (errno != EAGAIN)
         return -1;
     waiter w;
-    waiter_init(&w);
+    waiter_init_as(&w, WAIT_QUEUE_RECV, q);
     if (queue_wait(&q->receivers, &w, deadline) != 0)
         return -1;
     *item = w.item;
@@ -208,7 +208,7 @@ int weft_select(weft_select_op *ops, size_t n, int64_t deadline)
     selector sel = {false, -1};
     waiter nodes[SELECT_MAX];
     for (size_t i = 0; i < n; i++) {
-        waiter_init(&nodes[i]);
+        waiter_init_as(&nodes[i], WAIT_SELECT, ops);
         nodes[i].sel = &sel;
         nodes[i].index = (int)i;
         nodes[i].item = ops[i].item;
@@ -272,7 +272,7 @@ static int mutex_lock(weft_mutex *m, int64_t deadline, bool cancellable)
         return -1;
     }
     waiter w;
-    waiter_init(&w);
+    waiter_init_as(&w, WAIT_MUTEX, m);
     wait_list_push(&m->waiters, &w);
     if (waiter_wait(&w, deadline, cancellable) != 0) {
         wait_list_remove(&m->waiters, &w);
@@ -301,6 +301,12 @@ int weft_mutex_unlock(weft_mutex *m)
     return 0;
 }
 
+weft_co *mutex_holder(const weft_mutex *m, bool *held)
+{
+    *held = m->owner != NULL;
+    return m->owner && m->owner != (const void *)&outside_owner ? (weft_co *)m->owner : NULL;
+}
+
 int weft_mutex_free(weft_mutex *m)
 {
     if (m->owner || m->waiters.head) {
@@ -327,7 +333,7 @@ int weft_cond_wait(weft_cond *c, weft_mutex *m, int64_t deadline)
     if (weft_mutex_unlock(m) != 0)
         return -1;
     waiter w;
-    waiter_init(&w);
+    waiter_init_as(&w, WAIT_COND, c);
     wait_list_push(&c->waiters, &w);
     int rc = waiter_wait(&w, deadline, true);
     int err = errno;
@@ -396,13 +402,18 @@ int weft_waitgroup_wait(weft_waitgroup *wg, int64_t deadline)
     if (wg->count == 0)
         return 0;
     waiter w;
-    waiter_init(&w);
+    waiter_init_as(&w, WAIT_WAITGROUP, wg);
     wait_list_push(&wg->waiters, &w);
     if (waiter_wait(&w, deadline, true) != 0) {
         wait_list_remove(&wg->waiters, &w);
         return -1;
     }
     return 0;
+}
+
+long waitgroup_count(const weft_waitgroup *wg)
+{
+    return wg->count;
 }
 
 int weft_waitgroup_free(weft_waitgroup *wg)

@@ -70,12 +70,13 @@ static int tq_wait_co(weft_tqueue *q, wait_list *list, tq_waiter *w, int64_t dea
         return -1;
     wait_list_push(list, &w->node);
     pthread_mutex_unlock(&q->mu);
-    int rc = sched_park(deadline);
+    uint8_t kind = list == &q->senders ? WAIT_TQUEUE_SEND : WAIT_TQUEUE_RECV;
+    int rc = sched_park_on(kind, q, deadline, true);
     int err = errno;
     pthread_mutex_lock(&q->mu);
     while (!w->claimed && rc == 0) { /* not for us: park again */
         pthread_mutex_unlock(&q->mu);
-        rc = sched_park(deadline);
+        rc = sched_park_on(kind, q, deadline, true);
         err = errno;
         pthread_mutex_lock(&q->mu);
     }

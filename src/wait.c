@@ -49,6 +49,13 @@ waiter *wait_list_pop(wait_list *l)
 
 void waiter_init(waiter *w)
 {
+    waiter_init_as(w, WAIT_OTHER, NULL);
+}
+
+void waiter_init_as(waiter *w, uint8_t kind, const void *obj)
+{
+    w->kind = kind;
+    w->obj = obj;
     w->co = weft_self();
     w->prev = w->next = NULL;
     w->linked = false;
@@ -76,7 +83,7 @@ int waiter_wait(waiter *w, int64_t deadline, bool cancellable)
     if (!w->co)
         return sched_drive(done, deadline);
     for (;;) {
-        int rc = cancellable ? sched_park(deadline) : sched_park_nocancel(deadline);
+        int rc = sched_park_on(w->kind, w->obj, deadline, cancellable);
         if (*done) /* a timeout or cancel in the same turn as the hand-over loses */
             return 0;
         if (rc != 0)

@@ -6,6 +6,7 @@
  *
  * SIGINT/SIGTERM: stop accepting, let clients finish (-g GRACE_MS), exit 0; a second one
  * exits at once. Signals are taken from a signalfd, read by a coroutine like any other fd.
+ * SIGUSR1: every thread writes what each of its coroutines is doing to stderr (weft_dump).
  */
 #include "commands.h"
 
@@ -49,7 +50,8 @@ static const char usage_text[] =
     "Commands: PING ECHO GET SET GETSET DEL EXISTS INCR INCRBY DECR DECRBY APPEND STRLEN\n"
     "MGET MSET EXPIRE PEXPIRE TTL PTTL PERSIST KEYS DBSIZE FLUSHALL SELECT QUIT HELLO\n"
     "CLIENT (SETNAME GETNAME ID) CONFIG GET COMMAND (COUNT LIST INFO DOCS).\n"
-    "Prints \"listening on HOST:PORT\" on stdout once it accepts connections.\n";
+    "Prints \"listening on HOST:PORT\" on stdout once it accepts connections.\n"
+    "kill -USR1 PID writes what each coroutine is doing to stderr.\n";
 
 static bool quiet;
 
@@ -298,6 +300,7 @@ int main(int argc, char **argv)
     sigaddset(&stop_set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
     int sigfd = signalfd(-1, &stop_set, SFD_NONBLOCK | SFD_CLOEXEC);
+    weft_dump_on_signal(SIGUSR1); /* (its handler only wakes the loops, which dump) */
 
     struct kv_server srv = {.limits = a.limits, .bind = a.host, .threads = a.threads,
                             .hz = a.hz, .max_conns = WEFT_MAX_CONNS_DEFAULT};
