@@ -8,6 +8,7 @@
 #   make bench-echo-threads    echo server on weft_serve_threads, 1 vs 2 threads, vs echo-events
 #   QUICK=1                    a short run of each (CI)
 #   make bench-ab BASE=REV     the echo matrix, this tree against commit REV in the same run
+#   make bench-tls             weft's TLS vs base_tls (hand-written OpenSSL + epoll)
 #
 # The runs hold $(O)/bench/.lock (flock), so under make -j they still run one at a time and
 # do not measure each other.
@@ -43,13 +44,15 @@ bench-echo-threads: $(O)/bench/echo_threads_bench $(O)/examples/echo-events
 HAVE_LIBURING := $(shell echo '#include <liburing.h>' | $(CC) -E - >/dev/null 2>&1 && echo yes)
 BENCH_URING   := $(if $(HAVE_LIBURING),$(O)/bench/base_uring)
 
-$(O)/bench/loadgen: $(O)/bench/loadgen.c.o
+$(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o: bench/loadgen.h
+$(O)/bench/echo_bench.c.o $(O)/bench/tls_bench.c.o $(O)/bench/run.c.o: bench/run.h
+$(O)/bench/loadgen: $(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/bench/base_epoll: $(O)/bench/base_epoll.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/bench/base_uring: $(O)/bench/base_uring.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -luring
-$(O)/bench/echo_bench: $(O)/bench/echo_bench.c.o
+$(O)/bench/echo_bench: $(O)/bench/echo_bench.c.o $(O)/bench/run.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/bench/micro: $(O)/bench/micro.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -75,3 +78,23 @@ bench-ab: $(O)/bench/echo_bench $(O)/bench/loadgen $(O)/bench/base_epoll $(BENCH
 	    CC=$(CC) $(abspath $(O))/ab-base/examples/echo
 	$(BENCH_LOCK) $(RUN) $(O)/bench/echo_bench -b $(O) -B $(O)/ab-base \
 	    $(if $(HAVE_LIBURING),,-U) $(BENCH_QUICK)
+
+# ---- TLS (bench/tls_bench.c, base_tls.c, loadgen --tls) ----
+#   make bench-tls             weft echo --cert/--key (epoll, uring) vs base_tls: round trips,
+#                              handshakes (P-256, RSA-2048, resumed), idle memory
+# Built where the library is built with OpenSSL (TLS=1 in the top-level Makefile).
+$(O)/bench/base_tls: $(O)/bench/base_tls.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/bench/tls_bench: $(O)/bench/tls_bench.c.o $(O)/bench/run.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: bench-tls
+bench: bench-tls
+
+ifeq ($(TLS),1)
+bench-tls: $(O)/bench/tls_bench $(O)/bench/loadgen $(O)/bench/base_tls $(O)/examples/echo
+	$(BENCH_LOCK) $(RUN) $(O)/bench/tls_bench -b $(O) $(BENCH_QUICK)
+else
+bench-tls:
+	@echo "note: built without OpenSSL (apt-get install libssl-dev): no TLS benchmark"
+endif
