@@ -148,7 +148,10 @@ static int handshake(struct conn *c)
 {
     int rc = SSL_do_handshake(c->ssl);
     if (rc == 1) {
+        /* Reading ahead, it may have taken the records after it off the socket, and their
+         * EPOLLIN edge has passed: try to read. */
         c->ready = 1;
+        c->readable = 1;
         return 0;
     }
     switch (SSL_get_error(c->ssl, rc)) {
@@ -190,7 +193,8 @@ static int echo_scratch(struct conn *c, size_t r)
     if (rc < 0 || reserve(c, r - sent) != 0)
         return -1;
     /* what did not go out (retried from its first byte) and the partial line */
-    memcpy(c->buf, scratch + sent, r - sent);
+    if (r > sent)
+        memcpy(c->buf, scratch + sent, r - sent);
     c->len = r - sent;
     c->out = whole - sent;
     c->blocked = rc == 1;
