@@ -9,6 +9,7 @@
 #   QUICK=1                    a short run of each (CI)
 #   make bench-ab BASE=REV     the echo matrix, this tree against commit REV in the same run
 #   make bench-tls             weft's TLS vs base_tls (hand-written OpenSSL + epoll)
+#   make bench-tls-ab BASE=REV the TLS rows, this tree against commit REV in the same run
 #
 # The runs hold $(O)/bench/.lock (flock), so under make -j they still run one at a time and
 # do not measure each other.
@@ -91,10 +92,19 @@ $(O)/bench/tls_bench: $(O)/bench/tls_bench.c.o $(O)/bench/run.c.o
 .PHONY: bench-tls
 bench: bench-tls
 
+.PHONY: bench-tls-ab
 ifeq ($(TLS),1)
 bench-tls: $(O)/bench/tls_bench $(O)/bench/loadgen $(O)/bench/base_tls $(O)/examples/echo
 	$(BENCH_LOCK) $(RUN) $(O)/bench/tls_bench -b $(O) $(BENCH_QUICK)
+
+# A/B: the echo of commit $(BASE) (built in $(O)/ab-base, as for bench-ab) in the same rotation.
+bench-tls-ab: $(O)/bench/tls_bench $(O)/bench/loadgen $(O)/bench/base_tls $(O)/examples/echo
+	rm -rf $(O)/ab-src && mkdir -p $(O)/ab-src
+	git archive $(BASE) | tar -x -C $(O)/ab-src
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(MAKE) -s -C $(O)/ab-src O=$(abspath $(O))/ab-base \
+	    CC=$(CC) $(abspath $(O))/ab-base/examples/echo
+	$(BENCH_LOCK) $(RUN) $(O)/bench/tls_bench -b $(O) -B $(O)/ab-base $(BENCH_QUICK)
 else
-bench-tls:
+bench-tls bench-tls-ab:
 	@echo "note: built without OpenSSL (apt-get install libssl-dev): no TLS benchmark"
 endif

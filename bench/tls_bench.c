@@ -16,7 +16,10 @@
  * server that does not start or crashes, no certificates, a resumed row that did not resume.
  * A ratio under its target is reported, never a failure.
  *
- * Usage: tls_bench -b BUILD_DIR [-q] [-t SECONDS] [-r REPS] [-R ROW] [-n IDLE_CONNS]
+ * Usage: tls_bench -b BUILD_DIR [-B OTHER_BUILD_DIR] [-q] [-t SECONDS] [-r REPS] [-R ROW]
+ *                  [-n IDLE_CONNS]
+ * With -B, the echo of another build (a change to src/tls.c, say) runs in the same rotation,
+ * and a table gives its ratios to base_tls and this build's over it: an A/B in one run.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -33,8 +36,10 @@
 
 #define MAXREP 9
 #define PAGE 4096 /* the idle target: base_tls's bytes plus one stack page */
-enum { S_WEFT_EPOLL, S_WEFT_URING, S_BASE_TLS, NSERV };
-static const char *serv_name[NSERV] = {"weft/epoll", "weft/uring", "base_tls"};
+enum { S_WEFT_EPOLL, S_WEFT_URING, S_BASE_TLS, S_B_EPOLL, S_B_URING, NSERV };
+static const char *serv_name[NSERV] = {"weft/epoll", "weft/uring", "base_tls", "B:epoll",
+                                       "B:uring"};
+static int nserv = S_B_EPOLL; /* with -B: NSERV */
 enum { CERT_EC, CERT_RSA, NCERT };
 static const char *cert_name[NCERT] = {"ec", "rsa"};
 
@@ -83,7 +88,7 @@ static void setup_rows(int quick)
     }
 }
 
-static char build[512];
+static char build[512], build_b[512];
 static char dir[64];                      /* the certificates */
 static char crt[NCERT][128], key[NCERT][128];
 static int failures;
@@ -143,9 +148,11 @@ static pid_t server_start(int s, int cert, int *port, int *outfd)
     if (s == S_BASE_TLS)
         snprintf(path, sizeof path, "%s/bench/base_tls", build);
     else
-        snprintf(path, sizeof path, "%s/examples/echo", build);
+        snprintf(path, sizeof path, "%s/examples/echo", s >= S_B_EPOLL ? build_b : build);
     char *argv[] = {path, "-q", "-p", "0", "--cert", crt[cert], "--key", key[cert], NULL};
-    const char *backend = s == S_WEFT_EPOLL ? "epoll" : s == S_WEFT_URING ? "uring" : NULL;
+    const char *backend = s == S_WEFT_EPOLL || s == S_B_EPOLL   ? "epoll"
+                          : s == S_WEFT_URING || s == S_B_URING ? "uring"
+                                                                : NULL;
     return run_server_start(serv_name[s], argv, backend, port, outfd);
 }
 
@@ -219,8 +226,8 @@ static void run_row(int ri, int reps, double secs, struct res *med)
     double v[6][NSERV][MAXREP];
     int nok[NSERV] = {0};
     for (int k = 0; k < reps; k++) {
-        for (int j = 0; j < NSERV; j++) {
-            int s = (j + k + ri) % NSERV; /* rotate the order */
+        for (int j = 0; j < nserv; j++) {
+            int s = (j + k + ri) % nserv; /* rotate the order */
             struct res r = measure(s, rw, secs);
             if (!r.ok)
                 continue;
@@ -229,7 +236,7 @@ static void run_row(int ri, int reps, double secs, struct res *med)
             v[3][s][i] = r.p99, v[4][s][i] = r.p999, v[5][s][i] = r.cpu;
         }
     }
-    for (int s = 0; s < NSERV; s++) {
+    for (int s = 0; s < nserv; s++) {
         struct res *m = &med[s];
         if (!nok[s])
             continue;
@@ -275,6 +282,28 @@ static void print_ratios(struct res med[][NSERV], int only_row)
     }
 }
 
+/* -B: the other build's ratios to base_tls, and this build's over the other's. */
+static void print_ab(struct res med[][NSERV], int only_row)
+{
+    printf("\n== A/B: the other build (%s) / base_tls, and this build (%s) / the other, "
+           "per cpu-s ==\n", build_b, build);
+    printf("%-14s | %10s %10s | %10s %10s\n", "row", "B:epoll", "B:uring", "epoll", "uring");
+    for (int ri = 0; ri < NROWS; ri++) {
+        if ((only_row >= 0 && ri != only_row) || rows[ri].n == 0)
+            continue;
+        struct res *m = med[ri];
+        double base = m[S_BASE_TLS].ok ? m[S_BASE_TLS].opcpu : 0;
+        char r[4][16];
+        ratio(r[0], sizeof r[0], m[S_B_EPOLL].opcpu, base, m[S_B_EPOLL].ok);
+        ratio(r[1], sizeof r[1], m[S_B_URING].opcpu, base, m[S_B_URING].ok);
+        ratio(r[2], sizeof r[2], m[S_WEFT_EPOLL].opcpu, m[S_B_EPOLL].ok ? m[S_B_EPOLL].opcpu : 0,
+              m[S_WEFT_EPOLL].ok);
+        ratio(r[3], sizeof r[3], m[S_WEFT_URING].opcpu, m[S_B_URING].ok ? m[S_B_URING].opcpu : 0,
+              m[S_WEFT_URING].ok);
+        printf("%-14s | %10s %10s | %10s %10s\n", rows[ri].label, r[0], r[1], r[2], r[3]);
+    }
+}
+
 /* Idle memory: idle_n connections each handshaken, one verified line, then parked. */
 static void idle_memory(int idle_n)
 {
@@ -282,7 +311,7 @@ static void idle_memory(int idle_n)
            "read ==\n", idle_n);
     double per[NSERV] = {0};
     int ok[NSERV] = {0};
-    for (int s = 0; s < NSERV; s++) {
+    for (int s = 0; s < nserv; s++) {
         char a_c[16], out[1024];
         snprintf(a_c, sizeof a_c, "%d", idle_n);
         char *extra[] = {"-I", "-c", a_c, "-t", "1", NULL};
@@ -296,8 +325,8 @@ static void idle_memory(int idle_n)
     if (!ok[S_BASE_TLS])
         return;
     printf("target: weft <= base_tls + %d (one stack page):", PAGE);
-    for (int s = S_WEFT_EPOLL; s <= S_WEFT_URING; s++)
-        if (ok[s])
+    for (int s = 0; s < nserv; s++)
+        if (ok[s] && s != S_BASE_TLS)
             printf("  %s %+.0f %s", serv_name[s], per[s] - per[S_BASE_TLS],
                    per[s] <= per[S_BASE_TLS] + PAGE ? "met" : "MISSED");
     printf("\n");
@@ -307,22 +336,25 @@ int main(int argc, char **argv)
 {
     int quick = 0, reps = 0, only_row = -1, idle_n = 10000, opt;
     double secs = 0;
-    while ((opt = getopt(argc, argv, "b:qt:r:R:n:")) != -1) {
+    while ((opt = getopt(argc, argv, "b:B:qt:r:R:n:")) != -1) {
         switch (opt) {
         case 'b': snprintf(build, sizeof build, "%s", optarg); break;
+        case 'B': snprintf(build_b, sizeof build_b, "%s", optarg); break;
         case 'q': quick = 1; break;
         case 't': secs = atof(optarg); break;
         case 'r': reps = atoi(optarg); break;
         case 'R': only_row = atoi(optarg); break;
         case 'n': idle_n = atoi(optarg); break;
         default:
-            fprintf(stderr, "usage: tls_bench -b BUILD_DIR [-q] [-t SECONDS] [-r REPS] [-R ROW] "
-                            "[-n IDLE_CONNS]\n");
+            fprintf(stderr, "usage: tls_bench -b BUILD_DIR [-B OTHER_BUILD_DIR] [-q] [-t SECONDS] "
+                            "[-r REPS] [-R ROW] [-n IDLE_CONNS]\n");
             return 2;
         }
     }
     if (!build[0])
         snprintf(build, sizeof build, "build");
+    if (build_b[0])
+        nserv = NSERV;
     if (secs <= 0)
         secs = quick ? 1 : 3;
     if (reps <= 0)
@@ -357,6 +389,8 @@ int main(int argc, char **argv)
         if ((only_row < 0 && rows[ri].n > 0) || ri == only_row)
             run_row(ri, reps, secs, med[ri]);
     print_ratios(med, only_row);
+    if (build_b[0])
+        print_ab(med, only_row);
     if (idle_n > 0)
         idle_memory(idle_n);
     remove_certs();
