@@ -8,6 +8,8 @@
 #   make bench-echo-threads    echo server on weft_serve_threads, 1 vs 2 threads, vs echo-events
 #   QUICK=1                    a short run of each (CI)
 #   make bench-ab BASE=REV     the echo matrix, this tree against commit REV in the same run
+#   make bench-tls             weft's TLS vs base_tls (hand-written OpenSSL + epoll)
+#   make bench-tls-ab BASE=REV the TLS rows, this tree against commit REV in the same run
 #
 # The runs hold $(O)/bench/.lock (flock), so under make -j they still run one at a time and
 # do not measure each other.
@@ -43,13 +45,15 @@ bench-echo-threads: $(O)/bench/echo_threads_bench $(O)/examples/echo-events
 HAVE_LIBURING := $(shell echo '#include <liburing.h>' | $(CC) -E - >/dev/null 2>&1 && echo yes)
 BENCH_URING   := $(if $(HAVE_LIBURING),$(O)/bench/base_uring)
 
-$(O)/bench/loadgen: $(O)/bench/loadgen.c.o
+$(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o: bench/loadgen.h
+$(O)/bench/echo_bench.c.o $(O)/bench/tls_bench.c.o $(O)/bench/run.c.o: bench/run.h
+$(O)/bench/loadgen: $(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/bench/base_epoll: $(O)/bench/base_epoll.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/bench/base_uring: $(O)/bench/base_uring.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -luring
-$(O)/bench/echo_bench: $(O)/bench/echo_bench.c.o
+$(O)/bench/echo_bench: $(O)/bench/echo_bench.c.o $(O)/bench/run.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/bench/micro: $(O)/bench/micro.c.o $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -107,4 +111,33 @@ bench-hook: $(O)/bench/hook_bench
 else
 bench-hook:
 	@echo "note: hiredis or libevent headers missing (libhiredis-dev, libevent-dev): bench-hook skipped"
+endif
+
+# ---- TLS (bench/tls_bench.c, base_tls.c, loadgen --tls) ----
+#   make bench-tls             weft echo --cert/--key (epoll, uring) vs base_tls: round trips,
+#                              handshakes (P-256, RSA-2048, resumed), idle memory
+# Built where the library is built with OpenSSL (TLS=1 in the top-level Makefile).
+$(O)/bench/base_tls: $(O)/bench/base_tls.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/bench/tls_bench: $(O)/bench/tls_bench.c.o $(O)/bench/run.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: bench-tls
+bench: bench-tls
+
+.PHONY: bench-tls-ab
+ifeq ($(TLS),1)
+bench-tls: $(O)/bench/tls_bench $(O)/bench/loadgen $(O)/bench/base_tls $(O)/examples/echo
+	$(BENCH_LOCK) $(RUN) $(O)/bench/tls_bench -b $(O) $(BENCH_QUICK)
+
+# A/B: the echo of commit $(BASE) (built in $(O)/ab-base, as for bench-ab) in the same rotation.
+bench-tls-ab: $(O)/bench/tls_bench $(O)/bench/loadgen $(O)/bench/base_tls $(O)/examples/echo
+	rm -rf $(O)/ab-src && mkdir -p $(O)/ab-src
+	git archive $(BASE) | tar -x -C $(O)/ab-src
+	env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(MAKE) -s -C $(O)/ab-src O=$(abspath $(O))/ab-base \
+	    CC=$(CC) $(abspath $(O))/ab-base/examples/echo
+	$(BENCH_LOCK) $(RUN) $(O)/bench/tls_bench -b $(O) -B $(O)/ab-base $(BENCH_QUICK)
+else
+bench-tls bench-tls-ab:
+	@echo "note: built without OpenSSL (apt-get install libssl-dev): no TLS benchmark"
 endif

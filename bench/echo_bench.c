@@ -17,14 +17,11 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include <errno.h>
-#include <poll.h>
-#include <sched.h>
-#include <signal.h>
+#include "run.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,19 +51,6 @@ struct res {
 
 static char build[512], build_b[512];
 static int have_uring = 1, failures;
-static pid_t live_server = -1, live_loadgen = -1;
-
-static void on_alarm(int sig)
-{
-    (void)sig;
-    static const char msg[] = "echo_bench: FAIL: watchdog expired\n";
-    if (live_loadgen > 0)
-        kill(live_loadgen, SIGKILL);
-    if (live_server > 0)
-        kill(live_server, SIGKILL);
-    write(2, msg, sizeof msg - 1);
-    _exit(1);
-}
 
 static void server_path(int s, char *buf, size_t n)
 {
@@ -83,119 +67,18 @@ static pid_t server_start(int s, int *port, int *outfd)
 {
     char path[600];
     server_path(s, path, sizeof path);
-    int pfd[2];
-    if (pipe(pfd) != 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(0, &set);
-        sched_setaffinity(0, sizeof set, &set);
-        if (s == S_WEFT_EPOLL || s == S_B_EPOLL)
-            setenv("WEFT_BACKEND", "epoll", 1);
-        else if (s == S_WEFT_URING || s == S_B_URING)
-            setenv("WEFT_BACKEND", "uring", 1);
-        dup2(pfd[1], 1);
-        close(pfd[0]);
-        close(pfd[1]);
-        execl(path, path, "-q", "-p", "0", (char *)NULL);
-        fprintf(stderr, "echo_bench: exec %s: %s\n", path, strerror(errno));
-        _exit(127);
-    }
-    close(pfd[1]);
-    live_server = pid;
-    char line[256];
-    size_t len = 0;
-    *port = 0;
-    while (len < sizeof line - 1) {
-        struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-        if (poll(&p, 1, 10000) <= 0)
-            break;
-        ssize_t r = read(pfd[0], line + len, sizeof line - 1 - len);
-        if (r <= 0)
-            break;
-        len += (size_t)r;
-        line[len] = 0;
-        char *nl = strchr(line, '\n'), *colon;
-        if (nl && (colon = strrchr(line, ':')) && strstr(line, "listening on")) {
-            *port = atoi(colon + 1);
-            break;
-        }
-    }
-    if (*port <= 0) {
-        fprintf(stderr, "echo_bench: FAIL: %s did not start (no \"listening on\")\n", serv_name[s]);
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        live_server = -1;
-        close(pfd[0]);
-        return -1;
-    }
-    *outfd = pfd[0];
-    return pid;
+    const char *backend = NULL;
+    if (s == S_WEFT_EPOLL || s == S_B_EPOLL)
+        backend = "epoll";
+    else if (s == S_WEFT_URING || s == S_B_URING)
+        backend = "uring";
+    char *argv[] = {path, "-q", "-p", "0", NULL};
+    return run_server_start(serv_name[s], argv, backend, port, outfd);
 }
 
-/* Stop the server; 0 if it ended normally (exit or our signal), -1 if it crashed. */
 static int server_stop(int s, pid_t pid, int outfd)
 {
-    int st = 0, crashed = 0;
-    pid_t w = waitpid(pid, &st, WNOHANG);
-    if (w == pid) {
-        crashed = 1; /* it ended before we asked */
-    } else {
-        kill(pid, SIGTERM);
-        for (int i = 0; i < 300 && (w = waitpid(pid, &st, WNOHANG)) == 0; i++)
-            usleep(10000);
-        if (w == 0) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-        } else if (WIFSIGNALED(st) && WTERMSIG(st) != SIGTERM) {
-            crashed = 1;
-        }
-    }
-    live_server = -1;
-    close(outfd);
-    if (crashed) {
-        fprintf(stderr, "echo_bench: FAIL: %s ended on its own (status 0x%x)\n", serv_name[s], st);
-        return -1;
-    }
-    return 0;
-}
-
-static double field(const char *out, const char *key)
-{
-    const char *p = strstr(out, key);
-    return p ? atof(p + strlen(key)) : 0;
-}
-
-/* Run loadgen with args; output in out. 0 if it reported status=OK. */
-static int run_loadgen(char *const args[], char *out, size_t n)
-{
-    int pfd[2];
-    if (pipe(pfd) != 0)
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(pfd[1], 1);
-        close(pfd[0]);
-        close(pfd[1]);
-        execv(args[0], args);
-        _exit(127);
-    }
-    close(pfd[1]);
-    live_loadgen = pid;
-    size_t len = 0;
-    ssize_t r;
-    while (len < n - 1 && (r = read(pfd[0], out + len, n - 1 - len)) > 0)
-        len += (size_t)r;
-    out[len] = 0;
-    close(pfd[0]);
-    int st;
-    waitpid(pid, &st, 0);
-    live_loadgen = -1;
-    return (WIFEXITED(st) && WEXITSTATUS(st) == 0 && strstr(out, "status=OK")) ? 0 : -1;
+    return run_server_stop(serv_name[s], pid, outfd);
 }
 
 static struct res measure(int s, const struct row *rw, double secs)
@@ -226,45 +109,13 @@ static struct res measure(int s, const struct row *rw, double secs)
         return r;
     }
     r.ok = 1;
-    r.rtps = field(out, "rt_per_s=");
-    r.rtcpu = field(out, "rt_per_cpu_s=");
-    r.p50 = field(out, "p50_us=");
-    r.p99 = field(out, "p99_us=");
-    r.p999 = field(out, "p999_us=");
-    r.cpu = field(out, "server_cpu_s=");
+    r.rtps = run_field(out, "rt_per_s=");
+    r.rtcpu = run_field(out, "rt_per_cpu_s=");
+    r.p50 = run_field(out, "p50_us=");
+    r.p99 = run_field(out, "p99_us=");
+    r.p999 = run_field(out, "p999_us=");
+    r.cpu = run_field(out, "server_cpu_s=");
     return r;
-}
-
-static int cmpd(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    if (n == 0)
-        return 0;
-    qsort(v, (size_t)n, sizeof *v, cmpd);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-static void fmt_num(char *b, size_t n, double v)
-{
-    if (v >= 1e6)
-        snprintf(b, n, "%.2fM", v / 1e6);
-    else if (v >= 1e3)
-        snprintf(b, n, "%.1fk", v / 1e3);
-    else
-        snprintf(b, n, "%.0f", v);
-}
-
-static void ratio(char *b, size_t n, double x, double best, int ok)
-{
-    if (!ok || best <= 0)
-        snprintf(b, n, "-");
-    else
-        snprintf(b, n, "%.2f", x / best);
 }
 
 int main(int argc, char **argv)
@@ -295,9 +146,8 @@ int main(int argc, char **argv)
         reps = quick ? 1 : 3;
     if (reps > MAXREP)
         reps = MAXREP;
-    signal(SIGALRM, on_alarm);
-    alarm(quick ? 600 : 3600);
-    signal(SIGPIPE, SIG_IGN);
+    run_prog = "echo_bench";
+    run_watchdog(quick ? 600 : 3600, NULL);
 
     /* The servers in rotation: the rest are skipped (no liburing, no -B). */
     int list[NSERV], nserv = 0;
@@ -434,8 +284,8 @@ int main(int argc, char **argv)
             continue;
         }
         printf("%-10s %8.0f bytes/conn  (RSS %.1f -> %.1f MiB)\n", serv_name[s],
-               field(out, "bytes_per_conn="), field(out, "rss_before_kib=") / 1024,
-               field(out, "rss_after_kib=") / 1024);
+               run_field(out, "bytes_per_conn="), run_field(out, "rss_before_kib=") / 1024,
+               run_field(out, "rss_after_kib=") / 1024);
     }
     if (failures)
         printf("\necho_bench: %d FAILURE(S): see the messages above\n", failures);

@@ -15,24 +15,33 @@
  * connection (VmRSS of /proc/PID/status before connecting and after), holding the connections
  * open for -t seconds first so the server settles.
  *
+ * With --tls the connections speak TLS (loadgen_tls.c): opened with a window of handshakes in
+ * progress at once, then the same lines, verification and figures. With --tls -H it measures
+ * handshakes instead: each of N connections in turn connects, does a full handshake (or with
+ * -R a resumed one), sends one line and verifies its echo, sends close_notify and waits for
+ * the server's close, over and over.
+ *
  * Output: one line of key=value pairs on stdout (see usage()). Exit 0 only if every byte was
  * verified; 1 on a mismatch, an unexpected close or error, or no progress for 10 s.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "loadgen.h"
+
 #include <errno.h>
 #include <fcntl.h>
+#include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -41,38 +50,11 @@
 
 #define NPATTERN 61          /* distinct line contents (prime, so connections differ) */
 #define RBUF (256 * 1024)    /* shared receive buffer */
-#define STALL_NS (10LL * 1000000000LL)
 #define MAX_IOV 64
 
-struct conn {
-    int fd;
-    int inflight;            /* lines started, not yet fully echoed */
-    uint64_t sent;           /* stream bytes sent */
-    uint64_t rcvd;           /* stream bytes received and verified */
-    uint64_t limit;          /* send no byte at or past this offset */
-    int64_t *ts;             /* ring of P send times of lines in flight */
-    unsigned ts_head;        /* index of the oldest line in flight */
-    int want_out;            /* output blocked: wait for EPOLLOUT */
-};
+struct loadgen g;
 
-static struct {
-    int port, nconns, depth, cpu;
-    size_t size;
-    double secs;
-    pid_t server;
-    int idle;
-    int sending;             /* 0 once draining */
-    int measuring;
-    char *pattern;           /* NPATTERN lines of size bytes */
-    struct conn *c;
-    long long rt_measured;
-    int64_t last_progress;
-    /* latency histogram: log-linear, 64 sub-buckets per power of two, in ns */
-    uint64_t hist[64 * 64];
-    uint64_t hist_n;
-} g;
-
-static void die(const char *fmt, ...)
+void die(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -85,7 +67,7 @@ static void die(const char *fmt, ...)
     exit(1);
 }
 
-static int64_t now_ns(void)
+int64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -110,7 +92,13 @@ static uint64_t hist_value(unsigned idx)
     return ((uint64_t)(64 + sub) << (msb - 6)) + ((1ULL << (msb - 6)) >> 1); /* bucket middle */
 }
 
-static double percentile_us(double q)
+void hist_add(int64_t ns)
+{
+    g.hist[hist_index(ns > 0 ? (uint64_t)ns : 0)]++;
+    g.hist_n++;
+}
+
+double percentile_us(double q)
 {
     if (g.hist_n == 0)
         return 0;
@@ -126,7 +114,7 @@ static double percentile_us(double q)
 }
 
 /* The byte at stream offset off of connection ci. */
-static inline const char *stream_at(int ci, uint64_t off, size_t *avail)
+const char *stream_at(int ci, uint64_t off, size_t *avail)
 {
     uint64_t line = off / g.size;
     size_t in = (size_t)(off % g.size);
@@ -135,7 +123,7 @@ static inline const char *stream_at(int ci, uint64_t off, size_t *avail)
     return p + in;
 }
 
-static double server_cpu(void)
+double server_cpu(void)
 {
     char path[64], buf[2048];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)g.server);
@@ -170,6 +158,34 @@ static long server_rss_kib(void)
     return kib;
 }
 
+uint64_t window_end(const struct conn *c)
+{
+    if (!g.sending && c->sent % g.size == 0)
+        return c->sent;
+    uint64_t lines_started = (c->sent + g.size - 1) / g.size;
+    uint64_t lines_done = c->rcvd / g.size;
+    uint64_t allow = lines_done + (uint64_t)g.depth;
+    if (!g.sending)
+        allow = lines_started; /* draining: only finish a started line */
+    if (c->limit && allow * g.size > c->limit)
+        allow = c->limit / g.size;
+    return allow * g.size;
+}
+
+void note_sent(int ci, size_t w, int64_t now)
+{
+    struct conn *c = &g.c[ci];
+    /* time-stamp every line whose first byte just left */
+    uint64_t first_new_line = (c->sent + g.size - 1) / g.size;
+    uint64_t end = c->sent + (uint64_t)w;
+    for (uint64_t l = first_new_line; l * g.size < end; l++) {
+        unsigned slot = (c->ts_head + (unsigned)c->inflight) % (unsigned)g.depth;
+        c->ts[slot] = now;
+        c->inflight++;
+    }
+    c->sent = end;
+}
+
 /* Send what the window allows: lines up to limit, at most depth in flight. */
 static void pump_out(int ci, int64_t now)
 {
@@ -177,18 +193,7 @@ static void pump_out(int ci, int64_t now)
     if (c->want_out)
         return;
     for (int rounds = 0; rounds < 64; rounds++) {
-        /* start new lines while the window allows */
-        uint64_t want_end = c->sent;
-        if (g.sending || c->sent % g.size != 0) {
-            uint64_t lines_started = (c->sent + g.size - 1) / g.size;
-            uint64_t lines_done = c->rcvd / g.size;
-            uint64_t allow = lines_done + (uint64_t)g.depth;
-            if (!g.sending)
-                allow = lines_started; /* draining: only finish a started line */
-            if (c->limit && allow * g.size > c->limit)
-                allow = c->limit / g.size;
-            want_end = allow * g.size;
-        }
+        uint64_t want_end = window_end(c);
         if (want_end <= c->sent)
             return;
         struct iovec iov[MAX_IOV];
@@ -213,20 +218,48 @@ static void pump_out(int ci, int64_t now)
             }
             die("conn %d: send: %s", ci, strerror(errno));
         }
-        /* time-stamp every line whose first byte just left */
-        uint64_t first_new_line = (c->sent + g.size - 1) / g.size;
-        uint64_t end = c->sent + (uint64_t)w;
-        for (uint64_t l = first_new_line; l * g.size < end; l++) {
-            unsigned slot = (c->ts_head + (unsigned)c->inflight) % (unsigned)g.depth;
-            c->ts[slot] = now;
-            c->inflight++;
-        }
-        c->sent = end;
-        if (end < want_end) {
+        note_sent(ci, (size_t)w, now);
+        if (c->sent < want_end) {
             c->want_out = 1; /* short write: the socket buffer is full */
             return;
         }
     }
+}
+
+void consume(int ci, const char *buf, size_t r, int64_t now)
+{
+    struct conn *c = &g.c[ci];
+    if (c->rcvd + (uint64_t)r > c->sent)
+        die("conn %d: received %llu bytes more than were sent", ci,
+            (unsigned long long)(c->rcvd + (uint64_t)r - c->sent));
+    size_t done = 0;
+    while (done < r) {
+        size_t avail;
+        const char *exp = stream_at(ci, c->rcvd, &avail);
+        size_t k = r - done < avail ? r - done : avail;
+        if (memcmp(buf + done, exp, k) != 0) {
+            size_t i = 0;
+            while (i < k && buf[done + i] == exp[i])
+                i++;
+            die("conn %d: MISMATCH at stream byte %llu (line %llu, column %zu): "
+                "expected 0x%02x, got 0x%02x", ci, (unsigned long long)(c->rcvd + i),
+                (unsigned long long)((c->rcvd + i) / g.size),
+                (size_t)((c->rcvd + i) % g.size), (unsigned char)exp[i],
+                (unsigned char)buf[done + i]);
+        }
+        done += k;
+        c->rcvd += k;
+        if (k == avail) { /* a line completed */
+            int64_t lat = now - c->ts[c->ts_head];
+            c->ts_head = (c->ts_head + 1) % (unsigned)g.depth;
+            c->inflight--;
+            if (g.measuring && !g.handshakes) {
+                g.rt_measured++;
+                hist_add(lat);
+            }
+        }
+    }
+    g.last_progress = now;
 }
 
 static char rbuf[RBUF];
@@ -246,55 +279,37 @@ static void handle_in(int ci, int64_t *nowp)
         if (r == 0)
             die("conn %d: server closed the connection after %llu of %llu bytes", ci,
                 (unsigned long long)c->rcvd, (unsigned long long)c->sent);
-        if (c->rcvd + (uint64_t)r > c->sent)
-            die("conn %d: received %llu bytes more than were sent", ci,
-                (unsigned long long)(c->rcvd + (uint64_t)r - c->sent));
-        int64_t now = now_ns();
-        *nowp = now;
-        size_t done = 0;
-        while (done < (size_t)r) {
-            size_t avail;
-            const char *exp = stream_at(ci, c->rcvd, &avail);
-            size_t k = (size_t)r - done < avail ? (size_t)r - done : avail;
-            if (memcmp(rbuf + done, exp, k) != 0) {
-                size_t i = 0;
-                while (i < k && rbuf[done + i] == exp[i])
-                    i++;
-                die("conn %d: MISMATCH at stream byte %llu (line %llu, column %zu): "
-                    "expected 0x%02x, got 0x%02x", ci, (unsigned long long)(c->rcvd + i),
-                    (unsigned long long)((c->rcvd + i) / g.size),
-                    (size_t)((c->rcvd + i) % g.size), (unsigned char)exp[i],
-                    (unsigned char)rbuf[done + i]);
-            }
-            done += k;
-            c->rcvd += k;
-            if (k == avail) { /* a line completed */
-                int64_t lat = now - c->ts[c->ts_head];
-                c->ts_head = (c->ts_head + 1) % (unsigned)g.depth;
-                c->inflight--;
-                if (g.measuring) {
-                    g.rt_measured++;
-                    g.hist[hist_index(lat > 0 ? (uint64_t)lat : 0)]++;
-                    g.hist_n++;
-                }
-            }
-        }
-        g.last_progress = now;
+        *nowp = now_ns();
+        consume(ci, rbuf, (size_t)r, *nowp);
         if ((size_t)r < room)
             return; /* drained: edge-triggered epoll reports the next arrival */
     }
 }
 
-/* Run the loop until every connection satisfies done(), or the deadline (0: none). */
-static void run_loop(int ep, int (*done)(void), int64_t deadline, struct epoll_event *evs, int maxev)
+/* No progress for STALL_NS: say where the connections are, then fail. */
+static void __attribute__((noreturn)) stalled(void)
 {
+    int n[4] = {0}, waiting = 0;
+    for (int i = 0; i < g.nconns; i++) {
+        n[g.c[i].state]++;
+        waiting += g.c[i].state == C_OPEN && g.c[i].rcvd < g.c[i].sent;
+    }
+    die("no progress for %lld s (server stuck?): connections free %d, in handshake %d, open %d "
+        "(%d waiting for an echo), closing %d", STALL_NS / 1000000000LL, n[C_FREE],
+        n[C_HANDSHAKE], n[C_OPEN], waiting, n[C_CLOSING]);
+}
+
+void run_loop(int (*done)(void), int64_t deadline)
+{
+    static struct epoll_event evs[1024];
+    int maxev = g.nconns < 1024 ? g.nconns : 1024;
     int64_t now = now_ns();
     g.last_progress = now;
     while (!done()) {
         if (deadline && now >= deadline)
             return;
         int timeout = 100;
-        int n = epoll_wait(ep, evs, maxev, timeout);
+        int n = epoll_wait(g.ep, evs, maxev, timeout);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -303,6 +318,10 @@ static void run_loop(int ep, int (*done)(void), int64_t deadline, struct epoll_e
         now = now_ns();
         for (int i = 0; i < n; i++) {
             int ci = (int)evs[i].data.u32;
+            if (g.tls) {
+                tls_event(ci, evs[i].events, &now);
+                continue;
+            }
             if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
                 handle_in(ci, &now);
             if (evs[i].events & EPOLLOUT)
@@ -311,8 +330,51 @@ static void run_loop(int ep, int (*done)(void), int64_t deadline, struct epoll_e
                 pump_out(ci, now);
         }
         if (now - g.last_progress > STALL_NS)
-            die("no progress for %lld s (server stuck?)", STALL_NS / 1000000000LL);
+            stalled();
     }
+}
+
+int tcp_connect(int ci)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        die("socket %d: %s", ci, strerror(errno));
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int tries = 0;
+    while (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        if ((errno == EINTR || errno == EAGAIN || errno == ECONNREFUSED) && ++tries < 50) {
+            usleep(20000);
+            continue;
+        }
+        die("connect %d: %s", ci, strerror(errno));
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+}
+
+static void plain_open_all(void)
+{
+    for (int i = 0; i < g.nconns; i++) {
+        struct conn *c = &g.c[i];
+        c->fd = tcp_connect(i);
+        c->state = C_OPEN;
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(g.ep, EPOLL_CTL_ADD, c->fd, &ev) != 0)
+            die("epoll_ctl: %s", strerror(errno));
+    }
+}
+
+static void start_sending(int ci, int64_t now)
+{
+    if (g.tls)
+        tls_pump_out(ci, now);
+    else
+        pump_out(ci, now);
 }
 
 static int all_idle(void)
@@ -329,21 +391,28 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: loadgen -p PORT -S SERVER_PID [-c CONNS] [-P DEPTH] [-s LINE_BYTES] [-t SECONDS]\n"
-            "               [-a CPU] [-I]\n"
+            "               [-a CPU] [-I] [--tls [-w WINDOW] [-H [-R]]]\n"
             "  prints: status=OK conns= depth= size= secs= rt= rt_per_s= p50_us= p99_us= p999_us=\n"
-            "          server_cpu_s= rt_per_cpu_s=        (-I: rss_before_kib= rss_after_kib= bytes_per_conn=)\n");
+            "          server_cpu_s= rt_per_cpu_s=        (-I: rss_before_kib= rss_after_kib= bytes_per_conn=)\n"
+            "  --tls -H: status=OK conns= secs= hs= resumed= hs_per_s= p50_us= p99_us= p999_us=\n"
+            "          server_cpu_s= hs_per_cpu_s=        (latencies: connect to handshake done)\n");
     exit(2);
 }
 
-int main(int argc, char **argv)
+static void parse_args(int argc, char **argv)
 {
+    static const struct option longopts[] = {
+        {"tls", no_argument, NULL, 'T'},
+        {NULL, 0, NULL, 0},
+    };
     g.nconns = 1;
     g.depth = 1;
     g.size = 64;
     g.secs = 5;
     g.cpu = 1;
+    g.window = 64;
     int opt;
-    while ((opt = getopt(argc, argv, "p:S:c:P:s:t:a:I")) != -1) {
+    while ((opt = getopt_long(argc, argv, "p:S:c:P:s:t:a:IHRw:", longopts, NULL)) != -1) {
         switch (opt) {
         case 'p': g.port = atoi(optarg); break;
         case 'S': g.server = (pid_t)atoi(optarg); break;
@@ -353,13 +422,21 @@ int main(int argc, char **argv)
         case 't': g.secs = atof(optarg); break;
         case 'a': g.cpu = atoi(optarg); break;
         case 'I': g.idle = 1; break;
+        case 'T': g.tls = 1; break;
+        case 'H': g.handshakes = 1; break;
+        case 'R': g.resume = 1; break;
+        case 'w': g.window = atoi(optarg); break;
         default: usage();
         }
     }
     if (g.port <= 0 || g.server <= 0 || g.nconns < 1 || g.depth < 1 || g.size < 2 ||
-        g.size > (1u << 24) || g.secs <= 0 || g.secs > 3600)
+        g.size > (1u << 24) || g.secs <= 0 || g.secs > 3600 || g.window < 1 ||
+        (g.handshakes && (!g.tls || g.idle)) || (g.resume && !g.handshakes))
         usage();
+}
 
+static void setup(void)
+{
     if (g.cpu >= 0) {
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -373,6 +450,7 @@ int main(int argc, char **argv)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
+    signal(SIGPIPE, SIG_IGN); /* (OpenSSL writes with write(2), not send with MSG_NOSIGNAL) */
 
     /* line contents: random bytes other than '\n', NUL and '\r' included, then '\n' */
     g.pattern = malloc((size_t)NPATTERN * g.size);
@@ -388,49 +466,41 @@ int main(int argc, char **argv)
     }
 
     g.c = calloc((size_t)g.nconns, sizeof *g.c);
-    int64_t *ts = calloc((size_t)g.nconns * (size_t)g.depth, sizeof *ts);
-    int maxev = g.nconns < 1024 ? g.nconns : 1024;
-    struct epoll_event *evs = calloc((size_t)maxev, sizeof *evs);
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    if (!g.c || !ts || !evs || ep < 0)
+    g.ts = calloc((size_t)g.nconns * (size_t)g.depth, sizeof *g.ts);
+    g.ep = epoll_create1(EPOLL_CLOEXEC);
+    if (!g.c || !g.ts || g.ep < 0)
         die("setup: %s", strerror(errno));
-    long rss_before = g.idle ? server_rss_kib() : 0;
-
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g.port)};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    int64_t t_conn = now_ns();
     for (int i = 0; i < g.nconns; i++) {
-        struct conn *c = &g.c[i];
-        c->ts = ts + (size_t)i * (size_t)g.depth;
-        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (c->fd < 0)
-            die("socket %d: %s", i, strerror(errno));
-        struct timeval tv = {.tv_sec = 10};
-        setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        int one = 1;
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        int tries = 0;
-        while (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-            if ((errno == EINTR || errno == EAGAIN || errno == ECONNREFUSED) && ++tries < 50) {
-                usleep(20000);
-                continue;
-            }
-            die("connect %d: %s", i, strerror(errno));
-        }
-        fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.u32 = (uint32_t)i};
-        if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) != 0)
-            die("epoll_ctl: %s", strerror(errno));
+        g.c[i].fd = -1;
+        g.c[i].ts = g.ts + (size_t)i * (size_t)g.depth;
     }
+    if (g.tls)
+        tls_init();
+}
+
+int main(int argc, char **argv)
+{
+    parse_args(argc, argv);
+    setup();
+    if (g.handshakes) {
+        tls_handshakes();
+        return 0;
+    }
+    long rss_before = g.idle ? server_rss_kib() : 0;
+    int64_t t_conn = now_ns();
+    if (g.tls)
+        tls_open_all();
+    else
+        plain_open_all();
     double conn_secs = (double)(now_ns() - t_conn) / 1e9;
 
     /* warm-up: one verified round trip per connection */
     g.sending = 1;
     for (int i = 0; i < g.nconns; i++) {
         g.c[i].limit = g.size;
-        pump_out(i, now_ns());
+        start_sending(i, now_ns());
     }
-    run_loop(ep, all_idle, now_ns() + 60LL * 1000000000LL, evs, maxev);
+    run_loop(all_idle, now_ns() + 60LL * 1000000000LL);
     if (!all_idle())
         die("warm-up did not finish in 60 s");
 
@@ -452,8 +522,8 @@ int main(int argc, char **argv)
     int64_t t0 = now_ns();
     g.measuring = 1;
     for (int i = 0; i < g.nconns; i++)
-        pump_out(i, t0);
-    run_loop(ep, never, t0 + (int64_t)(g.secs * 1e9), evs, maxev);
+        start_sending(i, t0);
+    run_loop(never, t0 + (int64_t)(g.secs * 1e9));
     int64_t t1 = now_ns();
     double cpu1 = server_cpu();
     g.measuring = 0;
@@ -462,13 +532,16 @@ int main(int argc, char **argv)
     g.sending = 0;
     for (int i = 0; i < g.nconns; i++) {
         g.c[i].want_out = 0;
-        pump_out(i, t1);
+        start_sending(i, t1);
     }
-    run_loop(ep, all_idle, now_ns() + 30LL * 1000000000LL, evs, maxev);
+    run_loop(all_idle, now_ns() + 30LL * 1000000000LL);
     if (!all_idle())
         die("drain did not finish in 30 s");
-    for (int i = 0; i < g.nconns; i++)
-        close(g.c[i].fd);
+    if (g.tls)
+        tls_close_all();
+    else
+        for (int i = 0; i < g.nconns; i++)
+            close(g.c[i].fd);
 
     double el = (double)(t1 - t0) / 1e9, cpu = cpu1 - cpu0;
     printf("status=OK conns=%d depth=%d size=%zu secs=%.3f rt=%lld rt_per_s=%.0f p50_us=%.1f "
