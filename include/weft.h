@@ -121,9 +121,9 @@ int weft_fd_close(int fd);
 /* ---- Event backend ----------------------------------------------------------------- */
 
 /* Choose this thread's event backend before its scheduler starts: "epoll", "uring" or "auto"
- * (the default, also settable with the environment variable WEFT_BACKEND; auto is epoll,
- * which measured faster here). A backend that cannot start falls back to epoll. EINVAL, EBUSY
- * (the scheduler already runs). */
+ * (the default, also settable with the environment variable WEFT_BACKEND; auto is io_uring
+ * wherever it starts). A backend that cannot start falls back to epoll, and
+ * weft_backend_reason says why. EINVAL, EBUSY (the scheduler already runs). */
 int weft_set_backend(const char *name);
 /* The backend of this thread's scheduler: "epoll" or "uring"; on a thread whose scheduler
  * has not started, the one it would get now (asking starts nothing, so weft_set_backend
