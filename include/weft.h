@@ -57,7 +57,9 @@ typedef struct weft_spawn_opts {
 /* Create a joinable coroutine that will run fn(arg) on the default stack; it first runs when
  * the scheduler next gets control. NULL on error: ENOMEM (no memory or no mapping left). */
 weft_co *weft_spawn(weft_fn fn, void *arg);
-/* Same, with a name, a stack size and detached state. ENOMEM as above. */
+/* Same, with a name, a stack size and detached state. ENOMEM as above (also for sizes the
+ * kernel cannot map), EINVAL (stack_size or guard_size above SIZE_MAX / 4: no mapping could
+ * hold it). */
 weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts);
 /* Mark co detached: it is freed when it ends and must not be used after. EINVAL if already
  * detached or joined. */
@@ -343,7 +345,8 @@ typedef struct weft_server_stats {
  * failure it backs off (10 ms doubling to 1 s, no busy loop) and clients wait in the backlog;
  * when no coroutine can be made for a client (ENOMEM) that client alone is closed. ENOMEM. */
 weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg);
-/* Same with options (NULL or 0 fields: defaults). EINVAL, ENOMEM. */
+/* Same with options (NULL or 0 fields: defaults). EINVAL (no listener or handler, or a
+ * stack_size or guard_size that weft_spawn_ex refuses), ENOMEM. */
 weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *arg,
                                   const weft_server_opts *opts);
 /* Graceful shutdown (EALREADY if s is already stopping): stop accepting, take the clients

@@ -70,8 +70,11 @@ typedef struct stack {
 
 /* A stack of at least size bytes with a guard gap of guard bytes below it (0: one page;
  * rounded up to pages), from the pool or a new mapping. Valgrind is told the stack ends
- * top_reserve bytes below its top (room kept there for other data). NULL/ENOMEM. */
+ * top_reserve bytes below its top (room kept there for other data). NULL: EINVAL (sizes
+ * that stack_sizes_valid refuses), ENOMEM. */
 stack *stack_take(size_t size, size_t guard, size_t top_reserve);
+/* Whether a stack size and guard gap could be mapped at all: each at most SIZE_MAX / 4. */
+bool stack_sizes_valid(size_t size, size_t guard);
 /* Give s back to the pool (or unmap it when the pool is full). */
 void stack_give(stack *s);
 /* For an unguarded stack: false if its canary was overwritten (the stack overflowed). */

@@ -661,10 +661,8 @@ weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts)
         size = WEFT_STACK_MIN;
 
     stack *st = stack_take(size, opts ? opts->guard_size : 0, CO_ROOM);
-    if (!st) {
-        errno = ENOMEM;
-        return NULL;
-    }
+    if (!st)
+        return NULL; /* ENOMEM, or EINVAL for sizes no mapping could have */
     /* A detached coroutine's struct lives at the top of its own stack, in the page its first
      * frames touch anyway: no allocation, and resuming it touches one page fewer. A joinable
      * one's outlives its stack (the handle stays valid until weft_join), so it is allocated. */

@@ -171,7 +171,7 @@ weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg
 weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *arg,
                                   const weft_server_opts *opts)
 {
-    if (!l || !handler) {
+    if (!l || !handler || (opts && !stack_sizes_valid(opts->stack_size, opts->guard_size))) {
         errno = EINVAL;
         return NULL;
     }
