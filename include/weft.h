@@ -115,7 +115,8 @@ size_t weft_count(void);
  * Edge-triggered: call it only after a non-blocking call on fd failed with EAGAIN, and
  * retry that call after it returns (it may return early). The fd must be non-blocking and
  * closed with weft_fd_close. ETIMEDOUT, ECANCELED, EBUSY (another coroutine already waits
- * for the same event on fd), EBADF (fd closed by weft_fd_close meanwhile). */
+ * for the same event on fd), EBADF (fd is not an open descriptor, on either backend, or was
+ * closed by weft_fd_close meanwhile). */
 int weft_wait_fd(int fd, int events, int64_t deadline);
 /* Close fd, first waking every coroutine waiting on it with EBADF. */
 int weft_fd_close(int fd);

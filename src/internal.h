@@ -150,6 +150,8 @@ void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen);
 #define IO_HUP 8u  /* hang-up, peer's half-close, or an error: the next call reports it */
 #define IO_UNWATCHED 16u /* the backend stopped reporting input (the kernel ended its poll):
                           * no event is no news until the fd is watched again */
+#define IO_BADF 32u      /* the fd is not open (io_uring: its poll failed with EBADF); comes
+                          * with IO_HUP, so the next call on it reports the error too */
 
 typedef struct io_watcher io_watcher;
 struct io_watcher {
