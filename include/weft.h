@@ -93,17 +93,30 @@ void weft_stop(void);
 /* Number of live (not yet ended) coroutines in this thread's scheduler. */
 size_t weft_count(void);
 
-/* A thread that ends with coroutines still alive: they are cancelled (joinable ones become
- * detached) and its scheduler runs, for at most a second, while they end and close what they
- * hold; then whatever is left is freed (stacks, backend, descriptors of the scheduler itself),
- * and coroutines that still had not ended never run again. */
+/* A thread that ends with coroutines still alive: they are cancelled and its scheduler runs,
+ * for at most a second, while they end and close what they hold; then whatever is left is
+ * freed (stacks, coroutine structs, backend, descriptors of the scheduler itself), and
+ * coroutines that still had not ended never run again. Meanwhile a joinable coroutine can
+ * still be joined by another of them; whatever nobody joined is freed at the end. A server
+ * still running on that thread stops accepting: its listener is closed (clients still in its
+ * backlog are refused), its handlers are cancelled like the rest, and it is freed once they
+ * have ended. */
 
 /* fork(): the child has only the thread that called fork. Its scheduler gets an event backend
  * of its own and the offload pool starts anew there; the parent's coroutines are never run or
  * woken in the child (their memory stays as it is). A coroutine that calls fork goes on in
  * the child as its scheduler's only coroutine, and the child's weft_run returns when it ends.
- * SIGINT and SIGTERM get back, in the child, the actions they had before
- * weft_server_stop_on_signals. */
+ * If the thread itself was waiting outside any coroutine (a thread queue, a name lookup with
+ * a deadline), that wait goes on in the child: it ends with what the child's coroutines or
+ * threads provide, with what a thread of the parent had handed it before the fork, or at its
+ * deadline (calls the parent's pool had not finished are not run again). Channels come as
+ * they are: the child may read and close them. Output a channel had buffered or queued at the
+ * fork is in both processes, and each sends its copy when it writes, flushes or closes there.
+ * A channel that a parent's coroutine was writing on at the fork (holding its turn, and never
+ * running in the child) cannot be written in the child: a write there waits for the turn
+ * until the write timeout (ETIMEDOUT); weft_close works, dropping what that writer had
+ * buffered (-1/EBUSY if it had any). SIGINT and SIGTERM get back, in the child, the actions
+ * they had before weft_server_stop_on_signals. */
 
 /* ---- Waiting on file descriptors ---------------------------------------------------- */
 /* The building block under channels, for code that drives its own non-blocking fds. */

@@ -271,11 +271,13 @@ struct weft_co {
     bool io_wait;         /* parked on a descriptor or an operation (sched->io_waiting) */
     weft_co *joiner;      /* coroutine parked in weft_join on this one */
     bool joined_outside;  /* the thread itself joins it, from outside any coroutine */
+    bool exit_listed;     /* ended during thread exit, not joined yet: in sched->exit_ended */
     /* Callback, when it has ended (before its joiner wakes): its group's bookkeeping. */
     void (*on_end)(weft_co *co);
     weft_group *group;    /* owning group, if any, and the links of its member list */
     weft_co *group_prev, *group_next;
-    weft_co *all_prev, *all_next; /* every live coroutine of the scheduler (sched->all) */
+    weft_co *all_prev, *all_next; /* every live coroutine of the scheduler (sched->all);
+                                   * once ended during thread exit, sched->exit_ended */
     weft_fn fn;
     void *arg;
     void *result;
@@ -329,6 +331,10 @@ struct sched {
     size_t main_stack_size;
     char backend_reason[96];   /* why this backend (a fallback says so) */
     size_t external_waits; /* coroutines (or the thread) waiting for another thread (rwait) */
+    size_t outside_waits;  /* of which the thread's own, outside any coroutine (at most one):
+                            * they go on in a forked child, the coroutines' do not */
+    bool exiting;          /* the thread is ending (at_thread_exit runs) */
+    weft_co *exit_ended;   /* joinable coroutines that ended during the exit, not yet joined */
     inbox in;
 };
 
@@ -351,6 +357,13 @@ void sched_wake(weft_co *co, int err);
 /* Outside any coroutine: run this thread's loop until *flag is set (0) or the deadline
  * passes (-1/ETIMEDOUT; EDEADLK if nothing can ever set it). */
 int sched_drive(const bool *flag, int64_t deadline);
+/* Outside any coroutine: free this thread's scheduler if nothing uses it any more (no
+ * coroutine, loop, wait or operation), so that a call that needed it for a wait of the
+ * thread's own leaves nothing behind once that wait is over. */
+void sched_release_unused(void);
+/* True while the thread is ending and its scheduler cancels and finishes its coroutines
+ * (thread exit): nobody will stop what they run, so they must stop it themselves. */
+bool sched_exiting(void);
 /* Count one I/O call of the running coroutine; after IO_BUDGET calls that all found data or
  * room without waiting, yield, so a client whose input never runs dry cannot starve the
  * others. A no-op outside coroutines. */
