@@ -57,7 +57,9 @@ typedef struct weft_spawn_opts {
 /* Create a joinable coroutine that will run fn(arg) on the default stack; it first runs when
  * the scheduler next gets control. NULL on error: ENOMEM (no memory or no mapping left). */
 weft_co *weft_spawn(weft_fn fn, void *arg);
-/* Same, with a name, a stack size and detached state. ENOMEM as above. */
+/* Same, with a name, a stack size and detached state. ENOMEM as above (also for sizes the
+ * kernel cannot map), EINVAL (stack_size or guard_size above SIZE_MAX / 4: no mapping could
+ * hold it). */
 weft_co *weft_spawn_ex(weft_fn fn, void *arg, const weft_spawn_opts *opts);
 /* Mark co detached: it is freed when it ends and must not be used after. EINVAL if already
  * detached or joined. */
@@ -91,17 +93,30 @@ void weft_stop(void);
 /* Number of live (not yet ended) coroutines in this thread's scheduler. */
 size_t weft_count(void);
 
-/* A thread that ends with coroutines still alive: they are cancelled (joinable ones become
- * detached) and its scheduler runs, for at most a second, while they end and close what they
- * hold; then whatever is left is freed (stacks, backend, descriptors of the scheduler itself),
- * and coroutines that still had not ended never run again. */
+/* A thread that ends with coroutines still alive: they are cancelled and its scheduler runs,
+ * for at most a second, while they end and close what they hold; then whatever is left is
+ * freed (stacks, coroutine structs, backend, descriptors of the scheduler itself), and
+ * coroutines that still had not ended never run again. Meanwhile a joinable coroutine can
+ * still be joined by another of them; whatever nobody joined is freed at the end. A server
+ * still running on that thread stops accepting: its listener is closed (clients still in its
+ * backlog are refused), its handlers are cancelled like the rest, and it is freed once they
+ * have ended. */
 
 /* fork(): the child has only the thread that called fork. Its scheduler gets an event backend
  * of its own and the offload pool starts anew there; the parent's coroutines are never run or
  * woken in the child (their memory stays as it is). A coroutine that calls fork goes on in
  * the child as its scheduler's only coroutine, and the child's weft_run returns when it ends.
- * SIGINT and SIGTERM get back, in the child, the actions they had before
- * weft_server_stop_on_signals. */
+ * If the thread itself was waiting outside any coroutine (a thread queue, a name lookup with
+ * a deadline), that wait goes on in the child: it ends with what the child's coroutines or
+ * threads provide, with what a thread of the parent had handed it before the fork, or at its
+ * deadline (calls the parent's pool had not finished are not run again). Channels come as
+ * they are: the child may read and close them. Output a channel had buffered or queued at the
+ * fork is in both processes, and each sends its copy when it writes, flushes or closes there.
+ * A channel that a parent's coroutine was writing on at the fork (holding its turn, and never
+ * running in the child) cannot be written in the child: a write there waits for the turn
+ * until the write timeout (ETIMEDOUT); weft_close works, dropping what that writer had
+ * buffered (-1/EBUSY if it had any). SIGINT and SIGTERM get back, in the child, the actions
+ * they had before weft_server_stop_on_signals. */
 
 /* ---- Waiting on file descriptors ---------------------------------------------------- */
 /* The building block under channels, for code that drives its own non-blocking fds. */
@@ -113,7 +128,8 @@ size_t weft_count(void);
  * Edge-triggered: call it only after a non-blocking call on fd failed with EAGAIN, and
  * retry that call after it returns (it may return early). The fd must be non-blocking and
  * closed with weft_fd_close. ETIMEDOUT, ECANCELED, EBUSY (another coroutine already waits
- * for the same event on fd), EBADF (fd closed by weft_fd_close meanwhile). */
+ * for the same event on fd), EBADF (fd is not an open descriptor, on either backend, or was
+ * closed by weft_fd_close meanwhile). */
 int weft_wait_fd(int fd, int events, int64_t deadline);
 /* Close fd, first waking every coroutine waiting on it with EBADF. */
 int weft_fd_close(int fd);
@@ -353,7 +369,8 @@ typedef struct weft_server_stats {
  * failure it backs off (10 ms doubling to 1 s, no busy loop) and clients wait in the backlog;
  * when no coroutine can be made for a client (ENOMEM) that client alone is closed. ENOMEM. */
 weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg);
-/* Same with options (NULL or 0 fields: defaults). EINVAL, ENOMEM. */
+/* Same with options (NULL or 0 fields: defaults). EINVAL (no listener or handler, or a
+ * stack_size or guard_size that weft_spawn_ex refuses), ENOMEM. */
 weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *arg,
                                   const weft_server_opts *opts);
 /* Graceful shutdown (EALREADY if s is already stopping): stop accepting, take the clients

@@ -412,12 +412,14 @@ static void complete(uring_backend *u, const struct io_uring_cqe *cqe)
     if ((size_t)fd >= u->n || (u->fds[fd].gen & 0x1fffffff) != (uint32_t)(ud >> 32))
         return; /* for an fd since forgotten */
     ufd *f = &u->fds[fd];
+    /* A poll on a descriptor that is not open fails at once (epoll's registration would). */
+    unsigned bad = cqe->res == -EBADF ? IO_HUP | IO_BADF : 0;
     if (dir) {
         f->write_armed = false;
-        f->w->cb(f->w, IO_OUT);
+        f->w->cb(f->w, IO_OUT | bad);
         return;
     }
-    unsigned ev = IO_IN;
+    unsigned ev = IO_IN | bad;
     if (!(cqe->flags & IORING_CQE_F_MORE)) {
         f->read_armed = false; /* the kernel ended the multishot poll: the next watch arms one */
         ev |= IO_UNWATCHED;

@@ -81,15 +81,16 @@ static void tab_reset(const sched *s)
     tab.latches = s->be->ops->latches_input;
 }
 
-/* fd's slot for scheduler s, made as needed; NULL/errno. */
-static fd_slot *slot_get(sched *s, int fd)
+/* fd's slot, made: the table grows to reach it. Only for an fd that is open, so that a bad
+ * number (the table is indexed by it: weft_wait_fd(1 << 30)) cannot grow it; open ones are
+ * below RLIMIT_NOFILE's hard limit, which bounds it. The check costs a system call, on this
+ * path only (a new chunk of 256 slots), never on the way to an existing slot. NULL/errno. */
+static fd_slot *slot_make(int fd)
 {
-    if (fd < 0) {
-        errno = EBADF;
+    if (sys_fcntl(fd, F_GETFD, 0) < 0) {
+        errno = EBADF; /* (valgrind says EPERM for numbers above the ones it lets us use) */
         return NULL;
     }
-    if (tab.gen != s->be_gen)
-        tab_reset(s);
     size_t c = (size_t)fd / CHUNK;
     if (c >= tab.nchunks) {
         pthread_once(&tab_once, tab_init_key);
@@ -119,6 +120,21 @@ static fd_slot *slot_get(sched *s, int fd)
     return &tab.chunks[c][fd % CHUNK];
 }
 
+/* fd's slot for scheduler s, made as needed; NULL/errno (EBADF: fd is not open). */
+static fd_slot *slot_get(sched *s, int fd)
+{
+    if (fd < 0) {
+        errno = EBADF;
+        return NULL;
+    }
+    if (tab.gen != s->be_gen)
+        tab_reset(s);
+    size_t c = (size_t)fd / CHUNK;
+    if (c < tab.nchunks && tab.chunks[c])
+        return &tab.chunks[c][fd % CHUNK];
+    return slot_make(fd);
+}
+
 /* fd's slot if it exists for s's backend, else NULL. */
 static fd_slot *slot_find(const sched *s, int fd)
 {
@@ -139,7 +155,7 @@ static void slot_wake(weft_co **w, int err)
 
 /* Callback from the backend: events of the slot's fd. Its owner hears them first (its queued
  * output moves on), then the waiters wake; a hang-up or error wakes both sides, and the
- * call they retry reports it. */
+ * call they retry reports it; an fd that is not open wakes them with EBADF. */
 static void slot_event(io_watcher *w, unsigned events)
 {
     fd_slot *slot = (fd_slot *)w; /* (w is its first member) */
@@ -151,6 +167,11 @@ static void slot_event(io_watcher *w, unsigned events)
         slot->watched = false;
     if (slot->owner_fn)
         slot->owner_fn(slot->owner, events);
+    if (events & IO_BADF) {
+        slot_wake(&slot->reader, EBADF);
+        slot_wake(&slot->writer, EBADF);
+        return;
+    }
     if (events & (IO_IN | IO_PRI | IO_HUP)) {
         if (slot->reader)
             slot_wake(&slot->reader, 0);

@@ -76,8 +76,11 @@ typedef struct stack { /* (at the top of its own mapping; tools/weft-gdb.py read
 
 /* A stack of at least size bytes with a guard gap of guard bytes below it (0: one page;
  * rounded up to pages), from the pool or a new mapping. Valgrind is told the stack ends
- * top_reserve bytes below its top (room kept there for other data). NULL/ENOMEM. */
+ * top_reserve bytes below its top (room kept there for other data). NULL: EINVAL (sizes
+ * that stack_sizes_valid refuses), ENOMEM. */
 stack *stack_take(size_t size, size_t guard, size_t top_reserve);
+/* Whether a stack size and guard gap could be mapped at all: each at most SIZE_MAX / 4. */
+bool stack_sizes_valid(size_t size, size_t guard);
 /* Give s back to the pool (or unmap it when the pool is full). */
 void stack_give(stack *s);
 /* For an unguarded stack: false if its canary was overwritten (the stack overflowed). */
@@ -153,6 +156,8 @@ void sockaddr_format(const void *sa, size_t salen, char *out, size_t outlen);
 #define IO_HUP 8u  /* hang-up, peer's half-close, or an error: the next call reports it */
 #define IO_UNWATCHED 16u /* the backend stopped reporting input (the kernel ended its poll):
                           * no event is no news until the fd is watched again */
+#define IO_BADF 32u      /* the fd is not open (io_uring: its poll failed with EBADF); comes
+                          * with IO_HUP, so the next call on it reports the error too */
 
 typedef struct io_watcher io_watcher;
 struct io_watcher {
@@ -318,11 +323,13 @@ struct weft_co {
     uint64_t id;          /* [gdb] 1, 2, ...: unique in the process, never reused */
     weft_co *joiner;      /* coroutine parked in weft_join on this one */
     bool joined_outside;  /* the thread itself joins it, from outside any coroutine */
+    bool exit_listed;     /* ended during thread exit, not joined yet: in sched->exit_ended */
     /* Callback, when it has ended (before its joiner wakes): its group's bookkeeping. */
     void (*on_end)(weft_co *co);
     weft_group *group;    /* owning group, if any, and the links of its member list */
     weft_co *group_prev, *group_next;
-    weft_co *all_prev, *all_next; /* [gdb] every live coroutine of the scheduler (sched->all) */
+    weft_co *all_prev, *all_next; /* [gdb] every live coroutine of the scheduler (sched->all);
+                                   * once ended during thread exit, sched->exit_ended */
     weft_fn fn;
     void *arg;
     void *result;
@@ -381,6 +388,10 @@ struct sched {
     size_t main_stack_size;
     char backend_reason[96];   /* why this backend (a fallback says so) */
     size_t external_waits; /* coroutines (or the thread) waiting for another thread (rwait) */
+    size_t outside_waits;  /* of which the thread's own, outside any coroutine (at most one):
+                            * they go on in a forked child, the coroutines' do not */
+    bool exiting;          /* the thread is ending (at_thread_exit runs) */
+    weft_co *exit_ended;   /* joinable coroutines that ended during the exit, not yet joined */
     inbox in;
     unsigned requests_seen; /* sched_request()s this scheduler has answered */
     bool requests_watched; /* its backend watches the requests' eventfd */
@@ -413,6 +424,13 @@ int sched_drive(const bool *flag, int64_t deadline);
 /* sched_drive for a flag the backend sets (an operation's completion): no deadlock while the
  * operation is in flight, and the scheduler may be gone once it returns. */
 int sched_drive_io(const bool *flag, int64_t deadline);
+/* Outside any coroutine: free this thread's scheduler if nothing uses it any more (no
+ * coroutine, loop, wait or operation), so that a call that needed it for a wait of the
+ * thread's own leaves nothing behind once that wait is over. */
+void sched_release_unused(void);
+/* True while the thread is ending and its scheduler cancels and finishes its coroutines
+ * (thread exit): nobody will stop what they run, so they must stop it themselves. */
+bool sched_exiting(void);
 /* Count one I/O call of the running coroutine; after IO_BUDGET calls that all found data or
  * room without waiting, yield, so a client whose input never runs dry cannot starve the
  * others. A no-op outside coroutines. */

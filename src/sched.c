@@ -198,24 +198,47 @@ static void sched_release_if_idle(sched *s)
     tls_sched = NULL;
 }
 
-static void all_link(sched *s, weft_co *co)
+void sched_release_unused(void)
 {
-    co->all_prev = NULL;
-    co->all_next = s->all;
-    if (s->all)
-        s->all->all_prev = co;
-    s->all = co;
+    if (tls_sched)
+        sched_release_if_idle(tls_sched);
 }
 
-static void all_unlink(sched *s, weft_co *co)
+bool sched_exiting(void)
+{
+    return tls_sched && tls_sched->exiting;
+}
+
+/* The lists of coroutines linked through all_prev/all_next: every live one (s->all) and,
+ * during thread exit, the ended ones not yet joined (s->exit_ended). */
+static void all_link_into(weft_co **head, weft_co *co)
+{
+    co->all_prev = NULL;
+    co->all_next = *head;
+    if (*head)
+        (*head)->all_prev = co;
+    *head = co;
+}
+
+static void all_unlink_from(weft_co **head, weft_co *co)
 {
     if (co->all_prev)
         co->all_prev->all_next = co->all_next;
     else
-        s->all = co->all_next;
+        *head = co->all_next;
     if (co->all_next)
         co->all_next->all_prev = co->all_prev;
     co->all_prev = co->all_next = NULL;
+}
+
+static void all_link(sched *s, weft_co *co)
+{
+    all_link_into(&s->all, co);
+}
+
+static void all_unlink(sched *s, weft_co *co)
+{
+    all_unlink_from(&s->all, co);
 }
 
 static void runq_push(sched *s, weft_co *co)
@@ -237,6 +260,7 @@ static void runq_push(sched *s, weft_co *co)
  * reaped (weft_join frees a joinable one's struct at once). */
 
 static void co_reap(sched *s, weft_co *co);
+static void exit_list_push(sched *s, weft_co *co);
 
 /* With thousands of connections a resumed coroutine is cold, and the switch stalls on the
  * frames it returns through. The loop fetches them while the coroutine before it runs,
@@ -356,6 +380,8 @@ static void co_reap(sched *s, weft_co *co)
     stack *st = co->stack;
     co->stack = NULL;
     bool free_struct = co->detached && !co->in_stack;
+    if (!co->detached && s->exiting)
+        exit_list_push(s, co); /* its handle may still be joined until the thread has gone */
     stack_give(st); /* last: an in-stack struct goes with it */
     if (free_struct)
         free(co);
@@ -699,10 +725,8 @@ static weft_co *spawn(weft_fn fn, void *arg, const weft_spawn_opts *opts, size_t
     room = (room + 63) / 64 * 64;
 
     stack *st = stack_take(size, opts ? opts->guard_size : 0, CO_ROOM + room);
-    if (!st) {
-        errno = ENOMEM;
-        return NULL;
-    }
+    if (!st)
+        return NULL; /* ENOMEM, or EINVAL for sizes no mapping could have */
     /* A detached coroutine's struct lives at the top of its own stack, in the page its first
      * frames touch anyway: no allocation, and resuming it touches one page fewer. A joinable
      * one's outlives its stack (the handle stays valid until weft_join), so it is allocated. */
@@ -756,6 +780,8 @@ weft_co *co_spawn_room(weft_fn fn, const weft_spawn_opts *opts, size_t room, voi
     return spawn(fn, NULL, &o, room, roomp);
 }
 
+static void exit_list_remove(sched *s, weft_co *co);
+
 int weft_detach(weft_co *co)
 {
     if (co->detached || co->joiner || co->joined_outside) {
@@ -763,6 +789,7 @@ int weft_detach(weft_co *co)
         return -1;
     }
     if (co->state == CO_DONE) {
+        exit_list_remove(tls_sched, co);
         free(co); /* already reaped: only the handle was left */
         return 0;
     }
@@ -814,23 +841,40 @@ int sched_drive_io(const bool *flag, int64_t deadline)
  * A thread that ends while coroutines of its scheduler are parked would leave the scheduler
  * (backend descriptors, ring, stacks) behind for good. So at its exit they are cancelled and
  * the loop runs until they have ended, letting them close what they hold (a server's
- * handlers close their channels) -- for at most EXIT_GRACE_MS. Those that still have not
- * ended are dropped: their stacks freed, what they hold left as it is. Only a scheduler that
- * another thread still owes a wake-up is left entirely, as freeing it would be unsafe. */
+ * handlers close their channels, its acceptor its listener) -- for at most EXIT_GRACE_MS.
+ * Those that still have not ended are dropped: their stacks and structs freed, what they
+ * hold left as it is. A joinable coroutine that ends meanwhile keeps its struct while a
+ * coroutine may still join it (a joiner whose join was cancelled may try again), in the
+ * exit list; whatever nobody joined is freed at the end. Only a scheduler that another
+ * thread still owes a wake-up is left entirely, as freeing it would be unsafe. */
 #define EXIT_GRACE_MS 1000
 
 static void co_drop(sched *s, weft_co *co);
+
+/* The exit list: joinable coroutines that ended during the thread's exit, not yet joined,
+ * linked through their all_ links (free once a coroutine is reaped). */
+static void exit_list_push(sched *s, weft_co *co)
+{
+    co->exit_listed = true;
+    all_link_into(&s->exit_ended, co);
+}
+
+static void exit_list_remove(sched *s, weft_co *co)
+{
+    if (!co->exit_listed)
+        return;
+    co->exit_listed = false;
+    all_unlink_from(&s->exit_ended, co);
+}
 
 static void at_thread_exit(void *p)
 {
     sched *s = p;
     if (s != tls_sched || s->current)
         return; /* (pthread_exit from inside a coroutine: nothing can be unwound safely) */
-    for (weft_co *co = s->all; co; co = co->all_next) {
-        if (!co->joiner) /* (one being joined is freed by its joiner) */
-            co->detached = true; /* nobody can join it after this thread: it frees itself */
+    s->exiting = true;
+    for (weft_co *co = s->all; co; co = co->all_next)
         weft_cancel(co);
-    }
     int64_t deadline = weft_now() + EXIT_GRACE_MS;
     s->loop_depth++;
     while (s->live > 0 && weft_now() < deadline && loop_turn(s, true, deadline) == 0) {
@@ -840,15 +884,22 @@ static void at_thread_exit(void *p)
         return;
     while (s->all)
         co_drop(s, s->all);
+    while (s->exit_ended) { /* nothing runs any more: nobody can join them now */
+        weft_co *co = s->exit_ended;
+        exit_list_remove(s, co);
+        free(co);
+    }
     s->io_owned = 0; /* (the backend's end cancels what transports still have in flight) */
     sched_release_if_idle(s);
 }
 
-/* Free a coroutine that will never run again (thread exit), as if it had ended. */
+/* Free a coroutine that will never run again (thread exit), as if it had ended detached:
+ * whoever could join it is dropped too, or ended. */
 static void co_drop(sched *s, weft_co *co)
 {
     co->state = CO_DONE;
-    co_reap(s, co); /* (detached by at_thread_exit: its struct goes too) */
+    co->detached = true;
+    co_reap(s, co);
 }
 
 /* ---- fork() ----
@@ -881,14 +932,13 @@ static void after_fork_child(void)
     }
     s->runq_head = s->runq_tail = s->batch = NULL;
     s->timers.len = 0; /* the orphans' timers go; they are never looked at again */
-    s->external_waits = 0; /* the threads those waits were for do not exist here */
+    /* The orphans' waits on other threads are never ended; the thread's own wait (outside
+     * any coroutine: it is running the loop for it now) goes on, and will be ended. (The
+     * inbox, its eventfd and the wake-ups queued there are inbox.c's: see inbox_fork_child,
+     * which runs after this.) */
+    s->external_waits = s->outside_waits;
     s->io_waiting = 0;
     s->io_owned = 0; /* (the parent's ring, buffers and operations are not ours) */
-    s->in.list = NULL;
-    pthread_mutex_init(&s->in.mu, NULL);
-    if (s->in.fd >= 0)
-        sys_close(s->in.fd); /* (its copy only: the parent's stays watched there) */
-    s->in.fd = -1;
     s->stop = false;
     s->requests_watched = false; /* (by the old backend) */
     s->be->ops->abandon(s->be);
@@ -928,6 +978,7 @@ int weft_join(weft_co *co, void **result, int64_t deadline)
     }
     if (result)
         *result = co->result;
+    exit_list_remove(s, co);
     free(co);
     if (!self && tls_sched)
         sched_release_if_idle(tls_sched);

@@ -118,6 +118,8 @@ static int wait_for_slot(weft_server *srv)
     return 0;
 }
 
+static void close_at_thread_exit(weft_server *srv);
+
 /* Out of descriptors or memory: the pending clients stay in the kernel's backlog while we
  * wait for handlers to end and free some; the pause grows so a long shortage costs a few
  * wake-ups a second, not a busy loop. */
@@ -141,6 +143,9 @@ static void *accept_loop(void *p)
         if (weft_sleep(backoff) != 0)
             break;
     }
+    /* Cancelled with nobody stopping the server: its thread is ending. */
+    if (!srv->shutting_down && weft_cancelled() && sched_exiting())
+        close_at_thread_exit(srv);
     return NULL;
 }
 
@@ -169,7 +174,7 @@ weft_server *weft_server_start(weft_listener *l, weft_handler handler, void *arg
 weft_server *weft_server_start_ex(weft_listener *l, weft_handler handler, void *arg,
                                   const weft_server_opts *opts)
 {
-    if (!l || !handler) {
+    if (!l || !handler || (opts && !stack_sizes_valid(opts->stack_size, opts->guard_size))) {
         errno = EINVAL;
         return NULL;
     }
@@ -325,6 +330,26 @@ int weft_server_close(weft_server *srv)
     if (!weft_spawn_ex(reap_when_done, srv, &so))
         return -1; /* no memory: the server stays allocated, harmless */
     return rc;
+}
+
+/* The server's thread is ending (every coroutine of it is cancelled) and nobody stopped the
+ * server: the acceptor, ending, closes the listener so the port stops taking clients that
+ * nobody would serve (those still in its backlog are refused), and the server is freed once
+ * its handlers, cancelled too, have closed their channels and ended. */
+static void close_at_thread_exit(weft_server *srv)
+{
+    srv->shutting_down = true;
+    srv->acceptor = NULL;       /* (it is us, ending: nobody joins it) */
+    srv->signal_watcher = NULL; /* (cancelled too: it ends without touching srv again) */
+    weft_listener_close(srv->l);
+    if (weft_group_count(srv->handlers) == 0) {
+        server_free(srv);
+        return;
+    }
+    /* Spawned after the exit's cancels: it waits for the handlers; if they outlast the exit's
+     * grace it is dropped with them, and srv with it. */
+    weft_spawn_opts so = {.name = "weft-reaper", .detached = 1};
+    weft_spawn_ex(reap_when_done, srv, &so); /* (no memory: srv stays, harmlessly) */
 }
 
 static int64_t after(int64_t ms)

@@ -143,8 +143,21 @@ static void stack_unmap(stack *s)
     munmap(s->map, s->map_size); /* (s with it) */
 }
 
+/* Larger than any mapping could be, and rounding it up to pages could wrap it to nothing
+ * (a stack of 0 bytes, or no guard at all). */
+#define SIZE_LIMIT (SIZE_MAX / 4)
+
+bool stack_sizes_valid(size_t size, size_t guard)
+{
+    return size <= SIZE_LIMIT && guard <= SIZE_LIMIT;
+}
+
 stack *stack_take(size_t size, size_t guard, size_t top_reserve)
 {
+    if (!stack_sizes_valid(size, guard)) {
+        errno = EINVAL;
+        return NULL;
+    }
     size_t pg = page_size();
     size = (size + pg - 1) & ~(pg - 1);
     guard = guard ? (guard + pg - 1) & ~(pg - 1) : DEFAULT_GUARD < pg ? pg : DEFAULT_GUARD;

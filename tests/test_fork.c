@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
@@ -231,6 +232,7 @@ static void a_forked_child_gets_its_own_pool_and_scheduler(void)
         bool ok = weft_count() == 0 && weft_run() == 0 && !ran_in_child;
         weft_co *cw = weft_spawn(child_work, NULL);
         ok = ok && cw && weft_join(cw, NULL, -1) == 0 && child_ok;
+        weft_listener_close(l); /* (its copy: valgrind's leak check runs at _exit too) */
         _exit(ok ? 0 : 1);
     }
     int status = wait_child(pid, 20000);
@@ -239,10 +241,117 @@ static void a_forked_child_gets_its_own_pool_and_scheduler(void)
     weft_listener_close(l);
 }
 
+/* ---- A wait of the thread's own, outside any coroutine, across a fork ----
+ * The thread waits on a thread queue outside any coroutine, running its coroutines meanwhile,
+ * when one of them forks. The thread is still there in the child, and so is its wait: it
+ * ends when something sends there (a coroutine of the child), at its deadline, or with what
+ * another thread of the parent had handed it before the fork; and the child's scheduler stays
+ * sound afterwards (a coroutine parked for good is a deadlock weft_run reports). Before the
+ * fix the child forgot the wait: its end ran on a freed scheduler (ASan), or left the wait
+ * count wrapped so that weft_run slept through the deadlock, or waited forever for a
+ * wake-up lost with the parent's inbox. */
+enum { CHILD_SENDS, NOBODY_SENDS, THREAD_SENT_BEFORE };
+static weft_tqueue *fq;
+static atomic_int fq_waiting, fq_sent;
+
+static void *fork_and_send(void *arg)
+{
+    intptr_t mode = (intptr_t)arg;
+    if (mode == THREAD_SENT_BEFORE) {
+        /* The thread's wait began (we run inside it): another thread hands it an item, and
+         * we fork before the loop has delivered that wake-up. */
+        atomic_store(&fq_waiting, 1);
+        while (!atomic_load(&fq_sent))
+            usleep(100);
+    } else {
+        CHECK(weft_sleep(10) == 0);
+    }
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        alarm(20);
+        if (mode == CHILD_SENDS)
+            CHECK(weft_tqueue_send(fq, (void *)7, -1) == 0);
+        return NULL;
+    }
+    forked_child = pid;
+    if (mode != THREAD_SENT_BEFORE)
+        CHECK(weft_tqueue_send(fq, (void *)1, -1) == 0);
+    return NULL;
+}
+
+static void *send_five_once_waited_for(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&fq_waiting))
+        usleep(100);
+    CHECK(weft_tqueue_send(fq, (void *)5, -1) == 0); /* to the waiting thread: a claim */
+    atomic_store(&fq_sent, 1);
+    return NULL;
+}
+
+static void *recv_forever(void *arg)
+{
+    void *item;
+    weft_queue_recv(arg, &item, -1);
+    return NULL;
+}
+
+/* In the child, after its wait: nothing is left, and weft_run still sees a deadlock. */
+static bool child_scheduler_is_sound(void)
+{
+    if (weft_count() != 0)
+        return false;
+    weft_queue *lq = weft_queue_new(1);
+    weft_spawn_opts o = {.detached = 1};
+    if (!lq || !weft_spawn_ex(recv_forever, lq, &o))
+        return false;
+    return weft_run() == -1 && errno == EDEADLK;
+}
+
+static void wait_across_fork(intptr_t mode, intptr_t parent_gets, intptr_t child_gets)
+{
+    server_pid = getpid();
+    forked_child = 0;
+    CHECK((fq = weft_tqueue_new(1)));
+    weft_spawn_opts o = {.detached = 1};
+    CHECK(weft_spawn_ex(fork_and_send, (void *)mode, &o));
+    pthread_t t;
+    if (mode == THREAD_SENT_BEFORE)
+        CHECK(pthread_create(&t, NULL, send_five_once_waited_for, NULL) == 0);
+    void *item = NULL;
+    int rc = weft_tqueue_recv(fq, &item, weft_now() + 1500);
+    if (getpid() != server_pid) {
+        bool got = child_gets ? rc == 0 && (intptr_t)item == child_gets
+                              : rc == -1 && errno == ETIMEDOUT;
+        _exit(got && child_scheduler_is_sound() ? 0 : 1);
+    }
+    CHECK(rc == 0 && (intptr_t)item == parent_gets);
+    if (mode == THREAD_SENT_BEFORE)
+        CHECK(pthread_join(t, NULL) == 0);
+    CHECK(forked_child > 0);
+    int status = wait_child(forked_child, 30000);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(weft_count() == 0 && weft_tqueue_free(fq) == 0);
+}
+
+static void a_wait_outside_any_coroutine_goes_on_in_a_forked_child(void)
+{
+#ifdef UNDER_TSAN
+    printf("  skipped under ThreadSanitizer: fork from inside a fiber\n");
+    return;
+#endif
+    wait_across_fork(CHILD_SENDS, 1, 7);
+    wait_across_fork(NOBODY_SENDS, 1, 0);
+    wait_across_fork(THREAD_SENT_BEFORE, 5, 5);
+}
+
 const struct test tests[] = {
     {"a_handler_that_forks_keeps_its_client_and_takes_nothing_else",
      a_handler_that_forks_keeps_its_client_and_takes_nothing_else, 0},
     {"a_forked_child_gets_its_own_pool_and_scheduler",
      a_forked_child_gets_its_own_pool_and_scheduler, 0},
+    {"a_wait_outside_any_coroutine_goes_on_in_a_forked_child",
+     a_wait_outside_any_coroutine_goes_on_in_a_forked_child, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];

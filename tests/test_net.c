@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
+#include <limits.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <weft.h>
@@ -271,6 +273,70 @@ static void wait_fd_on_a_bad_descriptor_is_ebadf(void)
     CHECK(co && weft_join(co, NULL, -1) == 0);
 }
 
+/* A descriptor number that is not open: EBADF on both backends, for either direction, inside
+ * a coroutine (outside, poll says POLLNVAL). Before the fix io_uring's failed poll woke the
+ * waiter as if the fd were ready, and weft_wait_fd returned 0. */
+static void *wait_on_closed(void *arg)
+{
+    (void)arg;
+    int p[2];
+    CHECK(pipe(p) == 0);
+    close(p[0]);
+    close(p[1]); /* p[0] and p[1] are now numbers of nothing */
+    CHECK(weft_wait_fd(p[0], WEFT_READABLE, weft_now() + 5000) == -1 && errno == EBADF);
+    CHECK(weft_wait_fd(p[1], WEFT_WRITABLE, weft_now() + 5000) == -1 && errno == EBADF);
+    return NULL;
+}
+
+static void wait_fd_on_a_closed_descriptor_is_ebadf(void)
+{
+    weft_co *co = weft_spawn(wait_on_closed, NULL);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
+    int p[2];
+    CHECK(pipe(p) == 0);
+    close(p[0]);
+    CHECK(weft_wait_fd(p[0], WEFT_READABLE, weft_now() + 5000) == -1 && errno == EBADF);
+    close(p[1]);
+}
+
+/* Descriptor numbers index weft's tables: a huge one (not open: beyond RLIMIT_NOFILE's hard
+ * limit here) must fail with EBADF without growing them. Before the fix weft_wait_fd(INT_MAX) grew
+ * them by gigabytes on epoll (seconds of memset) and returned 0 or ENOMEM on io_uring. An open
+ * descriptor with a high number (dup2 below the limit) still works. */
+static void *wait_on_huge_numbers(void *arg)
+{
+    (void)arg;
+    struct rlimit rl;
+    CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+    long vm_before = proc_status_kib(getpid(), "VmData:");
+    const int huge[] = {INT_MAX, 1 << 30, 50000000, (1 << 20) + 1};
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        CHECK(weft_wait_fd(huge[i], WEFT_READABLE, weft_now() + 5000) == -1 && errno == EBADF);
+        CHECK(weft_wait_fd(huge[i], WEFT_WRITABLE, weft_now() + 5000) == -1 && errno == EBADF);
+    }
+    long vm_after = proc_status_kib(getpid(), "VmData:");
+    printf("  VmData %ld -> %ld kB\n", vm_before, vm_after);
+    if (memory_is_measurable())
+        CHECK(vm_after - vm_before < 4096); /* the tables did not grow to reach them */
+    int p[2];
+    CHECK(pipe(p) == 0);
+    int high = (int)(rl.rlim_cur < 20000 ? rl.rlim_cur : 20000) - 1;
+    if (dup2(p[0], high) == high) {
+        CHECK(write(p[1], "x", 1) == 1);
+        CHECK(weft_wait_fd(high, WEFT_READABLE, weft_now() + 5000) == 0);
+        close(high);
+    }
+    close(p[0]);
+    close(p[1]);
+    return NULL;
+}
+
+static void huge_descriptor_numbers_do_not_grow_the_tables(void)
+{
+    weft_co *co = weft_spawn(wait_on_huge_numbers, NULL);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
+}
+
 /* "*:port" means both families; when [::]:port is taken it fails, rather than quietly
  * listening on IPv4 alone. */
 static void wildcard_does_not_fall_back_to_ipv4_when_ipv6_is_taken(void)
@@ -359,6 +425,9 @@ const struct test tests[] = {
     {"ports_past_65535_are_refused", ports_past_65535_are_refused, 0},
     {"a_second_accept_on_one_listener_is_refused", a_second_accept_on_one_listener_is_refused, 0},
     {"wait_fd_on_a_bad_descriptor_is_ebadf", wait_fd_on_a_bad_descriptor_is_ebadf, 0},
+    {"wait_fd_on_a_closed_descriptor_is_ebadf", wait_fd_on_a_closed_descriptor_is_ebadf, 0},
+    {"huge_descriptor_numbers_do_not_grow_the_tables",
+     huge_descriptor_numbers_do_not_grow_the_tables, 0},
     {"wildcard_does_not_fall_back_to_ipv4_when_ipv6_is_taken",
      wildcard_does_not_fall_back_to_ipv4_when_ipv6_is_taken, 0},
 };

@@ -68,6 +68,37 @@ static void spawn_honours_stack_size(void)
     CHECK(co && weft_join(co, NULL, -1) == 0);
 }
 
+/* Sizes no mapping could hold are refused with EINVAL, for spawns and servers alike. Before
+ * the fix they were rounded up to pages, which wrapped: SIZE_MAX became a stack of 0 bytes
+ * (a crash at spawn) and a guard of SIZE_MAX no guard at all. */
+static void no_handler(weft_chan *c, void *arg)
+{
+    (void)c, (void)arg;
+}
+
+static void absurd_stack_and_guard_sizes_are_refused(void)
+{
+    const size_t absurd[] = {SIZE_MAX, SIZE_MAX - 4095, SIZE_MAX / 2, SIZE_MAX / 4 + 1};
+    for (size_t i = 0; i < sizeof absurd / sizeof absurd[0]; i++) {
+        weft_spawn_opts o = {.stack_size = absurd[i]};
+        errno = 0;
+        CHECK(weft_spawn_ex(use_stack, NULL, &o) == NULL && errno == EINVAL);
+        o = (weft_spawn_opts){.guard_size = absurd[i], .detached = 1};
+        errno = 0;
+        CHECK(weft_spawn_ex(use_stack, NULL, &o) == NULL && errno == EINVAL);
+    }
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    weft_server_opts so = {.stack_size = SIZE_MAX};
+    CHECK(weft_server_start_ex(l, no_handler, NULL, &so) == NULL && errno == EINVAL);
+    so = (weft_server_opts){.guard_size = SIZE_MAX};
+    CHECK(weft_server_start_ex(l, no_handler, NULL, &so) == NULL && errno == EINVAL);
+    CHECK(weft_listener_close(l) == 0);
+    /* Nothing was left half made: ordinary spawns go on. */
+    weft_co *co = weft_spawn(use_stack, (void *)(uintptr_t)4096);
+    CHECK(co && weft_join(co, NULL, -1) == 0 && weft_count() == 0);
+}
+
 static volatile long overflow_limit = 1L << 40; /* never reached: the stack ends first */
 
 static long overflow(long n)
@@ -273,6 +304,7 @@ const struct test tests[] = {
     {"guard_page_below_every_stack", guard_page_below_every_stack, 0},
     {"pool_reuses_stacks_of_the_same_size", pool_reuses_stacks_of_the_same_size, 0},
     {"spawn_honours_stack_size", spawn_honours_stack_size, 0},
+    {"absurd_stack_and_guard_sizes_are_refused", absurd_stack_and_guard_sizes_are_refused, 0},
     {"overflow_is_reported_with_the_coroutine_name", overflow_is_reported_with_the_coroutine_name, 0},
     {"a_frame_larger_than_the_guard_is_reported", a_frame_larger_than_the_guard_is_reported, 0},
     {"the_guard_gap_is_settable", the_guard_gap_is_settable, 0},

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -127,6 +128,31 @@ static void connect_deadline_covers_the_name_lookup(void)
     weft_chan *ch = weft_connect(addr, -1);
     CHECK(ch && weft_close(ch) == 0);
     usleep(700 * 1000); /* the abandoned lookups end and are freed on the pool (ASan sees it) */
+    net_resolve_delay_ms = 0;
+    weft_listener_close(l);
+}
+
+/* A blocking-style program: one weft_connect to a host name with a deadline, outside any
+ * coroutine. The lookup's wait on the pool needs the thread's scheduler (its loop and
+ * inbox); once the call returns nothing of it may be left: no descriptor (epoll, eventfd),
+ * no memory (LeakSanitizer), and weft_set_backend still free to choose. Before the fix the
+ * scheduler was released while the wait still counted, and stayed. */
+static void a_connect_by_name_outside_any_coroutine_leaves_nothing(void)
+{
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    char addr[64];
+    snprintf(addr, sizeof addr, "localhost:%d", weft_listener_port(l));
+    int before = count_open_fds();
+    weft_chan *c = weft_connect(addr, weft_now() + 10000);
+    CHECK(c && weft_close(c) == 0);
+    CHECK(count_open_fds() == before && weft_count() == 0);
+    CHECK(weft_set_backend("auto") == 0); /* no scheduler runs on this thread */
+    /* The same when the deadline ends the wait before the lookup does. */
+    net_resolve_delay_ms = 300;
+    CHECK(weft_connect(addr, weft_now() + 50) == NULL && errno == ETIMEDOUT);
+    CHECK(count_open_fds() == before && weft_set_backend("auto") == 0);
+    usleep(400 * 1000); /* the abandoned lookup ends and is freed on the pool */
     net_resolve_delay_ms = 0;
     weft_listener_close(l);
 }
@@ -384,6 +410,111 @@ static void a_thread_that_ends_with_coroutines_parked_frees_its_scheduler(void)
     CHECK(count_open_fds() == before); /* no backend, ring, eventfd or pipe left behind */
 }
 
+/* A thread that ends while a coroutine joins another: the joiner, cancelled, gives up first
+ * (it was spawned last, so the exit cancels it first), and the joinee ends after it with
+ * nobody left to join it: its struct must be freed too. Before the fix it leaked (256 bytes
+ * a thread: LeakSanitizer, and the heap's growth in plain builds). */
+static void *join_until_cancelled(void *arg)
+{
+    CHECK(weft_join(arg, NULL, -1) == -1 && errno == ECANCELED);
+    return NULL;
+}
+
+static void *thread_whose_joiner_gives_up(void *arg)
+{
+    (void)arg;
+    weft_co *joinee = weft_spawn(sleep_forever, NULL);
+    weft_spawn_opts o = {.detached = 1};
+    CHECK(joinee && weft_spawn_ex(join_until_cancelled, joinee, &o));
+    CHECK(weft_yield() == 0); /* both park */
+    return NULL;
+}
+
+static size_t heap_in_use(void)
+{
+    return mallinfo2().uordblks;
+}
+
+static void a_joinee_whose_joiner_gave_up_at_thread_exit_is_freed(void)
+{
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, thread_whose_joiner_gives_up, NULL) == 0); /* warm-up */
+    CHECK(pthread_join(t, NULL) == 0);
+    size_t before = heap_in_use();
+    int n = test_scale(200);
+    for (int i = 0; i < n; i++) {
+        CHECK(pthread_create(&t, NULL, thread_whose_joiner_gives_up, NULL) == 0);
+        CHECK(pthread_join(t, NULL) == 0);
+    }
+    size_t after = heap_in_use();
+    printf("  heap in use: %zu -> %zu bytes after %d threads\n", before, after, n);
+    if (memory_is_measurable())
+        CHECK(after < before + (size_t)n * 64); /* a leaked struct is 256 bytes a thread */
+}
+
+/* A thread that ends with a server still running (as a thread of weft_serve_threads would
+ * if its loop were left): its acceptor, cancelled, closes the listener, so the port stops
+ * taking clients nobody would serve, and the handlers' channels close; the server is freed
+ * and no descriptor stays. Before the fix the port kept accepting connections that hung. */
+static atomic_int exit_server_port, exit_server_go;
+
+static void echo_lines(weft_chan *c, void *arg)
+{
+    (void)arg;
+    const char *line;
+    size_t len;
+    while ((line = weft_gets(c, &len)) != NULL)
+        weft_putln(c, line, len);
+}
+
+static void *stop_when_told(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&exit_server_go))
+        CHECK(weft_sleep(1) == 0);
+    weft_stop();
+    return NULL;
+}
+
+static void *thread_serving_then_leaving(void *arg)
+{
+    (void)arg;
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l && weft_server_start(l, echo_lines, NULL));
+    atomic_store(&exit_server_port, weft_listener_port(l));
+    weft_spawn_opts o = {.detached = 1};
+    CHECK(weft_spawn_ex(stop_when_told, NULL, &o));
+    CHECK(weft_run() == 0); /* serves until told to stop */
+    return NULL; /* ends: the acceptor and a handler are parked */
+}
+
+static void a_thread_that_ends_with_a_server_running_closes_its_listener(void)
+{
+    int before = count_open_fds();
+    atomic_store(&exit_server_port, 0);
+    atomic_store(&exit_server_go, 0);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, thread_serving_then_leaving, NULL) == 0);
+    while (!atomic_load(&exit_server_port))
+        usleep(1000);
+    int port = atomic_load(&exit_server_port);
+    int fd = tcp_connect_loopback(port);
+    char answer[16];
+    ask_line(fd, "hello", answer, sizeof answer, 10000); /* a handler serves it */
+    CHECK(strcmp(answer, "hello") == 0);
+    atomic_store(&exit_server_go, 1);
+    CHECK(pthread_join(t, NULL) == 0);
+    char b;
+    CHECK(readable_within(fd, 10000) && read(fd, &b, 1) == 0); /* its channel was closed */
+    close(fd);
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(connect(c, (struct sockaddr *)&sin, sizeof sin) == -1 && errno == ECONNREFUSED);
+    close(c);
+    CHECK(count_open_fds() == before);
+}
+
 /* Threads come and go, four at a time, each with its own scheduler (and, on io_uring, its
  * own ring, often mapped where an ended thread's was): every round trip completes, and under
  * ThreadSanitizer nothing is reported (the ring's reuse is ordered; see backend_uring.c). */
@@ -547,6 +678,12 @@ const struct test tests[] = {
      a_thread_that_ends_with_coroutines_parked_frees_its_scheduler, 0},
     {"schedulers_of_short_lived_threads_come_and_go",
      schedulers_of_short_lived_threads_come_and_go, 0},
+    {"a_joinee_whose_joiner_gave_up_at_thread_exit_is_freed",
+     a_joinee_whose_joiner_gave_up_at_thread_exit_is_freed, 0},
+    {"a_thread_that_ends_with_a_server_running_closes_its_listener",
+     a_thread_that_ends_with_a_server_running_closes_its_listener, 0},
+    {"a_connect_by_name_outside_any_coroutine_leaves_nothing",
+     a_connect_by_name_outside_any_coroutine_leaves_nothing, 0},
     {"tqueue_waits_outside_a_coroutine_run_the_scheduler",
      tqueue_waits_outside_a_coroutine_run_the_scheduler, 20},
     {"serve_threads_spreads_clients_over_loops", serve_threads_spreads_clients_over_loops, 120},
