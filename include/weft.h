@@ -109,14 +109,14 @@ size_t weft_count(void);
  * If the thread itself was waiting outside any coroutine (a thread queue, a name lookup with
  * a deadline), that wait goes on in the child: it ends with what the child's coroutines or
  * threads provide, with what a thread of the parent had handed it before the fork, or at its
- * deadline (calls the parent's pool had not finished are not run again). Channels come as
- * they are: the child may read and close them. Output a channel had buffered or queued at the
- * fork is in both processes, and each sends its copy when it writes, flushes or closes there.
- * A channel that a parent's coroutine was writing on at the fork (holding its turn, and never
- * running in the child) cannot be written in the child: a write there waits for the turn
- * until the write timeout (ETIMEDOUT); weft_close works, dropping what that writer had
- * buffered (-1/EBUSY if it had any). SIGINT and SIGTERM get back, in the child, the actions
- * they had before weft_server_stop_on_signals. */
+ * deadline (calls the parent's pool had not finished are not run again). The child may use
+ * every channel it inherited: input already received stays readable there, and output a
+ * channel had buffered, held back or queued at the fork is the parent's (which sends it), so
+ * the child drops its copy before its own first write, flush or close on that channel; a
+ * writer's turn held by a parent's coroutine passes to the child's first writer. (Both
+ * processes then read from and write to the same socket, as with any inherited fd.) SIGINT
+ * and SIGTERM get back, in the child, the actions they had before
+ * weft_server_stop_on_signals. */
 
 /* ---- Waiting on file descriptors ---------------------------------------------------- */
 /* The building block under channels, for code that drives its own non-blocking fds. */

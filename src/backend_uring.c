@@ -317,8 +317,15 @@ static void uring_free(backend *b)
 static void uring_abandon(backend *b)
 {
     uring_backend *u = (uring_backend *)b;
-    if (u->pb.br)
-        pbuf_unmap(&u->pb);
+    if (u->pb.br) {
+        /* The buffers stay mapped: arrivals received before the fork may still be read from
+         * them (a channel's adopted buffer, a transport's queue), as the parent's were. */
+        free(u->pb.chunks);
+        free(u->pb.off);
+        free(u->pb.refs);
+        free(u->pb.kernel);
+        munmap(u->pb.br, PBUF_RING * sizeof(struct io_uring_buf));
+    }
     RING_UNMAPPED();
     io_uring_queue_exit(&u->ring); /* (munmap and close: nothing reaches the kernel's ring) */
     free(u->fds);
@@ -539,12 +546,15 @@ static void uring_forget(backend *b, int fd)
     ufd *f = &u->fds[fd];
     if (f->read_armed || f->write_armed || f->ops) {
         /* A poll or an operation in flight holds the file open: cancel it now, before the
-         * close (operations then complete with -ECANCELED and their callers go on). */
+         * close (operations then complete with -ECANCELED and their callers go on). With
+         * deferred task work the cancelled requests let go of the file only when the thread
+         * next asks for events, so ask now: the close then ends the connection at once, even
+         * if the loop does not run again soon (their completions wait in the ring). */
         struct io_uring_sqe *sqe = get_sqe(u);
         if (sqe) {
             io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
             io_uring_sqe_set_data64(sqe, UD_IGNORE);
-            io_uring_submit(&u->ring);
+            io_uring_submit_and_get_events(&u->ring);
         }
         f->read_armed = f->write_armed = false;
     }

@@ -47,6 +47,7 @@ weft_chan *chan_new(transport *t, const char *peer, bool line_buffered)
     }
     memset(c, 0, sizeof *c);
     memcpy(c->peer, peer ? peer : "", peer_len + 1);
+    c->fork_gen = sched_fork_gen();
     c->t = t;
     c->buffering = line_buffered ? WEFT_BUF_LINE : WEFT_BUF_FULL;
     c->maxline = WEFT_MAXLINE_DEFAULT;
@@ -584,6 +585,7 @@ int weft_eof(const weft_chan *c)
  * ETIMEDOUT, ECANCELED, or EBADF when c was closed meanwhile (then c may be gone). */
 static int turn_take(weft_chan *c, lazy_deadline *dl)
 {
+    chan_check_forked(c);
     ref_enter(&c->ref);
     if (!c->sending) {
         c->sending = true;
@@ -685,6 +687,7 @@ static int send_held(weft_chan *c, lazy_deadline *dl)
 /* Send everything buffered, after any writer now inside a send (its bytes came first). */
 static int flush_dl(weft_chan *c, lazy_deadline *dl)
 {
+    chan_check_forked(c);
     chan_unhold(c);
     if (c->wstart == c->wlen && !c->sending && !transport_queued(c->t)) {
         c->wstart = c->wlen = 0;
@@ -1095,6 +1098,7 @@ static int close_flush(weft_chan *c)
 
 int weft_close(weft_chan *c)
 {
+    chan_check_forked(c);
     transport *t = c->t;
     int err = 0;
     if (c->sending) {

@@ -32,8 +32,20 @@ struct weft_chan {
     /* cold */
     int64_t read_timeout, write_timeout;
     wait_list turns;   /* writers waiting for their turn */
+    uint64_t fork_gen; /* sched_fork_gen() when its output was last this process's own */
     char peer[];       /* NUL-terminated, in the same allocation (most are short) */
 };
+
+/* In a forked child, before its first write, flush or close on c: what c held for output
+ * at the fork (buffered, held, queued, in flight) is the parent's, which sends it, and the
+ * coroutines that were inside c (a writer's turn among them) did not come along. */
+void chan_forked(weft_chan *c);
+
+static inline void chan_check_forked(weft_chan *c)
+{
+    if (c->fork_gen != sched_fork_gen())
+        chan_forked(c);
+}
 
 /* Stop holding c's output back (it is being sent). */
 void chan_unhold(weft_chan *c);

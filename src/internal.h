@@ -444,6 +444,9 @@ void sched_note_stop_handlers(void);
 void sched_resume_hint(const void *p);
 /* The running coroutine's backend, or NULL outside any coroutine. */
 backend *sched_backend(void);
+/* How many forks this process descends from (0 in the original process): a channel made
+ * under an older number holds its output for the parent (chan.c). */
+uint64_t sched_fork_gen(void);
 /* weft_spawn_ex of a detached coroutine with room bytes (zeroed) kept for the caller at the
  * top of its stack, in the page its first frames touch anyway: *roomp points to them, and
  * they are fn's argument. They last as long as the coroutine runs. NULL/errno. */

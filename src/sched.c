@@ -910,8 +910,16 @@ static void co_drop(sched *s, weft_co *co)
  * never run, never woken, its memory left as it is (objects may still point into its stack).
  * The forking coroutine goes on as the only one; when it ends, the child's weft_run returns.
  * (No registration is removed from the shared instance: the child only closes its copies.) */
+static uint64_t forks_seen; /* forked children this process descends from (see chan.c) */
+
+uint64_t sched_fork_gen(void)
+{
+    return forks_seen;
+}
+
 static void after_fork_child(void)
 {
+    forks_seen++;
     sched *s = tls_sched;
     if (!s)
         return;

@@ -158,6 +158,8 @@ typedef struct ring_rx {
     rxbuf *q;          /* held arrivals, a circular queue of cap entries: q_inline, or (past
                         * RXQ_INLINE, until the queue is empty again) the heap */
     uint16_t cap, head, count;
+    uint16_t stale;    /* held arrivals at the head from a backend since gone (in a forked
+                        * child: the parent's): read, but not given back to any ring */
     uint32_t head_off; /* consumed bytes of the first buffer */
     bool armed;        /* op in flight */
     bool pausing;      /* cancelled because the queue is full, or input stopped: no error */
@@ -204,6 +206,16 @@ static void rxq_shift(ring_rx *rx)
     }
     rx->ready = rx->count > 0 || rx->eof || rx->err;
 }
+
+/* Whether the first held arrival is from a backend since gone (a forked child's copy of the
+ * parent's): its buffer is read as it is, and given back to no ring. */
+static bool rx_head_stale(const ring_rx *rx)
+{
+    sched *sc = sched_peek();
+    return rx->stale > 0 || !sc || rx->be_gen != sc->be_gen;
+}
+
+#define TOKEN_STALE (1u << 16) /* an adopted buffer's token: rx_head_stale held */
 
 static ring_rx *rx_new(struct sock *owner)
 {
@@ -298,6 +310,8 @@ typedef struct sock {
     qbuf *head, *tail; /* output given and not yet sent, oldest first */
     qbuf first;        /* the node of a queue's first buffer: no allocation for it */
     bool tx_progress;  /* (ring mode) a send completed since an outside waiter looked */
+    uint64_t tx_gen;   /* the backend the send in flight went to (sched->be_gen) */
+    uint64_t adopt_gen; /* the backend whose buffer the channel adopted last */
     ring_rx *rx;       /* ring mode: the receive side, NULL until armed */
     send_op *tx;       /* ring mode: the send in flight, if any */
 } sock;
@@ -427,8 +441,10 @@ static int rx_arm(sock *s, backend *b)
     sched *sc = sched_peek();
     if (!rx && !(rx = s->rx = rx_new(s)))
         return -1;
-    if (rx->armed && rx->be_gen != sc->be_gen)
+    if (rx->be_gen != sc->be_gen) {
         rx->armed = false; /* (a backend since gone: its operations ended with it) */
+        rx->stale = rx->count; /* (and the buffers it filled are not this one's) */
+    }
     if (rx->armed || rx->eof || rx->err || s->input_stopped || rx->count >= RXQ_PAUSE)
         return 0;
     rx->op = (io_op){.cb = rx_done, .kind = IO_OP_RECV_MULTI, .fd = s->fd, .data = rx};
@@ -445,8 +461,13 @@ static int rx_arm(sock *s, backend *b)
 static void rx_pop(sock *s, backend *b)
 {
     ring_rx *rx = s->rx;
-    b->ops->pbuf_put(b, rx->q[rx->head].bid);
-    sched_peek()->io_owned--;
+    if (rx_head_stale(rx)) {
+        if (rx->stale > 0)
+            rx->stale--;
+    } else {
+        b->ops->pbuf_put(b, rx->q[rx->head].bid);
+        sched_peek()->io_owned--;
+    }
     rxq_shift(rx);
     if (!rx->armed && rx->count < RXQ_PAUSE / 2)
         rx_arm(s, b);
@@ -525,6 +546,12 @@ static ssize_t sock_adopt(transport *t, char **base, size_t *start, size_t *cap,
     *start = rx->head_off;
     *cap = h->len;
     *token = h->bid;
+    if (rx_head_stale(rx)) {
+        *token |= TOKEN_STALE;
+        if (rx->stale > 0)
+            rx->stale--;
+    }
+    s->adopt_gen = sched_peek()->be_gen;
     ssize_t len = (ssize_t)(h->len - rx->head_off);
     /* The buffer is the caller's now: out of the queue, still held (io_owned) until release. */
     rxq_shift(rx);
@@ -534,11 +561,12 @@ static ssize_t sock_adopt(transport *t, char **base, size_t *start, size_t *cap,
 static void sock_release(transport *t, unsigned token)
 {
     sock *s = (sock *)t;
-    backend *b = sched_peek() ? sched_peek()->be : NULL;
-    if (!b || !b->ops->pbuf)
+    sched *sc = sched_peek();
+    backend *b = sc ? sc->be : NULL;
+    if (!b || !b->ops->pbuf || (token & TOKEN_STALE) || s->adopt_gen != sc->be_gen)
         return; /* (its backend is gone, and its buffers with it) */
     b->ops->pbuf_put(b, (uint16_t)token);
-    sched_peek()->io_owned--;
+    sc->io_owned--;
     if (s->rx && !s->rx->armed && s->rx->count < RXQ_PAUSE / 2)
         rx_arm(s, b);
 }
@@ -730,6 +758,7 @@ static size_t sock_drop(transport *t);
 static void tx_submit(sock *s, send_op *o)
 {
     backend *b = sched_peek()->be;
+    s->tx_gen = sched_peek()->be_gen;
     o->op = (io_op){.cb = tx_done, .kind = IO_OP_SEND, .fd = s->fd, .buf = o->base + o->off,
                     .len = (unsigned)(o->len > UINT32_MAX ? UINT32_MAX : o->len), .data = o};
     sched_peek()->io_owned++;
@@ -780,6 +809,20 @@ static void tx_done(io_op *op)
         tx_start(s);
     }
     fd_cancel_wait(s->fd, WEFT_WRITABLE, 0);
+}
+
+/* A send in flight on a backend since gone: in a forked child, the parent's, which the
+ * parent completes; the child forgets its copy. */
+static void tx_forget_stale(sock *s)
+{
+    sched *sc = sched_peek();
+    send_op *o = s->tx;
+    if (!o || (sc && s->tx_gen == sc->be_gen))
+        return;
+    s->t.queued -= o->len;
+    tx_release(o);
+    send_op_give(o);
+    s->tx = NULL;
 }
 
 /* If no send is in flight, send the first queued buffer. */
@@ -851,8 +894,10 @@ static int sock_give(transport *t, char *base, size_t cap, size_t off, size_t le
         errno = t->err;
         return -1;
     }
-    if (ring_backend(s))
+    if (ring_backend(s)) {
+        tx_forget_stale(s);
         return tx_give(s, base, cap, off, len);
+    }
     qbuf *q = &s->first;
     if (!s->head) { /* nothing queued: what the fd takes now goes now */
         struct iovec iov = {base + off, len};
@@ -887,6 +932,7 @@ static int sock_give(transport *t, char *base, size_t cap, size_t off, size_t le
 static int sock_wait_output(transport *t, int64_t deadline)
 {
     sock *s = (sock *)t;
+    tx_forget_stale(s);
     if (s->tx) { /* ring mode, a send in flight: tx_done wakes us */
         if (sched_backend())
             return fd_park(s->fd, WEFT_WRITABLE, deadline);
@@ -902,6 +948,7 @@ static int sock_wait_output(transport *t, int64_t deadline)
 static size_t sock_drop(transport *t)
 {
     sock *s = (sock *)t;
+    tx_forget_stale(s);
     size_t n = t->queued;
     while (s->head) {
         qbuf *q = s->head;
@@ -935,6 +982,7 @@ static void ring_let_go(sock *s)
             orphan_add(&rx->link);
         s->rx = NULL;
     }
+    tx_forget_stale(s);
     send_op *o = s->tx;
     if (o) { /* in flight: its completion gives it back */
         o->owner = NULL;

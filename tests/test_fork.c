@@ -346,6 +346,120 @@ static void a_wait_outside_any_coroutine_goes_on_in_a_forked_child(void)
     wait_across_fork(THREAD_SENT_BEFORE, 5, 5);
 }
 
+
+/* ---- Channels in a forked child ---- */
+
+/* The audit's case: a coroutine holds a channel's turn in a long write (the peer reads late)
+ * when another forks. In the child that channel must be usable: the line it had already
+ * received is read (on io_uring, from the parent's buffer ring, which the child no longer
+ * uses), the child's line goes out once, and the parent's record is not sent twice. Before
+ * the fix the child's write waited for a turn nobody would give back. */
+#define INHERIT_BIG (1 << 20)
+
+static weft_chan *inh_c;
+static atomic_int inh_writing;
+static pid_t inh_child;
+
+struct inh_peer {
+    int fd;
+    char *data;
+    size_t len;
+};
+
+static void *inh_peer_main(void *arg)
+{
+    struct inh_peer *p = arg;
+    write_all(p->fd, "req1\nreq2\n", 10);
+    usleep(300 * 1000); /* the writer fills the socket and parks, holding the turn */
+    size_t cap = INHERIT_BIG + 4096;
+    p->data = malloc(cap);
+    CHECK(p->data);
+    for (;;) {
+        CHECK(p->len < cap);
+        ssize_t r = read(p->fd, p->data + p->len, cap - p->len);
+        CHECK(r >= 0);
+        if (r == 0)
+            return NULL;
+        p->len += (size_t)r;
+    }
+}
+
+static void *inh_writer(void *arg)
+{
+    (void)arg;
+    size_t len;
+    const char *l = weft_gets(inh_c, &len); /* req1; req2 stays in the read buffer */
+    CHECK(l && len == 4 && memcmp(l, "req1", 4) == 0);
+    char *big = malloc(INHERIT_BIG);
+    CHECK(big);
+    memset(big, 'a', INHERIT_BIG);
+    atomic_store(&inh_writing, 1);
+    CHECK(weft_write(inh_c, big, INHERIT_BIG) == INHERIT_BIG);
+    free(big);
+    return NULL;
+}
+
+static void *inh_forker(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&inh_writing))
+        CHECK(weft_sleep(1) == 0);
+    CHECK(weft_sleep(50) == 0); /* the writer is parked inside its write */
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        alarm(20);
+        size_t len;
+        const char *l = weft_gets(inh_c, &len);
+        bool ok = l && len == 4 && memcmp(l, "req2", 4) == 0;
+        ok = ok && weft_puts(inh_c, "child") == 0 && weft_close(inh_c) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    inh_child = pid;
+    return NULL;
+}
+
+static void an_inherited_channel_is_usable_in_the_child(void)
+{
+#ifdef UNDER_TSAN
+    printf("  skipped under ThreadSanitizer: fork from inside a fiber\n");
+    return;
+#endif
+    server_pid = getpid();
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    struct inh_peer peer = {.fd = sv[1]};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, inh_peer_main, &peer) == 0);
+    CHECK((inh_c = weft_chan_open(sv[0])));
+    CHECK(weft_chan_set_timeouts(inh_c, 10000, 10000) == 0);
+    weft_co *w = weft_spawn(inh_writer, NULL), *f = weft_spawn(inh_forker, NULL);
+    CHECK(w && f);
+    CHECK(weft_join(f, NULL, -1) == 0);
+    if (getpid() != server_pid)
+        _exit(1); /* (the child ends in inh_forker) */
+    CHECK(weft_join(w, NULL, -1) == 0);
+    int status = wait_child(inh_child, 20000);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(weft_close(inh_c) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+    /* The parent's record once, whole, and the child's line once (the two processes share
+     * the socket, so the line may fall anywhere between the record's sends). */
+    size_t as = 0, others = 0;
+    char rest[16];
+    for (size_t i = 0; i < peer.len; i++) {
+        if (peer.data[i] == 'a')
+            as++;
+        else if (others < sizeof rest)
+            rest[others++] = peer.data[i];
+        else
+            others++;
+    }
+    CHECK(as == INHERIT_BIG && others == 6 && memcmp(rest, "child\n", 6) == 0);
+    free(peer.data);
+    close(sv[1]);
+}
+
 const struct test tests[] = {
     {"a_handler_that_forks_keeps_its_client_and_takes_nothing_else",
      a_handler_that_forks_keeps_its_client_and_takes_nothing_else, 0},
@@ -353,5 +467,7 @@ const struct test tests[] = {
      a_forked_child_gets_its_own_pool_and_scheduler, 0},
     {"a_wait_outside_any_coroutine_goes_on_in_a_forked_child",
      a_wait_outside_any_coroutine_goes_on_in_a_forked_child, 0},
+    {"an_inherited_channel_is_usable_in_the_child", an_inherited_channel_is_usable_in_the_child,
+     0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
