@@ -255,3 +255,21 @@ void ask_line(int fd, const char *q, char *answer, size_t cap, int timeout_ms)
     }
     answer[n] = '\0';
 }
+
+int have_program(const char *name)
+{
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/usr/bin:/bin";
+    char dir[1024];
+    while (*path) {
+        size_t n = strcspn(path, ":");
+        char full[1200];
+        snprintf(dir, sizeof dir, "%.*s", (int)n, path);
+        snprintf(full, sizeof full, "%s/%s", dir[0] ? dir : ".", name);
+        if (access(full, X_OK) == 0)
+            return 1;
+        path += n + (path[n] == ':');
+    }
+    return 0;
+}

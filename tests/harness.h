@@ -51,5 +51,7 @@ int memory_is_measurable(void);
 long proc_status_kib(pid_t pid, const char *field);
 /* Count this process's open file descriptors. */
 int count_open_fds(void);
+/* Whether a program is on $PATH. */
+int have_program(const char *name);
 
 #endif
