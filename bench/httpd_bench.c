@@ -518,8 +518,7 @@ static void run_row(int ri, int reps, int seconds)
     for (int s = 0; s < NSERV; s++) {
         if (!have_server[s])
             continue;
-        char name[64];
-        snprintf(name, sizeof name, "%s", s == S_VARIANT ? variant_args : serv_name[s]);
+        const char *name = s == S_VARIANT ? variant_args : serv_name[s];
         if (!nok[s])
             printf("%-20s %-22s (failed)\n", label, name);
         else

@@ -1,6 +1,6 @@
-/* HTTP dates (RFC 9110, 5.6.7): written as IMF-fixdate, read in all three forms a recipient
- * must accept. By hand rather than with strftime/strptime, whose names of days and months
- * follow the locale. */
+/* Time for httpd: HTTP dates (RFC 9110, 5.6.7), written as IMF-fixdate and read in all three
+ * forms a recipient must accept, by hand rather than with strftime/strptime, whose names of
+ * days and months follow the locale; and a coarse clock for deadlines. */
 #include "http.h"
 
 #include <string.h>
@@ -10,6 +10,13 @@ static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
 static const char *const long_days[7] = {"Sunday",   "Monday", "Tuesday", "Wednesday",
                                          "Thursday", "Friday", "Saturday"};
+
+int64_t http_coarse_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void two(char *p, int v)
 {

@@ -124,7 +124,7 @@ struct file *fcache_get(struct fcache *fc, const char *path, size_t len)
     if (fc->capacity == 0)
         return open_new(path, len, fc->rootfd);
     uint64_t h = hash_path(path, len);
-    int64_t now = weft_now();
+    int64_t now = http_coarse_ms();
     struct file *f = lookup(fc, path, len, h);
     if (f && now < f->expires) {
         f->users++;
@@ -151,7 +151,7 @@ struct file *fcache_get(struct fcache *fc, const char *path, size_t len)
 
 void fcache_sweep(struct fcache *fc)
 {
-    int64_t now = weft_now();
+    int64_t now = http_coarse_ms();
     for (struct file *f = fc->oldest, *next; f; f = next) {
         next = f->newer;
         if (now >= f->expires)

@@ -32,7 +32,7 @@ struct file {
     /* ---- the cache's ---- */
     unsigned users;         /* requests holding it */
     bool cached;            /* in the table (then closed only once dropped and unused) */
-    int64_t expires;        /* weft_now() after which it is opened afresh */
+    int64_t expires;        /* http_coarse_ms() after which it is opened afresh */
     uint64_t hash;
     struct file *chain;     /* the table's bucket */
     struct file *older, *newer; /* least recently used first */

@@ -92,6 +92,10 @@ void http_parse_range(const char *v, size_t n, struct http_request *r);
 /* Content-Length: digits only, within 2^53. -1 if bad. */
 int64_t http_parse_length(const char *v, size_t n);
 
+/* The monotonic clock (weft_now's) at the kernel tick's resolution, a few milliseconds: no
+ * time stamp counter read, cheap enough for every header line's deadline. */
+int64_t http_coarse_ms(void);
+
 /* HTTP dates (date.c): IMF-fixdate, RFC 850 and asctime forms read, IMF-fixdate written. */
 bool http_parse_date(const char *v, size_t n, time_t *t);
 /* "Sun, 06 Nov 1994 08:49:37 GMT" into out (room for HTTP_DATE_LEN + 1 bytes). */

@@ -78,13 +78,26 @@ static void linger(weft_chan *c)
     }
 }
 
+/* The log line of a connection's end: the status it was sent before closing, the error that
+ * ended it, or a plain end of file. */
+static void log_end(weft_chan *c, int status, int err)
+{
+    int fd = weft_chan_fd(c);
+    const char *peer = weft_chan_peer(c);
+    if (status)
+        fprintf(stderr, "close on fd %d (from %s): sent %d\n", fd, peer, status);
+    else if (err)
+        fprintf(stderr, "close on fd %d (from %s): %s\n", fd, peer, strerror(err));
+    else
+        fprintf(stderr, "EOF on fd %d (from %s)\n", fd, peer);
+}
+
 static void serve_client(weft_chan *c, void *arg)
 {
     struct site *s = arg;
-    bool quiet = s->cfg->quiet;
     struct http_request rq;
     http_request_init(&rq);
-    if (!quiet)
+    if (!s->cfg->quiet)
         fprintf(stderr, "connect on fd %d (from %s)\n", weft_chan_fd(c), weft_chan_peer(c));
     int err = 0;
     for (;;) {
@@ -102,16 +115,8 @@ static void serve_client(weft_chan *c, void *arg)
         if (!rq.keep_alive)
             break;
     }
-    if (quiet) {
-    } else if (rq.status) {
-        fprintf(stderr, "close on fd %d (from %s): sent %d\n", weft_chan_fd(c),
-                weft_chan_peer(c), rq.status);
-    } else if (err) {
-        fprintf(stderr, "close on fd %d (from %s): %s\n", weft_chan_fd(c), weft_chan_peer(c),
-                strerror(err));
-    } else {
-        fprintf(stderr, "EOF on fd %d (from %s)\n", weft_chan_fd(c), weft_chan_peer(c));
-    }
+    if (!s->cfg->quiet)
+        log_end(c, rq.status, err);
     http_request_release(&rq);
 }
 

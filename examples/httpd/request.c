@@ -65,7 +65,7 @@ static bool time_left(weft_chan *c, int64_t deadline, const struct http_limits *
 {
     if (deadline < 0)
         return true;
-    int64_t left = deadline - weft_now();
+    int64_t left = deadline - http_coarse_ms();
     if (left <= 0)
         return false;
     weft_chan_set_timeouts(c, left, lim->write_timeout_ms);
@@ -357,7 +357,7 @@ int http_request_read(weft_chan *c, struct http_request *r, const struct http_li
     int rc = first_line(c, r, lim);
     if (rc <= 0)
         return rc;
-    int64_t deadline = lim->idle_timeout_ms >= 0 ? weft_now() + lim->idle_timeout_ms : -1;
+    int64_t deadline = lim->idle_timeout_ms >= 0 ? http_coarse_ms() + lim->idle_timeout_ms : -1;
     struct framing f = {0};
     size_t budget = lim->max_headers;
     if (header_lines(c, r, &f, &budget, deadline, lim) != 0)
