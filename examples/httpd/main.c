@@ -65,7 +65,7 @@ static void linger(weft_chan *c)
     if (weft_shutdown(c) != 0)
         return;
     int64_t end = weft_now() + LINGER_MS;
-    char sink[2048];
+    char sink[512]; /* (small: every connection's stack keeps what its deepest call touched) */
     for (size_t total = 0; total < LINGER_BYTES;) {
         int64_t left = end - weft_now();
         if (left <= 0)

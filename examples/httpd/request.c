@@ -247,7 +247,7 @@ static int header_lines(weft_chan *c, struct http_request *r, struct framing *f,
 static int drop_bytes(weft_chan *c, struct http_request *r, uint64_t n, int64_t deadline,
                       const struct http_limits *lim)
 {
-    char sink[2048];
+    char sink[512]; /* (small: every connection's stack keeps what its deepest call touched) */
     while (n > 0) {
         if (!time_left(c, deadline, lim))
             return fail(r, 408);
@@ -335,7 +335,7 @@ static int first_line(weft_chan *c, struct http_request *r, const struct http_li
 {
     weft_chan_set_maxline(c, lim->max_line);
     weft_chan_set_timeouts(c, lim->idle_timeout_ms, lim->write_timeout_ms);
-    for (int blank = 0; blank < 8; blank++) {
+    for (int blank = 0; blank <= 8; blank++) { /* up to 8 empty lines skipped */
         size_t len;
         const char *line = weft_gets(c, &len);
         if (!line && (errno == 0 || errno == ECONNRESET))

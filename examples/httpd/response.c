@@ -11,8 +11,9 @@
 #include <unistd.h>
 
 #define HEAD_MAX 640           /* the longest header block (a 206's) with room to spare */
-#define INLINE_BODY 2048       /* bodies up to this go in the stack buffer; up to read_max, a
-                                  heap one */
+#define INLINE_BODY 512        /* bodies up to this go in the stack buffer; up to read_max, a
+                                  heap one (a larger frame would keep another page of every
+                                  connection's stack resident) */
 #define SENDFILE_STEP (1u << 20) /* bytes per weft_sendfile: its write timeout counts per call,
                                     so a client must take a MiB per timeout, not the file */
 
