@@ -35,6 +35,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
     } while (0)
 
 static int rootfd = -1;
+static char root_dir[] = "/tmp/fuzz-httpd-XXXXXX";
+
+/* The tree goes when the fuzzer exits (libFuzzer has no teardown hook). */
+static void remove_root(void)
+{
+    static const char *const names[] = {"a", "b.html", "c.bin", "e", "index.html",
+                                        "d/index.html", "l", "d"};
+    char path[300];
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", root_dir, names[i]);
+        if (unlink(path) != 0)
+            rmdir(path);
+    }
+    rmdir(root_dir);
+}
 
 static void put_file(const char *dir, const char *name, size_t n)
 {
@@ -56,8 +71,9 @@ static void put_file(const char *dir, const char *name, size_t n)
 /* The served tree, made once: files of a few sizes, a directory with an index, a link. */
 static void make_root(void)
 {
-    char dir[] = "/tmp/fuzz-httpd-XXXXXX", path[300];
+    char *dir = root_dir, path[300];
     REQUIRE(mkdtemp(dir));
+    atexit(remove_root);
     snprintf(path, sizeof path, "%s/d", dir);
     REQUIRE(mkdir(path, 0755) == 0);
     put_file(dir, "a", 13);
