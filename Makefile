@@ -94,15 +94,19 @@ else
 endif
 LIB_OBJ := $(patsubst %,$(O)/%.o,$(LIB_SRC))
 
-EXAMPLES := echo echo-blocking echo-events chat client kv
+EXAMPLES := echo echo-blocking echo-events chat client kv httpd
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
 # examples/kv: a Redis-protocol server; its parts (all but main.c) also go into the fuzz target.
 KV_PARTS := request reply store glob commands introspect
 KV_OBJ   := $(patsubst %,$(O)/kv-obj/%.o,$(KV_PARTS))
+# examples/httpd: an HTTP/1.1 file server; its parts (all but main.c) also go into the fuzz
+# target.
+HTTPD_PARTS := request parse date path mime fcache response
+HTTPD_OBJ   := $(patsubst %,$(O)/httpd-obj/%.o,$(HTTPD_PARTS))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
             test_examples test_chat test_kv test_kv_hostile test_kv_replay \
-            test_dump test_gdb
+            test_dump test_gdb test_httpd test_httpd_hostile
 TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
 .DEFAULT_GOAL := all
 include hook/hook.mk
@@ -160,6 +164,13 @@ $(O)/examples/kv: $(O)/kv-obj/main.o $(KV_OBJ) $(O)/libweft.a
 $(O)/kv-obj/%.o: examples/kv/%.c $(wildcard examples/kv/*.h) include/weft.h Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+# (The same for httpd: $(O)/examples/httpd is the program.)
+$(O)/examples/httpd: $(O)/httpd-obj/main.o $(HTTPD_OBJ) $(O)/libweft.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(O)/httpd-obj/%.o: examples/httpd/%.c $(wildcard examples/httpd/*.h) include/weft.h Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 
 # The kv tests talk to examples/kv with redis-cli, redis-benchmark, redis-server and, where
 # its headers are there for this compiler, hiredis.
@@ -172,6 +183,14 @@ $(O)/tests/kvtest.c.o: tests/kvtest.h
 $(O)/tests/test_kv: $(O)/tests/test_kv.c.o $(KV_TEST_SUPPORT) $(O)/examples/kv
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS) $(if $(filter 1,$(HIREDIS)),-lhiredis)
 $(O)/tests/test_kv_%: $(O)/tests/test_kv_%.c.o $(KV_TEST_SUPPORT) $(O)/examples/kv
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS)
+
+# The httpd tests talk to examples/httpd with curl and over raw sockets.
+HTTPD_TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/httpdtest.c.o
+$(O)/tests/test_httpd.c.o $(O)/tests/test_httpd_hostile.c.o $(O)/tests/httpdtest.c.o: \
+    tests/httpdtest.h
+$(O)/tests/test_httpd $(O)/tests/test_httpd_hostile: $(O)/tests/%: $(O)/tests/%.c.o \
+    $(HTTPD_TEST_SUPPORT) $(O)/examples/httpd
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS)
 
 $(O)/tests/%: $(O)/tests/%.c.o $(TEST_SUPPORT) $(O)/libweft.a

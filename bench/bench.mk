@@ -141,3 +141,17 @@ else
 bench-tls bench-tls-ab:
 	@echo "note: built without OpenSSL (apt-get install libssl-dev): no TLS benchmark"
 endif
+
+# ---- examples/httpd against nginx and h2o (bench/httpd_bench.c) ----
+#   make bench-httpd           wrk -t1 at 100 and 1,000 connections, a 13-byte and a 64 KiB
+#                              file, against httpd, nginx and h2o, 3 reps of 10 s (~6 min)
+#   HTTPD_BENCH_ARGS="-a '--fd-cache 0'"   one more httpd, with these flags, in the same run
+HTTPD_BENCH_ARGS ?=
+$(O)/bench/httpd_bench: $(O)/bench/httpd_bench.c.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: bench-httpd
+bench: bench-httpd
+
+bench-httpd: $(O)/bench/httpd_bench $(O)/examples/httpd
+	$(BENCH_LOCK) $(RUN) $(O)/bench/httpd_bench -b $(O) $(BENCH_QUICK) $(HTTPD_BENCH_ARGS)

@@ -275,3 +275,23 @@ int under_qemu(void)
     const char *run = getenv("WEFT_RUN");
     return run && strstr(run, "qemu") != NULL;
 }
+
+int have_program(const char *name)
+{
+    if (strchr(name, '/'))
+        return access(name, X_OK) == 0;
+    const char *path = getenv("PATH");
+    if (!path)
+        path = "/usr/bin:/bin";
+    char dir[1024];
+    while (*path) {
+        size_t n = strcspn(path, ":");
+        char full[1200];
+        snprintf(dir, sizeof dir, "%.*s", (int)n, path);
+        snprintf(full, sizeof full, "%s/%s", dir[0] ? dir : ".", name);
+        if (access(full, X_OK) == 0)
+            return 1;
+        path += n + (path[n] == ':');
+    }
+    return 0;
+}

@@ -56,5 +56,7 @@ int under_valgrind(void);
 int under_qemu(void);
 /* Count this process's open file descriptors. */
 int count_open_fds(void);
+/* Whether an executable of this name is on $PATH (or, for a path, exists). */
+int have_program(const char *name);
 
 #endif

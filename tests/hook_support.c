@@ -136,22 +136,6 @@ void wait_port_open(int port, int timeout_ms)
     }
 }
 
-bool have_program(const char *name)
-{
-    if (strchr(name, '/'))
-        return access(name, X_OK) == 0;
-    const char *path = getenv("PATH") ? getenv("PATH") : "/usr/bin:/bin";
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *dir = strtok(buf, ":"); dir; dir = strtok(NULL, ":")) {
-        char full[4200];
-        snprintf(full, sizeof full, "%s/%s", dir, name);
-        if (access(full, X_OK) == 0)
-            return true;
-    }
-    return false;
-}
-
 pid_t start_process(char *const argv[], const char *log, const char *user)
 {
     struct passwd *pw = user && geteuid() == 0 ? getpwnam(user) : NULL;

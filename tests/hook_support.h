@@ -40,7 +40,6 @@ void wait_port_open(int port, int timeout_ms);
 /* Start argv (a path or a name on $PATH) with stdout and stderr to log (NULL: /dev/null); as
  * user (if given and we are root) instead of root. Returns its pid. */
 pid_t start_process(char *const argv[], const char *log, const char *user);
-/* Whether an executable of this name is on $PATH (or the path exists). */
-bool have_program(const char *name);
+/* (have_program: harness.h) */
 
 #endif

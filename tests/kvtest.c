@@ -26,24 +26,6 @@ static void write_all_fd(int fd, const char *p, size_t n)
     }
 }
 
-bool have_program(const char *name)
-{
-    const char *path = getenv("PATH");
-    if (!path)
-        path = "/usr/bin:/bin";
-    char dir[1024];
-    while (*path) {
-        size_t n = strcspn(path, ":");
-        char full[1200];
-        snprintf(dir, sizeof dir, "%.*s", (int)n, path);
-        snprintf(full, sizeof full, "%s/%s", dir[0] ? dir : ".", name);
-        if (access(full, X_OK) == 0)
-            return true;
-        path += n + (path[n] == ':');
-    }
-    return false;
-}
-
 void kv_start(struct kv_proc *p, const char *const *extra)
 {
     char *argv[32] = {"examples/kv", "-p", "0", "-q"};

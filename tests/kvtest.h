@@ -14,8 +14,6 @@ struct kv_proc {
     char dir[64]; /* redis-server's temporary directory ("" for kv) */
 };
 
-/* Whether a program is on $PATH. */
-bool have_program(const char *name);
 /* Start build/examples/kv -p 0 -q with the extra arguments (NULL-terminated). */
 void kv_start(struct kv_proc *p, const char *const *extra);
 /* Start redis-server --save '' --appendonly no --port P --bind 127.0.0.1 in a temp dir. */

@@ -3,7 +3,7 @@
 #   make fuzz                   build every target with clang and run each for FUZZ_SECONDS
 #   make fuzz FUZZ_SECONDS=600  longer
 #   make fuzz-build             build only
-#   make fuzz-gets / fuzz-addr / fuzz-kv  one target
+#   make fuzz-gets / fuzz-addr / fuzz-kv / fuzz-httpd  one target
 #
 # Each target is built from the library sources themselves (not libweft.a, which may come
 # from gcc), instrumented with -fsanitize=fuzzer,address,undefined, into $(O)/fuzz/. It runs
@@ -17,7 +17,7 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  ?= -g -O1 -fno-omit-frame-pointer
 FUZZ_SAN     := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_NAMES   := gets addr kv
+FUZZ_NAMES   := gets addr kv httpd
 FUZZ_DIR     := $(O)/fuzz
 FUZZ_BIN     := $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_NAMES))
 FUZZ_RUNS    := $(addprefix fuzz-,$(FUZZ_NAMES))
@@ -31,6 +31,12 @@ FUZZ_MAXLEN_addr := 512
 FUZZ_MAXLEN_kv := 16384
 FUZZ_EXTRA_kv := $(patsubst %,examples/kv/%.c,$(KV_PARTS)) -Iexamples/kv
 $(FUZZ_DIR)/fuzz_kv: $(patsubst %,examples/kv/%.c,$(KV_PARTS)) $(wildcard examples/kv/*.h)
+# examples/httpd's request reader and responder: a pipeline of requests with their headers
+# fits in 8 KiB, and byte 0 can shrink the limits.
+FUZZ_MAXLEN_httpd := 8192
+FUZZ_EXTRA_httpd := $(patsubst %,examples/httpd/%.c,$(HTTPD_PARTS)) -Iexamples/httpd
+$(FUZZ_DIR)/fuzz_httpd: $(patsubst %,examples/httpd/%.c,$(HTTPD_PARTS)) \
+    $(wildcard examples/httpd/*.h)
 
 .PHONY: fuzz fuzz-build $(FUZZ_RUNS)
 fuzz: $(FUZZ_RUNS)
