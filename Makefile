@@ -95,9 +95,10 @@ EXAMPLES := echo echo-blocking echo-events chat client
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
-            test_examples test_chat
+            test_examples test_chat test_tls
 TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
-TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
+TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o \
+                $(O)/tests/tls_util.c.o
 
 # The Tcl package (tcl/) is built where Tcl 8.6's headers are and the build is native (a cross
 # compiler has no Tcl to link against); its tests run too unless programs run through $(RUN)
@@ -120,6 +121,8 @@ tests: $(TEST_BIN) $(O)/tests/echoload $(O)/tests/soak
 $(O)/%.c.o: %.c include/weft.h src/internal.h src/transport.h src/chan.h src/sys.h Makefile
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(TEST_BIN:%=%.c.o) $(TEST_SUPPORT): tests/harness.h tests/servers.h tests/tls_util.h
 
 $(O)/%.S.o: %.S Makefile
 	@mkdir -p $(dir $@)
