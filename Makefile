@@ -95,7 +95,7 @@ EXAMPLES := echo echo-blocking echo-events chat client
 EX_BIN   := $(addprefix $(O)/examples/,$(EXAMPLES))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
-            test_examples test_chat test_tls
+            test_examples test_chat test_tls test_tls_peers test_tls_hostile
 TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
 TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o \
                 $(O)/tests/tls_util.c.o

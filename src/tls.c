@@ -290,6 +290,15 @@ static void make_bio_method(void)
 
 /* ---- Errors ---- */
 
+/* The connection is broken for good: only a close is left. Writes fail at once with err (the
+ * transport's sticky error), and a close does not try to flush into it. */
+static void fail(tls *s, int err)
+{
+    s->failed = true;
+    if (!s->t.err)
+        s->t.err = err;
+}
+
 /* Note why OpenSSL failed (its reason, or the verification's), and the errno it means. */
 static int failure(tls *s, int ssl_err)
 {
@@ -316,7 +325,8 @@ static int failure(tls *s, int ssl_err)
     }
     ERR_clear_error();
     s->lower_errno = 0;
-    s->failed = err == EPROTO || s->failed;
+    if (err == EPROTO)
+        fail(s, EPROTO);
     return err;
 }
 
@@ -667,6 +677,7 @@ static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t 
             return -1; /* (EBADF: c may be gone) */
         if (rc == 1) {
             s->handshaken = true;
+            s->want_below = false; /* (what came with the peer's last flight is to be read) */
             const unsigned char *p;
             unsigned len;
             SSL_get0_alpn_selected(s->ssl, &p, &len);
@@ -677,11 +688,13 @@ static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t 
             return 0;
         }
         if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-            errno = failure(s, e);
-            s->failed = true;
+            int err = failure(s, e);
+            fail(s, err);
+            errno = err;
             return -1;
         }
-        /* Our flight goes as the peer reads; wait for the peer's. */
+        /* Wait for the peer's flight; a part of a record OpenSSL holds is no input yet. */
+        s->want_below = true;
         if (chan_wait_transport(c, WEFT_READABLE, deadline) != 0)
             return -1; /* (EBADF: c may be gone) */
     }

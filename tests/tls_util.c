@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <dirent.h>
+#include <signal.h>
 #include <stdint.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -573,6 +574,33 @@ pid_t spawn_tool(char *const argv[], int *in_fd, int *out_fd, int *err_fd)
         *err_fd = er[0];
     }
     return pid;
+}
+
+pid_t spawn_built(char *const argv[], int *in_fd, int *out_fd, int *err_fd)
+{
+    const char *build = getenv("WEFT_BUILD") ? getenv("WEFT_BUILD") : "build";
+    const char *run = getenv("WEFT_RUN");
+    char cmd[2048];
+    int len = snprintf(cmd, sizeof cmd, "exec %s '%s/%s'", run ? run : "", build, argv[0]);
+    for (int i = 1; argv[i]; i++)
+        len += snprintf(cmd + len, sizeof cmd - (size_t)len, " '%s'", argv[i]);
+    CHECK(len < (int)sizeof cmd);
+    char *sh[] = {"/bin/sh", "-c", cmd, NULL};
+    return spawn_tool(sh, in_fd, out_fd, err_fd);
+}
+
+void write_pipe(int fd, const void *buf, size_t n)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        CHECK(w > 0);
+        p += w;
+        n -= (size_t)w;
+    }
 }
 
 char *read_all_fd(int fd, int timeout_ms, size_t *len)

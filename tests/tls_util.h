@@ -99,6 +99,11 @@ void tls_ask(int port, const char *q, char *answer, size_t cap);
 /* Start argv (PATH is searched) with stdin and stdout on pipes (*in_fd, *out_fd: -1 to get
  * /dev/null instead) and stderr to *err_fd if given, else /dev/null. Its pid. */
 pid_t spawn_tool(char *const argv[], int *in_fd, int *out_fd, int *err_fd);
+/* The same for a program built here (argv[0] relative to the build directory), run through
+ * $WEFT_RUN (qemu, valgrind) as spawn_program runs it. */
+pid_t spawn_built(char *const argv[], int *in_fd, int *out_fd, int *err_fd);
+/* Write all of buf to a pipe (SIGPIPE is ignored: a program gone fails the test instead). */
+void write_pipe(int fd, const void *buf, size_t n);
 /* Read from fd until it ends or timeout_ms passes without data; NUL-terminated, malloc'd. */
 char *read_all_fd(int fd, int timeout_ms, size_t *len);
 /* Whether a tool runs here ("python3 -c 'import ssl'" and the like): exit status 0. */
