@@ -675,7 +675,10 @@ static void writer_that_outruns_its_reader_parks(void)
     for (int mode = 0; mode < 2; mode++) {
         struct bulk b = {.total = (size_t)test_scale(8) << 20};
         raw_pair(&b.c, &b.r, false);
-        int small = 16 * 1024;
+        /* Small socket buffers, but not smaller than loopback's 64 KiB segments: a receive
+         * buffer under one segment stalls the sender on zero-window probes (200 ms each; 16
+         * KiB made this test take 40 s). */
+        int small = 64 * 1024;
         setsockopt(weft_chan_fd(b.c), SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
         setsockopt(b.r->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
         CHECK(weft_chan_set_buffering(b.c, mode ? WEFT_BUF_LINE : WEFT_BUF_FULL) == 0);
@@ -836,8 +839,7 @@ static void *write_record_in_two(void *p)
     write_all(r->fd, rec, 7);
     usleep(500 * 1000);
     write_all(r->fd, rec + 7, (size_t)n - 7);
-    BIO_up_ref(sock);
-    SSL_set_bio(r->ssl, sock, sock); /* back to the socket (frees mem) */
+    SSL_set_bio(r->ssl, sock, sock); /* back to the socket (frees mem; the SSL refs sock) */
     raw_close(r, RAW_NOTIFY);
     return NULL;
 }
