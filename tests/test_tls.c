@@ -292,8 +292,6 @@ static int connect_to(const char *certfile, const char *keyfile, weft_tls *ctx,
 {
     int sv[2];
     tcp_pair(sv);
-    weft_chan *c = weft_chan_open(sv[0]);
-    CHECK(c);
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) { /* a process of its own: the raw server with this certificate */
@@ -306,6 +304,8 @@ static int connect_to(const char *certfile, const char *keyfile, weft_tls *ctx,
         _exit(0);
     }
     close(sv[1]);
+    weft_chan *c = weft_chan_open(sv[0]);
+    CHECK(c);
     int rc = weft_tls_connect(c, ctx, name, in_ms(20000));
     int err = errno;
     snprintf(why, whylen, "%s", weft_tls_error(c));
@@ -632,7 +632,7 @@ static void buffering_modes_over_tls(void)
 struct bulk {
     weft_chan *c;
     raw_tls *r;
-    volatile int done;
+    int done;
     size_t total;
 };
 
@@ -646,7 +646,7 @@ static void *write_bulk(void *p)
         CHECK(weft_write(b->c, block, sizeof block) == (ssize_t)sizeof block);
     }
     CHECK(weft_flush(b->c) == 0);
-    b->done = 1;
+    __atomic_store_n(&b->done, 1, __ATOMIC_RELEASE);
     return NULL;
 }
 
@@ -654,7 +654,7 @@ static void *slow_raw_reader(void *p)
 {
     struct bulk *b = p;
     usleep(300 * 1000);
-    CHECK(!b->done); /* the writer is parked, not buffering megabytes */
+    CHECK(!__atomic_load_n(&b->done, __ATOMIC_ACQUIRE)); /* parked, not buffering megabytes */
     static char block[1000];
     for (size_t i = 0; i < b->total / sizeof block; i++) {
         raw_read_exact(b->r, block, sizeof block);

@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <errno.h>
@@ -62,7 +63,6 @@ void test_teardown(void)
 #include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <poll.h>
-#include <pthread.h>
 #include <sys/socket.h>
 
 /* Make group ("" for the base set, "rsa", "big") unless a run of this harness made it. */
@@ -85,7 +85,10 @@ static void make_certs(const char *dir, const char *group)
     CHECK(rc == 0);
 }
 
-const char *cert(const char *name)
+/* (Client threads of a test ask too: one at a time.) */
+static pthread_mutex_t cert_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static const char *cert_locked(const char *name)
 {
     static char dir[64];
     static char paths[16][128];
@@ -105,6 +108,14 @@ const char *cert(const char *name)
     snprintf(paths[used], sizeof paths[used], "%s/%s", dir, name);
     CHECK(access(paths[used], R_OK) == 0);
     return paths[used++];
+}
+
+const char *cert(const char *name)
+{
+    pthread_mutex_lock(&cert_lock);
+    const char *path = cert_locked(name);
+    pthread_mutex_unlock(&cert_lock);
+    return path;
 }
 
 void tcp_pair(int sv[2])
@@ -158,6 +169,7 @@ static void ssl_reason(SSL *ssl, char *err, size_t errlen)
 
 static raw_tls *raw_new(int fd, SSL_CTX *ctx)
 {
+    signal(SIGPIPE, SIG_IGN); /* a peer gone fails the test with a reason, not a signal */
     raw_tls *r = calloc(1, sizeof *r);
     CHECK(r);
     r->fd = fd;
@@ -476,6 +488,11 @@ void *peer_join(peer *p)
     CHECK(pthread_join(p->tid, &result) == 0);
     free(p);
     return result;
+}
+
+int handshake_ms(int ms)
+{
+    return test_scale(10) < 10 ? 5 * ms : ms;
 }
 
 /* ---- weft contexts ---- */

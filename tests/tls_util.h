@@ -83,6 +83,10 @@ typedef struct peer peer;
 peer *peer_start(void *(*fn)(void *), void *arg);
 void *peer_join(peer *p);
 
+/* A timeout of ms for a server's handshakes, longer where everything runs slowly
+ * (WEFT_TEST_LIGHT: valgrind, ThreadSanitizer), so that good clients keep up with it. */
+int handshake_ms(int ms);
+
 /* ---- weft contexts for the test certificates ---- */
 weft_tls *server_ctx(const char *name); /* name.pem and name.key ("leaf", "rsa") */
 weft_tls *client_ctx(void);             /* trusts ca.pem */
