@@ -809,6 +809,10 @@ transport *chan_transport(const weft_chan *c)
 
 int chan_wait_transport(weft_chan *c, int events, int64_t deadline)
 {
+    if (events == WEFT_READABLE && c->input_stopped) {
+        errno = ECANCELED; /* a graceful shutdown: no more waiting for input, as in reads */
+        return -1;
+    }
     ref_enter(&c->ref);
     transport *t = c->t;
     int rc = events == WEFT_READABLE ? t->ops->wait_input(t, deadline)

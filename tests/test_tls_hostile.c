@@ -18,6 +18,7 @@
     X(garbage_and_plain_text_fail_the_handshake_and_say_why, 120)                              \
     X(clients_that_stop_mid_handshake_are_dropped, 120)                                        \
     X(connect_reset_storms_during_handshakes_leak_nothing, 600)                                \
+    X(a_shutdown_ends_handshakes_under_way_and_in_the_backlog, 60)                             \
     X(memory_of_an_idle_tls_connection, 600)
 
 #ifdef WEFT_HAVE_TLS
@@ -302,6 +303,38 @@ static void connect_reset_storms_during_handshakes_leak_nothing(void)
     raw_close(good, RAW_NOTIFY);
     free(hello);
     stop_tls_server(&ts, ctx);
+}
+
+/* A graceful shutdown (SIGTERM, no grace) stops every handler's input: handshakes waiting
+ * for their client end at once, and so do those of clients still in the listen backlog
+ * (started with their input stopped), instead of waiting for the handshake timeout (60 s
+ * here; the test's own limit is 60 s). */
+static void a_shutdown_ends_handshakes_under_way_and_in_the_backlog(void)
+{
+    weft_tls *ctx = server_ctx("leaf");
+    weft_server_opts o = {.tls = ctx, .handshake_timeout_ms = 60000, .max_conns = 5};
+    struct test_server ts;
+    test_server_asker = tls_ask;
+    test_server_start(&ts, &o, 0);
+    size_t hello_len;
+    unsigned char *hello = client_hello(&hello_len, NULL);
+    enum { N = 20 };
+    int fds[N];
+    for (int i = 0; i < N; i++) { /* 5 in handshakes, 15 in the backlog */
+        fds[i] = tcp_connect_loopback(ts.port);
+        if (i % 2)
+            write_all(fds[i], hello, hello_len / 2);
+    }
+    usleep(200 * 1000);
+    int64_t t0 = weft_now();
+    test_server_stop(&ts); /* exits 0, with nothing leaked (sanitizers, valgrind) */
+    fprintf(stderr, "  the server ended %lld ms after SIGTERM\n", (long long)(weft_now() - t0));
+    for (int i = 0; i < N; i++) {
+        CHECK(closed_by_server(fds[i]) || readable_within(fds[i], 1000));
+        close(fds[i]);
+    }
+    free(hello);
+    weft_tls_free(ctx);
 }
 
 /* Resident memory per idle connection in a server holding n of them, each of which has
