@@ -350,12 +350,12 @@ static long idle_bytes_each(int tls, int n)
     weft_server_opts o = {.tls = ctx};
     test_server_asker = tls ? tls_ask : NULL;
     test_server_start(&ts, &o, 0);
-    size_t slots = n > 200 ? (size_t)n : 200; /* (the warm-up's 200 too) */
-    raw_tls **r = calloc(slots, sizeof *r);
-    int *fds = calloc(slots, sizeof *fds);
+    int warm = n >= 200 ? 200 : n;
+    raw_tls **r = calloc((size_t)n, sizeof *r);
+    int *fds = calloc((size_t)n, sizeof *fds);
     CHECK(r && fds);
-    /* Warm-up: 200 at once, gone again; then the baseline. */
-    for (int i = 0; i < 200; i++) {
+    /* Warm-up: 200 at once (or all n), gone again; then the baseline. */
+    for (int i = 0; i < warm; i++) {
         if (tls) {
             r[i] = raw_connect(ts.port, NULL);
             raw_expect_echo(r[i], "warm");
@@ -364,7 +364,7 @@ static long idle_bytes_each(int tls, int n)
             expect_echo(fds[i], "warm");
         }
     }
-    for (int i = 0; i < 200; i++)
+    for (int i = 0; i < warm; i++)
         tls ? raw_close(r[i], RAW_NOTIFY) : (void)close(fds[i]);
     struct server_counts sc;
     for (int i = 0; i < 600; i++) {
@@ -399,7 +399,7 @@ static long idle_bytes_each(int tls, int n)
  * more pages of the coroutine's stack that OpenSSL's calls have touched). */
 static void memory_of_an_idle_tls_connection(void)
 {
-    int n = memory_is_measurable() ? 1000 : 50; /* (elsewhere the figure means little) */
+    int n = memory_is_measurable() ? 1000 : 20; /* (elsewhere the figure means little) */
     long plain = idle_bytes_each(0, n), tls = idle_bytes_each(1, n);
     fprintf(stderr, "  %d idle connections in one server: %ld bytes each plain, %ld with TLS "
                     "(+%ld)%s\n", n, plain, tls, tls - plain,
