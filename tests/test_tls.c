@@ -162,6 +162,19 @@ static void handshake_tells_version_cipher_and_peer(void)
         CHECK(weft_gets(s, &len) == NULL && errno == 0 && weft_eof(s)); /* close_notify */
         CHECK(weft_close(s) == 0);
     }
+    /* Each channel's answers are its own and last until it closes. */
+    weft_tls *other = server_ctx("other"), *leaf = server_ctx("leaf"), *any = client_ctx();
+    CHECK(weft_tls_set_verify(any, 0) == 0); /* (other.pem is not for localhost) */
+    weft_chan *s1, *c1, *s2, *c2;
+    weft_pair(&s1, &c1, other, any);
+    weft_pair(&s2, &c2, leaf, any);
+    const char *first = weft_tls_peer_subject(c1), *second = weft_tls_peer_subject(c2);
+    CHECK(strcmp(first, "CN=other.example") == 0);
+    CHECK(strcmp(second, "O=weft tests,CN=localhost") == 0);
+    CHECK(strcmp(first, "CN=other.example") == 0); /* not overwritten by the second */
+    CHECK(weft_tls_peer_subject(c1) == first);
+    weft_close(c1), weft_close(s1), weft_close(c2), weft_close(s2);
+    weft_tls_free(other), weft_tls_free(leaf), weft_tls_free(any);
     /* A plain channel is not a TLS one. */
     int sv[2];
     tcp_pair(sv);
