@@ -167,6 +167,17 @@ static void ssl_reason(SSL *ssl, char *err, size_t errlen)
     ERR_clear_error();
 }
 
+/* Whether the blocking SSL call that returned ret was only interrupted, to be made again:
+ * io_uring's task work for this process's ring (a test's weft side) interrupts a system
+ * call that sleeps with a timeout (ours have SO_RCVTIMEO) with EINTR. */
+static int interrupted(SSL *ssl, int ret)
+{
+    int saved = errno;
+    int e = SSL_get_error(ssl, ret);
+    errno = saved;
+    return (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) && saved == EINTR;
+}
+
 static raw_tls *raw_new(int fd, SSL_CTX *ctx)
 {
     signal(SIGPIPE, SIG_IGN); /* a peer gone fails the test with a reason, not a signal */
@@ -220,7 +231,10 @@ raw_tls *raw_client(int fd, const raw_opts *o, char *err, size_t errlen)
         SSL_set_msg_callback_arg(r->ssl, r);
     }
     CHECK(SSL_set_fd(r->ssl, fd) == 1);
-    if (SSL_connect(r->ssl) != 1) {
+    int rc;
+    while ((rc = SSL_connect(r->ssl)) != 1 && interrupted(r->ssl, rc)) {
+    }
+    if (rc != 1) {
         ssl_reason(r->ssl, err, errlen);
         raw_free(r);
         return NULL;
@@ -237,7 +251,10 @@ raw_tls *raw_server(int fd, const char *certfile, const char *keyfile)
     CHECK(SSL_CTX_use_PrivateKey_file(ctx, keyfile, SSL_FILETYPE_PEM) == 1);
     raw_tls *r = raw_new(fd, ctx);
     CHECK(SSL_set_fd(r->ssl, fd) == 1);
-    if (SSL_accept(r->ssl) != 1) {
+    int rc;
+    while ((rc = SSL_accept(r->ssl)) != 1 && interrupted(r->ssl, rc)) {
+    }
+    if (rc != 1) {
         ERR_clear_error();
         raw_free(r);
         return NULL;
@@ -250,7 +267,10 @@ void raw_write(raw_tls *r, const void *p, size_t n)
     size_t done = 0;
     if (n == 0)
         return;
-    if (SSL_write_ex(r->ssl, p, n, &done) != 1 || done != n) {
+    int rc;
+    while ((rc = SSL_write_ex(r->ssl, p, n, &done)) != 1 && interrupted(r->ssl, rc)) {
+    }
+    if (rc != 1 || done != n) {
         char why[160];
         ssl_reason(NULL, why, sizeof why);
         fprintf(stderr, "  raw_write: %s (errno %d)\n", why, errno);
@@ -268,7 +288,10 @@ void raw_read_exact(raw_tls *r, void *p, size_t n)
     char *at = p;
     while (n > 0) {
         size_t got = 0;
-        if (SSL_read_ex(r->ssl, at, n, &got) != 1) {
+        int rc = SSL_read_ex(r->ssl, at, n, &got);
+        if (rc != 1 && interrupted(r->ssl, rc))
+            continue;
+        if (rc != 1) {
             char why[160];
             ssl_reason(NULL, why, sizeof why);
             fprintf(stderr, "  raw_read_exact: SSL error %d: %s (errno %d), %zu bytes short\n",
@@ -298,7 +321,8 @@ int raw_read_to_end(raw_tls *r)
     char buf[4096];
     for (;;) {
         size_t got;
-        if (SSL_read_ex(r->ssl, buf, sizeof buf, &got) == 1)
+        int rc = SSL_read_ex(r->ssl, buf, sizeof buf, &got);
+        if (rc == 1 || interrupted(r->ssl, rc))
             continue;
         int e = SSL_get_error(r->ssl, 0);
         ERR_clear_error();
@@ -462,7 +486,10 @@ raw_tls *raw_client_resume(SSL *ssl, int fd)
     r->fd = fd;
     r->ssl = ssl;
     CHECK(SSL_set_fd(ssl, fd) == 1); /* (frees the memory BIOs) */
-    if (SSL_connect(ssl) != 1) {
+    int rc;
+    while ((rc = SSL_connect(ssl)) != 1 && interrupted(ssl, rc)) {
+    }
+    if (rc != 1) {
         char why[160];
         ssl_reason(ssl, why, sizeof why);
         fprintf(stderr, "  raw_client_resume: %s\n", why);
