@@ -106,8 +106,9 @@ HTTPD_OBJ   := $(patsubst %,$(O)/httpd-obj/%.o,$(HTTPD_PARTS))
 
 TESTS    := test_ctx test_stack test_timer test_sched test_chan test_writers test_net test_serve test_hostile test_shutdown test_sync test_threads test_fork \
             test_examples test_chat test_kv test_kv_hostile test_kv_replay \
-            test_dump test_gdb test_httpd test_httpd_hostile
-TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o
+            test_dump test_gdb test_httpd test_httpd_hostile test_tls test_tls_peers test_tls_hostile
+TEST_SUPPORT := $(O)/tests/harness.c.o $(O)/tests/echoload.c.o $(O)/tests/servers.c.o \
+                $(O)/tests/tls_util.c.o
 .DEFAULT_GOAL := all
 include hook/hook.mk
 TEST_BIN := $(addprefix $(O)/tests/,$(TESTS))
@@ -133,6 +134,8 @@ tests: $(TEST_BIN) $(O)/tests/echoload $(O)/tests/soak
 $(O)/%.c.o: %.c include/weft.h src/internal.h src/transport.h src/chan.h src/sys.h src/hook_entry.h Makefile hook/hook.mk
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(TEST_BIN:%=%.c.o) $(TEST_SUPPORT): tests/harness.h tests/servers.h tests/tls_util.h
 
 $(O)/%.S.o: %.S Makefile
 	@mkdir -p $(dir $@)

@@ -103,6 +103,8 @@ int main(int argc, char **argv)
         if (weft_tls_connect(server, ctx, servername, deadline) != 0) {
             fprintf(stderr, "TLS handshake: %s\n",
                     errno == EPROTO ? weft_tls_error(server) : strerror(errno));
+            weft_close(server); /* (valgrind's leak check runs at exit) */
+            weft_tls_free(ctx);
             return 1;
         }
         weft_tls_free(ctx);

@@ -1042,6 +1042,10 @@ transport *chan_transport(const weft_chan *c)
 
 int chan_wait_transport(weft_chan *c, int events, int64_t deadline)
 {
+    if (events == WEFT_READABLE && c->input_stopped) {
+        errno = ECANCELED; /* a graceful shutdown: no more waiting for input, as in reads */
+        return -1;
+    }
     ref_enter(&c->ref);
     transport *t = c->t;
     int rc = events == WEFT_READABLE ? t->ops->wait_input(t, deadline)
@@ -1058,10 +1062,11 @@ int chan_push_transport(weft_chan *c, transport *upper, int64_t deadline)
         size_t have = c->rend - c->rstart;
         if (rc == 0 && have > 0) { /* the peer's first bytes of the new layer came early */
             rc = upper->ops->preload(upper, c->rbuf + c->rstart, have);
-            if (rc == 0)
-                c->rstart = c->rend = c->rscan = 0;
         }
         if (rc == 0) {
+            /* Emptied, and given back while c->t is still the transport that may have lent
+             * it (the upper one has nothing of it to release). */
+            rbuf_drop(c);
             WEFT_ASSERT(upper->below == c->t);
             c->t = upper;
         }

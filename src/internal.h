@@ -642,8 +642,9 @@ void chan_stop_input(weft_chan *c);
  * errno (ETIMEDOUT, EBADF: then c may be gone and upper is freed; ENOMEM). */
 int chan_push_transport(weft_chan *c, transport *upper, int64_t deadline);
 /* Wait, as a stay inside c, until c's transport may have input (WEFT_READABLE) or may take
- * output (WEFT_WRITABLE), or the deadline. 0, or -1: ETIMEDOUT, ECANCELED, EBADF (then c may
- * be gone). For a layered transport's handshake. */
+ * output (WEFT_WRITABLE), or the deadline. 0, or -1: ETIMEDOUT, ECANCELED (also at once for
+ * input once c's input is stopped), EBADF (then c may be gone). For a layered transport's
+ * handshake. */
 int chan_wait_transport(weft_chan *c, int events, int64_t deadline);
 /* The transport under c. */
 transport *chan_transport(const weft_chan *c);

@@ -40,6 +40,10 @@ typedef struct tls {
     weft_tls *owner;       /* the context, counted */
     bool handshaken;       /* the handshake finished */
     bool failed;           /* a fatal error: only close is left */
+    bool want_below;       /* the last read needs more from below: what OpenSSL holds is
+                              part of a record, not something to read now */
+    int read_err;          /* sticky: reads fail with it (the peer ended without close_notify,
+                              a protocol error) */
     char *out;             /* records OpenSSL wrote, not yet given below */
     size_t out_len, out_cap;
     char *pre;             /* bytes from below read before we were layered (preload) */
@@ -47,6 +51,7 @@ typedef struct tls {
     int lower_errno;       /* the lower transport's error behind a failed BIO call */
     char error[160];       /* the last failure, as text */
     char alpn[64];
+    char *subject;         /* the peer certificate's subject, once asked for */
 } tls;
 
 static BIO_METHOD *bio_method;
@@ -69,6 +74,10 @@ static weft_tls *ctx_new(bool server)
     atomic_init(&w->refs, 1);
     SSL_CTX_set_min_proto_version(w->ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(w->ctx, SSL_OP_NO_RENEGOTIATION);
+    /* Read what the socket has, not a record's header and then its body: one recv for
+     * several records, and a read that takes every record that came (pipelined requests,
+     * each its own record, are then all buffered and their replies leave together). */
+    SSL_CTX_set_read_ahead(w->ctx, 1);
     /* Idle connections keep no record buffers (measured in docs/tls.md). */
     SSL_CTX_set_mode(w->ctx, SSL_MODE_RELEASE_BUFFERS);
     return w;
@@ -281,6 +290,15 @@ static void make_bio_method(void)
 
 /* ---- Errors ---- */
 
+/* The connection is broken for good: only a close is left. Writes fail at once with err (the
+ * transport's sticky error), and a close does not try to flush into it. */
+static void fail(tls *s, int err)
+{
+    s->failed = true;
+    if (!s->t.err)
+        s->t.err = err;
+}
+
 /* Note why OpenSSL failed (its reason, or the verification's), and the errno it means. */
 static int failure(tls *s, int ssl_err)
 {
@@ -290,7 +308,8 @@ static int failure(tls *s, int ssl_err)
     if (ssl_err == SSL_ERROR_SYSCALL && s->lower_errno) {
         err = s->lower_errno;
         snprintf(s->error, sizeof s->error, "%s", strerror(err));
-    } else if (verify != X509_V_OK && !s->handshaken) {
+    } else if (verify != X509_V_OK && !s->handshaken &&
+               (SSL_get_verify_mode(s->ssl) & SSL_VERIFY_PEER)) {
         snprintf(s->error, sizeof s->error, "certificate verify failed: %s",
                  X509_verify_cert_error_string(verify));
     } else if (e) {
@@ -306,7 +325,8 @@ static int failure(tls *s, int ssl_err)
     }
     ERR_clear_error();
     s->lower_errno = 0;
-    s->failed = err == EPROTO || s->failed;
+    if (err == EPROTO)
+        fail(s, EPROTO);
     return err;
 }
 
@@ -334,21 +354,47 @@ static int push_out(tls *s)
     return 0;
 }
 
+/* A read failed for good: reads fail with err from now on (a peer that ended without
+ * close_notify may have been cut short: its end must not look like a clean one). */
+static ssize_t read_failed(tls *s, int err)
+{
+    s->read_err = err;
+    errno = err;
+    return -1;
+}
+
 static ssize_t tls_recv(transport *t, void *buf, size_t n)
 {
     tls *s = (tls *)t;
+    if (s->read_err)
+        return read_failed(s, s->read_err);
     if (s->failed || !s->handshaken) {
         errno = EPROTO;
         return -1;
     }
-    size_t got = 0;
+    /* Every record already here, as far as buf goes: replies to pipelined requests that came
+     * as records of their own can then leave together (line coalescing). */
+    size_t total = 0;
+    int e = SSL_ERROR_NONE;
     ERR_clear_error();
-    int ok = SSL_read_ex(s->ssl, buf, n, &got);
-    int e = ok ? SSL_ERROR_NONE : SSL_get_error(s->ssl, 0);
+    while (total < n) {
+        size_t got = 0;
+        if (!SSL_read_ex(s->ssl, (char *)buf + total, n - total, &got)) {
+            e = SSL_get_error(s->ssl, 0);
+            break;
+        }
+        total += got;
+        if (!SSL_has_pending(s->ssl))
+            break;
+    }
+    s->want_below = e == SSL_ERROR_WANT_READ;
     if (push_out(s) != 0) /* (a TLS 1.3 key update's reply, say) */
-        return -1;
-    if (ok)
-        return (ssize_t)got;
+        return total > 0 ? (ssize_t)total : -1;
+    if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE &&
+        e != SSL_ERROR_ZERO_RETURN)
+        s->read_err = failure(s, e); /* (after the data before it, if any) */
+    if (total > 0)
+        return (ssize_t)total;
     switch (e) {
     case SSL_ERROR_ZERO_RETURN:
         return 0; /* close_notify: the end of the stream */
@@ -357,22 +403,26 @@ static ssize_t tls_recv(transport *t, void *buf, size_t n)
         errno = EAGAIN;
         return -1;
     default:
-        errno = failure(s, e);
-        return -1;
+        return read_failed(s, s->read_err);
     }
+}
+
+/* Bytes OpenSSL holds that a read can use now: not part of a record whose rest is still to
+ * come (after a read that wanted more, what it holds is that part). */
+static bool holds_input(tls *s)
+{
+    return s->pre_len > 0 || s->read_err || (!s->want_below && SSL_has_pending(s->ssl));
 }
 
 static bool tls_may_have_input(transport *t)
 {
-    tls *s = (tls *)t;
     transport *below = t->below;
-    return s->pre_len > 0 || SSL_has_pending(s->ssl) || below->ops->may_have_input(below);
+    return holds_input((tls *)t) || below->ops->may_have_input(below);
 }
 
 static int tls_wait_input(transport *t, int64_t deadline)
 {
-    tls *s = (tls *)t;
-    if (s->pre_len > 0 || SSL_has_pending(s->ssl))
+    if (holds_input((tls *)t))
         return 0;
     return t->below->ops->wait_input(t->below, deadline);
 }
@@ -411,6 +461,10 @@ static ssize_t encrypt(tls *s, const char *p, size_t n)
 {
     if (s->failed || !s->handshaken) {
         errno = EPROTO;
+        return -1;
+    }
+    if (SSL_get_shutdown(s->ssl) & SSL_SENT_SHUTDOWN) {
+        errno = EPIPE; /* after weft_shutdown, as on a socket shut down for writing */
         return -1;
     }
     size_t k = n < SEND_CHUNK ? n : SEND_CHUNK, done = 0;
@@ -488,9 +542,27 @@ static int tls_shutdown(transport *t)
     return t->below->ops->shutdown(t->below);
 }
 
+/* Take in what the peer has already sent, without waiting and within bounds, before the
+ * descriptor closes: a socket closed with unread input makes the kernel reset the connection
+ * instead of ending it, and a TLS 1.3 client that only wrote has unread input for sure (the
+ * server's session tickets, which come after the handshake). Application data in it goes,
+ * as a close drops it anyway. */
+static void take_pending_input(tls *s)
+{
+    char scratch[2048];
+    size_t got;
+    if (!s->handshaken || s->failed || s->read_err)
+        return;
+    for (int i = 0; i < 32 && SSL_read_ex(s->ssl, scratch, sizeof scratch, &got); i++) {
+    }
+    ERR_clear_error();
+}
+
 static int tls_close(transport *t)
 {
     tls_drop(t);
+    take_pending_input((tls *)t);
+    tls_drop(t); /* (what reading it made OpenSSL write: not sent on a closing socket) */
     return t->below->ops->close(t->below);
 }
 
@@ -500,6 +572,7 @@ static void tls_free(transport *t)
     if (t->below) /* (NULL when layering it failed: below is still the channel's) */
         t->below->ops->free(t->below);
     SSL_free(s->ssl); /* (and our BIO with it) */
+    free(s->subject);
     if (s->out)
         buf_give(s->out, s->out_cap);
     free(s->pre);
@@ -583,6 +656,18 @@ static tls *tls_new(weft_tls *w, transport *below, const char *servername)
     return s;
 }
 
+/* Wait until what the handshake wrote is sent: the peer answers a flight only once it has
+ * all of it. (In a coroutine the loop would send it as the peer reads; outside one nothing
+ * does while we wait for input.) 0, or -1 with errno. */
+static int send_flight(weft_chan *c, tls *s, int64_t deadline)
+{
+    transport *below = s->t.below;
+    while (transport_queued(below) > 0 && !transport_err(below))
+        if (chan_wait_transport(c, WEFT_WRITABLE, deadline) != 0)
+            return -1;
+    return 0; /* (a peer gone: the next SSL call finds out and says why) */
+}
+
 static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t deadline)
 {
     transport *below = chan_transport(c);
@@ -595,10 +680,11 @@ static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t 
         ERR_clear_error();
         int rc = SSL_do_handshake(s->ssl);
         int e = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, rc);
-        if (push_out(s) != 0)
-            return -1;
+        if (push_out(s) != 0 || send_flight(c, s, deadline) != 0)
+            return -1; /* (EBADF: c may be gone) */
         if (rc == 1) {
             s->handshaken = true;
+            s->want_below = false; /* (what came with the peer's last flight is to be read) */
             const unsigned char *p;
             unsigned len;
             SSL_get0_alpn_selected(s->ssl, &p, &len);
@@ -609,11 +695,13 @@ static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t 
             return 0;
         }
         if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-            errno = failure(s, e);
-            s->failed = true;
+            int err = failure(s, e);
+            fail(s, err);
+            errno = err;
             return -1;
         }
-        /* Our flight goes as the peer reads; wait for the peer's. */
+        /* Wait for the peer's flight; a part of a record OpenSSL holds is no input yet. */
+        s->want_below = true;
         if (chan_wait_transport(c, WEFT_READABLE, deadline) != 0)
             return -1; /* (EBADF: c may be gone) */
     }
@@ -664,22 +752,24 @@ const char *weft_tls_alpn(const weft_chan *c)
 
 const char *weft_tls_peer_subject(const weft_chan *c)
 {
-    static _Thread_local char subject[256];
     tls *s = tls_of(c);
-    X509 *cert = s && s->handshaken ? SSL_get1_peer_certificate(s->ssl) : NULL;
-    if (!cert)
+    if (!s || !s->handshaken)
         return NULL;
-    BIO *mem = BIO_new(BIO_s_mem());
-    const char *out = NULL;
+    if (s->subject) /* (made once: valid until c is closed, like the other answers) */
+        return s->subject;
+    X509 *cert = SSL_get0_peer_certificate(s->ssl);
+    BIO *mem = cert ? BIO_new(BIO_s_mem()) : NULL;
+    char *text;
+    long n;
     if (mem && X509_NAME_print_ex(mem, X509_get_subject_name(cert), 0,
-                                  XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
-        int n = BIO_read(mem, subject, sizeof subject - 1);
-        subject[n > 0 ? n : 0] = '\0';
-        out = subject;
+                                  XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0 &&
+        (n = BIO_get_mem_data(mem, &text)) >= 0 && (s->subject = malloc((size_t)n + 1))) {
+        memcpy(s->subject, text, (size_t)n);
+        s->subject[n] = '\0';
     }
     BIO_free(mem);
-    X509_free(cert);
-    return out;
+    ERR_clear_error();
+    return s->subject;
 }
 
 const char *weft_tls_error(const weft_chan *c)

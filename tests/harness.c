@@ -69,6 +69,8 @@ int main(int argc, char **argv)
         printf("%s %s.%s (%.0f ms)\n", ok ? "ok  " : "FAIL", prog, tests[i].name, ms);
         ok ? passed++ : failed++;
     }
+    if (test_teardown)
+        test_teardown();
     printf("%s: %d passed, %d failed\n", prog, passed, failed);
     return failed ? 1 : 0;
 }

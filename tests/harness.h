@@ -18,6 +18,10 @@ struct test {
 extern const struct test tests[];
 extern const size_t tests_count;
 
+/* Optional: defined by a test program (or its support code), run once in the harness
+ * process after every test has run, to remove what the tests shared (a temp dir). */
+void test_teardown(void) __attribute__((weak));
+
 /* Fail the running test with a message naming the place. */
 _Noreturn void check_failed(const char *expr, const char *file, int line);
 #define CHECK(cond) ((cond) ? (void)0 : check_failed(#cond, __FILE__, __LINE__))

@@ -37,10 +37,11 @@ static void handler(weft_chan *c, void *arg)
         if (strcmp(line, "stats") == 0) {
             weft_server_stats st;
             weft_server_get_stats(server, &st);
-            weft_printf(c, "%llu %llu %llu %llu %llu %llu %llu %llu\n",
+            weft_printf(c, "%llu %llu %llu %llu %llu %llu %llu %llu %llu\n",
                         (unsigned long long)st.accepted, (unsigned long long)st.active,
                         (unsigned long long)st.spawn_errors, (unsigned long long)st.limit_waits,
-                        ends.emsgsize, ends.etimedout, ends.ecanceled, ends.other);
+                        ends.emsgsize, ends.etimedout, ends.ecanceled, ends.other,
+                        (unsigned long long)st.tls_failures);
         } else if (strcmp(line, "fds") == 0) {
             weft_printf(c, "%d\n", count_open_fds());
         } else if (weft_putln(c, line, len) != 0) {
@@ -93,8 +94,14 @@ void test_server_stop(struct test_server *ts)
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0); /* shut down cleanly, no leak */
 }
 
+void (*test_server_asker)(int port, const char *q, char *answer, size_t cap);
+
 static void ask(struct test_server *ts, const char *q, char *answer, size_t cap)
 {
+    if (test_server_asker) {
+        test_server_asker(ts->port, q, answer, cap);
+        return;
+    }
     int fd = tcp_connect_loopback(ts->port);
     ask_line(fd, q, answer, cap, 20000);
     close(fd);
@@ -104,9 +111,9 @@ void test_server_counts(struct test_server *ts, struct server_counts *o)
 {
     char a[256];
     ask(ts, "stats", a, sizeof a);
-    CHECK(sscanf(a, "%llu %llu %llu %llu %llu %llu %llu %llu", &o->accepted, &o->active,
+    CHECK(sscanf(a, "%llu %llu %llu %llu %llu %llu %llu %llu %llu", &o->accepted, &o->active,
                  &o->spawn_errors, &o->limit_waits, &o->emsgsize, &o->etimedout,
-                 &o->ecanceled, &o->other) == 8);
+                 &o->ecanceled, &o->other, &o->tls_failures) == 9);
     o->active--; /* the asking connection itself */
 }
 

@@ -13,18 +13,22 @@ struct test_server {
 
 /* Fork a server with opts (NULL: defaults). Its handler echoes lines, answers the line
  * "stats" with "accepted active spawn_errors limit_waits emsgsize etimedout ecanceled
- * other" (how handlers ended), and "fds" with its open descriptor count. stack_failures:
- * that many of the first stack allocations after warm-up fail with ENOMEM. */
+ * other tls_failures" (how handlers ended), and "fds" with its open descriptor count.
+ * stack_failures: that many of the first stack allocations after warm-up fail with ENOMEM. */
 void test_server_start(struct test_server *ts, const weft_server_opts *opts,
                        unsigned stack_failures);
 /* If set, run in the server process before it serves (e.g. to install signal timers). */
 extern void (*test_server_child_setup)(void);
+/* How the questions below reach the server (a TLS server needs a TLS client): send q and a
+ * newline to port, read the answer line. NULL: a plain TCP connection. */
+extern void (*test_server_asker)(int port, const char *q, char *answer, size_t cap);
 /* Stop it with SIGTERM (a graceful shutdown with no grace) and check it exited 0. */
 void test_server_stop(struct test_server *ts);
 /* The server's counters, asked over a fresh connection. */
 struct server_counts {
     unsigned long long accepted, active, spawn_errors, limit_waits;
     unsigned long long emsgsize, etimedout, ecanceled, other;
+    unsigned long long tls_failures;
 };
 void test_server_counts(struct test_server *ts, struct server_counts *out);
 /* Its open descriptors, from /proc, excluding the one asking connection. */

@@ -659,8 +659,9 @@ static void an_edge_that_comes_while_the_reader_is_busy_is_not_lost(void)
 }
 
 /* Idle connections hold no buffers: 1,000 coroutines, each having read a line and answered
- * it, parked waiting for the next, cost their stack page and a few small structs. Holding a
- * read and a write buffer each (as before the pool) would add 8 KiB per connection. */
+ * it, parked waiting for the next, cost what as many coroutines parked on a bare descriptor
+ * cost (a stack page or two, depending on the switch) and a few small structs. Holding a read
+ * or a write buffer each (as before the pool) would add 4 or 8 KiB per connection. */
 #define IDLE_CONNS 1000
 
 static void *answer_then_idle(void *arg)
@@ -674,18 +675,36 @@ static void *answer_then_idle(void *arg)
     return NULL;
 }
 
+static void *wait_then_close(void *arg)
+{
+    int fd = (int)(intptr_t)arg;
+    CHECK(weft_wait_fd(fd, WEFT_READABLE, -1) >= 0);
+    CHECK(weft_fd_close(fd) == 0);
+    return NULL;
+}
+
 static void idle_connections_hold_no_buffers(void)
 {
     struct rlimit rl;
     CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
-    if (rl.rlim_cur < 2 * IDLE_CONNS + 64 && rl.rlim_max >= 2 * IDLE_CONNS + 64) {
-        rl.rlim_cur = 2 * IDLE_CONNS + 64;
+    if (rl.rlim_cur < 4 * IDLE_CONNS + 64 && rl.rlim_max >= 4 * IDLE_CONNS + 64) {
+        rl.rlim_cur = 4 * IDLE_CONNS + 64;
         CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
     }
-    static int peer[IDLE_CONNS];
-    static weft_co *co[IDLE_CONNS];
+    static int peer[IDLE_CONNS], bare_peer[IDLE_CONNS];
+    static weft_co *co[IDLE_CONNS], *bare[IDLE_CONNS];
     CHECK(weft_yield() == 0); /* the scheduler and its backend exist before we measure */
+    /* The baseline: coroutines parked on a descriptor of their own, with no channel. */
     long before = proc_status_kib(getpid(), "VmRSS:");
+    for (int i = 0; i < IDLE_CONNS; i++) {
+        int sv[2];
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+        bare_peer[i] = sv[1];
+        CHECK((bare[i] = weft_spawn(wait_then_close, (void *)(intptr_t)sv[0])));
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(weft_yield() == 0);
+    long mid = proc_status_kib(getpid(), "VmRSS:");
     for (int i = 0; i < IDLE_CONNS; i++) {
         int sv[2];
         CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
@@ -704,15 +723,19 @@ static void idle_connections_hold_no_buffers(void)
         read_exact_timeout(peer[i], reply, 5, 5000);
         CHECK(memcmp(reply, "ping\n", 5) == 0);
     }
-    long per_conn = (proc_status_kib(getpid(), "VmRSS:") - before) * 1024 / IDLE_CONNS;
-    printf("idle connections: %ld bytes each (%s)\n", per_conn, weft_backend_name());
-    /* Both backends: an idle socket waits for readiness, holding no buffer. */
+    long per_bare = (mid - before) * 1024 / IDLE_CONNS;
+    long per_conn = (proc_status_kib(getpid(), "VmRSS:") - mid) * 1024 / IDLE_CONNS;
+    printf("idle connections: %ld bytes each, coroutines on a bare descriptor %ld (%s)\n",
+           per_conn, per_bare, weft_backend_name());
+    /* Both backends: an idle socket waits for input holding no buffer of 4 KiB. */
     if (memory_is_measurable())
-        CHECK(per_conn < 8192);
-    for (int i = 0; i < IDLE_CONNS; i++)
+        CHECK(per_conn - per_bare < 4096);
+    for (int i = 0; i < IDLE_CONNS; i++) {
         close(peer[i]);
+        close(bare_peer[i]);
+    }
     for (int i = 0; i < IDLE_CONNS; i++)
-        CHECK(weft_join(co[i], NULL, -1) == 0);
+        CHECK(weft_join(co[i], NULL, -1) == 0 && weft_join(bare[i], NULL, -1) == 0);
 }
 
 /* A limit lowered while a longer line already sits whole in the buffer still applies. */

@@ -3,7 +3,7 @@
 #   make fuzz                   build every target with clang and run each for FUZZ_SECONDS
 #   make fuzz FUZZ_SECONDS=600  longer
 #   make fuzz-build             build only
-#   make fuzz-gets / fuzz-addr / fuzz-kv / fuzz-httpd  one target
+#   make fuzz-gets / fuzz-addr / fuzz-kv / fuzz-httpd / fuzz-tls_accept  one target
 #
 # Each target is built from the library sources themselves (not libweft.a, which may come
 # from gcc), instrumented with -fsanitize=fuzzer,address,undefined, into $(O)/fuzz/. It runs
@@ -17,13 +17,14 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  ?= -g -O1 -fno-omit-frame-pointer
 FUZZ_SAN     := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_NAMES   := gets addr kv httpd
+FUZZ_NAMES   := gets addr kv httpd tls_accept
 FUZZ_DIR     := $(O)/fuzz
 FUZZ_BIN     := $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_NAMES))
 FUZZ_RUNS    := $(addprefix fuzz-,$(FUZZ_NAMES))
 # Longest generated input: the line reader takes a stream of up to 64 KiB, but inputs of a
 # few KiB already reach every path (the buffer grows past 4 KiB, large reads skip it); the
-# address parser's fields are at most 256 bytes.
+# address parser's fields are at most 256 bytes; a ClientHello is about 500 bytes, and 16 KiB
+# is a whole record (the handshake's reads ask for no more at once).
 FUZZ_MAXLEN_gets := 16384
 FUZZ_MAXLEN_addr := 512
 # examples/kv's parser and commands: pipelines of a few dozen requests fit in 16 KiB, and
@@ -37,6 +38,7 @@ FUZZ_MAXLEN_httpd := 8192
 FUZZ_EXTRA_httpd := $(patsubst %,examples/httpd/%.c,$(HTTPD_PARTS)) -Iexamples/httpd
 $(FUZZ_DIR)/fuzz_httpd: $(patsubst %,examples/httpd/%.c,$(HTTPD_PARTS)) \
     $(wildcard examples/httpd/*.h)
+FUZZ_MAXLEN_tls_accept := 16384
 
 .PHONY: fuzz fuzz-build $(FUZZ_RUNS)
 fuzz: $(FUZZ_RUNS)

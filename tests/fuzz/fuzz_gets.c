@@ -237,12 +237,13 @@ static int op_gets(state *s)
         CHECK(s, line == NULL && err == EMSGSIZE);
         /* The channel dropped everything it had read: the rest of the line up to its newline
          * is skipped. It must have seen more than maxline bytes of the line, and must not
-         * have swallowed the newline (or anything after it) before the next call. */
+         * have swallowed the newline (or anything after it) before the next call -- unless
+         * the whole line was in its buffer already (bytes a failed weft_read_exact gave back
+         * can reach past it): then the line went through its newline and what follows it
+         * stays buffered. */
         size_t taken = taken_from_kernel(s);
         CHECK(s, taken > p + s->maxline);
-        if (taken > line_nl) {
-            /* The newline was buffered already (a read_exact that timed out kept what it had
-             * read): the line went with it, and what follows stays. */
+        if (line_nl < s->written && taken > line_nl) {
             s->pos = line_nl + 1;
             s->skipping = false;
             return RES_MORE;
@@ -330,7 +331,8 @@ static int op_read_exact(state *s)
     }
     CHECK(s, r == -1 && errno == ETIMEDOUT);
     CHECK(s, !s->eof_sent && s->written - s->pos < n);
-    /* What it had read stays buffered for the next read (s->pos unchanged). */
+    /* What it had read stays buffered for the next read (weft.h, since a25fe89): the
+     * position does not move, and the next call of any kind must return those bytes. */
     return RES_TIMEOUT;
 }
 
