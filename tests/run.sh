@@ -6,7 +6,9 @@ failed=0
 echo "event backend: ${WEFT_BACKEND:-auto}"
 for t in "$@"; do
     out=$(mktemp)
+    start=$(date +%s)
     $WEFT_RUN "$t" 2>&1 | tee "$out"
+    echo "time ${t##*/}: $(($(date +%s) - start)) s"
     line=$(grep -E '^[a-z_]+: [0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1)
     if [ -z "$line" ]; then
         echo "FAIL $t: crashed before its summary"
@@ -24,7 +26,9 @@ done
 if [ "${TCL_TESTS:-0}" = 1 ]; then
     out=$(mktemp)
     # shellcheck disable=SC2086
+    start=$(date +%s)
     env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s -C tcl test $TCL_MAKE_ARGS 2>&1 | tee "$out"
+    echo "time tcl: $(($(date +%s) - start)) s"
     line=$(grep -E '^tcl: [0-9]+ passed, [0-9]+ failed$' "$out" | tail -n 1)
     if [ -z "$line" ]; then
         echo "FAIL tcl: no summary"
