@@ -138,7 +138,8 @@ int weft_fd_close(int fd);
 
 /* Choose this thread's event backend before its scheduler starts: "epoll", "uring" or "auto"
  * (the default, also settable with the environment variable WEFT_BACKEND; auto is io_uring
- * wherever it starts). A backend that cannot start falls back to epoll, and
+ * wherever it starts, but epoll under valgrind, which stops every thread while one waits in
+ * io_uring_enter). A backend that cannot start falls back to epoll, and
  * weft_backend_reason says why. EINVAL, EBUSY (the scheduler already runs). */
 int weft_set_backend(const char *name);
 /* The backend of this thread's scheduler: "epoll" or "uring"; on a thread whose scheduler
