@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdbool.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,8 +63,10 @@ static void server_path(int s, char *buf, size_t n)
         snprintf(buf, n, "%s/bench/%s", build, serv_name[s]);
 }
 
-/* Start server s pinned to CPU 0; returns its pid and sets *port, or -1. */
-static pid_t server_start(int s, int *port, int *outfd)
+/* Start server s pinned to CPU 0; returns its pid and sets *port, or -1. With logging, an
+ * example server runs as `make run` ships it (its connect/EOF lines on, to /dev/null here):
+ * through sh, which execs it, so the pid is the server's. */
+static pid_t server_start_as(int s, int *port, int *outfd, bool logging)
 {
     char path[600];
     server_path(s, path, sizeof path);
@@ -73,7 +76,13 @@ static pid_t server_start(int s, int *port, int *outfd)
     else if (s == S_WEFT_URING || s == S_B_URING)
         backend = "uring";
     char *argv[] = {path, "-q", "-p", "0", NULL};
-    return run_server_start(serv_name[s], argv, backend, port, outfd);
+    char *logged[] = {"/bin/sh", "-c", "exec \"$0\" -p 0 2>/dev/null", path, NULL};
+    return run_server_start(serv_name[s], logging ? logged : argv, backend, port, outfd);
+}
+
+static pid_t server_start(int s, int *port, int *outfd)
+{
+    return server_start_as(s, port, outfd, false);
 }
 
 static int server_stop(int s, pid_t pid, int outfd)
@@ -262,10 +271,22 @@ int main(int argc, char **argv)
     int idle_n = 10000;
     printf("\n== idle memory: server RSS growth / connection, %d connections parked in a read ==\n",
            idle_n);
+    /* The weft servers twice: quiet (-q, as the baselines, which log nothing), and as `make
+     * run` ships them (logging each connect and EOF). */
+    int idle_list[NSERV + 2], idle_n_serv = 0;
+    bool idle_logging[NSERV + 2];
     for (int j = 0; j < nserv; j++) {
-        int s = list[j];
+        idle_logging[idle_n_serv] = false;
+        idle_list[idle_n_serv++] = list[j];
+        if (list[j] == S_WEFT_EPOLL || list[j] == S_WEFT_URING) {
+            idle_logging[idle_n_serv] = true;
+            idle_list[idle_n_serv++] = list[j];
+        }
+    }
+    for (int j = 0; j < idle_n_serv; j++) {
+        int s = idle_list[j];
         int port, outfd;
-        pid_t pid = server_start(s, &port, &outfd);
+        pid_t pid = server_start_as(s, &port, &outfd, idle_logging[j]);
         if (pid < 0) {
             failures++;
             continue;
@@ -283,7 +304,8 @@ int main(int argc, char **argv)
             failures++;
             continue;
         }
-        printf("%-10s %8.0f bytes/conn  (RSS %.1f -> %.1f MiB)\n", serv_name[s],
+        printf("%-10s %-8s %8.0f bytes/conn  (RSS %.1f -> %.1f MiB)\n", serv_name[s],
+               idle_logging[j] ? "make run" : "-q",
                run_field(out, "bytes_per_conn="), run_field(out, "rss_before_kib=") / 1024,
                run_field(out, "rss_after_kib=") / 1024);
     }

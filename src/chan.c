@@ -824,7 +824,7 @@ static int write_begin(weft_chan *c, lazy_deadline *dl)
     }
     weft_co *co = weft_self();
     if (co && co->held_output && co->held_output != c)
-        chan_release_held(co); /* to its transport, without waiting */
+        chan_release_held(co, sched_fork_gen()); /* to its transport, without waiting */
     if (turn_take(c, dl) != 0)
         return -1;
     if ((err = transport_err(c->t))) { /* the peer vanished while we waited for the turn */

@@ -39,12 +39,13 @@ struct weft_chan {
 /* In a forked child, before its first write, flush or close on c: what c held for output
  * at the fork (buffered, held, queued, in flight) is the parent's, which sends it, and the
  * coroutines that were inside c (a writer's turn among them) did not come along. */
-void chan_forked(weft_chan *c);
+void chan_forked(weft_chan *c, uint64_t gen);
 
 static inline void chan_check_forked(weft_chan *c)
 {
-    if (c->fork_gen != sched_fork_gen())
-        chan_forked(c);
+    uint64_t gen = sched_fork_gen();
+    if (c->fork_gen != gen)
+        chan_forked(c, gen);
 }
 
 /* Stop holding c's output back (it is being sent). */

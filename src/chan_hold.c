@@ -33,24 +33,25 @@ int chan_give_output(weft_chan *c)
     return r < 0 ? -1 : 0;
 }
 
-void chan_forked(weft_chan *c)
+void chan_forked(weft_chan *c, uint64_t gen)
 {
-    c->fork_gen = sched_fork_gen();
+    c->fork_gen = gen;
     chan_unhold(c);
     c->wstart = c->wlen = 0;
     c->t->ops->drop(c->t); /* (a transport forgets a send in flight on the parent's ring) */
     c->sending = false;
-    while (wait_list_pop(&c->turns)) {
-    }
+    /* The writers waiting for their turn are the parent's coroutines: their nodes, on stacks
+     * no coroutine here will run, are let go as they are. */
+    c->turns.head = c->turns.tail = NULL;
     c->ref.users = 0; /* (only the parent's coroutines, which are not here, were inside) */
 }
 
-void chan_release_held(weft_co *co)
+void chan_release_held(weft_co *co, uint64_t fork_gen)
 {
     weft_chan *c = co->held_output;
     chan_unhold(c);
-    if (c->fork_gen != sched_fork_gen()) {
-        chan_forked(c); /* what it held is the parent's */
+    if (c->fork_gen != fork_gen) {
+        chan_forked(c, fork_gen); /* what it held is the parent's */
         return;
     }
     chan_give_output(c); /* errors stay in the transport, for the next write to report */

@@ -481,8 +481,9 @@ static inline void requests_answer(sched *s)
 /* ---- Held output (chan_hold.c), called by the scheduler ---- */
 /* co is leaving the CPU (parks, yields or ends) while it holds back line output on a channel
  * (co->held_output): hand it to the channel's transport, which sends it as the peer reads,
- * whatever co waits on. Never waits and calls nothing of the scheduler's. */
-void chan_release_held(weft_co *co);
+ * whatever co waits on; fork_gen is sched_fork_gen() (output held before a fork is the
+ * parent's). Never waits and calls nothing of the scheduler's. */
+void chan_release_held(weft_co *co, uint64_t fork_gen);
 
 /* ---- Waiting on objects (wait.c) ----
  * Queues, locks, groups, channel turns: the waiter is a node, on the waiting side's stack, in

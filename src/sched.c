@@ -358,7 +358,7 @@ static void co_main(void *p)
     after_switch(s, co, NULL);
     co->result = co->fn(co->arg);
     if (co->held_output)
-        chan_release_held(co); /* its peer gets it as it reads */
+        chan_release_held(co, sched_fork_gen()); /* its peer gets it as it reads */
     co->state = CO_DONE;
     if (co->on_end)
         co->on_end(co);
@@ -460,7 +460,7 @@ static int park(uint8_t kind, wait_on on, int64_t deadline, bool cancellable)
      * we wait on; not by a send that waits here: a wait may already be registered, and a
      * nested one could take its wake-up. */
     if (co->held_output)
-        chan_release_held(co);
+        chan_release_held(co, sched_fork_gen());
 
     if (cancellable && co->cancelled) {
         errno = ECANCELED;
@@ -1023,7 +1023,7 @@ int weft_cancelled(void)
 static void yield_now(sched *s, weft_co *co)
 {
     if (co->held_output)
-        chan_release_held(co);
+        chan_release_held(co, sched_fork_gen());
     co->state = CO_READY;
     runq_push(s, co);
     switch_out(s, co, false);
