@@ -381,6 +381,8 @@ int weft_dump_on_signal(int sig)
 {
     if (sched_on_request(dump_requested) != 0)
         return -1;
+    if (sig >= 1 && sig < NSIG && sig != SIGKILL && sig != SIGSTOP)
+        sched_request_signal(sig);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_dump_signal;

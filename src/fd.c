@@ -197,9 +197,7 @@ static int poll_wait(int fd, int events, int64_t deadline)
             }
             timeout = left > INT_MAX ? INT_MAX : (int)left;
         }
-        int n = sys_poll1(&p, timeout);
-        if (n < 0 && errno == EINTR)
-            sched_poll_requests(); /* a signal may have asked for a dump */
+        int n = sched_poll_outside(&p, 1, timeout); /* (answering a signal's dump) */
         if (n > 0) {
             if (p.revents & POLLNVAL) {
                 errno = EBADF;

@@ -465,6 +465,13 @@ void sched_request(void);
 /* Outside the loop (a wait that a signal interrupted): call fn if a request came since this
  * thread last answered one. */
 void sched_poll_requests(void);
+/* sig makes requests (its handler calls sched_request): waits outside the loop unblock it
+ * only while they sleep, so that none misses one that came just before it slept. */
+void sched_request_signal(int sig);
+/* A wait outside the loop: poll p (n of them; 0: a sleep) for timeout_ms (-1: no limit),
+ * answering requests that come before or during it. poll(2)'s result and errno. */
+struct pollfd;
+int sched_poll_outside(struct pollfd *p, unsigned n, int timeout_ms);
 /* For the loop (sched.c): a new scheduler answers only later requests; before it sleeps, its
  * backend watches the eventfd (if there is one yet); each turn, it answers what came (a load
  * and a compare, inline: the call is made only when there is something to answer). */

@@ -11,12 +11,16 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <signal.h>
+#include <stdint.h>
 #include <sys/eventfd.h>
 
 atomic_uint requests_made;
+static atomic_uint requests_answered; /* the latest request some thread has answered */
 static _Atomic int request_fd = -1;
 static _Atomic(sched_request_fn) request_fn;
 static _Thread_local unsigned seen_outside; /* (a thread without a scheduler) */
+static _Atomic uint64_t request_signals; /* bit sig - 1 for each signal that makes requests */
 static pthread_mutex_t setup = PTHREAD_MUTEX_INITIALIZER;
 
 static void after_fork_child(void);
@@ -68,11 +72,15 @@ static void answer(unsigned *seen)
     sched_request_fn fn = atomic_load(&request_fn);
     if (fn)
         fn();
+    atomic_store_explicit(&requests_answered, gen, memory_order_relaxed);
 }
 
 void requests_init(sched *s)
 {
-    s->requests_seen = atomic_load(&requests_made); /* (older requests were not for it) */
+    /* Older requests were not for it, unless no thread has answered them yet: a signal that
+     * came before the process's first scheduler started (a server's main thread between
+     * weft_dump_on_signal and its loop) is answered by it. */
+    s->requests_seen = atomic_load_explicit(&requests_answered, memory_order_relaxed);
 }
 
 void requests_run(sched *s)
@@ -84,6 +92,40 @@ void sched_poll_requests(void)
 {
     sched *s = sched_peek();
     answer(s ? &s->requests_seen : &seen_outside);
+}
+
+void sched_request_signal(int sig)
+{
+    if (sig >= 1 && sig <= 64)
+        atomic_fetch_or(&request_signals, (uint64_t)1 << (sig - 1));
+}
+
+/* A signal that comes after a check for requests and before the poll starts would not
+ * interrupt it, and its request would wait for the poll's end (for ever, in a blocking
+ * accept). So the request signals are blocked from before the check until ppoll unblocks
+ * them atomically for the sleep: one that came before is answered by the check, one that
+ * comes during it interrupts the poll. */
+int sched_poll_outside(struct pollfd *p, unsigned n, int timeout_ms)
+{
+    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000};
+    const struct timespec *tp = timeout_ms < 0 ? NULL : &ts;
+    uint64_t bits = atomic_load_explicit(&request_signals, memory_order_relaxed);
+    if (!bits)
+        return sys_ppoll(p, (nfds_t)n, tp, NULL);
+    sigset_t block, old;
+    sigemptyset(&block);
+    for (int sig = 1; sig <= 64; sig++)
+        if (bits & ((uint64_t)1 << (sig - 1)))
+            sigaddset(&block, sig);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    sched_poll_requests();
+    int r = sys_ppoll(p, (nfds_t)n, tp, &old);
+    int err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r < 0 && err == EINTR)
+        sched_poll_requests();
+    errno = err;
+    return r;
 }
 
 /* Callback from the backend: a request's write (or an older one, at the first watch). The

@@ -1068,11 +1068,8 @@ int weft_sleep_until(int64_t deadline)
 {
     if (!weft_self()) {
         int64_t left;
-        while ((left = deadline - weft_now()) > 0) {
-            struct timespec ts = {.tv_sec = left / 1000, .tv_nsec = (left % 1000) * 1000000};
-            if (sys_nanosleep(&ts) != 0 && errno == EINTR)
-                sched_poll_requests(); /* (a signal's dump, if that was one) */
-        }
+        while ((left = deadline - weft_now()) > 0)
+            sched_poll_outside(NULL, 0, left > INT_MAX ? INT_MAX : (int)left); /* (a dump) */
         return 0;
     }
     if (sched_park_on(WAIT_SLEEP, NULL, deadline, true) == 0 || errno == ETIMEDOUT)

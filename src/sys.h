@@ -135,6 +135,13 @@ static inline int sys_poll1(struct pollfd *p, int timeout_ms)
     return (int)syscall(SYS_ppoll, p, 1, timeout_ms < 0 ? NULL : &ts, NULL, (size_t)_NSIG / 8);
 }
 
+/* ppoll(2): n fds (0: a sleep), with mask in force while it waits (NULL: the thread's). */
+static inline int sys_ppoll(struct pollfd *p, nfds_t n, const struct timespec *ts,
+                            const sigset_t *mask)
+{
+    return (int)syscall(SYS_ppoll, p, n, ts, mask, (size_t)_NSIG / 8);
+}
+
 static inline int sys_nanosleep(const struct timespec *ts)
 {
     return (int)syscall(SYS_nanosleep, ts, NULL);

@@ -215,6 +215,62 @@ static void overlong_lines_close_only_their_connection(void)
     overlong_line_costs_only_its_connection("examples/echo-events");
 }
 
+/* Every example built on weft writes a dump of its coroutines to stderr on SIGUSR1 (weft.h:
+ * weft_dump_on_signal) and says so in its --help; the servers are asked while they listen. */
+static void examples_dump_their_coroutines_on_sigusr1(void)
+{
+    static const char *servers[][7] = {
+        {"examples/echo", "-p", "0", "-q", NULL},
+        {"examples/echo-blocking", "-p", "0", "-q", NULL},
+        {"examples/chat", "-p", "0", "-q", NULL},
+        {"examples/kv", "-p", "0", "-q", NULL},
+        {"examples/httpd", "-p", "0", "-q", "-r", "/"},
+    };
+    for (size_t i = 0; i < sizeof servers / sizeof servers[0]; i++) {
+        int out, err;
+        pid_t pid = spawn_program((char *const *)servers[i], &out, &err);
+        read_listen_port(out);
+        CHECK(kill(pid, SIGUSR1) == 0);
+        char text[4096];
+        size_t n = 0;
+        while (n < sizeof text - 1 && !memmem(text, n, " turns, ", 8)) {
+            CHECK(readable_within(err, 10000));
+            ssize_t r = read(err, text + n, sizeof text - 1 - n);
+            CHECK(r > 0);
+            n += (size_t)r;
+        }
+        text[n] = '\0';
+        /* "weft: thread N, backend B, K coroutines", one line each, then the summary */
+        CHECK(strstr(text, "weft: thread ") && strstr(text, " coroutines: "));
+        CHECK(kill(pid, SIGKILL) == 0 && waitpid(pid, NULL, 0) == pid);
+        close(out);
+        close(err);
+    }
+    static const char *all[] = {"examples/echo", "examples/echo-blocking", "examples/chat",
+                                "examples/client", "examples/kv", "examples/httpd"};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        char *argv[] = {(char *)all[i], "--help", NULL};
+        int out, err;
+        pid_t pid = spawn_program(argv, &out, &err);
+        char text[8192];
+        size_t n = 0;
+        ssize_t r;
+        while (n < sizeof text - 1 && readable_within(out, 10000) &&
+               (r = read(out, text + n, sizeof text - 1 - n)) > 0)
+            n += (size_t)r;
+        while (n < sizeof text - 1 && readable_within(err, 10000) &&
+               (r = read(err, text + n, sizeof text - 1 - n)) > 0)
+            n += (size_t)r;
+        text[n] = '\0';
+        if (!strstr(text, "kill -USR1"))
+            fprintf(stderr, "  %s --help does not mention kill -USR1\n", all[i]);
+        CHECK(strstr(text, "kill -USR1"));
+        CHECK(waitpid(pid, NULL, 0) == pid);
+        close(out);
+        close(err);
+    }
+}
+
 const struct test tests[] = {
     {"echo_serves_500_clients_every_byte_verified", echo_serves_500_clients_every_byte_verified, 600},
     {"echo_events_passes_the_same_verification", echo_events_passes_the_same_verification, 600},
@@ -223,5 +279,6 @@ const struct test tests[] = {
     {"echo_blocking_serves_one_client_at_a_time", echo_blocking_serves_one_client_at_a_time, 0},
     {"all_three_log_like_the_seed_and_echo_a_last_partial_line", all_three_log_like_the_seed_and_echo_a_last_partial_line, 0},
     {"overlong_lines_close_only_their_connection", overlong_lines_close_only_their_connection, 0},
+    {"examples_dump_their_coroutines_on_sigusr1", examples_dump_their_coroutines_on_sigusr1, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];

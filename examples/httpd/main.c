@@ -6,6 +6,7 @@
  *
  * SIGINT/SIGTERM: stop accepting, let clients finish (-g GRACE_MS), exit 0; a second one
  * exits at once. Signals are taken from a signalfd, read by a coroutine like any other fd.
+ * SIGUSR1: every thread writes what each of its coroutines is doing to stderr (weft_dump).
  */
 #include "httpd.h"
 
@@ -53,7 +54,8 @@ static const char usage_text[] =
     "  --read-max BYTES     bodies up to this size are read and sent with the headers in one\n"
     "                       write; larger ones go by sendfile(2) (default 16384)\n"
     "\n"
-    "Prints \"listening on HOST:PORT\" on stdout once it accepts connections.\n";
+    "Prints \"listening on HOST:PORT\" on stdout once it accepts connections.\n"
+    "kill -USR1 PID writes what each coroutine is doing to stderr.\n";
 
 /* ---- One client ---- */
 
@@ -341,6 +343,7 @@ int main(int argc, char **argv)
     sigaddset(&stop_set, SIGINT);
     sigaddset(&stop_set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
+    weft_dump_on_signal(SIGUSR1); /* kill -USR1: what each coroutine is doing, on stderr */
     int sigfd = signalfd(-1, &stop_set, SFD_NONBLOCK | SFD_CLOEXEC);
 
     weft_tqueue *stop = weft_tqueue_new(1), *ready = weft_tqueue_new((size_t)a.threads);
