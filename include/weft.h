@@ -230,7 +230,9 @@ int weft_vprintf(weft_chan *c, const char *fmt, va_list ap);
  * cannot read) they pass through the write buffer. Waits as a write does, and returns once
  * they are sent or queued within the write buffer limit, in any buffering mode. Returns the
  * byte count, fewer than count only at the file's end, or -1: as weft_write, or the file's
- * read error (EIO, EINVAL, ESPIPE, EBADF, ...); *offset then tells how far it got. */
+ * read error (EIO, EBADF, ...); *offset then tells how far it got. fd must be a regular file
+ * or a block device: EISDIR, EINVAL for a pipe, socket or character device (whose read could
+ * block the thread), before anything is sent. */
 ssize_t weft_sendfile(weft_chan *c, int fd, off_t *offset, size_t count);
 /* Send all buffered output, waiting as needed. -1 as weft_write. */
 int weft_flush(weft_chan *c);

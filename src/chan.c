@@ -996,6 +996,8 @@ static ssize_t send_file(weft_chan *c, int fd, off_t *off, size_t count, lazy_de
 
 ssize_t weft_sendfile(weft_chan *c, int fd, off_t *offset, size_t count)
 {
+    if (sys_file_check(fd) != 0)
+        return -1; /* (a pipe's read would block the thread: refused before anything is sent) */
     lazy_deadline dl = LAZY(c->write_timeout);
     if (write_begin(c, &dl) != 0)
         return -1;

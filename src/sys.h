@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -94,6 +95,20 @@ static inline int sys_close(int fd)
     return (int)syscall(SYS_close, fd);
 }
 #endif
+
+/* 0 if fd is a file weft_sendfile can read without waiting (a regular file or a block
+ * device), else -1 with errno: EISDIR, EINVAL (a pipe, socket or character device, whose
+ * read could block the thread), or fstat's (EBADF). */
+static inline int sys_file_check(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -1;
+    if (S_ISREG(st.st_mode) || S_ISBLK(st.st_mode))
+        return 0;
+    errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+    return -1;
+}
 
 /* Read up to n bytes of a file at *off (advanced by what was read), or at its position when
  * off is NULL, retrying on EINTR: weft_sendfile's copying path. */

@@ -1804,10 +1804,31 @@ static void sendfile_copies_what_the_kernel_cannot_send(void)
     off_t off = 0;
     CHECK(weft_sendfile(c, dir, &off, 10) == -1 && errno == EISDIR);
     close(dir);
-    int wronly = open("/dev/null", O_WRONLY);
-    CHECK(wronly >= 0);
-    CHECK(weft_sendfile(c, wronly, NULL, 10) == -1 && errno == EBADF);
+    char wpath[] = "/tmp/weft-sendfile-wronly-XXXXXX";
+    int rw = mkstemp(wpath);
+    CHECK(rw >= 0 && write(rw, "0123456789", 10) == 10);
+    int wronly = open(wpath, O_WRONLY);
+    CHECK(wronly >= 0 && unlink(wpath) == 0);
+    close(rw);
+    off = 0;
+    CHECK(weft_sendfile(c, wronly, &off, 10) == -1 && errno == EBADF);
     close(wronly);
+    /* A pipe, a socket, a character device: a read could wait for ever and would block the
+     * thread (a pipe's writer may be a coroutine of it): refused, nothing sent. */
+    int p[2];
+    CHECK(pipe(p) == 0);
+    CHECK(weft_sendfile(c, p[0], NULL, 10) == -1 && errno == EINVAL);
+    close(p[0]);
+    close(p[1]);
+    int other[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, other) == 0);
+    CHECK(weft_sendfile(c, other[0], NULL, 10) == -1 && errno == EINVAL);
+    close(other[0]);
+    close(other[1]);
+    int null = open("/dev/null", O_RDONLY);
+    CHECK(null >= 0);
+    CHECK(weft_sendfile(c, null, NULL, 10) == -1 && errno == EINVAL);
+    close(null);
     /* /proc files have no page cache to send from: copied, whole. */
     int ver = open("/proc/self/status", O_RDONLY);
     CHECK(ver >= 0);
