@@ -439,7 +439,9 @@ int weft_dump(int fd);
 /* From now on, when signal sig arrives, every thread's scheduler writes weft_dump to standard
  * error at its next loop turn, waking its loop if it sleeps; never from the signal handler
  * itself. A thread blocked in a weft call outside any coroutine writes its dump when the signal
- * interrupts that call. Replaces sig's handler (the examples use SIGUSR1). EINVAL (sig cannot
+ * interrupts that call. A standard error that takes nothing for 2 s (a full pipe nobody reads)
+ * loses the rest of that dump rather than stop the loop. Replaces sig's handler (the examples
+ * use SIGUSR1). EINVAL (sig cannot
  * be caught), EMFILE/ENFILE (no eventfd for the wake-ups). */
 int weft_dump_on_signal(int sig);
 

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,9 +52,14 @@ void weft_sched_get_stats(weft_sched_stats *st)
 
 /* ---- Output: lines gathered in a small buffer (a coroutine's stack may be 16 KiB) ---- */
 
+/* How long a dump on a signal waits for a standard error that takes nothing before it drops
+ * the rest. */
+#define DUMP_PATIENCE_MS 2000
+
 typedef struct out {
     int fd;
     int err;        /* the first write error */
+    bool bounded;   /* a dump on a signal: give up on an fd that takes nothing for a while */
     size_t len;
     char buf[1024];
 } out;
@@ -65,6 +71,21 @@ static void out_flush(out *o)
     size_t n = o->len;
     o->len = 0;
     while (n > 0 && !o->err) {
+        if (o->bounded) {
+            /* Nobody asked this thread to wait: a stderr nobody reads (a full pipe) must not
+             * stop its loop, and with it the dump lock, for ever. A write of a buffer's worth
+             * after POLLOUT does not block on a pipe (POLLOUT: a page free). */
+            struct pollfd pf = {.fd = o->fd, .events = POLLOUT};
+            int r = sys_poll1(&pf, DUMP_PATIENCE_MS);
+            if (r == 0) {
+                o->err = ETIMEDOUT;
+                break;
+            }
+            if (r < 0 && errno != EINTR) {
+                o->err = errno;
+                break;
+            }
+        }
         ssize_t w = sys_write(o->fd, p, n);
         if (w >= 0) {
             p += w;
@@ -331,11 +352,11 @@ static void dump_lock_fork_handler(void)
     pthread_atfork(NULL, NULL, dump_lock_after_fork);
 }
 
-int weft_dump(int fd)
+static int dump_to(int fd, bool bounded)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, dump_lock_fork_handler);
-    out o = {.fd = fd};
+    out o = {.fd = fd, .bounded = bounded};
     sched *s = sched_peek();
     weft_sched_stats st;
     weft_sched_get_stats(&st);
@@ -363,12 +384,17 @@ int weft_dump(int fd)
     return 0;
 }
 
+int weft_dump(int fd)
+{
+    return dump_to(fd, false);
+}
+
 /* ---- On a signal ---- */
 
 /* Callback from the scheduler's loop (sched_on_request), in ordinary context. */
 static void dump_requested(void)
 {
-    weft_dump(STDERR_FILENO);
+    dump_to(STDERR_FILENO, true);
 }
 
 static void on_dump_signal(int sig)

@@ -770,6 +770,39 @@ static void dump_on_signal_refuses_what_cannot_be_caught(void)
     CHECK(weft_dump_on_signal(0) == -1 && errno == EINVAL);
 }
 
+/* A standard error nobody reads: a signal's dump into a full pipe gives up (weft.h: after 2 s
+ * without progress) instead of stopping the loop for good; the coroutines go on. */
+static void *raise_then_tick(void *arg)
+{
+    int *ticks = arg;
+    raise(SIGUSR1);
+    for (int i = 0; i < 20; i++) {
+        CHECK(weft_sleep(10) == 0);
+        (*ticks)++;
+    }
+    return NULL;
+}
+
+static void dump_on_signal_into_a_full_pipe_does_not_stop_the_loop(void)
+{
+    CHECK(weft_dump_on_signal(SIGUSR1) == 0);
+    stderr_to_pipe();
+    int flags = fcntl(2, F_GETFL);
+    CHECK(fcntl(2, F_SETFL, flags | O_NONBLOCK) == 0);
+    char junk[4096];
+    memset(junk, 'x', sizeof junk);
+    while (write(2, junk, sizeof junk) > 0) {
+    }
+    CHECK(errno == EAGAIN);
+    CHECK(fcntl(2, F_SETFL, flags) == 0); /* full, and blocking, as a program's stderr is */
+    int ticks = 0;
+    weft_co *co = weft_spawn(raise_then_tick, &ticks);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
+    stderr_back();
+    CHECK(ticks == 20);
+    close(err_read);
+}
+
 const struct test tests[] = {
     {"dump_names_every_kind_of_wait_epoll", dump_names_every_kind_of_wait_epoll, 0},
     {"dump_names_every_kind_of_wait_uring", dump_names_every_kind_of_wait_uring, 0},
@@ -781,6 +814,8 @@ const struct test tests[] = {
     {"dump_on_signal_wakes_a_sleeping_loop_uring", dump_on_signal_wakes_a_sleeping_loop_uring, 0},
     {"dump_on_signal_reaches_every_thread", dump_on_signal_reaches_every_thread, 0},
     {"dump_on_signal_in_a_wait_outside_coroutines", dump_on_signal_in_a_wait_outside_coroutines, 0},
+    {"dump_on_signal_into_a_full_pipe_does_not_stop_the_loop",
+     dump_on_signal_into_a_full_pipe_does_not_stop_the_loop, 0},
     {"dump_on_signal_refuses_what_cannot_be_caught", dump_on_signal_refuses_what_cannot_be_caught,
      0},
 };
