@@ -25,6 +25,15 @@
 
 static _Atomic(hook_fd *) chunks[NCHUNKS];
 
+/* O_NONBLOCK belongs to the open file, not to the number: a dup (or a number sent over a
+ * socket, or one from F_DUPFD) shares it, and setting it through one number sets it for all.
+ * The hook never changes the flag itself (it asks for no waiting per call), so the kernel's
+ * flag is the caller's belief. The table caches it per number; every change the hook sees
+ * (fcntl F_SETFL, ioctl FIONBIO), made after the kernel's, starts a new epoch, and an entry
+ * from an older one reads the flag again before it is trusted: one load on the hot path, one
+ * fcntl after a change anywhere. */
+static _Atomic uint32_t nonblock_epoch;
+
 /* fd's entry; with make, its chunk is allocated if need be. NULL: out of range (or no
  * memory). */
 static hook_fd *entry(int fd, bool make)
@@ -95,8 +104,25 @@ static void classify(int fd, hook_fd *e)
     } else if (S_ISFIFO(st.st_mode)) {
         kind = HOOK_PIPE;
     }
+    atomic_store(&e->nb_epoch, atomic_load(&nonblock_epoch));
     atomic_store(&e->flags, (uint8_t)flags);
     atomic_store(&e->kind, (uint8_t)kind);
+}
+
+/* Read O_NONBLOCK again if a change was seen anywhere since e last knew it. */
+static void nonblock_refresh(int fd, hook_fd *e)
+{
+    uint32_t now = atomic_load(&nonblock_epoch);
+    if (atomic_load_explicit(&e->nb_epoch, memory_order_relaxed) == now)
+        return;
+    int fl = (int)syscall(SYS_fcntl, fd, F_GETFL, 0);
+    if (fl >= 0) {
+        if (fl & O_NONBLOCK)
+            atomic_fetch_or(&e->flags, HOOK_NONBLOCK);
+        else
+            atomic_fetch_and(&e->flags, (uint8_t)~HOOK_NONBLOCK);
+    }
+    atomic_store(&e->nb_epoch, now);
 }
 
 hook_fd *hook_fd_get(int fd)
@@ -120,6 +146,7 @@ hook_fd *hook_fd_managed(int fd)
     uint8_t kind = atomic_load_explicit(&e->kind, memory_order_relaxed);
     if (kind != HOOK_SOCKET && kind != HOOK_PIPE)
         return NULL;
+    nonblock_refresh(fd, e);
     if (atomic_load_explicit(&e->flags, memory_order_relaxed) & HOOK_NONBLOCK)
         return NULL; /* the caller asked for EAGAIN: the real call gives it */
     return e;
@@ -134,6 +161,7 @@ void hook_fd_made(int fd, enum hook_kind kind, unsigned flags, int32_t rcvtimeo_
     atomic_fetch_add(&e->gen, 1);
     atomic_store(&e->pending_err, 0);
     atomic_store(&e->drained, 0);
+    atomic_store(&e->nb_epoch, atomic_load(&nonblock_epoch));
     atomic_store(&e->rcvtimeo_ms, rcvtimeo_ms);
     atomic_store(&e->sndtimeo_ms, sndtimeo_ms);
     atomic_store(&e->flags, (uint8_t)flags);
@@ -165,6 +193,7 @@ void hook_fd_reclassify(int fd)
 
 void hook_fd_set_nonblock(int fd, bool on)
 {
+    uint32_t now = atomic_fetch_add(&nonblock_epoch, 1) + 1; /* (other numbers of the file) */
     hook_fd *e = entry(fd, false);
     if (!e || atomic_load(&e->kind) == HOOK_UNKNOWN)
         return; /* classify will read the flag when it is needed */
@@ -172,6 +201,7 @@ void hook_fd_set_nonblock(int fd, bool on)
         atomic_fetch_or(&e->flags, HOOK_NONBLOCK);
     else
         atomic_fetch_and(&e->flags, (uint8_t)~HOOK_NONBLOCK);
+    atomic_store(&e->nb_epoch, now);
 }
 
 /* ---- Keeping this thread's backend in step with the numbers ----

@@ -149,6 +149,7 @@ typedef struct hook_fd {
     _Atomic int32_t pending_err; /* an error our own extra attempt took from the socket,
                                     which the kernel would report at the next call */
     _Atomic uint8_t drained;     /* TCP: the last read was short, so nothing was left */
+    _Atomic uint32_t nb_epoch;   /* hook_nonblock_epoch when HOOK_NONBLOCK was last known true */
 } hook_fd;
 
 /* fd's entry, classified if it was not yet; NULL for numbers outside the table. */

@@ -87,6 +87,9 @@ static void dup_made(int newfd, int oldfd)
     }
     hook_fd_made(newfd, atomic_load(&e->kind), atomic_load(&e->flags),
                  atomic_load(&e->rcvtimeo_ms), atomic_load(&e->sndtimeo_ms));
+    hook_fd *n = hook_fd_peek(newfd);
+    if (n) /* (the flags are as fresh as the old number's: refreshed when that one would be) */
+        atomic_store(&n->nb_epoch, atomic_load(&e->nb_epoch));
 }
 
 HOOK_API int dup(int oldfd)

@@ -156,6 +156,24 @@ static void *nonblocking_eagain(void *unused)
     CHECK(fcntl(l, F_SETFL, O_NONBLOCK) == 0);
     CHECK(accept(l, NULL, NULL) == -1 && errno == EAGAIN);
     close(l);
+
+    /* O_NONBLOCK is the open file's: set through one number, every dup of it says EAGAIN;
+     * cleared through one, every dup waits (parks) again, as the kernel would block. */
+    socket_pair(sv);
+    int dd = dup(sv[0]), d2 = fcntl(sv[0], F_DUPFD_CLOEXEC, 0);
+    CHECK(dd >= 0 && d2 >= 0);
+    CHECK(fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK) == 0);
+    CHECK(read(dd, &c, 1) == -1 && errno == EAGAIN);
+    CHECK(recv(d2, &c, 1, 0) == -1 && errno == EAGAIN);
+    CHECK(fcntl(dd, F_SETFL, fcntl(dd, F_GETFL) & ~O_NONBLOCK) == 0);
+    struct delayed_write d3 = {sv[1], 20, "y"};
+    w = weft_spawn(write_later, &d3);
+    CHECK(read(sv[0], &c, 1) == 1 && c == 'y'); /* blocking again through the other number */
+    weft_join(w, NULL, -1);
+    close(dd);
+    close(d2);
+    close(sv[0]);
+    close(sv[1]);
     return NULL;
 }
 
