@@ -72,6 +72,7 @@ static char ring_lifetimes; /* the sync object */
 #define PBUF_CHUNK 32
 #define PBUF_BGID 0
 #define PBUF_PER_RECV 4    /* the ring grows past its first chunk by this many per receive */
+#define PBUF_TRIM_MS 1000  /* the pages of idle grown buffers are given back this often */
 
 /* What the backend knows of an fd. */
 typedef struct ufd {
@@ -90,6 +91,9 @@ typedef struct pbufs {
     uint32_t *off;     /* per buffer: where the next arrival's bytes start */
     uint16_t *refs;    /* per buffer: slices handed out and not yet put back */
     uint8_t *kernel;   /* per buffer: the kernel still fills it (in the ring, or BUF_MORE) */
+    uint8_t *dirty;    /* per buffer: written since its pages were last given back */
+    unsigned ndirty;   /* dirty buffers past the first chunk */
+    int64_t trimmed_ms; /* when pbuf_trim last ran */
     unsigned nbufs;    /* buffers made, ids 0 .. nbufs - 1 */
     unsigned avail;    /* of which in the ring, untouched, now */
     int added;         /* added since the ring's tail last moved */
@@ -102,6 +106,7 @@ typedef struct uring_backend {
     ufd *fds;          /* by fd */
     size_t n;
     pbufs pb;
+    bool deferred;     /* DEFER_TASKRUN: the kernel fills buffers only in our enters */
     size_t inflight;   /* operations submitted and not completed (all fds) */
     size_t multishots; /* multishot receives among them */
 } uring_backend;
@@ -188,9 +193,13 @@ static int pbuf_grow(pbufs *pb)
     if (refs)
         pb->refs = refs;
     uint8_t *kernel = refs ? realloc(pb->kernel, n) : NULL;
-    if (!kernel)
+    if (kernel)
+        pb->kernel = kernel;
+    uint8_t *dirty = kernel ? realloc(pb->dirty, n) : NULL;
+    if (!dirty)
         return -1;
-    pb->kernel = kernel;
+    pb->dirty = dirty;
+    memset(dirty + pb->nbufs, 0, PBUF_CHUNK);
     /* The first chunk is touched at once (MAP_POPULATE): the kernel fills the ring's buffers
      * in turn, so all of them are touched soon enough; counted from the start, they are a
      * fixed cost of the thread's loop, not a growth that looks like one connection's. Later
@@ -251,6 +260,7 @@ static void pbuf_unmap(pbufs *pb)
     free(pb->off);
     free(pb->refs);
     free(pb->kernel);
+    free(pb->dirty);
     munmap(pb->br, PBUF_RING * sizeof(struct io_uring_buf));
     memset(pb, 0, sizeof *pb);
 }
@@ -270,6 +280,10 @@ static char *pbuf_take(pbufs *pb, unsigned bid, unsigned len, bool more)
     char *p = pbuf_addr(pb, bid) + pb->off[bid];
     if (pb->off[bid] == 0)
         pb->avail--; /* (first use of a fresh buffer) */
+    if (!pb->dirty[bid] && bid >= PBUF_CHUNK) {
+        pb->dirty[bid] = 1;
+        pb->ndirty++;
+    }
     pb->off[bid] += pb->inc ? len : 0;
     pb->refs[bid]++;
     pb->kernel[bid] = pb->inc && more;
@@ -444,12 +458,62 @@ static bool taskrun_pending(const uring_backend *u)
     return IO_URING_READ_ONCE(*u->ring.sq.kflags) & IORING_SQ_TASKRUN;
 }
 
+/* A burst of arrivals grows the ring past its first chunk, and the pages the kernel wrote stay
+ * resident after the burst: megabytes, for a server back to idle. Before the loop sleeps (at
+ * most once a second), the pages of grown buffers that sit in the ring unused are given back
+ * (MADV_DONTNEED: the mapping stays, the kernel's next write gets zeroed pages). Only with
+ * DEFER_TASKRUN, and only when every completion posted has been taken: then the kernel writes
+ * buffers only inside our own io_uring_enter, so what pbufs says of each is exact. A loop that
+ * would sleep for longer wakes for it. Returns the ms until it wants to run again, or -1. */
+static int pbuf_trim(uring_backend *u)
+{
+    pbufs *pb = &u->pb;
+    if (!u->deferred || !pb->ndirty)
+        return -1;
+    if (io_uring_cq_ready(&u->ring) != 0)
+        return PBUF_TRIM_MS; /* (completions to take first: the next sleep, then) */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    if (ms - pb->trimmed_ms < PBUF_TRIM_MS)
+        return (int)(PBUF_TRIM_MS - (ms - pb->trimmed_ms));
+    pb->trimmed_ms = ms;
+    unsigned before = pb->ndirty;
+    for (unsigned c = 1; c < pb->nbufs / PBUF_CHUNK; c++) {
+        unsigned run = 0, first = c * PBUF_CHUNK;
+        for (unsigned i = 0; i <= PBUF_CHUNK; i++) { /* (one past the end closes a run) */
+            unsigned bid = c * PBUF_CHUNK + i;
+            bool idle = i < PBUF_CHUNK && pb->dirty[bid] && pb->kernel[bid] &&
+                        pb->off[bid] == 0 && pb->refs[bid] == 0;
+            if (idle) {
+                if (run++ == 0)
+                    first = bid;
+                continue;
+            }
+            if (run && madvise(pbuf_addr(pb, first), run * pb->size, MADV_DONTNEED) == 0) {
+                memset(pb->dirty + first, 0, run);
+                pb->ndirty -= run;
+            }
+            run = 0;
+        }
+    }
+    /* Buffers still in use: look again later, unless this pass found none to give back (a
+     * partly filled buffer can stay in use as long as a connection is idle: no wake-ups for
+     * it; the next sleep after some traffic looks again). */
+    return pb->ndirty && pb->ndirty < before ? PBUF_TRIM_MS : -1;
+}
+
 static int uring_poll(backend *b, int timeout_ms)
 {
     uring_backend *u = (uring_backend *)b;
     struct io_uring_cqe *cqe;
     int rc;
     if (u->pb.br) {
+        if (timeout_ms != 0) { /* (before the publish: the kernel takes none of them meanwhile) */
+            int again = pbuf_trim(u);
+            if (again >= 0 && (timeout_ms < 0 || timeout_ms > again))
+                timeout_ms = again > 0 ? again : 1;
+        }
         pbuf_publish(&u->pb); /* the buffers given back this turn */
         restart_starved(u);
     }
@@ -601,6 +665,7 @@ backend *uring_backend_new(void)
                                          IORING_SETUP_CQSIZE,
                                 .cq_entries = CQ_ENTRIES};
     int rc = io_uring_queue_init_params(RING_ENTRIES, &u->ring, &p);
+    u->deferred = rc == 0;
     if (rc == -EINVAL) {
         p = (struct io_uring_params){.flags = IORING_SETUP_CQSIZE, .cq_entries = CQ_ENTRIES};
         rc = io_uring_queue_init_params(RING_ENTRIES, &u->ring, &p);
