@@ -338,6 +338,7 @@ static void uring_abandon(backend *b)
         free(u->pb.off);
         free(u->pb.refs);
         free(u->pb.kernel);
+        free(u->pb.dirty);
         munmap(u->pb.br, PBUF_RING * sizeof(struct io_uring_buf));
     }
     RING_UNMAPPED();
