@@ -46,7 +46,8 @@ HAVE_LIBURING := $(shell echo '#include <liburing.h>' | $(CC) -E - >/dev/null 2>
 BENCH_URING   := $(if $(HAVE_LIBURING),$(O)/bench/base_uring)
 
 $(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o: bench/loadgen.h
-$(O)/bench/echo_bench.c.o $(O)/bench/tls_bench.c.o $(O)/bench/run.c.o: bench/run.h
+$(O)/bench/echo_bench.c.o $(O)/bench/tls_bench.c.o $(O)/bench/kv_bench.c.o \
+    $(O)/bench/httpd_bench.c.o $(O)/bench/run.c.o: bench/run.h
 $(O)/bench/loadgen: $(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/bench/base_epoll: $(O)/bench/base_epoll.c.o
@@ -83,7 +84,7 @@ bench-ab: $(O)/bench/echo_bench $(O)/bench/loadgen $(O)/bench/base_epoll $(BENCH
 # ---- examples/kv against redis-server 7 (bench/kv_bench.c) ----
 #   make bench-kv              redis-benchmark SET/GET/INCR/MSET at -c 50 -P 1, -c 50 -P 16 and
 #                              -c 1000 -P 1, against kv and redis-server, 3 reps (a few minutes)
-$(O)/bench/kv_bench: $(O)/bench/kv_bench.c.o
+$(O)/bench/kv_bench: $(O)/bench/kv_bench.c.o $(O)/bench/run.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 .PHONY: bench-kv
@@ -147,7 +148,7 @@ endif
 #                              file, against httpd, nginx and h2o, 3 reps of 10 s (~6 min)
 #   HTTPD_BENCH_ARGS="-a '--fd-cache 0'"   one more httpd, with these flags, in the same run
 HTTPD_BENCH_ARGS ?=
-$(O)/bench/httpd_bench: $(O)/bench/httpd_bench.c.o
+$(O)/bench/httpd_bench: $(O)/bench/httpd_bench.c.o $(O)/bench/run.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 .PHONY: bench-httpd

@@ -23,6 +23,8 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "run.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -76,49 +78,6 @@ static void on_alarm(int sig)
     ssize_t w = write(2, msg, sizeof msg - 1);
     (void)w;
     _exit(1);
-}
-
-static void pin(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    sched_setaffinity(0, sizeof set, &set);
-}
-
-static int have(const char *prog)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "command -v %s >/dev/null 2>&1", prog);
-    return system(cmd) == 0;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sin;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sin, sizeof sin) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sin, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(sin.sin_port);
-}
-
-static int connect_port(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd >= 0 && connect(fd, (struct sockaddr *)&sin, sizeof sin) == 0)
-        return fd;
-    if (fd >= 0)
-        close(fd);
-    return -1;
 }
 
 /* ---- The served directory and the servers' configurations ---- */
@@ -249,12 +208,12 @@ static void exec_server(int s, int port)
 /* Start server s pinned to CPU 0 on a free port; its pid, or -1. */
 static pid_t server_start(int s, int *port)
 {
-    *port = free_port();
+    *port = run_free_port();
     pid_t pid = fork();
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        pin(0);
+        run_pin(0);
         int null = open("/dev/null", O_RDWR);
         dup2(null, 0);
         dup2(null, 1);
@@ -265,7 +224,7 @@ static pid_t server_start(int s, int *port)
     for (int i = 0; i < 500; i++) { /* up to 10 s */
         if (waitpid(pid, NULL, WNOHANG) == pid)
             break;
-        int fd = connect_port(*port);
+        int fd = run_connect_port(*port);
         if (fd >= 0) {
             close(fd);
             return pid;
@@ -305,7 +264,7 @@ static int server_stop(int s, pid_t pid)
 /* GET the row's file once, with Connection: close, and compare the body byte for byte. */
 static int serves_file(int port, const struct row *rw)
 {
-    int fd = connect_port(port);
+    int fd = run_connect_port(port);
     if (fd < 0)
         return -1;
     char req[256];
@@ -377,7 +336,7 @@ static int run_client(const struct row *rw, int port, int seconds, struct res *r
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        pin(1);
+        run_pin(1);
         dup2(pfd[1], 1);
         dup2(pfd[1], 2);
         close(pfd[0]);
@@ -444,30 +403,6 @@ static struct res measure(int s, const struct row *rw, int seconds)
     r.per_cpu = cpu > 0 ? (double)requests / cpu : 0;
     r.ok = 1;
     return r;
-}
-
-static int cmpd(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    if (n == 0)
-        return 0;
-    qsort(v, (size_t)n, sizeof *v, cmpd);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-static void fmt_num(char *b, size_t n, double v)
-{
-    if (v >= 1e6)
-        snprintf(b, n, "%.2fM", v / 1e6);
-    else if (v >= 1e3)
-        snprintf(b, n, "%.1fk", v / 1e3);
-    else
-        snprintf(b, n, "%.0f", v);
 }
 
 /* One table line: a server's medians, and its ratios to the better of nginx and h2o. */
@@ -554,10 +489,10 @@ int main(int argc, char **argv)
     if (seconds <= 0)
         seconds = quick ? 1 : 10;
     have_server[S_HTTPD] = 1;
-    have_server[S_NGINX] = have("nginx");
-    have_server[S_H2O] = have("h2o");
+    have_server[S_NGINX] = run_have("nginx");
+    have_server[S_H2O] = run_have("h2o");
     have_server[S_VARIANT] = variant_args[0] != '\0';
-    if (!have("wrk") || (!have_server[S_NGINX] && !have_server[S_H2O])) {
+    if (!run_have("wrk") || (!have_server[S_NGINX] && !have_server[S_H2O])) {
         printf("httpd_bench: skipped: wrk, or both nginx and h2o, not installed "
                "(Debian packages wrk, nginx-light, h2o)\n");
         return 0;

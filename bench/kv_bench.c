@@ -17,6 +17,8 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "run.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -73,37 +75,6 @@ static void on_alarm(int sig)
     _exit(1);
 }
 
-static void pin(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    sched_setaffinity(0, sizeof set, &set);
-}
-
-static int have(const char *prog)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "command -v %s >/dev/null 2>&1", prog);
-    return system(cmd) == 0;
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = {.sin_family = AF_INET};
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sin;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sin, sizeof sin) != 0 ||
-        getsockname(fd, (struct sockaddr *)&sin, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(sin.sin_port);
-}
-
 static int accepts(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -117,7 +88,7 @@ static int accepts(int port)
 /* Start server s pinned to CPU 0 on a free port; its pid, or -1. */
 static pid_t server_start(int s, int *port, char *dir)
 {
-    *port = free_port();
+    *port = run_free_port();
     char portstr[16], kv[600];
     snprintf(portstr, sizeof portstr, "%d", *port);
     snprintf(kv, sizeof kv, "%s/examples/kv", build);
@@ -130,7 +101,7 @@ static pid_t server_start(int s, int *port, char *dir)
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        pin(0);
+        run_pin(0);
         int null = open("/dev/null", O_RDWR);
         dup2(null, 0);
         dup2(null, 1);
@@ -219,7 +190,7 @@ static int run_client(const struct row *rw, int port, long requests, struct res 
     if (pid < 0)
         return -1;
     if (pid == 0) {
-        pin(1);
+        run_pin(1);
         dup2(pfd[1], 1);
         dup2(pfd[1], 2);
         close(pfd[0]);
@@ -280,30 +251,6 @@ static struct res measure(int s, const struct row *rw, long requests)
     return r;
 }
 
-static int cmpd(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    if (n == 0)
-        return 0;
-    qsort(v, (size_t)n, sizeof *v, cmpd);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-static void fmt_num(char *b, size_t n, double v)
-{
-    if (v >= 1e6)
-        snprintf(b, n, "%.2fM", v / 1e6);
-    else if (v >= 1e3)
-        snprintf(b, n, "%.1fk", v / 1e3);
-    else
-        snprintf(b, n, "%.0f", v);
-}
-
 static void redis_version(char *out, size_t n)
 {
     snprintf(out, n, "?");
@@ -339,7 +286,7 @@ int main(int argc, char **argv)
         reps = quick ? 1 : 3;
     if (reps > MAXREP)
         reps = MAXREP;
-    if (!have("redis-server") || !have("redis-benchmark")) {
+    if (!run_have("redis-server") || !run_have("redis-benchmark")) {
         printf("kv_bench: skipped: redis-server or redis-benchmark not installed "
                "(Debian packages redis-server, redis-tools)\n");
         return 0;

@@ -1,4 +1,4 @@
-/* run.h: what the benchmark drivers (echo_bench, tls_bench) share: a server started in its
+/* run.h: what the benchmark drivers (echo_bench, tls_bench, kv_bench, httpd_bench) share: a server started in its
  * own process pinned to CPU 0 and stopped by PID, a run of bench/loadgen and its key=value
  * line, a watchdog that kills both, medians and the number formats of the tables. */
 #ifndef BENCH_RUN_H
@@ -28,6 +28,15 @@ int run_server_stop(const char *name, pid_t pid, int outfd);
 int run_loadgen(char *const args[], char *out, size_t n);
 /* The number after key ("rt_per_s=") in out, or 0. */
 double run_field(const char *out, const char *key);
+
+/* Pin the calling process (and what it execs) to cpu. */
+void run_pin(int cpu);
+/* Whether prog is on PATH. */
+int run_have(const char *prog);
+/* A loopback port free now (bound and let go), or -1. */
+int run_free_port(void);
+/* A connected TCP socket to 127.0.0.1:port, or -1. */
+int run_connect_port(int port);
 
 /* The median of v[0, n) (sorts v); 0 if n == 0. */
 double median(double *v, int n);
