@@ -49,9 +49,6 @@ typedef struct tls {
     char *pre;             /* bytes from below read before we were layered (preload) */
     size_t pre_off, pre_len;
     int lower_errno;       /* the lower transport's error behind a failed BIO call */
-    bool below_dry;        /* a read from below in this call into OpenSSL came back short (or
-                              EAGAIN): the socket is drained for now, so OpenSSL's next ask
-                              says retry without a system call to hear EAGAIN */
     char error[160];       /* the last failure, as text */
     char alpn[64];
     char *subject;         /* the peer certificate's subject, once asked for */
@@ -260,20 +257,13 @@ static int bio_read(BIO *b, char *buf, int len)
         }
         return (int)k;
     }
-    if (s->below_dry) {
-        BIO_set_retry_read(b); /* an arrival since then wakes the wait that follows */
-        return -1;
-    }
     transport *below = s->t.below;
     ssize_t r = below->ops->recv(below, buf, (size_t)len);
-    if (r >= 0) {
-        s->below_dry = r > 0 && r < len; /* (a stream socket had no more) */
+    if (r >= 0)
         return (int)r; /* (0: end of file) */
-    }
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        s->below_dry = true;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
         BIO_set_retry_read(b);
-    } else
+    else
         s->lower_errno = errno;
     return -1;
 }
@@ -396,7 +386,6 @@ static ssize_t tls_recv(transport *t, void *buf, size_t n)
     size_t total = 0;
     int e = SSL_ERROR_NONE;
     clear_errors();
-    s->below_dry = false;
     while (total < n) {
         size_t got = 0;
         if (!SSL_read_ex(s->ssl, (char *)buf + total, n - total, &got)) {
@@ -573,7 +562,6 @@ static void take_pending_input(tls *s)
     size_t got;
     if (!s->handshaken || s->failed || s->read_err)
         return;
-    s->below_dry = false;
     for (int i = 0; i < 32 && SSL_read_ex(s->ssl, scratch, sizeof scratch, &got); i++) {
     }
     ERR_clear_error();
@@ -699,7 +687,6 @@ static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t 
         return -1; /* (s is freed) */
     for (;;) {
         ERR_clear_error();
-        s->below_dry = false;
         int rc = SSL_do_handshake(s->ssl);
         int e = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, rc);
         if (push_out(s) != 0 || send_flight(c, s, deadline) != 0)
