@@ -18,6 +18,7 @@
     X(garbage_and_plain_text_fail_the_handshake_and_say_why, 120)                              \
     X(clients_that_stop_mid_handshake_are_dropped, 120)                                        \
     X(connect_reset_storms_during_handshakes_leak_nothing, 600)                                \
+    X(a_reset_ends_its_handshake_at_once, 120)                                                 \
     X(a_shutdown_ends_handshakes_under_way_and_in_the_backlog, 60)                             \
     X(memory_of_an_idle_tls_connection, 600)
 
@@ -271,6 +272,33 @@ static struct server_counts quiet_down(struct test_server *ts)
     }
     CHECK(sc.active == 1);
     return sc;
+}
+
+/* A client that sends its ClientHello and resets at once: the hello and the reset may reach
+ * the server together, and one readiness edge then tells of both. Its handshake must fail
+ * when the server reads on (the recv after the hello says ECONNRESET), not wait for an edge
+ * that never comes until the handshake timeout (an hour here: the test would time out). */
+static void a_reset_ends_its_handshake_at_once(void)
+{
+    struct test_server ts;
+    weft_tls *ctx;
+    start_tls_server(&ts, &ctx, 3600 * 1000);
+    raw_tls *good = raw_connect(ts.port, NULL);
+    size_t hello_len;
+    unsigned char *hello = client_hello(&hello_len, NULL);
+    enum { N = 100 };
+    int fds[N];
+    for (int i = 0; i < N; i++) /* all connected first: the server is behind when the rest comes */
+        fds[i] = tcp_connect_loopback(ts.port);
+    for (int i = 0; i < N; i++) {
+        write_all(fds[i], hello, i % 3 == 0 ? 11 : i % 3 == 1 ? hello_len - 1 : hello_len);
+        reset_close(fds[i]);
+    }
+    settle(&ts, N, 1);
+    raw_expect_echo(good, "after the resets");
+    raw_close(good, RAW_NOTIFY);
+    free(hello);
+    stop_tls_server(&ts, ctx);
 }
 
 static void connect_reset_storms_during_handshakes_leak_nothing(void)
