@@ -152,6 +152,29 @@ int tcp_connect_loopback(int port)
     return fd;
 }
 
+int connect_nonblocking(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    CHECK(fd >= 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = connect(fd, (struct sockaddr *)&sin, sizeof sin);
+    CHECK(rc == 0 || errno == EINPROGRESS);
+    return fd;
+}
+
+int closed_by_server(int fd)
+{
+    char buf[4096];
+    for (;;) {
+        ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            return 1;
+        if (r < 0)
+            return 0;
+    }
+}
+
 void write_all(int fd, const void *buf, size_t n)
 {
     const char *p = buf;

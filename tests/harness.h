@@ -36,6 +36,11 @@ int read_listen_port(int stdout_fd);
 int stop_program(pid_t pid, int sig);
 /* Connect a plain blocking TCP socket to 127.0.0.1:port (fails the test on error). */
 int tcp_connect_loopback(int port);
+/* Start a non-blocking connect to 127.0.0.1:port (fails the test unless it is under way). */
+int connect_nonblocking(int port);
+/* True once the peer has closed fd (EOF or reset); never blocks. What it sent before is read
+ * and dropped. */
+int closed_by_server(int fd);
 /* Write all of buf or fail the test. */
 void write_all(int fd, const void *buf, size_t n);
 /* Read exactly n bytes within timeout_ms or fail the test. */
