@@ -332,7 +332,9 @@ const char *weft_tls_error(const weft_chan *c);
 
 typedef struct weft_server weft_server;
 /* A connection handler: runs in its own coroutine; the server closes the channel (flushing
- * what is left, within the write timeout) when it returns. */
+ * what is left, within the write timeout) when it returns. The channel is valid until then
+ * (it lives at the top of the handler's stack): coroutines still inside a call on it wake
+ * with EBADF, and the handler's coroutine ends once they have left it. */
 typedef void (*weft_handler)(weft_chan *c, void *arg);
 
 /* Defaults of weft_server_opts (used where a field is 0). */

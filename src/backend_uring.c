@@ -72,7 +72,7 @@ static char ring_lifetimes; /* the sync object */
 #define PBUF_CHUNK 32
 #define PBUF_BGID 0
 #define PBUF_PER_RECV 4    /* the ring grows past its first chunk by this many per receive */
-#define PBUF_TRIM_MS 1000  /* the pages of idle grown buffers are given back this often */
+#define PBUF_TRIM_MS 1000  /* the pages of idle grown buffers are given back after this quiet */
 
 /* What the backend knows of an fd. */
 typedef struct ufd {
@@ -93,7 +93,10 @@ typedef struct pbufs {
     uint8_t *kernel;   /* per buffer: the kernel still fills it (in the ring, or BUF_MORE) */
     uint8_t *dirty;    /* per buffer: written since its pages were last given back */
     unsigned ndirty;   /* dirty buffers past the first chunk */
-    int64_t trimmed_ms; /* when pbuf_trim last ran */
+    unsigned moves;    /* arrivals taken and buffers returned, ever (wraps) */
+    unsigned moves_seen; /* moves when pbuf_trim last looked ... */
+    int64_t quiet_ms;  /* ... and when it first saw that count */
+    bool trimmed;      /* pbuf_trim ran since moves last changed */
     unsigned nbufs;    /* buffers made, ids 0 .. nbufs - 1 */
     unsigned avail;    /* of which in the ring, untouched, now */
     int added;         /* added since the ring's tail last moved */
@@ -166,6 +169,7 @@ static void pbuf_add(pbufs *pb, unsigned bid)
     io_uring_buf_ring_add(pb->br, pbuf_addr(pb, bid), (unsigned)pb->size, (unsigned short)bid,
                           io_uring_buf_ring_mask(PBUF_RING), pb->added++);
     pb->avail++;
+    pb->moves++;
 }
 
 /* Make the buffers added since last time visible to the kernel. */
@@ -286,6 +290,7 @@ static char *pbuf_take(pbufs *pb, unsigned bid, unsigned len, bool more)
     }
     pb->off[bid] += pb->inc ? len : 0;
     pb->refs[bid]++;
+    pb->moves++;
     pb->kernel[bid] = pb->inc && more;
     return p;
 }
@@ -460,26 +465,34 @@ static bool taskrun_pending(const uring_backend *u)
 }
 
 /* A burst of arrivals grows the ring past its first chunk, and the pages the kernel wrote stay
- * resident after the burst: megabytes, for a server back to idle. Before the loop sleeps (at
- * most once a second), the pages of grown buffers that sit in the ring unused are given back
- * (MADV_DONTNEED: the mapping stays, the kernel's next write gets zeroed pages). Only with
- * DEFER_TASKRUN, and only when every completion posted has been taken: then the kernel writes
- * buffers only inside our own io_uring_enter, so what pbufs says of each is exact. A loop that
- * would sleep for longer wakes for it. Returns the ms until it wants to run again, or -1. */
+ * resident after the burst: megabytes, for a server back to idle. Once no buffer has been
+ * taken or returned for PBUF_TRIM_MS, before the loop sleeps, the pages of grown buffers that
+ * sit in the ring unused are given back (MADV_DONTNEED: the mapping stays, the kernel's next
+ * write gets zeroed pages), once per quiet spell. Never under load: pages given back there
+ * would only be faulted in again. Only with DEFER_TASKRUN, and only when every completion
+ * posted has been taken: then the kernel writes buffers only inside our own io_uring_enter, so
+ * what pbufs says of each is exact. A loop that would sleep for longer wakes for it. Returns
+ * the ms until it wants to run again, or -1. */
 static int pbuf_trim(uring_backend *u)
 {
     pbufs *pb = &u->pb;
     if (!u->deferred || !pb->ndirty)
         return -1;
+    if (pb->moves == pb->moves_seen && pb->trimmed)
+        return -1; /* (this quiet spell's pass is done: nothing changed since) */
     if (io_uring_cq_ready(&u->ring) != 0)
         return PBUF_TRIM_MS; /* (completions to take first: the next sleep, then) */
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
     int64_t ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-    if (ms - pb->trimmed_ms < PBUF_TRIM_MS)
-        return (int)(PBUF_TRIM_MS - (ms - pb->trimmed_ms));
-    pb->trimmed_ms = ms;
-    unsigned before = pb->ndirty;
+    if (pb->moves != pb->moves_seen) {
+        pb->moves_seen = pb->moves;
+        pb->quiet_ms = ms;
+        pb->trimmed = false;
+    }
+    if (ms - pb->quiet_ms < PBUF_TRIM_MS)
+        return (int)(PBUF_TRIM_MS - (ms - pb->quiet_ms));
+    pb->trimmed = true;
     for (unsigned c = 1; c < pb->nbufs / PBUF_CHUNK; c++) {
         unsigned run = 0, first = c * PBUF_CHUNK;
         for (unsigned i = 0; i <= PBUF_CHUNK; i++) { /* (one past the end closes a run) */
@@ -498,10 +511,9 @@ static int pbuf_trim(uring_backend *u)
             run = 0;
         }
     }
-    /* Buffers still in use: look again later, unless this pass found none to give back (a
-     * partly filled buffer can stay in use as long as a connection is idle: no wake-ups for
-     * it; the next sleep after some traffic looks again). */
-    return pb->ndirty && pb->ndirty < before ? PBUF_TRIM_MS : -1;
+    /* Buffers still in use (a partly filled one can stay so while its connection is idle)
+     * are looked at again after the next quiet spell, not woken for. */
+    return -1;
 }
 
 static int uring_poll(backend *b, int timeout_ms)

@@ -34,11 +34,21 @@ static int64_t deadline_of(lazy_deadline *dl)
     return dl->at;
 }
 
-weft_chan *chan_new(transport *t, const char *peer, bool line_buffered)
+size_t chan_size(const char *peer)
 {
     size_t peer_len = peer ? strlen(peer) : 0;
-    size_t size = (sizeof(weft_chan) + peer_len + 1 + 63) / 64 * 64; /* whole cache lines */
-    weft_chan *c = aligned_alloc(64, size);
+    return (sizeof(weft_chan) + peer_len + 1 + 63) / 64 * 64; /* whole cache lines */
+}
+
+weft_chan *chan_new(transport *t, const char *peer, bool line_buffered)
+{
+    return chan_new_in(NULL, t, peer, line_buffered);
+}
+
+weft_chan *chan_new_in(void *mem, transport *t, const char *peer, bool line_buffered)
+{
+    size_t peer_len = peer ? strlen(peer) : 0;
+    weft_chan *c = mem ? mem : aligned_alloc(64, chan_size(peer));
     if (!c) {
         t->ops->close(t);
         t->ops->free(t);
@@ -47,6 +57,7 @@ weft_chan *chan_new(transport *t, const char *peer, bool line_buffered)
     }
     memset(c, 0, sizeof *c);
     memcpy(c->peer, peer ? peer : "", peer_len + 1);
+    c->in_room = mem != NULL;
     c->fork_gen = sched_fork_gen();
     c->t = t;
     c->buffering = line_buffered ? WEFT_BUF_LINE : WEFT_BUF_FULL;
@@ -131,7 +142,24 @@ static void chan_free(weft_chan *c)
     rbuf_drop(c);
     buf_give(c->wbuf, c->wcap);
     c->t->ops->free(c->t);
-    free(c);
+    if (!c->in_room) {
+        free(c);
+        return;
+    }
+    c->gone = true; /* (its memory stays until its room's owner has seen this) */
+    if (c->gone_waiter)
+        sched_wake(c->gone_waiter, 0);
+}
+
+void chan_wait_gone(weft_chan *c)
+{
+    while (!c->gone) {
+        /* Coroutines still inside a call on c were woken with EBADF by the close: each
+         * leaves at its next run, the last one frees c and wakes us. */
+        c->gone_waiter = weft_self();
+        sched_park_on(WAIT_OTHER, c, -1, false);
+        c->gone_waiter = NULL;
+    }
 }
 
 /* After a stay in c (a wait or a budget yield): if c was closed meanwhile, free it if we are

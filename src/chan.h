@@ -33,6 +33,9 @@ struct weft_chan {
     int64_t read_timeout, write_timeout;
     wait_list turns;   /* writers waiting for their turn */
     uint64_t fork_gen; /* sched_fork_gen() when its output was last this process's own */
+    bool in_room;      /* lives in a handler's room (chan_new_in): its memory is not ours */
+    bool gone;         /* (in_room) freed: closed, and the last coroutine inside has left */
+    weft_co *gone_waiter; /* (in_room) parked in chan_wait_gone */
     char peer[];       /* NUL-terminated, in the same allocation (most are short) */
 };
 

@@ -640,6 +640,29 @@ void ignore_sigpipe(void);
  * (copied); line_buffered for sockets (else fully buffered). NULL/ENOMEM (t is then closed
  * and freed). */
 weft_chan *chan_new(transport *t, const char *peer, bool line_buffered);
+/* The same, made in mem (chan_size(peer) bytes, 64-aligned), which its maker owns: a
+ * server's handler keeps its client's channel in its coroutine's room, in the stack page it
+ * touches anyway, rather than on the heap. After weft_close, the maker calls chan_wait_gone
+ * (in a coroutine) before mem goes. */
+weft_chan *chan_new_in(void *mem, transport *t, const char *peer, bool line_buffered);
+size_t chan_size(const char *peer);
+
+/* A client accepted by a listener, not yet a channel (net.c; serve.c makes its channel in
+ * the handler's room). */
+typedef struct accepted_conn {
+    int fd;
+    bool tcp;
+    char peer[64];
+} accepted_conn;
+/* weft_accept without the channel: 0, or -1 with weft_accept's errno. */
+int net_accept_conn(weft_listener *l, int64_t deadline, accepted_conn *a);
+/* a's channel, in mem (net_chan_size(a) bytes, 64-aligned; NULL: on the heap), which then
+ * owns a's fd. NULL/ENOMEM (the fd is closed). */
+weft_chan *net_chan_of(const accepted_conn *a, void *mem);
+size_t net_chan_size(const accepted_conn *a);
+/* Park (not cancellable) until c, made by chan_new_in and closed, has been freed: the last
+ * coroutine inside a call on it when it was closed has left. */
+void chan_wait_gone(weft_chan *c);
 /* Stop input for a graceful shutdown: reads still return what has already arrived (in the
  * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
  * parked now wakes, takes what has arrived, else fails with ECANCELED. Writes go on. */

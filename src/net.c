@@ -236,20 +236,40 @@ static int listener_spend(weft_listener *l)
     return listener_leave(l, 0);
 }
 
-/* A channel for a freshly accepted fd. */
-static weft_chan *accepted(int fd, const struct sockaddr_storage *ss, socklen_t len)
+/* What a freshly accepted fd becomes a channel from. */
+static void accepted_note(accepted_conn *a, int fd, const struct sockaddr_storage *ss,
+                          socklen_t len)
 {
-    char peer[64];
-    sockaddr_format(ss, len, peer, sizeof peer);
-    if (ss->ss_family != AF_UNIX)
+    a->fd = fd;
+    a->tcp = ss->ss_family != AF_UNIX;
+    sockaddr_format(ss, len, a->peer, sizeof a->peer);
+    if (a->tcp)
         set_nodelay(fd);
-    transport *t = sock_transport_new(fd, true, ss->ss_family != AF_UNIX);
+}
+
+size_t net_chan_size(const accepted_conn *a)
+{
+    return chan_size(a->peer) + (sock_transport_size() + 63) / 64 * 64;
+}
+
+weft_chan *net_chan_of(const accepted_conn *a, void *mem)
+{
+    transport *t = sock_transport_in(mem ? (char *)mem + chan_size(a->peer) : NULL, a->fd, true,
+                                     a->tcp);
     if (!t) {
-        sys_close(fd);
+        sys_close(a->fd);
         errno = ENOMEM;
         return NULL;
     }
-    return chan_new(t, peer, true);
+    return chan_new_in(mem, t, a->peer, true);
+}
+
+/* A channel for a freshly accepted fd. */
+static weft_chan *accepted(int fd, const struct sockaddr_storage *ss, socklen_t len)
+{
+    accepted_conn a;
+    accepted_note(&a, fd, ss, len);
+    return net_chan_of(&a, NULL);
 }
 
 /* Wait until l is readable (or, on io_uring, accept there): one coroutine at a time, as
@@ -299,11 +319,11 @@ weft_chan *net_accept_now(weft_listener *l)
     }
 }
 
-weft_chan *weft_accept(weft_listener *l, int64_t deadline)
+int net_accept_conn(weft_listener *l, int64_t deadline, accepted_conn *a)
 {
     for (;;) {
         if (listener_spend(l) != 0)
-            return NULL;
+            return -1;
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         int fd = sys_accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -313,13 +333,21 @@ weft_chan *weft_accept(weft_listener *l, int64_t deadline)
                 continue;
             if (fd < 0 && (errno == EBADF || errno == EBUSY || errno == ETIMEDOUT ||
                            errno == ECANCELED))
-                return NULL; /* (EBADF: l may be gone) */
+                return -1; /* (EBADF: l may be gone) */
         }
-        if (fd >= 0)
-            return accepted(fd, &ss, len);
+        if (fd >= 0) {
+            accepted_note(a, fd, &ss, len);
+            return 0;
+        }
         if (errno != EINTR && errno != ECONNABORTED && errno != EAGAIN && errno != EWOULDBLOCK)
-            return NULL; /* (a client gone before we took it costs nothing: try again) */
+            return -1; /* (a client gone before we took it costs nothing: try again) */
     }
+}
+
+weft_chan *weft_accept(weft_listener *l, int64_t deadline)
+{
+    accepted_conn a;
+    return net_accept_conn(l, deadline, &a) == 0 ? net_chan_of(&a, NULL) : NULL;
 }
 
 int weft_listener_close(weft_listener *l)

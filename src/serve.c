@@ -24,6 +24,7 @@ typedef struct conn {
     weft_chan *c;
     weft_co *co;
     struct conn *prev, *next;
+    bool in_room;   /* c lives in the room too (made there by start_conn) */
 } conn;
 
 struct weft_server {
@@ -73,29 +74,41 @@ static void *conn_main(void *p)
     srv->st.active--;
     if (srv->slot_waiter)
         sched_wake(srv->slot_waiter, 0);
+    if (k->in_room)
+        chan_wait_gone(k->c); /* (its memory goes with this coroutine's stack) */
     return NULL;
 }
 
-static void start_conn(weft_server *srv, weft_chan *c)
+/* A handler for client c, or (c NULL) for the client a just accepted, whose channel is made
+ * in the handler's room: the connection's record, channel and socket transport live at the
+ * top of its stack, in the page its first frames touch anyway, not on the heap. */
+static void start_conn(weft_server *srv, weft_chan *c, const accepted_conn *a)
 {
-    weft_chan_set_timeouts(c, srv->o.idle_timeout_ms, srv->o.write_timeout_ms);
-    weft_chan_set_maxline(c, srv->o.maxline);
-    weft_chan_set_wbuf(c, srv->o.wbuf);
-    /* The connection's record lives at the top of its handler's stack. */
-    weft_spawn_opts so = {.name = weft_chan_peer(c), .stack_size = srv->o.stack_size,
-                          .guard_size = srv->o.guard_size};
+    size_t chan_room = c ? 0 : net_chan_size(a);
+    weft_spawn_opts so = {.name = c ? weft_chan_peer(c) : a->peer,
+                          .stack_size = srv->o.stack_size, .guard_size = srv->o.guard_size};
     void *room;
-    weft_co *co = group_spawn_room(srv->handlers, conn_main, &so, sizeof(conn), &room);
+    size_t conn_room = (sizeof(conn) + 63) / 64 * 64; /* (the channel after it, aligned) */
+    weft_co *co = group_spawn_room(srv->handlers, conn_main, &so, conn_room + chan_room, &room);
     if (!co) {
         /* No memory for this client: it alone pays, with a close; the server goes on. */
         srv->st.spawn_errors++;
-        weft_close(c);
+        if (c)
+            weft_close(c);
+        else
+            sys_close(a->fd);
         return;
     }
+    if (!c)
+        c = net_chan_of(a, (char *)room + conn_room); /* (nothing to allocate: cannot fail) */
+    weft_chan_set_timeouts(c, srv->o.idle_timeout_ms, srv->o.write_timeout_ms);
+    weft_chan_set_maxline(c, srv->o.maxline);
+    weft_chan_set_wbuf(c, srv->o.wbuf);
     conn *k = room;
     k->srv = srv;
     k->c = c;
     k->co = co;
+    k->in_room = chan_room != 0;
     k->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = k;
@@ -128,10 +141,10 @@ static void *accept_loop(void *p)
     weft_server *srv = p;
     int64_t backoff = 0;
     while (wait_for_slot(srv) == 0) {
-        weft_chan *c = weft_accept(srv->l, -1);
-        if (c) {
+        accepted_conn a;
+        if (net_accept_conn(srv->l, -1, &a) == 0) {
             backoff = 0;
-            start_conn(srv, c);
+            start_conn(srv, NULL, &a);
             continue;
         }
         if (errno == ECANCELED || errno == EBADF)
@@ -273,7 +286,7 @@ static void start_pending(weft_server *srv, bool force, bool stop_input)
         weft_chan *c = srv->pending[srv->pending_at++];
         if (stop_input)
             chan_stop_input(c);
-        start_conn(srv, c);
+        start_conn(srv, c, NULL);
     }
 }
 

@@ -306,6 +306,7 @@ typedef struct sock {
     uint8_t drained;   /* enum drained */
     bool owning;       /* registered as the fd's owner (its queue is not empty) */
     bool input_stopped; /* (ring mode) read what the socket holds directly: arm nothing */
+    bool in_room;      /* lives in memory its maker owns (a handler's room): not freed here */
     uint64_t owner_gen; /* the backend it was registered with */
     qbuf *head, *tail; /* output given and not yet sent, oldest first */
     qbuf first;        /* the node of a queue's first buffer: no allocation for it */
@@ -1005,7 +1006,8 @@ static void sock_free(transport *t)
 {
     sock_drop(t); /* (never closed: a channel whose making failed) */
     ring_let_go((sock *)t);
-    free(t);
+    if (!((sock *)t)->in_room)
+        free(t);
 }
 
 static int sock_fd(const transport *t)
@@ -1034,9 +1036,20 @@ static const transport_ops sock_ops = {
 
 transport *sock_transport_new(int fd, bool is_socket, bool tcp)
 {
-    sock *s = calloc(1, sizeof *s);
+    return sock_transport_in(NULL, fd, is_socket, tcp);
+}
+
+size_t sock_transport_size(void)
+{
+    return sizeof(sock);
+}
+
+transport *sock_transport_in(void *mem, int fd, bool is_socket, bool tcp)
+{
+    sock *s = mem ? memset(mem, 0, sizeof(sock)) : calloc(1, sizeof(sock));
     if (!s)
         return NULL;
+    s->in_room = mem != NULL;
     s->t.ops = &sock_ops;
     s->fd = fd;
     s->is_socket = is_socket;

@@ -114,6 +114,10 @@ static inline int transport_err(const transport *t)
  * whose short reads say "drained for now" and which may ask the kernel how much input a read
  * left (TCP_INQ). NULL/ENOMEM. */
 transport *sock_transport_new(int fd, bool is_socket, bool tcp);
+/* The same, made in mem (sock_transport_size() bytes, pointer-aligned), which its maker owns
+ * and keeps until the transport is freed: freeing it releases what it holds, not mem. */
+transport *sock_transport_in(void *mem, int fd, bool is_socket, bool tcp);
+size_t sock_transport_size(void);
 /* The transport of a descriptor weft did not make (weft_chan_open): made non-blocking (only
  * that flag changes), its kind found out, its peer's name written to peer ("" if none).
  * NULL: EBADF, ENOMEM. */

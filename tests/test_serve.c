@@ -143,6 +143,76 @@ static void channel_is_closed_when_the_handler_returns(void)
     CHECK(weft_server_close(s) == 0);
 }
 
+/* ---- A handler that returns while other coroutines are inside its channel ----
+ * The channel lives in the handler's room (the top of its stack): the handler's coroutine
+ * must not end, and its stack go to the next client, before the others have left it. */
+
+static int inside_errno[2]; /* what the reader and the writer got */
+static int inside_done;
+
+static void *inside_reader(void *p)
+{
+    size_t len;
+    const char *line = weft_gets(p, &len);
+    inside_errno[0] = line ? 0 : errno;
+    inside_done++;
+    return NULL;
+}
+
+static void *inside_writer(void *p)
+{
+    static char big[1 << 20];
+    int rc = 0;
+    for (int i = 0; i < 64 && rc == 0; i++)
+        rc = weft_write(p, big, sizeof big) < 0 ? -1 : 0; /* unread: it parks for room */
+    inside_errno[1] = rc == 0 ? 0 : errno;
+    inside_done++;
+    return NULL;
+}
+
+static void leaves_others_inside(weft_chan *c, void *arg)
+{
+    (void)arg;
+    weft_spawn_opts o = {.detached = 1};
+    CHECK(weft_spawn_ex(inside_reader, c, &o) && weft_spawn_ex(inside_writer, c, &o));
+    for (int i = 0; i < 20; i++)
+        CHECK(weft_yield() == 0); /* (the reader parks for input, the writer for room) */
+}
+
+static void *inside_client(void *p)
+{
+    weft_chan *c = weft_connect(p, weft_now() + 20000);
+    CHECK(c);
+    while (inside_done < 2)
+        CHECK(weft_sleep(1) == 0);
+    char buf[65536];
+    while (weft_read(c, buf, sizeof buf) > 0) /* what was sent before the close, then EOF */
+        ;
+    CHECK(weft_close(c) == 0);
+    return NULL;
+}
+
+static void a_handler_returning_wakes_those_inside_its_channel(void)
+{
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", weft_listener_port(l));
+    weft_server *s = weft_server_start(l, leaves_others_inside, NULL);
+    CHECK(s);
+    for (int round = 0; round < 20; round++) { /* (the handlers' stacks are reused) */
+        inside_done = 0;
+        inside_errno[0] = inside_errno[1] = -1;
+        weft_co *k = weft_spawn(inside_client, addr);
+        CHECK(k && weft_join(k, NULL, -1) == 0);
+        CHECK(inside_errno[0] == EBADF);
+        CHECK(inside_errno[1] == EBADF);
+    }
+    CHECK(weft_server_close(s) == 0);
+    CHECK(weft_run() == 0);
+    CHECK(weft_count() == 0);
+}
+
 /* ---- Running out of file descriptors ---- */
 
 static void serve_with_few_fds(int port_pipe)
@@ -364,6 +434,7 @@ static void close_stops_accepting_and_lets_handlers_finish(void)
 const struct test tests[] = {
     {"many_clients_at_once_each_in_its_own_coroutine", many_clients_at_once_each_in_its_own_coroutine, 0},
     {"channel_is_closed_when_the_handler_returns", channel_is_closed_when_the_handler_returns, 0},
+    {"a_handler_returning_wakes_those_inside_its_channel", a_handler_returning_wakes_those_inside_its_channel, 0},
     {"keeps_serving_through_emfile_and_recovers", keeps_serving_through_emfile_and_recovers, 0},
     {"close_stops_accepting_and_lets_handlers_finish", close_stops_accepting_and_lets_handlers_finish, 0},
     {"server_raises_the_soft_fd_limit_unless_told_not_to", server_raises_the_soft_fd_limit_unless_told_not_to, 0},
