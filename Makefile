@@ -78,7 +78,7 @@ endif
 
 LIB_SRC := src/stack.c src/buf.c src/timer.c src/addr.c src/check.c \
            src/backend.c src/backend_epoll.c src/backend_uring.c \
-           src/sched.c src/request.c src/wait.c src/inbox.c src/fd.c src/sock.c src/chan.c src/chan_hold.c \
+           src/sched.c src/request.c src/deep.c src/wait.c src/inbox.c src/fd.c src/sock.c src/chan.c src/chan_hold.c \
            src/tls.c \
            src/sync.c src/group.c src/offload.c src/tqueue.c \
            src/net.c src/serve.c src/dump.c

@@ -7,9 +7,9 @@
  *   1. ctx (src/ctx/), stack, buf, timer, addr       leaves
  *   2. backend, backend_epoll, backend_uring        the kernel's event interface; report
  *                                                   through io_watcher.cb and io_op.cb
- *   3. sched, request                               coroutines and the loop (calls 1, 2; and
+ *   3. sched, request, deep                         coroutines and the loop (calls 1, 2; and
  *                                                   chan_hold, which calls nothing of 3+);
- *                                                   requests from signal handlers
+ *                                                   requests from signal handlers; deep calls
  *   4. wait, inbox                                  waits on objects and across threads
  *   5. fd                                           parking on descriptors and operations
  *   6. sock (transport.h)                           the plain descriptor transport
@@ -89,8 +89,9 @@ bool stack_canary_ok(const stack *s);
 _Noreturn void stack_overflow_abort(const char *name);
 /* Unmap every pooled stack of this thread. */
 void stack_pool_drain(void);
-/* Callback: the stack and name of the coroutine running on this thread, or NULL. */
-typedef const stack *(*stack_running_fn)(const char **name);
+/* Callback: the stack running on this thread and the name of its coroutine, or NULL; *deep
+ * is set when it is the thread's deep-call stack (deep.c), which the coroutine is in. */
+typedef const stack *(*stack_running_fn)(const char **name, bool *deep);
 /* Install the SIGSEGV handler (on an alternate stack) that reports overflows, asking running
  * (registered by the scheduler; called in the signal handler) whose stack was hit. Per
  * thread. -1 with errno. */
@@ -371,6 +372,7 @@ struct sched {
     weft_co *batch;        /* [gdb] the rest of the turn's run list (see loop_turn) */
     weft_co *reap;         /* ended, still to be reaped by whoever runs after it */
     bool from_main;        /* the last switch came from the loop's own stack */
+    bool in_deep;          /* [gdb] the current coroutine is inside a deep call (deep.c) */
     uint64_t switches;     /* [gdb] context switches, into coroutines and back to the loop */
     uint64_t turns;        /* [gdb] loop turns */
     int64_t turn_ms;       /* [gdb] the loop's clock: weft_now() as of this turn (see loop_turn) */
@@ -396,6 +398,7 @@ struct sched {
     unsigned requests_seen; /* sched_request()s this scheduler has answered */
     bool requests_watched; /* its backend watches the requests' eventfd */
     io_watcher requests_w;
+    struct deep_stack *deep; /* [gdb] the runner of deep calls, once one was made (deep.c) */
 };
 
 /* This thread's scheduler, created on first use; NULL with errno (ENOMEM, or why no event
@@ -451,6 +454,37 @@ uint64_t sched_fork_gen(void);
  * top of its stack, in the page its first frames touch anyway: *roomp points to them, and
  * they are fn's argument. They last as long as the coroutine runs. NULL/errno. */
 weft_co *co_spawn_room(weft_fn fn, const weft_spawn_opts *opts, size_t room, void **roomp);
+
+/* ---- Deep calls (deep.c) ----
+ * A call that goes deep into a library (OpenSSL) runs on one stack per thread, so that its
+ * pages are touched once per thread rather than in every coroutine's stack. The stack is a
+ * runner's, a context of the scheduler's, entered with a switch and left with another. */
+#define DEEP_STACK_SIZE (512 * 1024) /* address space; only the pages touched cost memory */
+typedef struct deep_stack { /* (fields marked [gdb] are read by tools/weft-gdb.py) */
+    stack *st;            /* [gdb] lo and size; guard page below, as a coroutine's */
+    ctx runner;           /* the runner, between calls */
+    ctx caller;           /* [gdb] the registers of the coroutine inside a call */
+    weft_co *co;          /* [gdb] the coroutine inside a call now, or NULL */
+    void (*fn)(void *);
+    void *arg;
+    void *asan_fake;      /* the runner's fake stack, between calls (AddressSanitizer) */
+    const void *caller_lo;
+    size_t caller_size;
+    void *tsan_fiber, *tsan_caller;
+} deep_stack;
+
+/* Run fn(arg) on this thread's deep-call stack when called from a coroutine; fn must return
+ * without waiting (no park, no yield: switch_out aborts the process if it tries). Outside
+ * coroutines, or inside a deep call already, or when no stack can be mapped for it: a plain
+ * call of fn. */
+void deep_call(void (*fn)(void *), void *arg);
+/* The deep-call stack while a coroutine of s is inside a deep call, else NULL (for the
+ * SIGSEGV handler: in signal context). */
+const stack *deep_running_stack(const sched *s);
+/* Free s's runner and give its stack to the pool (the scheduler's end). */
+void deep_free(sched *s);
+/* A coroutine (named name) tried to switch out inside a deep call: say so and abort. */
+_Noreturn void deep_parked_abort(const char *name);
 
 /* ---- Requests from signal handlers (request.c), for weft_dump_on_signal ----
  * A handler calls sched_request: an atomic increment and a write to an eventfd that every

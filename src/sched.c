@@ -125,14 +125,16 @@ static void process_init(void)
 }
 
 /* For the SIGSEGV handler (stack.c), in signal context: whose stack is it? */
-static const stack *running_stack(const char **name)
+static const stack *running_stack(const char **name, bool *deep)
 {
     sched *s = tls_sched;
     weft_co *co = s ? s->current : NULL;
     if (!co)
         return NULL;
     *name = co->name;
-    return co->stack;
+    const stack *d = deep_running_stack(s);
+    *deep = d != NULL;
+    return d ? d : co->stack;
 }
 
 /* A new backend for s (at start, or in a forked child). -1 with errno. */
@@ -192,6 +194,7 @@ static void sched_release_if_idle(sched *s)
         sys_close(s->in.fd);
     pthread_mutex_destroy(&s->in.mu);
     timer_heap_free(&s->timers);
+    deep_free(s);
     stack_pool_drain();
     buf_pool_drain();
     free(s);
@@ -327,6 +330,8 @@ static void switch_out(sched *s, weft_co *co, bool done)
     s->switches++;
     if (!co->guarded && !stack_canary_ok(co->stack))
         stack_overflow_abort(co->name); /* before anything else runs on corrupted memory */
+    if (s->in_deep)
+        deep_parked_abort(co->name); /* its frames on the deep-call stack would be lost */
     if (done)
         s->reap = co;
     weft_co *next = s->batch;

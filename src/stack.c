@@ -256,8 +256,9 @@ static pthread_key_t altstack_key;
 static void on_segv(int sig, siginfo_t *si, void *uctx)
 {
     const char *name = "?";
+    bool deep = false;
     stack_running_fn who = atomic_load(&running);
-    const stack *st = who ? who(&name) : NULL;
+    const stack *st = who ? who(&name, &deep) : NULL;
     uintptr_t addr = (uintptr_t)si->si_addr;
 
     if (st) {
@@ -265,7 +266,9 @@ static void on_segv(int sig, siginfo_t *si, void *uctx)
         if (addr < lo && addr + st->guard + OVERFLOW_SLACK >= lo) {
             write_str("weft: stack overflow in coroutine '");
             write_str(name);
-            write_str("' (raise its stack_size in weft_spawn_ex)\n");
+            write_str(deep ? "', in a deep call (the thread's deep-call stack, DEEP_STACK_SIZE "
+                             "in src/internal.h)\n"
+                           : "' (raise its stack_size in weft_spawn_ex)\n");
             signal(SIGSEGV, SIG_DFL);
             return; /* the fault repeats, now with the default action: the process dies */
         }

@@ -5,7 +5,14 @@
  * collected in a buffer that, once an SSL call returns, is given to the lower transport,
  * which sends it now or as the peer reads. So a TLS write never waits inside OpenSSL, and
  * every wait is the lower transport's. A context (weft_tls) wraps an SSL_CTX with its settings
- * and is counted by the connections and servers that use it. */
+ * and is counted by the connections and servers that use it.
+ *
+ * Since no call into OpenSSL waits, every one that goes deep (handshakes, records, making and
+ * freeing an SSL, loading certificates, formatting errors) runs on the thread's deep-call
+ * stack (deep_call, src/deep.c), not on the coroutine's own: OpenSSL's frames would otherwise
+ * leave two or three more pages touched in every connection's stack. Each such call is a
+ * small function of this file taking its arguments in a struct; cheap accessors
+ * (SSL_has_pending, SSL_get_shutdown, SSL_get_version) are called directly. */
 #include "internal.h"
 
 #include <errno.h>
@@ -49,10 +56,19 @@ typedef struct tls {
     char *pre;             /* bytes from below read before we were layered (preload) */
     size_t pre_off, pre_len;
     int lower_errno;       /* the lower transport's error behind a failed BIO call */
-    char error[160];       /* the last failure, as text */
-    char alpn[64];
+    /* The last failure, kept as what makes its text (weft_tls_error makes it when asked):
+     * err_kind says which of err_num (an errno, a verification result, SSL_get_error's
+     * answer) and err_code (OpenSSL's packed error code) it is. */
+    uint8_t err_kind;
+    int err_num;
+    unsigned long err_code;
+    char *error;           /* its text, once asked for (ERROR_TEXT bytes, reused) */
+    char *alpn;            /* the protocol agreed, once asked for */
     char *subject;         /* the peer certificate's subject, once asked for */
 } tls;
+
+enum { FAIL_NONE, FAIL_ERRNO, FAIL_VERIFY, FAIL_REASON, FAIL_EOF, FAIL_OTHER };
+#define ERROR_TEXT 160
 
 static BIO_METHOD *bio_method;
 static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
@@ -103,46 +119,77 @@ static int load_errno(const char *path)
     return err;
 }
 
+/* A context being made from files, on the deep-call stack (loading and checking keys and
+ * certificates goes deep): two paths in, the context or the errno out. */
+struct ctx_call {
+    const char *a, *b;
+    weft_tls *w;
+    int err;
+};
+
+static void make_server(void *p)
+{
+    struct ctx_call *c = p;
+    weft_tls *w = ctx_new(true);
+    if (!w) {
+        c->err = errno;
+        return;
+    }
+    int err = 0;
+    if (SSL_CTX_use_certificate_chain_file(w->ctx, c->a) != 1)
+        err = load_errno(c->a);
+    else if (SSL_CTX_use_PrivateKey_file(w->ctx, c->b, SSL_FILETYPE_PEM) != 1)
+        err = load_errno(c->b);
+    else if (SSL_CTX_check_private_key(w->ctx) != 1)
+        err = EPROTO;
+    if (err) {
+        ERR_clear_error();
+        ctx_unref(w);
+        c->err = err;
+        return;
+    }
+    c->w = w;
+}
+
 weft_tls *weft_tls_server(const char *cert_file, const char *key_file)
 {
     if (!cert_file || !key_file) {
         errno = EINVAL;
         return NULL;
     }
-    weft_tls *w = ctx_new(true);
-    if (!w)
-        return NULL;
-    int err = 0;
-    if (SSL_CTX_use_certificate_chain_file(w->ctx, cert_file) != 1)
-        err = load_errno(cert_file);
-    else if (SSL_CTX_use_PrivateKey_file(w->ctx, key_file, SSL_FILETYPE_PEM) != 1)
-        err = load_errno(key_file);
-    else if (SSL_CTX_check_private_key(w->ctx) != 1)
-        err = EPROTO;
-    if (err) {
-        ERR_clear_error();
-        ctx_unref(w);
-        errno = err;
-        return NULL;
+    struct ctx_call c = {cert_file, key_file, NULL, 0};
+    deep_call(make_server, &c);
+    if (!c.w)
+        errno = c.err;
+    return c.w;
+}
+
+static void make_client(void *p)
+{
+    struct ctx_call *c = p;
+    weft_tls *w = ctx_new(false);
+    if (!w) {
+        c->err = errno;
+        return;
     }
-    return w;
+    int ok = c->a || c->b ? SSL_CTX_load_verify_locations(w->ctx, c->a, c->b)
+                          : SSL_CTX_set_default_verify_paths(w->ctx);
+    if (ok != 1) {
+        c->err = load_errno(c->a ? c->a : c->b);
+        ctx_unref(w);
+        return;
+    }
+    SSL_CTX_set_verify(w->ctx, SSL_VERIFY_PEER, NULL);
+    c->w = w;
 }
 
 weft_tls *weft_tls_client(const char *ca_file, const char *ca_dir)
 {
-    weft_tls *w = ctx_new(false);
-    if (!w)
-        return NULL;
-    int ok = ca_file || ca_dir ? SSL_CTX_load_verify_locations(w->ctx, ca_file, ca_dir)
-                               : SSL_CTX_set_default_verify_paths(w->ctx);
-    if (ok != 1) {
-        int err = load_errno(ca_file ? ca_file : ca_dir);
-        ctx_unref(w);
-        errno = err;
-        return NULL;
-    }
-    SSL_CTX_set_verify(w->ctx, SSL_VERIFY_PEER, NULL);
-    return w;
+    struct ctx_call c = {ca_file, ca_dir, NULL, 0};
+    deep_call(make_client, &c);
+    if (!c.w)
+        errno = c.err;
+    return c.w;
 }
 
 int weft_tls_set_verify(weft_tls *w, int verify)
@@ -208,10 +255,15 @@ int weft_tls_set_alpn(weft_tls *w, const char *const *protocols, size_t n)
     return 0;
 }
 
+static void unref_call(void *w)
+{
+    ctx_unref(w);
+}
+
 void weft_tls_free(weft_tls *w)
 {
     if (w)
-        ctx_unref(w);
+        deep_call(unref_call, w); /* (SSL_CTX_free, when it is the last) */
 }
 
 weft_tls *tls_ref(weft_tls *w)
@@ -308,29 +360,34 @@ static void clear_errors(void)
         ERR_clear_error();
 }
 
-/* Note why OpenSSL failed (its reason, or the verification's), and the errno it means. */
+/* Note why OpenSSL failed (its reason, or the verification's: what weft_tls_error words when
+ * asked), and the errno it means. On the deep-call stack. */
 static int failure(tls *s, int ssl_err)
 {
     unsigned long e = ERR_peek_last_error();
     long verify = SSL_get_verify_result(s->ssl);
     int err = EPROTO;
+    s->err_code = 0;
+    s->err_num = 0;
     if (ssl_err == SSL_ERROR_SYSCALL && s->lower_errno) {
         err = s->lower_errno;
-        snprintf(s->error, sizeof s->error, "%s", strerror(err));
+        s->err_kind = FAIL_ERRNO;
+        s->err_num = err;
     } else if (verify != X509_V_OK && !s->handshaken &&
                (SSL_get_verify_mode(s->ssl) & SSL_VERIFY_PEER)) {
-        snprintf(s->error, sizeof s->error, "certificate verify failed: %s",
-                 X509_verify_cert_error_string(verify));
+        s->err_kind = FAIL_VERIFY;
+        s->err_num = (int)verify;
     } else if (e) {
-        const char *why = ERR_reason_error_string(e);
-        snprintf(s->error, sizeof s->error, "%s", why ? why : "TLS error");
+        s->err_kind = FAIL_REASON;
+        s->err_code = e;
         if (ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
             err = ECONNRESET; /* the peer closed without close_notify */
     } else if (ssl_err == SSL_ERROR_SYSCALL) {
-        snprintf(s->error, sizeof s->error, "unexpected eof while reading");
+        s->err_kind = FAIL_EOF;
         err = ECONNRESET;
     } else {
-        snprintf(s->error, sizeof s->error, "TLS error %d", ssl_err);
+        s->err_kind = FAIL_OTHER;
+        s->err_num = ssl_err;
     }
     ERR_clear_error();
     s->lower_errno = 0;
@@ -372,6 +429,38 @@ static ssize_t read_failed(tls *s, int err)
     return -1;
 }
 
+/* A read: every record already here, as far as the buffer goes (replies to pipelined
+ * requests that came as records of their own can then leave together: line coalescing). */
+struct read_call {
+    tls *s;
+    char *buf;
+    size_t n, total;
+    int e;
+};
+
+static void read_records(void *p)
+{
+    struct read_call *r = p;
+    SSL *ssl = r->s->ssl;
+    clear_errors();
+    while (r->total < r->n) {
+        size_t got = 0;
+        if (!SSL_read_ex(ssl, r->buf + r->total, r->n - r->total, &got)) {
+            r->e = SSL_get_error(ssl, 0);
+            return;
+        }
+        r->total += got;
+        if (!SSL_has_pending(ssl))
+            return;
+    }
+}
+
+static void read_failure(void *p)
+{
+    struct read_call *r = p;
+    r->s->read_err = failure(r->s, r->e);
+}
+
 static ssize_t tls_recv(transport *t, void *buf, size_t n)
 {
     tls *s = (tls *)t;
@@ -381,27 +470,16 @@ static ssize_t tls_recv(transport *t, void *buf, size_t n)
         errno = EPROTO;
         return -1;
     }
-    /* Every record already here, as far as buf goes: replies to pipelined requests that came
-     * as records of their own can then leave together (line coalescing). */
-    size_t total = 0;
-    int e = SSL_ERROR_NONE;
-    clear_errors();
-    while (total < n) {
-        size_t got = 0;
-        if (!SSL_read_ex(s->ssl, (char *)buf + total, n - total, &got)) {
-            e = SSL_get_error(s->ssl, 0);
-            break;
-        }
-        total += got;
-        if (!SSL_has_pending(s->ssl))
-            break;
-    }
+    struct read_call r = {s, buf, n, 0, SSL_ERROR_NONE};
+    deep_call(read_records, &r);
+    size_t total = r.total;
+    int e = r.e;
     s->want_below = e == SSL_ERROR_WANT_READ;
     if (push_out(s) != 0) /* (a TLS 1.3 key update's reply, say) */
         return total > 0 ? (ssize_t)total : -1;
     if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE &&
         e != SSL_ERROR_ZERO_RETURN)
-        s->read_err = failure(s, e); /* (after the data before it, if any) */
+        deep_call(read_failure, &r); /* (after the data before it, if any) */
     if (total > 0)
         return (ssize_t)total;
     switch (e) {
@@ -465,6 +543,21 @@ static int tls_preload(transport *t, const void *buf, size_t n)
     return 0;
 }
 
+struct write_call {
+    tls *s;
+    const char *p;
+    size_t k, done;
+    int err; /* 0, or the errno of a failure */
+};
+
+static void write_records(void *p)
+{
+    struct write_call *w = p;
+    clear_errors();
+    if (!SSL_write_ex(w->s->ssl, w->p, w->k, &w->done))
+        w->err = failure(w->s, SSL_get_error(w->s->ssl, 0));
+}
+
 /* Encrypt up to SEND_CHUNK bytes of [p, p + n) and give the records below: the count taken. */
 static ssize_t encrypt(tls *s, const char *p, size_t n)
 {
@@ -476,16 +569,15 @@ static ssize_t encrypt(tls *s, const char *p, size_t n)
         errno = EPIPE; /* after weft_shutdown, as on a socket shut down for writing */
         return -1;
     }
-    size_t k = n < SEND_CHUNK ? n : SEND_CHUNK, done = 0;
-    clear_errors();
-    int ok = SSL_write_ex(s->ssl, p, k, &done);
-    if (!ok) {
-        errno = failure(s, SSL_get_error(s->ssl, 0));
+    struct write_call w = {s, p, n < SEND_CHUNK ? n : SEND_CHUNK, 0, 0};
+    deep_call(write_records, &w);
+    if (w.err) {
+        errno = w.err;
         return -1;
     }
     if (push_out(s) != 0)
         return -1;
-    return (ssize_t)done;
+    return (ssize_t)w.done;
 }
 
 static ssize_t tls_send(transport *t, const struct iovec *iov, int iovcnt)
@@ -534,15 +626,20 @@ static size_t tls_drop(transport *t)
     return n + t->below->ops->drop(t->below);
 }
 
+static void shutdown_call(void *ssl)
+{
+    ERR_clear_error();
+    SSL_shutdown(ssl); /* (1 or 0: sent; we do not wait for the peer's) */
+    ERR_clear_error();
+}
+
 /* close_notify, once: into the output, for the channel to wait for. */
 static int tls_finish(transport *t)
 {
     tls *s = (tls *)t;
     if (!s->handshaken || s->failed || (SSL_get_shutdown(s->ssl) & SSL_SENT_SHUTDOWN))
         return 0;
-    ERR_clear_error();
-    SSL_shutdown(s->ssl); /* (1 or 0: sent; we do not wait for the peer's) */
-    ERR_clear_error();
+    deep_call(shutdown_call, s->ssl);
     return push_out(s);
 }
 
@@ -556,23 +653,30 @@ static int tls_shutdown(transport *t)
  * instead of ending it, and a TLS 1.3 client that only wrote has unread input for sure (the
  * server's session tickets, which come after the handshake). Application data in it goes,
  * as a close drops it anyway. */
-static void take_pending_input(tls *s)
+static void take_pending_input(void *ssl)
 {
     char scratch[2048];
     size_t got;
-    if (!s->handshaken || s->failed || s->read_err)
-        return;
-    for (int i = 0; i < 32 && SSL_read_ex(s->ssl, scratch, sizeof scratch, &got); i++) {
+    for (int i = 0; i < 32 && SSL_read_ex(ssl, scratch, sizeof scratch, &got); i++) {
     }
     ERR_clear_error();
 }
 
 static int tls_close(transport *t)
 {
+    tls *s = (tls *)t;
     tls_drop(t);
-    take_pending_input((tls *)t);
+    if (s->handshaken && !s->failed && !s->read_err)
+        deep_call(take_pending_input, s->ssl);
     tls_drop(t); /* (what reading it made OpenSSL write: not sent on a closing socket) */
     return t->below->ops->close(t->below);
+}
+
+static void free_ssl(void *p)
+{
+    tls *s = p;
+    SSL_free(s->ssl); /* (and our BIO with it) */
+    ctx_unref(s->owner);
 }
 
 static void tls_free(transport *t)
@@ -580,12 +684,13 @@ static void tls_free(transport *t)
     tls *s = (tls *)t;
     if (t->below) /* (NULL when layering it failed: below is still the channel's) */
         t->below->ops->free(t->below);
-    SSL_free(s->ssl); /* (and our BIO with it) */
+    deep_call(free_ssl, s);
     free(s->subject);
+    free(s->alpn);
+    free(s->error);
     if (s->out)
         buf_give(s->out, s->out_cap);
     free(s->pre);
-    ctx_unref(s->owner);
     free(s);
 }
 
@@ -620,6 +725,44 @@ static bool is_ip_literal(const char *name)
     return inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
 }
 
+struct new_call {
+    tls *s;
+    weft_tls *w;
+    const char *servername;
+    bool ok;
+};
+
+/* s's SSL and BIO, for the context and server name of c (on the deep-call stack). */
+static void new_ssl(void *p)
+{
+    struct new_call *c = p;
+    tls *s = c->s;
+    s->ssl = SSL_new(c->w->ctx);
+    BIO *bio = s->ssl ? BIO_new(bio_method) : NULL;
+    if (!bio)
+        goto fail;
+    BIO_set_data(bio, s);
+    SSL_set_bio(s->ssl, bio, bio);
+    if (c->w->server) {
+        SSL_set_accept_state(s->ssl);
+    } else {
+        SSL_set_connect_state(s->ssl);
+        const char *name = c->servername;
+        if (name && *name) {
+            bool ip = is_ip_literal(name);
+            if ((!ip && !SSL_set_tlsext_host_name(s->ssl, name)) ||
+                (ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), name)
+                    : !SSL_set1_host(s->ssl, name)))
+                goto fail;
+        }
+    }
+    c->ok = true;
+    return;
+fail:
+    SSL_free(s->ssl);
+    ERR_clear_error();
+}
+
 /* A TLS transport over below for ctx, not yet handshaken. NULL/errno. */
 static tls *tls_new(weft_tls *w, transport *below, const char *servername)
 {
@@ -632,33 +775,12 @@ static tls *tls_new(weft_tls *w, transport *below, const char *servername)
     }
     s->t.ops = &tls_ops;
     s->t.below = below;
-    s->ssl = SSL_new(w->ctx);
-    BIO *bio = s->ssl ? BIO_new(bio_method) : NULL;
-    if (!bio) {
-        SSL_free(s->ssl);
+    struct new_call c = {s, w, servername, false};
+    deep_call(new_ssl, &c);
+    if (!c.ok) {
         free(s);
-        ERR_clear_error();
         errno = ENOMEM;
         return NULL;
-    }
-    BIO_set_data(bio, s);
-    SSL_set_bio(s->ssl, bio, bio);
-    if (w->server) {
-        SSL_set_accept_state(s->ssl);
-    } else {
-        SSL_set_connect_state(s->ssl);
-        if (servername && *servername) {
-            bool ip = is_ip_literal(servername);
-            if ((!ip && !SSL_set_tlsext_host_name(s->ssl, servername)) ||
-                (ip ? !X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s->ssl), servername)
-                    : !SSL_set1_host(s->ssl, servername))) {
-                SSL_free(s->ssl);
-                free(s);
-                ERR_clear_error();
-                errno = ENOMEM;
-                return NULL;
-            }
-        }
     }
     atomic_fetch_add(&w->refs, 1);
     s->owner = w;
@@ -677,6 +799,26 @@ static int send_flight(weft_chan *c, tls *s, int64_t deadline)
     return 0; /* (a peer gone: the next SSL call finds out and says why) */
 }
 
+/* One step of a handshake, on the deep-call stack: done, or e says why not (for a failure,
+ * err is its errno, noted by failure()). */
+struct hs_call {
+    tls *s;
+    bool done;
+    int e, err;
+};
+
+static void handshake_step(void *p)
+{
+    struct hs_call *h = p;
+    SSL *ssl = h->s->ssl;
+    ERR_clear_error();
+    int rc = SSL_do_handshake(ssl);
+    h->done = rc == 1;
+    h->e = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(ssl, rc);
+    if (!h->done && h->e != SSL_ERROR_WANT_READ && h->e != SSL_ERROR_WANT_WRITE)
+        h->err = failure(h->s, h->e);
+}
+
 static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t deadline)
 {
     transport *below = chan_transport(c);
@@ -686,27 +828,19 @@ static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t 
     if (chan_push_transport(c, &s->t, deadline) != 0)
         return -1; /* (s is freed) */
     for (;;) {
-        ERR_clear_error();
-        int rc = SSL_do_handshake(s->ssl);
-        int e = rc == 1 ? SSL_ERROR_NONE : SSL_get_error(s->ssl, rc);
+        struct hs_call h = {s, false, 0, 0};
+        deep_call(handshake_step, &h);
+        /* (a failure's alert goes out too, as far as the peer takes it) */
         if (push_out(s) != 0 || send_flight(c, s, deadline) != 0)
             return -1; /* (EBADF: c may be gone) */
-        if (rc == 1) {
+        if (h.done) {
             s->handshaken = true;
             s->want_below = false; /* (what came with the peer's last flight is to be read) */
-            const unsigned char *p;
-            unsigned len;
-            SSL_get0_alpn_selected(s->ssl, &p, &len);
-            if (len && len < sizeof s->alpn) {
-                memcpy(s->alpn, p, len);
-                s->alpn[len] = '\0';
-            }
             return 0;
         }
-        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
-            int err = failure(s, e);
-            fail(s, err);
-            errno = err;
+        if (h.err) {
+            fail(s, h.err);
+            errno = h.err;
             return -1;
         }
         /* Wait for the peer's flight; a part of a record OpenSSL holds is no input yet. */
@@ -753,19 +887,28 @@ const char *weft_tls_cipher(const weft_chan *c)
     return s && s->handshaken ? SSL_get_cipher_name(s->ssl) : NULL;
 }
 
+/* The answers below are made when first asked for, not kept for every connection, and then
+ * stay valid until c is closed. */
 const char *weft_tls_alpn(const weft_chan *c)
-{
-    tls *s = tls_of(c);
-    return s && s->alpn[0] ? s->alpn : NULL;
-}
-
-const char *weft_tls_peer_subject(const weft_chan *c)
 {
     tls *s = tls_of(c);
     if (!s || !s->handshaken)
         return NULL;
-    if (s->subject) /* (made once: valid until c is closed, like the other answers) */
-        return s->subject;
+    if (!s->alpn) {
+        const unsigned char *p;
+        unsigned len;
+        SSL_get0_alpn_selected(s->ssl, &p, &len); /* (not a string: its bytes) */
+        if (len == 0 || !(s->alpn = malloc(len + 1)))
+            return NULL;
+        memcpy(s->alpn, p, len);
+        s->alpn[len] = '\0';
+    }
+    return s->alpn;
+}
+
+static void make_subject(void *p)
+{
+    tls *s = p;
     X509 *cert = SSL_get0_peer_certificate(s->ssl);
     BIO *mem = cert ? BIO_new(BIO_s_mem()) : NULL;
     char *text;
@@ -778,13 +921,54 @@ const char *weft_tls_peer_subject(const weft_chan *c)
     }
     BIO_free(mem);
     ERR_clear_error();
+}
+
+const char *weft_tls_peer_subject(const weft_chan *c)
+{
+    tls *s = tls_of(c);
+    if (!s || !s->handshaken)
+        return NULL;
+    if (!s->subject)
+        deep_call(make_subject, s);
     return s->subject;
+}
+
+/* The text of s's last failure, into s->error (on the deep-call stack: OpenSSL's strings). */
+static void make_error(void *p)
+{
+    tls *s = p;
+    char *b = s->error;
+    const char *why;
+    switch (s->err_kind) {
+    case FAIL_ERRNO:
+        snprintf(b, ERROR_TEXT, "%s", strerror(s->err_num));
+        break;
+    case FAIL_VERIFY:
+        snprintf(b, ERROR_TEXT, "certificate verify failed: %s",
+                 X509_verify_cert_error_string(s->err_num));
+        break;
+    case FAIL_REASON:
+        why = ERR_reason_error_string(s->err_code);
+        snprintf(b, ERROR_TEXT, "%s", why ? why : "TLS error");
+        break;
+    case FAIL_EOF:
+        snprintf(b, ERROR_TEXT, "unexpected eof while reading");
+        break;
+    default:
+        snprintf(b, ERROR_TEXT, "TLS error %d", s->err_num);
+    }
 }
 
 const char *weft_tls_error(const weft_chan *c)
 {
     tls *s = tls_of(c);
-    return s ? s->error : "";
+    if (!s || s->err_kind == FAIL_NONE)
+        return "";
+    /* Made at each ask (a later failure changes it), in a buffer kept until c is closed. */
+    if (!s->error && !(s->error = malloc(ERROR_TEXT)))
+        return "TLS error (no memory for its text)";
+    deep_call(make_error, s);
+    return s->error;
 }
 
 #else /* built without OpenSSL */

@@ -4,6 +4,7 @@
  * saying why, where gdb is missing, may not attach (ptrace), or programs run through an
  * emulator or valgrind ($WEFT_RUN). */
 #include "harness.h"
+#include "../src/internal.h" /* deep_call */
 
 #include <errno.h>
 #include <signal.h>
@@ -399,10 +400,81 @@ static void gdb_and_weft_dump_agree(void)
     free(got);
 }
 
+/* ---- A coroutine inside a deep call ---- */
+
+static int deep_out_fd, deep_block_fd;
+
+/* On the deep-call stack: say so, then block the thread (not a park) while gdb looks. */
+static void deep_blocked(void *arg)
+{
+    (void)arg;
+    char b = 'x';
+    CHECK(write(deep_out_fd, &b, 1) == 1);
+    ssize_t r = read(deep_block_fd, &b, 1);
+    (void)r;
+}
+
+static void *deep_blocked_main(void *arg)
+{
+    deep_call(deep_blocked, arg);
+    return NULL;
+}
+
+/* `weft coroutines` says the running coroutine is in a deep call and shows the thread's
+ * deep-call stack; `weft bt` unwinds the coroutine's own frames from where it switched. */
+static void gdb_shows_a_coroutine_inside_a_deep_call(void)
+{
+    const char *why = why_no_gdb();
+    if (why) {
+        printf("  skipped: %s\n", why);
+        return;
+    }
+    int out[2], block[2];
+    CHECK(pipe(out) == 0 && pipe(block) == 0);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        close(out[0]);
+        close(block[1]);
+        deep_out_fd = out[1];
+        deep_block_fd = block[0];
+        weft_spawn_opts o = {.name = "deep-blocked"};
+        CHECK(weft_spawn_ex(deep_blocked_main, NULL, &o));
+        weft_run();
+        _exit(0);
+    }
+    close(out[1]);
+    close(block[0]);
+    char b;
+    CHECK(read(out[0], &b, 1) == 1); /* it is inside the deep call now */
+    close(out[0]);
+    char *got = run_capture("gdb -nx -batch -p %d -x " SCRIPT " -ex 'weft coroutines' "
+                            "-ex 'weft bt deep-blocked' 2>&1 </dev/null", (int)pid);
+    close(block[1]);
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK(got);
+    if (strstr(got, "ptrace: Operation not permitted") || strstr(got, "Could not attach")) {
+        printf("  skipped: gdb may not attach to a process here (ptrace not permitted)\n");
+        free(got);
+        return;
+    }
+    bool ok = strstr(got, "\"deep-blocked\" running (in a deep call") &&
+              strstr(got, "deep-call stack ") && strstr(got, ", in use") &&
+              strstr(got, "running a deep call") && strstr(got, " in deep_call ") &&
+              strstr(got, " in deep_blocked_main ");
+    if (!ok)
+        fprintf(stderr, "  gdb said:\n%s\n", got);
+    CHECK(ok);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    free(got);
+}
+
 const struct test tests[] = {
     {"gdb_and_weft_dump_agree", gdb_and_weft_dump_agree, 120},
     {"gdb_lists_coroutines_and_backtraces_a_live_process",
      gdb_lists_coroutines_and_backtraces_a_live_process, 120},
     {"gdb_reads_a_core_file", gdb_reads_a_core_file, 120},
+    {"gdb_shows_a_coroutine_inside_a_deep_call", gdb_shows_a_coroutine_inside_a_deep_call, 120},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];

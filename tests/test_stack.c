@@ -298,6 +298,177 @@ static void more_coroutines_than_guard_pages_allow(void)
     free(cos);
 }
 
+/* ---- Deep calls (deep.c): one stack per thread for calls that go deep ---- */
+
+struct span {
+    const char *lo;
+    size_t size;
+};
+
+static bool on_stack(struct span st, const void *p)
+{
+    return st.lo && (const char *)p >= st.lo && (const char *)p < st.lo + st.size;
+}
+
+struct where {
+    const void *frame;   /* a local of the call */
+    struct span deep;    /* the thread's deep-call stack during it (it is unmapped after) */
+    struct where *inner; /* a deep call made inside this one, if any */
+    pthread_barrier_t *both; /* threads: wait for the other's call before ending */
+};
+
+static void note_where(void *p)
+{
+    struct where *w = p;
+    volatile char local = 0;
+    w->frame = (const void *)&local;
+    sched *s = sched_peek();
+    if (s && s->deep)
+        w->deep = (struct span){s->deep->st->lo, s->deep->st->size};
+    if (w->inner)
+        deep_call(note_where, w->inner); /* re-entered: runs in place */
+}
+
+static void *deep_caller(void *arg)
+{
+    struct where *w = arg;
+    deep_call(note_where, w);
+    if (w->both) /* (blocks the thread: both runners exist at once) */
+        pthread_barrier_wait(w->both);
+    return NULL;
+}
+
+static void *thread_deep(void *arg)
+{
+    weft_co *co = weft_spawn(deep_caller, arg);
+    CHECK(co && weft_run() == 0 && weft_join(co, NULL, -1) == 0);
+    CHECK(sched_peek() == NULL); /* the scheduler, and its runner with it, is freed */
+    return NULL;
+}
+
+static void deep_calls_run_on_one_stack_per_thread(void)
+{
+    /* In a coroutine: on the deep-call stack, not its own; a deep call inside it stays there. */
+    struct where inner = {0}, outer = {.inner = &inner}, mine = {0};
+    weft_co *co = weft_spawn(deep_caller, &outer);
+    CHECK(co && weft_run() == 0 && weft_join(co, NULL, -1) == 0);
+    CHECK(on_stack(outer.deep, outer.frame));
+    CHECK(inner.deep.lo == outer.deep.lo && on_stack(inner.deep, inner.frame));
+    CHECK((const char *)inner.frame < (const char *)outer.frame);
+    /* Outside coroutines: a plain call, on the thread's own stack. */
+    deep_call(note_where, &mine);
+    CHECK(!on_stack(mine.deep, mine.frame));
+    /* Each thread its own. */
+    pthread_barrier_t both;
+    CHECK(pthread_barrier_init(&both, NULL, 2) == 0);
+    struct where a = {.both = &both}, b = {.both = &both};
+    pthread_t ta, tb;
+    CHECK(pthread_create(&ta, NULL, thread_deep, &a) == 0);
+    CHECK(pthread_create(&tb, NULL, thread_deep, &b) == 0);
+    CHECK(pthread_join(ta, NULL) == 0 && pthread_join(tb, NULL) == 0);
+    CHECK(on_stack(a.deep, a.frame) && on_stack(b.deep, b.frame));
+    CHECK(!on_stack(a.deep, b.frame) && !on_stack(b.deep, a.frame));
+    pthread_barrier_destroy(&both);
+}
+
+static void deep_overflow(void *arg)
+{
+    (void)arg;
+    overflow(0);
+}
+
+static void *deep_overflower(void *arg)
+{
+    deep_call(deep_overflow, arg);
+    return NULL;
+}
+
+static void spawn_deep_overflower(void)
+{
+    weft_spawn_opts o = {.name = "deep-recursion"};
+    CHECK(weft_spawn_ex(deep_overflower, NULL, &o));
+    weft_run();
+}
+
+static void a_deep_call_overflow_is_reported_with_the_coroutine_name(void)
+{
+    char out[4096];
+    int status = run_child(spawn_deep_overflower, out, sizeof out);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV);
+    CHECK(strstr(out, "stack overflow in coroutine 'deep-recursion', in a deep call"));
+}
+
+static void yield_inside(void *arg)
+{
+    (void)arg;
+    weft_yield();
+}
+
+static void *deep_yielder(void *arg)
+{
+    deep_call(yield_inside, arg);
+    return NULL;
+}
+
+static void spawn_deep_yielder(void)
+{
+    weft_spawn_opts o = {.name = "deep-waiter"};
+    CHECK(weft_spawn_ex(deep_yielder, NULL, &o) && weft_spawn(deep_yielder, NULL));
+    weft_run();
+}
+
+/* Its frames would be left on the deep-call stack for the next caller to overwrite. */
+static void waiting_inside_a_deep_call_ends_the_process(void)
+{
+    char out[4096];
+    int status = run_child(spawn_deep_yielder, out, sizeof out);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+    CHECK(strstr(out, "coroutine 'deep-waiter' tried to wait inside a deep call"));
+}
+
+static void raise_usr1(void *arg)
+{
+    (void)arg;
+    raise(SIGUSR1);
+}
+
+static void *signal_and_fork_in_deep_calls(void *arg)
+{
+    (void)arg;
+    deep_call(raise_usr1, NULL); /* its dump comes at the loop's next turn */
+    CHECK(weft_sleep(50) == 0);
+    pid_t pid = fork(); /* (the runner exists: the child has its copy) */
+    CHECK(pid >= 0);
+    struct where w = {0};
+    deep_call(note_where, &w);
+    if (pid == 0)
+        _exit(on_stack(w.deep, w.frame) ? 0 : 1);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    return NULL;
+}
+
+static void run_signal_and_fork(void)
+{
+    CHECK(weft_dump_on_signal(SIGUSR1) == 0);
+    weft_spawn_opts o = {.name = "deep-signaller"};
+    weft_co *co = weft_spawn_ex(signal_and_fork_in_deep_calls, NULL, &o);
+    CHECK(co && weft_run() == 0 && weft_join(co, NULL, -1) == 0);
+    _exit(0);
+}
+
+/* A dump asked for by a signal that came during a deep call names the coroutine; a child
+ * forked by a coroutine after deep calls makes them on its copy of the runner's stack. */
+static void a_signal_during_a_deep_call_and_a_fork_after(void)
+{
+    char out[8192];
+    int status = run_child(run_signal_and_fork, out, sizeof out);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fprintf(stderr, "  the child (status %#x) said:\n%s", (unsigned)status, out);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(strstr(out, "\"deep-signaller\""));
+}
+
 const struct test tests[] = {
     {"unguarded_overflow_is_caught_by_the_canary", unguarded_overflow_is_caught_by_the_canary, 0},
     {"more_coroutines_than_guard_pages_allow", more_coroutines_than_guard_pages_allow, 120},
@@ -308,5 +479,10 @@ const struct test tests[] = {
     {"overflow_is_reported_with_the_coroutine_name", overflow_is_reported_with_the_coroutine_name, 0},
     {"a_frame_larger_than_the_guard_is_reported", a_frame_larger_than_the_guard_is_reported, 0},
     {"the_guard_gap_is_settable", the_guard_gap_is_settable, 0},
+    {"deep_calls_run_on_one_stack_per_thread", deep_calls_run_on_one_stack_per_thread, 0},
+    {"a_deep_call_overflow_is_reported_with_the_coroutine_name",
+     a_deep_call_overflow_is_reported_with_the_coroutine_name, 0},
+    {"waiting_inside_a_deep_call_ends_the_process", waiting_inside_a_deep_call_ends_the_process, 0},
+    {"a_signal_during_a_deep_call_and_a_fork_after", a_signal_during_a_deep_call_and_a_fork_after, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];

@@ -41,7 +41,8 @@
     X(blocking_handshake_with_a_flight_larger_than_the_socket, 0)                              \
     X(one_context_shared_by_servers_on_two_threads, 120)                                       \
     X(server_handshake_timeout_is_not_the_idle_timeout, 0)                                     \
-    X(sendfile_over_tls_goes_through_the_records, 120)
+    X(sendfile_over_tls_goes_through_the_records, 120)                                         \
+    X(idle_tls_coroutines_touch_no_more_stack_than_plain_ones, 120)
 
 #ifdef WEFT_HAVE_TLS
 #include <fcntl.h>
@@ -1490,6 +1491,121 @@ static void sendfile_over_tls_goes_through_the_records(void)
     fprintf(stderr, "  %zu bytes sent from a file over TLS, twice, verified\n", n);
     weft_tls_free(sctx);
     weft_tls_free(cctx);
+}
+
+/* ---- Idle memory: OpenSSL's calls leave no pages touched in a coroutine's stack ---- */
+
+#define IDLE_PAIRS 16
+
+struct idle_peer {
+    weft_chan *c;
+    weft_tls *ctx; /* NULL: plain */
+    bool server;
+    int *ready;    /* counts the peers that have handshaken and exchanged their line */
+};
+
+/* Handshake (when TLS), one line each way, then park in a read until cancelled. */
+static void *idle_peer_run(void *p)
+{
+    struct idle_peer *x = p;
+    size_t len;
+    if (x->ctx) {
+        int rc = x->server ? weft_tls_accept(x->c, x->ctx, in_ms(20000))
+                           : weft_tls_connect(x->c, x->ctx, "localhost", in_ms(20000));
+        CHECK(rc == 0);
+        CHECK(weft_tls_peer_subject(x->c) || x->server); /* (formatting goes deep too) */
+    }
+    if (x->server) {
+        const char *line = weft_gets(x->c, &len);
+        CHECK(line && len == 5);
+        CHECK(weft_puts(x->c, "hello") == 0);
+    } else {
+        CHECK(weft_puts(x->c, "hello") == 0);
+        const char *line = weft_gets(x->c, &len);
+        CHECK(line && len == 5 && memcmp(line, "hello", 5) == 0);
+    }
+    ++*x->ready;
+    CHECK(weft_gets(x->c, &len) == NULL && errno == ECANCELED); /* idle until cancelled */
+    weft_close(x->c);
+    return NULL;
+}
+
+struct idle_watch {
+    int *ready;
+    int fd;            /* the dump goes here */
+    weft_co *peers[2 * IDLE_PAIRS];
+};
+
+/* Once every peer is idle: weft_dump (its stack column: pages resident), then cancel them. */
+static void *idle_watch_run(void *p)
+{
+    struct idle_watch *w = p;
+    while (*w->ready < 2 * IDLE_PAIRS)
+        CHECK(weft_sleep(5) == 0);
+    CHECK(weft_dump(w->fd) == 0);
+    for (int i = 0; i < 2 * IDLE_PAIRS; i++)
+        weft_cancel(w->peers[i]);
+    return NULL;
+}
+
+/* The most stack (KiB resident) any of 2 x IDLE_PAIRS idle peers holds, TLS or plain. Each
+ * kind gets stacks of its own size, so that none reuses a pooled stack the other touched. */
+static long idle_stack_kib(bool tls)
+{
+    weft_tls *sctx[2] = {server_ctx("leaf"), server_ctx("rsa")}, *cctx = client_ctx();
+    struct idle_peer peers[2 * IDLE_PAIRS];
+    int ready = 0;
+    char path[] = "/tmp/weft-idle-dump-XXXXXX";
+    struct idle_watch w = {&ready, mkstemp(path), {NULL}};
+    CHECK(w.fd >= 0);
+    unlink(path);
+    weft_spawn_opts o = {.name = "idle-peer", .stack_size = tls ? 160 * 1024 : 192 * 1024,
+                         .detached = 1};
+    for (int i = 0; i < IDLE_PAIRS; i++) {
+        int sv[2];
+        tcp_pair(sv);
+        for (int k = 0; k < 2; k++) {
+            struct idle_peer *x = &peers[2 * i + k];
+            *x = (struct idle_peer){weft_chan_open(sv[k]), NULL, k == 0, &ready};
+            CHECK(x->c);
+            if (tls)
+                x->ctx = k == 0 ? sctx[i % 2] : cctx; /* ECDSA and RSA handshakes */
+            CHECK((w.peers[2 * i + k] = weft_spawn_ex(idle_peer_run, x, &o)));
+        }
+    }
+    weft_co *watch = weft_spawn(idle_watch_run, &w);
+    CHECK(watch && weft_run() == 0 && weft_join(watch, NULL, -1) == 0);
+    weft_tls_free(sctx[0]), weft_tls_free(sctx[1]), weft_tls_free(cctx);
+    /* Each peer's line: '  #12 "idle-peer" parked ...: read fd 9, ...; stack 4K/160K'. */
+    FILE *f = fdopen(w.fd, "r");
+    CHECK(f && fseek(f, 0, SEEK_SET) == 0);
+    char line[512];
+    long most = -1;
+    int seen = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *st = strstr(line, "; stack ");
+        long kib;
+        if (!strstr(line, "\"idle-peer\"") || !st || sscanf(st, "; stack %ldK/", &kib) != 1)
+            continue;
+        seen++;
+        if (kib > most)
+            most = kib;
+    }
+    fclose(f);
+    CHECK(seen == 2 * IDLE_PAIRS);
+    return most;
+}
+
+/* Idle TLS connections must cost no more stack than plain ones: OpenSSL's handshake and
+ * record calls go deep (two or three pages more than weft's own frames), so they run on the
+ * thread's deep-call stack and leave the coroutine's stack as a plain connection leaves it.
+ * (Before deep calls: 12 KiB resident against 4 KiB.) */
+static void idle_tls_coroutines_touch_no_more_stack_than_plain_ones(void)
+{
+    long tls = idle_stack_kib(true), plain = idle_stack_kib(false);
+    fprintf(stderr, "  stack resident in an idle coroutine, at most: %ld KiB with TLS "
+                    "(ECDSA and RSA handshakes, a line each way), %ld KiB plain\n", tls, plain);
+    CHECK(plain > 0 && tls <= plain);
 }
 
 #define AS_TEST(name, timeout) {#name, name, timeout},

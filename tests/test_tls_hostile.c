@@ -407,8 +407,8 @@ static long idle_bytes_each(int tls, int n)
     return held * 1024 / n;
 }
 
-/* Printed, not judged (docs/tls.md explains the figure: OpenSSL's connection state, and two
- * more pages of the coroutine's stack that OpenSSL's calls have touched). */
+/* Printed, not judged (docs/tls.md explains the figure: mostly OpenSSL's connection state;
+ * test_tls idle_tls_coroutines_touch_no_more_stack_than_plain_ones judges the stack's part). */
 static void memory_of_an_idle_tls_connection(void)
 {
     int n = memory_is_measurable() ? 1000 : 20; /* (elsewhere the figure means little) */

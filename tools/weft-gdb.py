@@ -322,12 +322,42 @@ def co_line(co, s, now_ms, pid, sockets, kinds, state_names, running_sp):
         if deadline >= 0:
             line += ", %s %s" % ("wakes in" if kind == "WAIT_SLEEP" else "times out in",
                                  secs(deadline - now_ms))
-    line += "; stack %s" % stack_use(co, pid, running_sp if co_is_current(co, s) else None)
+    current = co_is_current(co, s)
+    if current and in_deep_call(s):
+        # its own frames are suspended below a deep call (src/deep.c): its sp is the one saved
+        line += " (in a deep call, on the thread's deep-call stack)"
+        running_sp = ctx_sp(s["deep"]["caller"])
+    line += "; stack %s" % stack_use(co, pid, running_sp if current else None)
     return line
 
 
 def co_is_current(co, s):
     return int(s["current"]) == int(co)
+
+
+def in_deep_call(s):
+    """Whether the running coroutine of s is inside a deep call (src/deep.c); False for a
+    program built before deep calls."""
+    try:
+        return bool(s["in_deep"]) and int(s["deep"]) != 0
+    except gdb.error:
+        return False
+
+
+def deep_stack_line(s, pid):
+    """The thread's deep-call stack, as "deep-call stack 12K/512K", or None."""
+    try:
+        d = s["deep"]
+    except gdb.error:
+        return None
+    if int(d) == 0:
+        return None
+    st = d["st"]
+    lo, size = int(st["lo"]), int(st["size"])
+    span = int(st["map_size"]) - (int(st["guard"]) if bool(st["guarded"]) else 0)
+    used = resident_live(pid, lo, size) if pid is not None else None
+    return "deep-call stack %s/%dK%s" % ("?" if used is None else "%dK" % (used // 1024),
+                                           span // 1024, ", in use" if in_deep_call(s) else "")
 
 
 def monotonic_ms():
@@ -380,6 +410,9 @@ pages."""
             print(co_line(co, s, now_ms, pid, sockets, kinds, state_names, running_sp))
             state = state_names.get(int(co["state"]), "?")
             counts[state] = counts.get(state, 0) + 1
+        deep = deep_stack_line(s, pid)
+        if deep:
+            print("  " + deep)
         print("weft: %d coroutines: %d running, %d ready, %d parked (%d on I/O); "
               "%d turns, %d switches, %d events, %d timers" %
               (len(cos), counts.get("CO_RUNNING", 0), counts.get("CO_READY", 0),
@@ -389,17 +422,23 @@ pages."""
 
 # ---- Backtraces of parked coroutines ----
 
-def saved_sp(co):
-    ctx = co["ctx"]
+def ctx_sp(ctx):
     try:
         return int(ctx["sp"])
+    except gdb.error:  # CTX=ucontext
+        return int(ctx["uc"]["uc_mcontext"]["gregs"][15])
+
+
+def saved_sp(co):
+    try:
+        return ctx_sp(co["ctx"])
     except gdb.error:
         return None
 
 
-def saved_registers(co):
-    """The registers a suspended coroutine resumes with: {name: value}."""
-    ctx = co["ctx"]
+def saved_registers(ctx):
+    """The registers a suspended context (a coroutine's, or one inside a deep call, saved by
+    the switch into it) resumes with: {name: value}."""
     names = [f.name for f in ctx.type.strip_typedefs().fields()]
     if "uc" in names:  # CTX=ucontext: glibc's x86-64 gregs indices
         g = ctx["uc"]["uc_mcontext"]["gregs"]
@@ -484,17 +523,23 @@ ready), by its id (as `weft coroutines` shows it, "#12" or "12") or its name."""
             raise gdb.GdbError("weft: no coroutine %s" % arg.strip())
         thread, s, co = found
         print('coroutine #%d "%s" (gdb thread %d):' % (int(co["id"]), co_name(co), thread.num))
+        ctx = co["ctx"]
         if co_is_current(co, s):
-            print("  running: its frames are gdb thread %d's own (thread %d; bt)" %
-                  (thread.num, thread.num))
-            return
+            if not in_deep_call(s):
+                print("  running: its frames are gdb thread %d's own (thread %d; bt)" %
+                      (thread.num, thread.num))
+                return
+            # The thread runs the deep call (bt shows it); the coroutine's own frames are
+            # below the switch into it, saved as a suspended coroutine's are.
+            print("  running a deep call (gdb thread %d's bt); its own frames:" % thread.num)
+            ctx = s["deep"]["caller"]
         arch = gdb.selected_inferior().architecture().name()
         if not arch.endswith("x86-64") or UNWINDER is None:
             raise gdb.GdbError("weft bt: only on x86-64 with gdb's unwinder API (this is %s)"
                                % arch)
         before = gdb.selected_thread()
         thread.switch()
-        UNWINDER.regs = saved_registers(co)
+        UNWINDER.regs = saved_registers(ctx)
         gdb.invalidate_cached_frames()
         try:
             frame = gdb.newest_frame().older()
