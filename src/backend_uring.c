@@ -67,12 +67,12 @@ static char ring_lifetimes; /* the sync object */
 #endif
 #define PBUF_SIZE_INC (16 * 1024)
 #define PBUF_SIZE_WHOLE 4096
-#define PBUF_RING 32768    /* ring entries (the kernel's limit) */
+#define PBUF_RING 4096     /* ring entries: room for every buffer (PBUF_MAX) */
 #define PBUF_MAX 4096      /* buffers at most */
 #define PBUF_CHUNK 32
 #define PBUF_BGID 0
 #define PBUF_PER_RECV 4    /* the ring grows past its first chunk by this many per receive */
-#define PBUF_TRIM_MS 1000  /* the pages of idle grown buffers are given back after this quiet */
+#define PBUF_TRIM_MS 200   /* the pages of idle buffers are given back after this long quiet */
 
 /* What the backend knows of an fd. */
 typedef struct ufd {
@@ -92,7 +92,7 @@ typedef struct pbufs {
     uint16_t *refs;    /* per buffer: slices handed out and not yet put back */
     uint8_t *kernel;   /* per buffer: the kernel still fills it (in the ring, or BUF_MORE) */
     uint8_t *dirty;    /* per buffer: written since its pages were last given back */
-    unsigned ndirty;   /* dirty buffers past the first chunk */
+    unsigned ndirty;   /* dirty buffers */
     unsigned moves;    /* arrivals taken and buffers returned, ever (wraps) */
     unsigned moves_seen; /* moves when pbuf_trim last looked ... */
     int64_t quiet_ms;  /* ... and when it first saw that count */
@@ -284,7 +284,7 @@ static char *pbuf_take(pbufs *pb, unsigned bid, unsigned len, bool more)
     char *p = pbuf_addr(pb, bid) + pb->off[bid];
     if (pb->off[bid] == 0)
         pb->avail--; /* (first use of a fresh buffer) */
-    if (!pb->dirty[bid] && bid >= PBUF_CHUNK) {
+    if (!pb->dirty[bid]) {
         pb->dirty[bid] = 1;
         pb->ndirty++;
     }
@@ -466,13 +466,24 @@ static bool taskrun_pending(const uring_backend *u)
 
 /* A burst of arrivals grows the ring past its first chunk, and the pages the kernel wrote stay
  * resident after the burst: megabytes, for a server back to idle. Once no buffer has been
- * taken or returned for PBUF_TRIM_MS, before the loop sleeps, the pages of grown buffers that
- * sit in the ring unused are given back (MADV_DONTNEED: the mapping stays, the kernel's next
+ * taken or returned for PBUF_TRIM_MS, before the loop sleeps, the pages of buffers that sit
+ * in the ring unused, and the consumed pages of those still being filled, are given back (MADV_DONTNEED: the mapping stays, the kernel's next
  * write gets zeroed pages), once per quiet spell. Never under load: pages given back there
  * would only be faulted in again. Only with DEFER_TASKRUN, and only when every completion
  * posted has been taken: then the kernel writes buffers only inside our own io_uring_enter, so
  * what pbufs says of each is exact. A loop that would sleep for longer wakes for it. Returns
  * the ms until it wants to run again, or -1. */
+/* A buffer the kernel still fills from off on (incremental consumption), every slice before
+ * off consumed: its whole pages below off will not be written again until it comes back to
+ * the ring, and are given back. (Where idle connections' last arrivals sat.) */
+static void pbuf_trim_consumed(pbufs *pb, unsigned bid)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    size_t done = page > 0 ? pb->off[bid] / (size_t)page * (size_t)page : 0;
+    if (pb->dirty[bid] && pb->kernel[bid] && pb->refs[bid] == 0 && done > 0)
+        madvise(pbuf_addr(pb, bid), done, MADV_DONTNEED);
+}
+
 static int pbuf_trim(uring_backend *u)
 {
     pbufs *pb = &u->pb;
@@ -493,7 +504,7 @@ static int pbuf_trim(uring_backend *u)
     if (ms - pb->quiet_ms < PBUF_TRIM_MS)
         return (int)(PBUF_TRIM_MS - (ms - pb->quiet_ms));
     pb->trimmed = true;
-    for (unsigned c = 1; c < pb->nbufs / PBUF_CHUNK; c++) {
+    for (unsigned c = 0; c < pb->nbufs / PBUF_CHUNK; c++) {
         unsigned run = 0, first = c * PBUF_CHUNK;
         for (unsigned i = 0; i <= PBUF_CHUNK; i++) { /* (one past the end closes a run) */
             unsigned bid = c * PBUF_CHUNK + i;
@@ -509,10 +520,11 @@ static int pbuf_trim(uring_backend *u)
                 pb->ndirty -= run;
             }
             run = 0;
+            if (i < PBUF_CHUNK)
+                pbuf_trim_consumed(pb, bid);
         }
     }
-    /* Buffers still in use (a partly filled one can stay so while its connection is idle)
-     * are looked at again after the next quiet spell, not woken for. */
+    /* Buffers still in use are looked at again after the next quiet spell, not woken for. */
     return -1;
 }
 

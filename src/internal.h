@@ -717,6 +717,11 @@ transport *chan_transport(const weft_chan *c);
 /* ---- TLS (tls.c) ---- */
 /* Count one more user of ctx (weft_tls_free releases it); ctx may be NULL. */
 weft_tls *tls_ref(weft_tls *ctx);
+/* weft_tls_accept with the TLS transport made in mem (tls_transport_size() bytes,
+ * pointer-aligned; 0 without TLS), which its maker owns: a server's handler keeps it in its
+ * room, as it keeps the channel (chan_new_in), and so only for a channel made there. */
+int tls_accept_in(weft_chan *c, weft_tls *w, int64_t deadline, void *mem);
+size_t tls_transport_size(void);
 
 /* ---- Offload (offload.c) ---- */
 /* weft_offload with a deadline (-1: none; ETIMEDOUT), plus drop(arg, result): when the call

@@ -25,6 +25,7 @@ typedef struct conn {
     weft_co *co;
     struct conn *prev, *next;
     bool in_room;   /* c lives in the room too (made there by start_conn) */
+    void *tls_room; /* (in_room, TLS) where its TLS transport is made, else NULL */
 } conn;
 
 struct weft_server {
@@ -65,7 +66,8 @@ static void *conn_main(void *p)
     /* TLS: the handshake runs here, in the client's own coroutine, so a slow or hostile
      * client holds up nobody else; a failure costs this connection only. */
     if (!srv->o.tls ||
-        weft_tls_accept(k->c, srv->o.tls, deadline_after(srv->o.handshake_timeout_ms)) == 0)
+        tls_accept_in(k->c, srv->o.tls, deadline_after(srv->o.handshake_timeout_ms),
+                      k->tls_room) == 0)
         srv->handler(k->c, srv->arg);
     else
         srv->st.tls_failures++;
@@ -85,11 +87,13 @@ static void *conn_main(void *p)
 static void start_conn(weft_server *srv, weft_chan *c, const accepted_conn *a)
 {
     size_t chan_room = c ? 0 : net_chan_size(a);
+    size_t tls_room = !c && srv->o.tls ? (tls_transport_size() + 63) / 64 * 64 : 0;
     weft_spawn_opts so = {.name = c ? weft_chan_peer(c) : a->peer,
                           .stack_size = srv->o.stack_size, .guard_size = srv->o.guard_size};
     void *room;
     size_t conn_room = (sizeof(conn) + 63) / 64 * 64; /* (the channel after it, aligned) */
-    weft_co *co = group_spawn_room(srv->handlers, conn_main, &so, conn_room + chan_room, &room);
+    weft_co *co = group_spawn_room(srv->handlers, conn_main, &so,
+                                   conn_room + chan_room + tls_room, &room);
     if (!co) {
         /* No memory for this client: it alone pays, with a close; the server goes on. */
         srv->st.spawn_errors++;
@@ -109,6 +113,7 @@ static void start_conn(weft_server *srv, weft_chan *c, const accepted_conn *a)
     k->c = c;
     k->co = co;
     k->in_room = chan_room != 0;
+    k->tls_room = tls_room ? (char *)room + conn_room + chan_room : NULL;
     k->next = srv->conns;
     if (srv->conns)
         srv->conns->prev = k;

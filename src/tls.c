@@ -46,6 +46,7 @@ typedef struct tls {
     SSL *ssl;
     weft_tls *owner;       /* the context, counted */
     bool handshaken;       /* the handshake finished */
+    bool in_room;          /* lives in memory its maker owns (a handler's room): not freed */
     bool failed;           /* a fatal error: only close is left */
     bool want_below;       /* the last read needs more from below: what OpenSSL holds is
                               part of a record, not something to read now */
@@ -691,7 +692,8 @@ static void tls_free(transport *t)
     if (s->out)
         buf_give(s->out, s->out_cap);
     free(s->pre);
-    free(s);
+    if (!s->in_room)
+        free(s);
 }
 
 static int tls_fd(const transport *t)
@@ -763,22 +765,26 @@ fail:
     ERR_clear_error();
 }
 
-/* A TLS transport over below for ctx, not yet handshaken. NULL/errno. */
-static tls *tls_new(weft_tls *w, transport *below, const char *servername)
+/* A TLS transport over below for ctx, not yet handshaken, in mem (NULL: on the heap).
+ * NULL/errno. */
+static tls *tls_new(weft_tls *w, transport *below, const char *servername, void *mem)
 {
     pthread_once(&bio_once, make_bio_method);
-    tls *s = calloc(1, sizeof *s);
+    tls *s = mem ? memset(mem, 0, sizeof(tls)) : calloc(1, sizeof(tls));
     if (!s || !bio_method) {
-        free(s);
+        if (!mem)
+            free(s);
         errno = ENOMEM;
         return NULL;
     }
+    s->in_room = mem != NULL;
     s->t.ops = &tls_ops;
     s->t.below = below;
     struct new_call c = {s, w, servername, false};
     deep_call(new_ssl, &c);
     if (!c.ok) {
-        free(s);
+        if (!mem)
+            free(s);
         errno = ENOMEM;
         return NULL;
     }
@@ -819,10 +825,11 @@ static void handshake_step(void *p)
         h->err = failure(h->s, h->e);
 }
 
-static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t deadline)
+static int handshake(weft_chan *c, weft_tls *w, const char *servername, int64_t deadline,
+                     void *mem)
 {
     transport *below = chan_transport(c);
-    tls *s = tls_new(w, below, servername);
+    tls *s = tls_new(w, below, servername, mem);
     if (!s)
         return -1;
     if (chan_push_transport(c, &s->t, deadline) != 0)
@@ -856,7 +863,21 @@ int weft_tls_accept(weft_chan *c, weft_tls *w, int64_t deadline)
         errno = EINVAL;
         return -1;
     }
-    return handshake(c, w, NULL, deadline);
+    return handshake(c, w, NULL, deadline, NULL);
+}
+
+size_t tls_transport_size(void)
+{
+    return sizeof(tls);
+}
+
+int tls_accept_in(weft_chan *c, weft_tls *w, int64_t deadline, void *mem)
+{
+    if (!w->server) {
+        errno = EINVAL;
+        return -1;
+    }
+    return handshake(c, w, NULL, deadline, mem);
 }
 
 int weft_tls_connect(weft_chan *c, weft_tls *w, const char *servername, int64_t deadline)
@@ -865,7 +886,7 @@ int weft_tls_connect(weft_chan *c, weft_tls *w, const char *servername, int64_t 
         errno = EINVAL;
         return -1;
     }
-    return handshake(c, w, servername, deadline);
+    return handshake(c, w, servername, deadline, NULL);
 }
 
 /* c's TLS transport, or NULL. */
@@ -1021,6 +1042,18 @@ int weft_tls_accept(weft_chan *c, weft_tls *w, int64_t deadline)
 int weft_tls_connect(weft_chan *c, weft_tls *w, const char *servername, int64_t deadline)
 {
     (void)c, (void)w, (void)servername, (void)deadline;
+    errno = ENOTSUP;
+    return -1;
+}
+
+size_t tls_transport_size(void)
+{
+    return 0;
+}
+
+int tls_accept_in(weft_chan *c, weft_tls *w, int64_t deadline, void *mem)
+{
+    (void)c, (void)w, (void)deadline, (void)mem;
     errno = ENOTSUP;
     return -1;
 }
