@@ -45,10 +45,10 @@ bench-echo-threads: $(O)/bench/echo_threads_bench $(O)/examples/echo-events
 HAVE_LIBURING := $(shell echo '#include <liburing.h>' | $(CC) -E - >/dev/null 2>&1 && echo yes)
 BENCH_URING   := $(if $(HAVE_LIBURING),$(O)/bench/base_uring)
 
-$(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o: bench/loadgen.h
+$(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o $(O)/bench/loadgen_core.c.o: bench/loadgen.h
 $(O)/bench/echo_bench.c.o $(O)/bench/tls_bench.c.o $(O)/bench/kv_bench.c.o \
     $(O)/bench/httpd_bench.c.o $(O)/bench/run.c.o: bench/run.h
-$(O)/bench/loadgen: $(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o
+$(O)/bench/loadgen: $(O)/bench/loadgen.c.o $(O)/bench/loadgen_tls.c.o $(O)/bench/loadgen_core.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(O)/bench/base_epoll: $(O)/bench/base_epoll.c.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -1,5 +1,6 @@
-/* loadgen.h: what loadgen.c (connections, lines, verification, the loop, the figures) and
- * loadgen_tls.c (the same over TLS, and the handshake mode) share. One thread: no locks. */
+/* loadgen.h: what loadgen.c (plain connections, the phases, main), loadgen_tls.c (the same
+ * over TLS, and the handshake mode) and loadgen_core.c (what both use) share. One thread: no
+ * locks. */
 #ifndef BENCH_LOADGEN_H
 #define BENCH_LOADGEN_H
 
@@ -47,7 +48,11 @@ extern struct loadgen {
     /* latency histogram: log-linear, 64 sub-buckets per power of two, in ns */
     uint64_t hist[64 * 64];
     uint64_t hist_n;
+    /* run_loop hands each event of connection ci here (plain or TLS) */
+    void (*on_event)(int ci, uint32_t events, int64_t *nowp);
 } g;
+
+#define NPATTERN 61 /* distinct line contents (prime, so connections differ) */
 
 #define STALL_NS (10LL * 1000000000LL)
 
