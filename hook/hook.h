@@ -10,7 +10,7 @@
 #ifndef WEFT_HOOK_H
 #define WEFT_HOOK_H
 
-#include "../src/hook_entry.h" /* the public API and the three internal entries we use */
+#include "../src/hook_entry.h" /* the public API and the internal entries we use */
 
 #include <poll.h>
 #include <signal.h>
