@@ -10,7 +10,7 @@
 #ifndef WEFT_HOOK_H
 #define WEFT_HOOK_H
 
-#include "../src/hook_entry.h" /* the public API and the three internal entries we use */
+#include "../src/hook_entry.h" /* the public API and the internal entries we use */
 
 #include <poll.h>
 #include <signal.h>
@@ -199,6 +199,12 @@ bool hook_call_restart(hook_call *c, bool restartable);
 int hook_wait_fd(hook_call *c, int fd, int events, int64_t deadline);
 /* The same for a descriptor the hook made itself and has already forgotten (fd_forget). */
 int hook_wait_own_fd(hook_call *c, int fd, int events, int64_t deadline);
+/* On io_uring: receive into buf as recv(fd, buf, len, 0) with the ring waiting for the bytes
+ * (fd_recv_op), parked as hook_wait_fd parks (a signal handler wakes it: EINTR, unless the
+ * bytes came first). The count; -1: the receive's errno, ETIMEDOUT, EINTR, ECANCELED (the
+ * coroutine's cancel, or a close of fd here); -2: the ring could not take it. */
+ssize_t hook_recv_op(hook_call *c, int fd, const hook_fd *e, void *buf, size_t len,
+                     int64_t deadline);
 /* Park until the deadline or a signal handler. 0 at the deadline; -1: EINTR, ECANCELED. */
 int hook_sleep_until(hook_call *c, int64_t deadline);
 /* A deadline timeout_ms from now (0 or less: none). */

@@ -41,14 +41,17 @@ HOOK_HIREDIS := $(call hook_can_link,hiredis/hiredis.h,-lhiredis)
 HOOK_CURL    := $(call hook_can_link,curl/curl.h,-lcurl)
 HOOK_PQ      := $(call hook_can_link,libpq-fe.h,-I/usr/include/postgresql -lpq)
 
-TESTS += test_hook $(if $(HOOK_HIREDIS),test_hook_redis) $(if $(HOOK_CURL),test_hook_curl) \
-         $(if $(HOOK_PQ),test_hook_pg)
+TESTS += test_hook test_hook_recv $(if $(HOOK_HIREDIS),test_hook_redis) \
+         $(if $(HOOK_CURL),test_hook_curl) $(if $(HOOK_PQ),test_hook_pg)
 
 $(O)/tests/test_hook: $(O)/tests/test_hook.c.o $(O)/tests/hook_support.c.o $(TEST_SUPPORT) \
                       $(O)/libweft_hook.a $(O)/libweft.a $(O)/tests/hook_preload_prog \
                       $(O)/libweft_hook.so
 	$(CC) $(LDFLAGS) -o $@ $(O)/tests/test_hook.c.o $(O)/tests/hook_support.c.o \
 	    $(TEST_SUPPORT) $(HOOK_LINK) $(LDLIBS) $(TEST_LDLIBS)
+$(O)/tests/test_hook_recv: $(O)/tests/test_hook_recv.c.o $(O)/tests/hook_support.c.o \
+                           $(TEST_SUPPORT) $(O)/libweft_hook.a $(O)/libweft.a
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(HOOK_LINK) $(LDLIBS) $(TEST_LDLIBS)
 $(O)/tests/test_hook_redis: $(O)/tests/test_hook_redis.c.o $(O)/tests/hook_support.c.o \
                             $(TEST_SUPPORT) $(O)/libweft_hook.a $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(HOOK_LINK) -lhiredis $(LDLIBS) $(TEST_LDLIBS)
@@ -59,8 +62,9 @@ $(O)/tests/test_hook_pg.c.o: CPPFLAGS += -I/usr/include/postgresql
 $(O)/tests/test_hook_pg: $(O)/tests/test_hook_pg.c.o $(O)/tests/hook_support.c.o \
                          $(TEST_SUPPORT) $(O)/libweft_hook.a $(O)/libweft.a
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(HOOK_LINK) -lpq $(LDLIBS) $(TEST_LDLIBS)
-$(O)/tests/test_hook.c.o $(O)/tests/test_hook_redis.c.o $(O)/tests/test_hook_curl.c.o \
-$(O)/tests/test_hook_pg.c.o $(O)/tests/hook_support.c.o: tests/hook_support.h
+$(O)/tests/test_hook.c.o $(O)/tests/test_hook_recv.c.o $(O)/tests/test_hook_redis.c.o \
+$(O)/tests/test_hook_curl.c.o $(O)/tests/test_hook_pg.c.o $(O)/tests/hook_support.c.o: \
+    tests/hook_support.h
 
 # Run by test_hook with LD_PRELOAD=libweft_hook.so: linked with the shared libweft only.
 $(O)/tests/hook_preload_prog: $(O)/tests/hook_preload_prog.c.o $(O)/libweft.so $(O)/libweft.so.0

@@ -99,6 +99,75 @@ static void note_drained(xfer *x, ssize_t r)
         atomic_store_explicit(&x->e->drained, drained, memory_order_relaxed);
 }
 
+/* On io_uring a plain receive on a stream socket that has to wait is made by the ring
+ * itself, into the caller's buffer: the kernel completes it when bytes come, so neither a
+ * readiness wait nor a second recv is needed, and a read after one that left the socket
+ * drained goes to the ring at once (the ring's own first attempt finds what is there). Only
+ * calls whose whole meaning the ring's recv (flags 0) has: no peek, MSG_WAITALL, MSG_OOB,
+ * MSG_TRUNC ...; not recvfrom asking for the address, recvmsg or readv (the readiness path
+ * keeps them). */
+static bool ring_read(const xfer *x)
+{
+    return x->input && !x->pipe && !x->msg && !x->from && !x->all && !x->peek_all &&
+           (x->flags & ~MSG_NOSIGNAL) == 0 &&
+           (atomic_load_explicit(&x->e->flags, memory_order_relaxed) & HOOK_STREAM) &&
+           fd_ops_available();
+}
+
+#define RING_FALL_BACK (-3) /* the ring could not take it: wait for readiness instead */
+
+/* After the ring's receive was cancelled for a signal or the timeout: what the socket has
+ * now. The cancel may have won against bytes (or an end, an error) that came before it; the
+ * kernel's blocking recv looks at those before it looks at signals and its timeout, so they
+ * are the answer. -1/EAGAIN: nothing there. */
+static ssize_t ring_last_look(xfer *x)
+{
+    ssize_t r = x->attempt(x, 0, false);
+    note_drained(x, r);
+    return r;
+}
+
+/* The ring's receive, as the blocking recv ends: the count, or -1 with its errno; a signal
+ * handler restarts it or ends it with EINTR (unless the bytes came first: then they are the
+ * answer), the socket's timeout with EAGAIN, a close by another coroutine with EBADF. -2 as
+ * transfer (not a socket); RING_FALL_BACK. */
+static ssize_t ring_recv(xfer *x, hook_call *c, int64_t deadline, bool restartable)
+{
+    for (;;) {
+        ssize_t r = hook_recv_op(c, x->fd, x->e, x->buf, x->len, deadline);
+        if (r >= 0) {
+            note_drained(x, r);
+            return r;
+        }
+        if (r == -2)
+            return RING_FALL_BACK;
+        int err = errno;
+        if ((err == EINTR || err == ETIMEDOUT) &&
+            ((r = ring_last_look(x)) >= 0 || errno != EAGAIN))
+            return r;
+        switch (err) {
+        case EINTR:
+            if (hook_call_restart(c, restartable))
+                continue;
+            errno = EINTR;
+            return -1;
+        case EAGAIN: /* the file is non-blocking after all (set where the hook did not see) */
+            return RING_FALL_BACK;
+        case ENOTSOCK:
+            return -2;
+        case ETIMEDOUT:
+            errno = EAGAIN;
+            return -1;
+        case ECANCELED:
+            if (!weft_cancelled())
+                errno = EBADF; /* fd_forget cancelled it: closed by another coroutine */
+            return -1;
+        default:
+            return -1;
+        }
+    }
+}
+
 /* The engine: attempts, parks on EAGAIN, decides on signals and timeouts. Returns the count,
  * or -1 with errno; -2 when the descriptor is not what the table said (the caller then makes
  * the real call). */
@@ -116,16 +185,18 @@ static ssize_t transfer_errno(xfer *x)
     hook_call_begin(&c);
     int64_t deadline = hook_deadline(tmo);
     size_t done = 0;
-    bool tcp_read = drain_known(x);
+    bool tcp_read = drain_known(x), ring = ring_read(x);
     for (;;) {
         ssize_t r = -1;
-        /* (The hint is asked before every read, so that each arrival answers one read.) */
-        if (tcp_read && !fd_input_hint(x->fd) &&
-            atomic_load_explicit(&x->e->drained, memory_order_relaxed)) {
+        if (ring && atomic_load_explicit(&x->e->drained, memory_order_relaxed)) {
+            errno = EAGAIN; /* drained: the ring's receive tries first anyway */
+        } else if (tcp_read && !fd_input_hint(x->fd) &&
+                   atomic_load_explicit(&x->e->drained, memory_order_relaxed)) {
+            /* (The hint is asked before every read, so that each arrival answers one.) */
             errno = EAGAIN; /* drained, and nothing came since: the recv would say so */
         } else {
             r = x->attempt(x, done, done > 0);
-            if (tcp_read)
+            if (tcp_read || ring)
                 note_drained(x, r);
         }
         if (r > 0) {
@@ -159,6 +230,13 @@ static ssize_t transfer_errno(xfer *x)
                 return (ssize_t)done;
             errno = EINTR;
             return -1;
+        }
+        if (ring) {
+            ssize_t rr = ring_recv(x, &c, deadline, tmo == 0);
+            if (rr != RING_FALL_BACK)
+                return rr;
+            ring = false;
+            continue;
         }
         if (x->pipe && !still_pipe(x->fd))
             return done ? (ssize_t)done : -2;

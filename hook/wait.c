@@ -191,3 +191,17 @@ int hook_sleep_until(hook_call *c, int64_t deadline)
     errno = err;
     return rc;
 }
+
+ssize_t hook_recv_op(hook_call *c, int fd, const hook_fd *e, void *buf, size_t len,
+                     int64_t deadline)
+{
+    hook_sync_backend(fd, e);
+    hook_waiter w;
+    if (park_prepare(c, &w, fd, 0) != 0) /* (events 0: it takes nobody's turn) */
+        return -1;
+    ssize_t r = fd_recv_op(fd, buf, len, deadline);
+    int err = errno;
+    unlink_waiter(&w);
+    errno = err;
+    return r;
+}

@@ -330,6 +330,26 @@ static void op_done(io_op *op)
     sched_wake(ow->co, 0);
 }
 
+/* Park until op, submitted with op_done and ow, is done; see fd_op. */
+static ssize_t op_wait_done(backend *b, io_op *op, op_wait *ow, int64_t deadline)
+{
+    int err = 0;
+    wait_on on = {.obj = op};
+    while (!ow->done) {
+        if (sched_park_io(WAIT_OP, on, deadline, true) != 0 && !ow->done) {
+            /* The kernel may still be using the buffer: cancel and wait for the end. */
+            err = errno;
+            b->ops->cancel(b, op);
+            while (!ow->done)
+                sched_park_io(WAIT_OP, on, -1, false);
+        }
+    }
+    if (op->res >= 0)
+        return op->res; /* done, even if a timeout came too: nothing is lost */
+    errno = op->res == -ECANCELED && err ? err : -op->res;
+    return -1;
+}
+
 ssize_t fd_op(io_op *op, int64_t deadline)
 {
     backend *b = sched_backend();
@@ -338,21 +358,22 @@ ssize_t fd_op(io_op *op, int64_t deadline)
     op->data = &ow;
     if (b->ops->submit(b, op) != 0)
         return -1;
-    int err = 0;
-    wait_on on = {.obj = op};
-    while (!ow.done) {
-        if (sched_park_io(WAIT_OP, on, deadline, true) != 0 && !ow.done) {
-            /* The kernel may still be using the buffer: cancel and wait for the end. */
-            err = errno;
-            b->ops->cancel(b, op);
-            while (!ow.done)
-                sched_park_io(WAIT_OP, on, -1, false);
-        }
+    return op_wait_done(b, op, &ow, deadline);
+}
+
+ssize_t fd_recv_op(int fd, void *buf, size_t len, int64_t deadline)
+{
+    sched *s = sched_peek();
+    if (!s || !s->current || !s->be->ops->submit) {
+        errno = ENOSYS;
+        return -2;
     }
-    if (op->res >= 0)
-        return op->res; /* done, even if a timeout came too: nothing is lost */
-    errno = op->res == -ECANCELED && err ? err : -op->res;
-    return -1;
+    op_wait ow = {s->current, false};
+    io_op op = {.kind = IO_OP_RECV, .fd = fd, .buf = buf,
+                .len = len > INT_MAX ? INT_MAX : (unsigned)len, .cb = op_done, .data = &ow};
+    if (s->be->ops->submit(s->be, &op) != 0)
+        return -2;
+    return op_wait_done(s->be, &op, &ow, deadline);
 }
 
 int fd_op_start(io_op *op)

@@ -7,6 +7,7 @@
 #include "weft.h"
 
 #include <stdbool.h>
+#include <sys/types.h>
 
 /* Callback: called from the loop with the events (IO_ bits) of an fd (see fd_set_owner). */
 typedef void (*fd_owner_fn)(void *owner, unsigned events);
@@ -22,6 +23,18 @@ int fd_watch_input(int fd, fd_owner_fn fn, void *owner);
 /* Make a parked coroutine runnable; its park returns with err (0 = success). A no-op for a
  * coroutine that is not parked. Only on the coroutine's own thread. */
 void sched_wake(weft_co *co, int err);
+
+/* True when the running coroutine's backend performs operations itself (io_uring). */
+bool fd_ops_available(void);
+/* In a coroutine, on a backend that performs operations (fd_ops_available): receive up to len
+ * bytes of fd into buf as recv(fd, buf, len, 0) does, the backend itself waiting for them
+ * (no readiness wait, no system call of ours), until the deadline (ms, -1: none). A timeout
+ * or a wake of the park (sched_wake's err: EINTR; weft_cancel: ECANCELED) asks the kernel to
+ * cancel it and still waits for its end: bytes that came meanwhile are returned, never lost.
+ * The count (0: end of input); -1 with the receive's errno, or ETIMEDOUT, the wake's err, or
+ * ECANCELED when fd_forget (a close) ended it; -2 with errno when it could not start
+ * (ENOSYS: no such backend here; EAGAIN, ENOMEM: no room). */
+ssize_t fd_recv_op(int fd, void *buf, size_t len, int64_t deadline);
 
 /* Before a read of fd: whether input may have come since the last call. False only when fd
  * is watched and no input event came since (a reader whose last read left the fd drained may

@@ -632,8 +632,8 @@ void fd_cancel_wait(int fd, int events, int err);
 int fd_set_owner(int fd, fd_owner_fn fn, void *owner);
 /* Make sure fd's output events reach its owner (after a send said EAGAIN). */
 int fd_watch_output(int fd);
-/* True when the running coroutine's backend performs operations itself (io_uring). */
-bool fd_ops_available(void);
+/* fd_ops_available (src/hook_entry.h): whether the running coroutine's backend performs
+ * operations itself (io_uring). */
 /* Perform op (its kind, fd, buf, len, addrlen set) on the backend and park until it is done;
  * a timeout or cancel asks the kernel to cancel it and still waits for its completion (the
  * kernel may be using the buffer). The result (>= 0), or -1 with its errno, or ETIMEDOUT /
@@ -664,7 +664,10 @@ void ignore_sigpipe(void);
  *   fd_watch_input: how the hook hears of those signals, through an eventfd its handlers
  *     write (the loop calls the hook back, as it calls a transport that owns an fd);
  *   fd_input_hint and fd_edges_show_urgent: as sock.c does, a hooked read of a TCP socket
- *     whose last read left it drained parks without the recv that would only say EAGAIN. */
+ *     whose last read left it drained parks without the recv that would only say EAGAIN;
+ *   fd_ops_available and fd_recv_op: on io_uring a hooked blocking receive on a stream
+ *     socket that would wait is made by the ring, into the caller's buffer (no readiness
+ *     wait, no recv system call): fd_op for IO_OP_RECV, telling a start that failed apart. */
 
 /* ---- Transports (transport.h, sock.c) ---- */
 #include "transport.h"
