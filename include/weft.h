@@ -114,7 +114,9 @@ size_t weft_count(void);
  * channel had buffered, held back or queued at the fork is the parent's (which sends it), so
  * the child drops its copy before its own first write, flush or close on that channel; a
  * writer's turn held by a parent's coroutine passes to the child's first writer. (Both
- * processes then read from and write to the same socket, as with any inherited fd.) SIGINT
+ * processes then read from and write to the same socket, as with any inherited fd; on
+ * io_uring a channel the parent has read from keeps receiving into the parent ahead of its
+ * next read, so a child that is to read a channel needs the parent to close it.) SIGINT
  * and SIGTERM get back, in the child, the actions they had before
  * weft_server_stop_on_signals. */
 
@@ -332,9 +334,11 @@ const char *weft_tls_error(const weft_chan *c);
 
 typedef struct weft_server weft_server;
 /* A connection handler: runs in its own coroutine; the server closes the channel (flushing
- * what is left, within the write timeout) when it returns. The channel is valid until then
- * (it lives at the top of the handler's stack): coroutines still inside a call on it wake
- * with EBADF, and the handler's coroutine ends once they have left it. */
+ * what is left, within the write timeout) when it returns, unless it was closed already (by
+ * the handler, or by another coroutine: after weft_close nothing may use it). The channel is
+ * valid until the handler returns (it lives at the top of the handler's stack): coroutines
+ * still inside a call on it wake with EBADF, and the handler's coroutine ends once they have
+ * left it. */
 typedef void (*weft_handler)(weft_chan *c, void *arg);
 
 /* Defaults of weft_server_opts (used where a field is 0). */

@@ -151,6 +151,11 @@ static void chan_free(weft_chan *c)
         sched_wake(c->gone_waiter, 0);
 }
 
+bool chan_closed(const weft_chan *c)
+{
+    return c->ref.closed;
+}
+
 void chan_wait_gone(weft_chan *c)
 {
     while (!c->gone) {

@@ -700,6 +700,9 @@ size_t net_chan_size(const accepted_conn *a);
 /* Park (not cancellable) until c, made by chan_new_in and closed, has been freed: the last
  * coroutine inside a call on it when it was closed has left. */
 void chan_wait_gone(weft_chan *c);
+/* Whether c was closed (weft_close ran on it): for a channel made by chan_new_in, whose
+ * memory outlives its close. */
+bool chan_closed(const weft_chan *c);
 /* Stop input for a graceful shutdown: reads still return what has already arrived (in the
  * buffer or the kernel), but instead of waiting for more they fail with ECANCELED; a reader
  * parked now wakes, takes what has arrived, else fails with ECANCELED. Writes go on. */
@@ -740,9 +743,9 @@ int offload_call(void *(*fn)(void *), void *arg, void **result,
 extern _Atomic unsigned net_resolve_delay_ms;
 /* weft_listen, optionally with SO_REUSEPORT so several threads can listen on one port. */
 weft_listener *net_listen(const char *addr, int backlog, bool reuseport);
-/* Accept a connection already waiting, without waiting: a channel, or NULL with errno
+/* Accept a connection already waiting, without waiting, into a: 0, or -1 with errno
  * (EAGAIN: none is waiting). */
-weft_chan *net_accept_now(weft_listener *l);
+int net_accept_now(weft_listener *l, accepted_conn *a);
 
 /* ---- Groups (group.c) ---- */
 /* co_spawn_room into group g (weft_group_spawn's EPIPE once it is closed). */

@@ -264,14 +264,6 @@ weft_chan *net_chan_of(const accepted_conn *a, void *mem)
     return chan_new_in(mem, t, a->peer, true);
 }
 
-/* A channel for a freshly accepted fd. */
-static weft_chan *accepted(int fd, const struct sockaddr_storage *ss, socklen_t len)
-{
-    accepted_conn a;
-    accepted_note(&a, fd, ss, len);
-    return net_chan_of(&a, NULL);
-}
-
 /* Wait until l is readable (or, on io_uring, accept there): one coroutine at a time, as
  * epoll's slots also enforce, on either backend. -1 with errno; EBADF: l may be gone. */
 static int accept_wait(weft_listener *l, struct sockaddr_storage *ss, socklen_t *len,
@@ -306,16 +298,18 @@ static int accept_wait(weft_listener *l, struct sockaddr_storage *ss, socklen_t 
     return fd; /* -2: readable now, try again */
 }
 
-weft_chan *net_accept_now(weft_listener *l)
+int net_accept_now(weft_listener *l, accepted_conn *a)
 {
     for (;;) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         int fd = sys_accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0)
-            return accepted(fd, &ss, len);
+        if (fd >= 0) {
+            accepted_note(a, fd, &ss, len);
+            return 0;
+        }
         if (errno != EINTR && errno != ECONNABORTED)
-            return NULL;
+            return -1;
     }
 }
 

@@ -24,8 +24,7 @@ typedef struct conn {
     weft_chan *c;
     weft_co *co;
     struct conn *prev, *next;
-    bool in_room;   /* c lives in the room too (made there by start_conn) */
-    void *tls_room; /* (in_room, TLS) where its TLS transport is made, else NULL */
+    void *tls_room; /* (TLS) where its TLS transport is made, else NULL */
 } conn;
 
 struct weft_server {
@@ -45,7 +44,7 @@ struct weft_server {
     weft_server_stats st;
     /* Clients the kernel had already connected when the server stopped accepting (its
      * listen backlog), accepted then, waiting for a handler: [pending_at, npending). */
-    weft_chan **pending;
+    accepted_conn *pending;
     size_t npending, pending_at;
 };
 
@@ -71,25 +70,27 @@ static void *conn_main(void *p)
         srv->handler(k->c, srv->arg);
     else
         srv->st.tls_failures++;
-    weft_close(k->c);
+    if (!chan_closed(k->c)) /* (a handler that closed it itself: not twice) */
+        weft_close(k->c);
     conn_unlink(srv, k); /* (k is on this coroutine's stack: nothing to free) */
     srv->st.active--;
     if (srv->slot_waiter)
         sched_wake(srv->slot_waiter, 0);
-    if (k->in_room)
-        chan_wait_gone(k->c); /* (its memory goes with this coroutine's stack) */
+    chan_wait_gone(k->c); /* (its memory goes with this coroutine's stack) */
     return NULL;
 }
 
-/* A handler for client c, or (c NULL) for the client a just accepted, whose channel is made
- * in the handler's room: the connection's record, channel and socket transport live at the
- * top of its stack, in the page its first frames touch anyway, not on the heap. */
-static void start_conn(weft_server *srv, weft_chan *c, const accepted_conn *a)
+/* A handler for the client a just accepted (its input stopped first, if stop_input). The
+ * connection's record, its channel, socket transport and (TLS) TLS transport live at the top
+ * of the handler's stack, in the page its first frames touch anyway, not on the heap; and
+ * since they stay there until the handler's coroutine ends, the server can tell whether the
+ * channel was closed already (by the handler, say) before it closes it. */
+static void start_conn(weft_server *srv, const accepted_conn *a, bool stop_input)
 {
-    size_t chan_room = c ? 0 : net_chan_size(a);
-    size_t tls_room = !c && srv->o.tls ? (tls_transport_size() + 63) / 64 * 64 : 0;
-    weft_spawn_opts so = {.name = c ? weft_chan_peer(c) : a->peer,
-                          .stack_size = srv->o.stack_size, .guard_size = srv->o.guard_size};
+    size_t chan_room = net_chan_size(a);
+    size_t tls_room = srv->o.tls ? (tls_transport_size() + 63) / 64 * 64 : 0;
+    weft_spawn_opts so = {.name = a->peer, .stack_size = srv->o.stack_size,
+                          .guard_size = srv->o.guard_size};
     void *room;
     size_t conn_room = (sizeof(conn) + 63) / 64 * 64; /* (the channel after it, aligned) */
     weft_co *co = group_spawn_room(srv->handlers, conn_main, &so,
@@ -97,14 +98,12 @@ static void start_conn(weft_server *srv, weft_chan *c, const accepted_conn *a)
     if (!co) {
         /* No memory for this client: it alone pays, with a close; the server goes on. */
         srv->st.spawn_errors++;
-        if (c)
-            weft_close(c);
-        else
-            sys_close(a->fd);
+        sys_close(a->fd);
         return;
     }
-    if (!c)
-        c = net_chan_of(a, (char *)room + conn_room); /* (nothing to allocate: cannot fail) */
+    weft_chan *c = net_chan_of(a, (char *)room + conn_room); /* (nothing to allocate) */
+    if (stop_input)
+        chan_stop_input(c);
     weft_chan_set_timeouts(c, srv->o.idle_timeout_ms, srv->o.write_timeout_ms);
     weft_chan_set_maxline(c, srv->o.maxline);
     weft_chan_set_wbuf(c, srv->o.wbuf);
@@ -112,7 +111,6 @@ static void start_conn(weft_server *srv, weft_chan *c, const accepted_conn *a)
     k->srv = srv;
     k->c = c;
     k->co = co;
-    k->in_room = chan_room != 0;
     k->tls_room = tls_room ? (char *)room + conn_room + chan_room : NULL;
     k->next = srv->conns;
     if (srv->conns)
@@ -149,7 +147,7 @@ static void *accept_loop(void *p)
         accepted_conn a;
         if (net_accept_conn(srv->l, -1, &a) == 0) {
             backoff = 0;
-            start_conn(srv, NULL, &a);
+            start_conn(srv, &a, false);
             continue;
         }
         if (errno == ECANCELED || errno == EBADF)
@@ -250,18 +248,18 @@ static void stop_signal_watcher(weft_server *srv);
 static void drain_backlog(weft_server *srv)
 {
     size_t cap = 0;
-    weft_chan *c;
-    while ((c = net_accept_now(srv->l)) != NULL) {
+    accepted_conn a;
+    while (net_accept_now(srv->l, &a) == 0) {
         if (srv->npending == cap) {
             cap = cap ? cap * 2 : 16;
-            weft_chan **p = realloc(srv->pending, cap * sizeof *p);
+            accepted_conn *p = realloc(srv->pending, cap * sizeof *p);
             if (!p) {
-                weft_close(c); /* no memory: this one (and those after it) pay */
+                sys_close(a.fd); /* no memory: this one (and those after it) pay */
                 break;
             }
             srv->pending = p;
         }
-        srv->pending[srv->npending++] = c;
+        srv->pending[srv->npending++] = a;
     }
 }
 
@@ -288,10 +286,7 @@ static int stop_accepting(weft_server *srv)
 static void start_pending(weft_server *srv, bool force, bool stop_input)
 {
     while (srv->pending_at < srv->npending && (force || srv->st.active < srv->o.max_conns)) {
-        weft_chan *c = srv->pending[srv->pending_at++];
-        if (stop_input)
-            chan_stop_input(c);
-        start_conn(srv, c, NULL);
+        start_conn(srv, &srv->pending[srv->pending_at++], stop_input);
     }
 }
 
@@ -315,7 +310,7 @@ static void server_free(weft_server *srv)
 {
     weft_group_close(srv->handlers);
     while (srv->pending_at < srv->npending) /* (only if starting them failed) */
-        weft_close(srv->pending[srv->pending_at++]);
+        sys_close(srv->pending[srv->pending_at++].fd);
     free(srv->pending);
     weft_tls_free(srv->o.tls);
     free(srv);

@@ -43,6 +43,23 @@
  * bounded to keep an idle server's memory from staying at its peak. */
 #define POOL_MAX 64
 
+#if defined(__SANITIZE_ADDRESS__)
+#define STACK_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define STACK_ASAN 1
+#endif
+#endif
+#ifdef STACK_ASAN
+#include <sanitizer/asan_interface.h>
+/* Under ASan a stack given back is poisoned, and kept out of use for the next QUARANTINE
+ * gives, so that a pointer into an ended coroutine's stack (a server's channel lives in its
+ * handler's room there) is reported when used, not silently aimed at the next coroutine. */
+#define QUARANTINE 8
+static _Thread_local stack *quarantine[QUARANTINE];
+static _Thread_local unsigned quarantine_next;
+#endif
+
 static void write_str(const char *s)
 {
     ssize_t r = sys_write(STDERR_FILENO, s, strlen(s));
@@ -140,6 +157,9 @@ static void stack_unmap(stack *s)
 #ifdef HAVE_VALGRIND
     VALGRIND_STACK_DEREGISTER(s->valgrind_id);
 #endif
+#ifdef STACK_ASAN
+    ASAN_UNPOISON_MEMORY_REGION(s->lo, s->size); /* (the next mapping there starts clean) */
+#endif
     munmap(s->map, s->map_size); /* (s with it) */
 }
 
@@ -169,6 +189,9 @@ stack *stack_take(size_t size, size_t guard, size_t top_reserve)
     }
     stack *s = pool_take(size, guard);
     if (s) {
+#ifdef STACK_ASAN
+        ASAN_UNPOISON_MEMORY_REGION(s->lo, s->size);
+#endif
         if (!s->guarded)
             canary_set(s);
         return s;
@@ -218,6 +241,15 @@ void stack_overflow_abort(const char *name)
 
 void stack_give(stack *s)
 {
+#ifdef STACK_ASAN
+    ASAN_POISON_MEMORY_REGION(s->lo, s->size);
+    stack *old = quarantine[quarantine_next];
+    quarantine[quarantine_next] = s;
+    quarantine_next = (quarantine_next + 1) % QUARANTINE;
+    if (!old)
+        return;
+    s = old;
+#endif
     if (pool_len >= POOL_MAX) {
         stack_unmap(s);
         return;
@@ -229,6 +261,13 @@ void stack_give(stack *s)
 
 void stack_pool_drain(void)
 {
+#ifdef STACK_ASAN
+    for (unsigned i = 0; i < QUARANTINE; i++) {
+        if (quarantine[i])
+            stack_unmap(quarantine[i]);
+        quarantine[i] = NULL;
+    }
+#endif
     while (pool_head) {
         stack *s = pool_head;
         pool_head = s->next_free;
