@@ -114,9 +114,10 @@ size_t weft_count(void);
  * channel had buffered, held back or queued at the fork is the parent's (which sends it), so
  * the child drops its copy before its own first write, flush or close on that channel; a
  * writer's turn held by a parent's coroutine passes to the child's first writer. (Both
- * processes then read from and write to the same socket, as with any inherited fd; on
- * io_uring a channel the parent has read from keeps receiving into the parent ahead of its
- * next read, so a child that is to read a channel needs the parent to close it.) SIGINT
+ * processes then read from and write to the same socket, as with any inherited fd. On
+ * io_uring the forking thread's receives, armed by its earlier reads, are paused at the fork,
+ * so the parent takes nothing more from a socket until it reads it again; those of the
+ * parent's other threads go on.) SIGINT
  * and SIGTERM get back, in the child, the actions they had before
  * weft_server_stop_on_signals. */
 

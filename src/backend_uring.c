@@ -627,6 +627,11 @@ static void uring_cancel(backend *b, io_op *op)
     }
 }
 
+static void uring_flush(backend *b)
+{
+    io_uring_submit(&((uring_backend *)b)->ring);
+}
+
 static void uring_forget(backend *b, int fd)
 {
     uring_backend *u = (uring_backend *)b;
@@ -672,6 +677,7 @@ static const backend_ops uring_ops = {
     .poll = uring_poll,
     .submit = uring_submit,
     .cancel = uring_cancel,
+    .flush = uring_flush,
     .pbuf = uring_pbuf,
     .pbuf_put = uring_pbuf_put,
     .edges_show_urgent = false,

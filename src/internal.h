@@ -214,6 +214,9 @@ typedef struct backend_ops {
     int (*submit)(backend *b, io_op *op);
     /* Ask the kernel to cancel op; its completion still comes. */
     void (*cancel)(backend *b, io_op *op);
+    /* Optional: hand what was asked so far (operations, cancels) to the kernel now, without
+     * waiting or reporting anything (before a fork). */
+    void (*flush)(backend *b);
     /* Optional, with multishot receives: each arrival's bytes are a slice of provided buffer
      * op->bid, at op->buf; pbuf_put gives a slice back once consumed (a buffer may hold
      * several connections' slices). A multishot receive that ran out of buffers is started

@@ -31,25 +31,31 @@ typedef struct olink {
 } olink;
 
 static _Thread_local olink *orphans;
+/* This thread's multishot receives in flight whose transport is alive, linked through the
+ * same link (a receive is in one list or the other): a fork pauses them (fork_prepare). */
+static _Thread_local olink *armed_rx;
 
-static void orphan_add(olink *l)
+static void olist_add(olink **head, olink *l)
 {
     l->prev = NULL;
-    l->next = orphans;
-    if (orphans)
-        orphans->prev = l;
-    orphans = l;
+    l->next = *head;
+    if (*head)
+        (*head)->prev = l;
+    *head = l;
 }
 
-static void orphan_remove(olink *l)
+static void olist_remove(olink **head, olink *l)
 {
     if (l->prev)
         l->prev->next = l->next;
     else
-        orphans = l->next;
+        *head = l->next;
     if (l->next)
         l->next->prev = l->prev;
 }
+
+static void orphan_add(olink *l) { olist_add(&orphans, l); }
+static void orphan_remove(olink *l) { olist_remove(&orphans, l); }
 
 /* Small output in ring mode is copied into slabs the thread's connections share, so that a
  * reply in flight holds a few bytes of a slab rather than a whole write buffer (ten thousand
@@ -430,9 +436,48 @@ static void rx_done(io_op *op)
     if (!rx->owner) { /* the transport is gone: this was the last completion */
         orphan_remove(&rx->link);
         rx_free(rx);
-    }
-    else
+    } else {
+        olist_remove(&armed_rx, &rx->link);
         rx_wake(rx, true);
+    }
+}
+
+/* A fork: the receives this thread has in flight would go on taking what arrives, in the
+ * parent, on sockets the child may read (weft.h: fork). Pause them first, as a full queue
+ * does (their completions say -ECANCELED, no error); the parent's next read starts its
+ * receive again. (Other threads' receives are not paused.) */
+static void rx_fork_prepare(void)
+{
+    sched *sc = sched_peek();
+    backend *b = sc ? sc->be : NULL;
+    if (!b || !b->multishot_rx || !armed_rx)
+        return;
+    for (olink *l = armed_rx; l; l = l->next) {
+        ring_rx *rx = (ring_rx *)((char *)l - offsetof(ring_rx, link));
+        if (rx->armed && !rx->pausing && rx->be_gen == sc->be_gen) {
+            rx->pausing = true;
+            b->ops->cancel(b, &rx->op);
+        }
+    }
+    if (b->ops->flush)
+        b->ops->flush(b); /* (before the child exists) */
+}
+
+static void rx_fork_child(void)
+{
+    armed_rx = NULL; /* (the parent's receives: their backend is not the child's) */
+}
+
+static pthread_once_t armed_once = PTHREAD_ONCE_INIT;
+
+static void armed_atfork(void)
+{
+    pthread_atfork(rx_fork_prepare, NULL, rx_fork_child);
+}
+
+static void armed_watch_fork(void)
+{
+    pthread_once(&armed_once, armed_atfork);
 }
 
 /* Start the multishot receive if it is not running (on this thread's backend). */
@@ -454,6 +499,8 @@ static int rx_arm(sock *s, backend *b)
     rx->armed = true;
     rx->be_gen = sc->be_gen;
     sc->io_owned++;
+    armed_watch_fork();
+    olist_add(&armed_rx, &rx->link);
     return 0;
 }
 
@@ -977,10 +1024,12 @@ static void ring_let_go(sock *s)
         while (rx->count > 0 && b) /* held buffers go back */
             rx_pop(s, b);
         rx->owner = NULL;
-        if (!rx->armed || (b && rx->be_gen != sched_peek()->be_gen))
-            rx_free(rx);
-        else
+        if (!rx->armed || (b && rx->be_gen != sched_peek()->be_gen)) {
+            rx_free(rx); /* (an armed one of a backend since gone is in no list here) */
+        } else {
+            olist_remove(&armed_rx, &rx->link);
             orphan_add(&rx->link);
+        }
         s->rx = NULL;
     }
     tx_forget_stale(s);
