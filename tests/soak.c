@@ -927,9 +927,9 @@ int main(int argc, char **argv)
     if (!wait_idle(DRAIN_MS, &end))
         fail("%llu handlers still active %d s after the last round (fds %ld, coroutines %lu)",
              end.active, DRAIN_MS / 1000, end.fds, end.cos);
-    /* On io_uring the pages of the buffer ring's grown part go back to the system once the
-     * loop has slept, at most a second after it last did so (architecture.md): give it that
-     * second, as a server gets it after any burst. */
+    /* On io_uring the pages of the buffer ring go back to the system once no buffer has
+     * moved for 200 ms (architecture.md): give it that, with room to spare, as a server gets
+     * it after any burst. */
     usleep(1500 * 1000);
     end.rss_kib = get_trimmed_rss();
     if (verbose) {
