@@ -13,6 +13,7 @@
 #include "internal.h"
 #include "sys.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -40,6 +41,25 @@ void *__tsan_get_current_fiber(void);
 void *__tsan_create_fiber(unsigned flags);
 void __tsan_destroy_fiber(void *fiber);
 void __tsan_switch_to_fiber(void *fiber, unsigned flags);
+
+/* TSan counts fibers as threads: a fork with the runner's fiber alive looks like the fork of
+ * a threaded process, and in the child TSan then ignores every synchronisation (each switch
+ * between coroutines), reporting races that are none. The forking thread's runner drops its
+ * fiber before a fork and takes a new one at its next call. */
+static void tsan_fork_prepare(void)
+{
+    sched *s = sched_peek();
+    deep_stack *d = s ? s->deep : NULL;
+    if (d && d->tsan_fiber && !s->in_deep) {
+        __tsan_destroy_fiber(d->tsan_fiber);
+        d->tsan_fiber = NULL;
+    }
+}
+
+static void tsan_register_fork(void)
+{
+    pthread_atfork(tsan_fork_prepare, NULL, NULL);
+}
 #endif
 
 static void runner_main(void *p)
@@ -76,7 +96,8 @@ static deep_stack *deep_get(sched *s)
     d->st = st;
     ctx_make(&d->runner, st->lo, st->size, runner_main, d);
 #ifdef DEEP_TSAN
-    d->tsan_fiber = __tsan_create_fiber(0);
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, tsan_register_fork);
 #endif
     s->deep = d;
     return d;
@@ -103,6 +124,8 @@ void deep_call(void (*fn)(void *), void *arg)
 #endif
 #ifdef DEEP_TSAN
     d->tsan_caller = __tsan_get_current_fiber();
+    if (!d->tsan_fiber)
+        d->tsan_fiber = __tsan_create_fiber(0);
     __tsan_switch_to_fiber(d->tsan_fiber, 0);
 #endif
     ctx_switch(&d->caller, &d->runner);
@@ -126,7 +149,8 @@ void deep_free(sched *s)
     if (!d)
         return;
 #ifdef DEEP_TSAN
-    __tsan_destroy_fiber(d->tsan_fiber);
+    if (d->tsan_fiber)
+        __tsan_destroy_fiber(d->tsan_fiber);
 #endif
     stack_give(d->st); /* (the scheduler's end drains the pool next) */
     free(d);

@@ -414,5 +414,8 @@ int weft_dump_on_signal(int sig)
     sa.sa_handler = on_dump_signal;
     sa.sa_flags = SA_RESTART; /* (the program's own blocking calls go on; weft's waits see it) */
     sigemptyset(&sa.sa_mask);
-    return sigaction(sig, &sa, NULL);
+    if (sigaction(sig, &sa, NULL) != 0)
+        return -1;
+    sched_note_handled_signal(sig);
+    return 0;
 }

@@ -443,8 +443,9 @@ bool sched_exiting(void);
 void sched_spend_io(void);
 #define IO_BUDGET 64
 _Static_assert(IO_BUDGET <= UINT8_MAX, "weft_co.io_streak counts up to IO_BUDGET");
-/* serve.c has installed its SIGINT/SIGTERM handlers (ThreadSanitizer builds: see loop_turn). */
-void sched_note_stop_handlers(void);
+/* weft has installed a handler for sig (serve.c SIGINT/SIGTERM, dump.c its signal): in
+ * ThreadSanitizer builds it is held while coroutines run (see tsan_hold_signals). */
+void sched_note_handled_signal(int sig);
 /* Tell the scheduler what the running coroutine will touch first when it is resumed (the
  * channel it is about to wait on), so that it can be fetched before the switch needs it. */
 void sched_resume_hint(const void *p);

@@ -576,32 +576,36 @@ static int poll_timeout(sched *s, int64_t limit)
 #ifdef WEFT_TSAN
 /* TSan runs a handler for a signal that came outside a blocking call later, at the next call
  * it intercepts, and keeps it with the running fiber: a coroutine that then ended or parked
- * for good took the signal with it, and SIGTERM never stopped the server (test_chat). So in
- * TSan builds, once weft's own SIGINT/SIGTERM handlers are installed, only the loop's fiber
- * gets those two: they are blocked while coroutines run. *held gets those this blocked, to
- * unblock afterwards, so a mask a coroutine set meanwhile stays. (Threads and processes
- * started from a coroutine inherit the block: a TSan-build limitation.) */
-static atomic_bool stop_handlers;
+ * for good took the signal with it, and SIGTERM never stopped the server (test_chat), nor
+ * SIGUSR1 dumped it (test_examples). So in TSan builds the signals weft handles (SIGINT and
+ * SIGTERM once serve.c's handlers are in, weft_dump_on_signal's) go only to the loop's fiber:
+ * they are blocked while coroutines run. *held gets those this blocked, to unblock
+ * afterwards, so a mask a coroutine set meanwhile stays. (Threads and processes started from
+ * a coroutine inherit the block: a TSan-build limitation.) */
+static _Atomic uint64_t handled_signals; /* bit sig - 1 */
 
-static void tsan_hold_stop_signals(sigset_t *held)
+static void tsan_hold_signals(sigset_t *held)
 {
     sigemptyset(held);
-    if (!atomic_load_explicit(&stop_handlers, memory_order_relaxed))
+    uint64_t want = atomic_load_explicit(&handled_signals, memory_order_relaxed);
+    if (!want)
         return;
     sigset_t now;
     pthread_sigmask(SIG_SETMASK, NULL, &now);
-    if (!sigismember(&now, SIGINT))
-        sigaddset(held, SIGINT);
-    if (!sigismember(&now, SIGTERM))
-        sigaddset(held, SIGTERM);
+    for (int sig = 1; sig <= 64; sig++)
+        if ((want >> (sig - 1) & 1) && !sigismember(&now, sig))
+            sigaddset(held, sig);
     pthread_sigmask(SIG_BLOCK, held, NULL);
 }
 #endif
 
-void sched_note_stop_handlers(void)
+void sched_note_handled_signal(int sig)
 {
 #ifdef WEFT_TSAN
-    atomic_store(&stop_handlers, true);
+    if (sig >= 1 && sig <= 64)
+        atomic_fetch_or(&handled_signals, (uint64_t)1 << (sig - 1));
+#else
+    (void)sig;
 #endif
 }
 
@@ -652,7 +656,7 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
             prefetch_resume(s->batch);
 #ifdef WEFT_TSAN
         sigset_t held;
-        tsan_hold_stop_signals(&held);
+        tsan_hold_signals(&held);
 #endif
         run_co(s, co);
 #ifdef WEFT_TSAN

@@ -545,8 +545,10 @@ static int signals_setup(void)
         if (sys_pipe2(sig_pipe, O_NONBLOCK | O_CLOEXEC) != 0 ||
             sigaction(SIGINT, &sa, &sig_old_int) != 0 || sigaction(SIGTERM, &sa, &sig_old_term) != 0)
             rc = -1;
-        else
-            sched_note_stop_handlers();
+        else {
+            sched_note_handled_signal(SIGINT);
+            sched_note_handled_signal(SIGTERM);
+        }
     }
     pthread_mutex_unlock(&sig_setup);
     return rc;

@@ -29,6 +29,10 @@
 #include <valgrind/valgrind.h>
 #define HAVE_VALGRIND 1
 #endif
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define HAVE_MEMCHECK 1
+#endif
 #endif
 
 /* The guard gap below a stack. GCC's stack clash probes on aarch64 are 64 KiB apart (it
@@ -191,6 +195,17 @@ stack *stack_take(size_t size, size_t guard, size_t top_reserve)
     if (s) {
 #ifdef STACK_ASAN
         ASAN_UNPOISON_MEMORY_REGION(s->lo, s->size);
+#endif
+#ifdef HAVE_VALGRIND
+        /* Its last user may have reserved another room at the top: a stack valgrind is told
+         * ends lower than the coroutine's first frame hides the switches into it (it takes
+         * them for moves within one stack and marks what lies between unaddressable). */
+        VALGRIND_STACK_CHANGE(s->valgrind_id, s->lo, (char *)s->lo + size - top_reserve);
+#endif
+#ifdef HAVE_MEMCHECK
+        /* Memcheck marked what lay below its last user's frames unaddressable as they
+         * returned; the new room may lie there. */
+        VALGRIND_MAKE_MEM_UNDEFINED(s->lo, s->size);
 #endif
         if (!s->guarded)
             canary_set(s);

@@ -462,9 +462,10 @@ if Unwinder is not None:
         def __init__(self):
             super().__init__("weft-coroutine")
             self.regs = None
+            self.level = 0  # the thread's innermost frame that is not an inlined one
 
         def __call__(self, pending_frame):
-            if self.regs is None or pending_frame.level() != 0:
+            if self.regs is None or pending_frame.level() != self.level:
                 return None
             sp = pending_frame.read_register("rsp")
             pc = pending_frame.read_register("rip")
@@ -539,10 +540,20 @@ ready), by its id (as `weft coroutines` shows it, "#12" or "12") or its name."""
                                % arch)
         before = gdb.selected_thread()
         thread.switch()
+        # The thread may stop inside a function inlined into another (a system call's
+        # wrapper in libc): gdb unwinds those itself, so the switch is below the first
+        # frame that is not inlined.
+        innermost = gdb.newest_frame()
+        while innermost.type() == gdb.INLINE_FRAME and innermost.older() is not None:
+            innermost = innermost.older()
+        UNWINDER.level = innermost.level()
         UNWINDER.regs = saved_registers(ctx)
         gdb.invalidate_cached_frames()
         try:
-            frame = gdb.newest_frame().older()
+            frame = gdb.newest_frame()
+            while frame is not None and frame.level() < UNWINDER.level:
+                frame = frame.older()
+            frame = frame.older() if frame is not None else None
             i = 0
             while frame is not None and i < 100:
                 print(frame_line(i, frame))
