@@ -25,14 +25,15 @@
 
 static _Atomic(hook_fd *) chunks[NCHUNKS];
 
-/* O_NONBLOCK belongs to the open file, not to the number: a dup (or a number sent over a
- * socket, or one from F_DUPFD) shares it, and setting it through one number sets it for all.
- * The hook never changes the flag itself (it asks for no waiting per call), so the kernel's
- * flag is the caller's belief. The table caches it per number; every change the hook sees
- * (fcntl F_SETFL, ioctl FIONBIO), made after the kernel's, starts a new epoch, and an entry
- * from an older one reads the flag again before it is trusted: one load on the hot path, one
- * fcntl after a change anywhere. */
-static _Atomic uint32_t nonblock_epoch;
+/* O_NONBLOCK belongs to the open file, not to the number, and a socket's options to the
+ * socket: a dup (or a number sent over a socket, or one from F_DUPFD) shares them, and
+ * setting one through one number sets it for all. The hook never changes them itself (it asks
+ * for no waiting per call), so the kernel's are the caller's belief. The table caches them
+ * per number; every change the hook sees (fcntl F_SETFL, ioctl FIONBIO, setsockopt of a
+ * kept option), made after the kernel's, starts a new epoch, and an entry from an older one
+ * reads them again before it is trusted: one load on the hot path, a few system calls after
+ * a change anywhere. */
+static _Atomic uint32_t state_epoch;
 
 /* fd's entry; with make, its chunk is allocated if need be. NULL: out of range (or no
  * memory). */
@@ -75,6 +76,18 @@ static int32_t sock_timeout(int fd, int name)
     return hook_timeval_ms(&tv);
 }
 
+/* The socket options the table keeps, from the kernel. */
+static void read_sockopts(int fd, hook_fd *e)
+{
+    int lowat = 1;
+    socklen_t len = sizeof lowat;
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &lowat, &len) != 0)
+        lowat = 1;
+    atomic_store(&e->rcvtimeo_ms, sock_timeout(fd, SO_RCVTIMEO));
+    atomic_store(&e->sndtimeo_ms, sock_timeout(fd, SO_SNDTIMEO));
+    atomic_store(&e->rcvlowat, lowat);
+}
+
 /* Find out what fd is, without the hooks: fstat, F_GETFL, and for sockets their type and
  * timeouts. An fd that is not open stays unknown (the real call will say EBADF). */
 static void classify(int fd, hook_fd *e)
@@ -98,22 +111,22 @@ static void classify(int fd, hook_fd *e)
         if ((flags & HOOK_STREAM) && getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0 &&
             (domain == AF_INET || domain == AF_INET6))
             flags |= HOOK_TCP;
-        atomic_store(&e->rcvtimeo_ms, sock_timeout(fd, SO_RCVTIMEO));
-        atomic_store(&e->sndtimeo_ms, sock_timeout(fd, SO_SNDTIMEO));
+        read_sockopts(fd, e);
         kind = HOOK_SOCKET;
     } else if (S_ISFIFO(st.st_mode)) {
         kind = HOOK_PIPE;
     }
-    atomic_store(&e->nb_epoch, atomic_load(&nonblock_epoch));
+    atomic_store(&e->epoch, atomic_load(&state_epoch));
     atomic_store(&e->flags, (uint8_t)flags);
     atomic_store(&e->kind, (uint8_t)kind);
 }
 
-/* Read O_NONBLOCK again if a change was seen anywhere since e last knew it. */
-static void nonblock_refresh(int fd, hook_fd *e)
+/* Read O_NONBLOCK and the socket options again if a change was seen anywhere since e last
+ * knew them. */
+static void state_refresh(int fd, hook_fd *e)
 {
-    uint32_t now = atomic_load(&nonblock_epoch);
-    if (atomic_load_explicit(&e->nb_epoch, memory_order_relaxed) == now)
+    uint32_t now = atomic_load(&state_epoch);
+    if (atomic_load_explicit(&e->epoch, memory_order_relaxed) == now)
         return;
     int fl = (int)syscall(SYS_fcntl, fd, F_GETFL, 0);
     if (fl >= 0) {
@@ -122,7 +135,9 @@ static void nonblock_refresh(int fd, hook_fd *e)
         else
             atomic_fetch_and(&e->flags, (uint8_t)~HOOK_NONBLOCK);
     }
-    atomic_store(&e->nb_epoch, now);
+    if (atomic_load_explicit(&e->kind, memory_order_relaxed) == HOOK_SOCKET)
+        read_sockopts(fd, e);
+    atomic_store(&e->epoch, now);
 }
 
 hook_fd *hook_fd_get(int fd)
@@ -146,14 +161,13 @@ hook_fd *hook_fd_managed(int fd)
     uint8_t kind = atomic_load_explicit(&e->kind, memory_order_relaxed);
     if (kind != HOOK_SOCKET && kind != HOOK_PIPE)
         return NULL;
-    nonblock_refresh(fd, e);
+    state_refresh(fd, e);
     if (atomic_load_explicit(&e->flags, memory_order_relaxed) & HOOK_NONBLOCK)
         return NULL; /* the caller asked for EAGAIN: the real call gives it */
     return e;
 }
 
-void hook_fd_made(int fd, enum hook_kind kind, unsigned flags, int32_t rcvtimeo_ms,
-                  int32_t sndtimeo_ms)
+void hook_fd_made(int fd, enum hook_kind kind, unsigned flags, const hook_fd *like)
 {
     hook_fd *e = entry(fd, true);
     if (!e)
@@ -161,9 +175,11 @@ void hook_fd_made(int fd, enum hook_kind kind, unsigned flags, int32_t rcvtimeo_
     atomic_fetch_add(&e->gen, 1);
     atomic_store(&e->pending_err, 0);
     atomic_store(&e->drained, 0);
-    atomic_store(&e->nb_epoch, atomic_load(&nonblock_epoch));
-    atomic_store(&e->rcvtimeo_ms, rcvtimeo_ms);
-    atomic_store(&e->sndtimeo_ms, sndtimeo_ms);
+    /* (like's options are as fresh as its epoch says: refreshed when like's would be) */
+    atomic_store(&e->epoch, like ? atomic_load(&like->epoch) : atomic_load(&state_epoch));
+    atomic_store(&e->rcvtimeo_ms, like ? atomic_load(&like->rcvtimeo_ms) : 0);
+    atomic_store(&e->sndtimeo_ms, like ? atomic_load(&like->sndtimeo_ms) : 0);
+    atomic_store(&e->rcvlowat, like ? atomic_load(&like->rcvlowat) : 1);
     atomic_store(&e->flags, (uint8_t)flags);
     atomic_store(&e->kind, (uint8_t)kind);
     fd_forget(fd); /* this thread's backend may have watched the number's previous file */
@@ -179,6 +195,7 @@ void hook_fd_gone(int fd)
     atomic_store(&e->flags, 0);
     atomic_store(&e->rcvtimeo_ms, 0);
     atomic_store(&e->sndtimeo_ms, 0);
+    atomic_store(&e->rcvlowat, 1);
     atomic_store(&e->pending_err, 0);
     atomic_store(&e->drained, 0);
 }
@@ -193,7 +210,7 @@ void hook_fd_reclassify(int fd)
 
 void hook_fd_set_nonblock(int fd, bool on)
 {
-    uint32_t now = atomic_fetch_add(&nonblock_epoch, 1) + 1; /* (other numbers of the file) */
+    uint32_t now = atomic_fetch_add(&state_epoch, 1) + 1; /* (other numbers of the file) */
     hook_fd *e = entry(fd, false);
     if (!e || atomic_load(&e->kind) == HOOK_UNKNOWN)
         return; /* classify will read the flag when it is needed */
@@ -201,7 +218,17 @@ void hook_fd_set_nonblock(int fd, bool on)
         atomic_fetch_or(&e->flags, HOOK_NONBLOCK);
     else
         atomic_fetch_and(&e->flags, (uint8_t)~HOOK_NONBLOCK);
-    atomic_store(&e->nb_epoch, now);
+    /* (Its other state is as fresh as before: the epoch is only skipped if it was current.) */
+    uint32_t was = now - 1;
+    atomic_compare_exchange_strong(&e->epoch, &was, now);
+}
+
+void hook_fd_sockopts_changed(int fd)
+{
+    uint32_t now = atomic_fetch_add(&state_epoch, 1) + 1; /* (the socket's other numbers) */
+    hook_fd *e = entry(fd, false);
+    if (e && atomic_load(&e->kind) == HOOK_SOCKET)
+        atomic_store(&e->epoch, now - 1); /* (and this one, at its next call) */
 }
 
 /* ---- Keeping this thread's backend in step with the numbers ----

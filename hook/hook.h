@@ -149,7 +149,9 @@ typedef struct hook_fd {
     _Atomic int32_t pending_err; /* an error our own extra attempt took from the socket,
                                     which the kernel would report at the next call */
     _Atomic uint8_t drained;     /* TCP: the last read was short, so nothing was left */
-    _Atomic uint32_t nb_epoch;   /* hook_nonblock_epoch when HOOK_NONBLOCK was last known true */
+    _Atomic int32_t rcvlowat;    /* SO_RCVLOWAT (1: the kernel's default) */
+    _Atomic uint32_t epoch;      /* the state epoch when O_NONBLOCK and the socket options
+                                    above were last read (fdtab.c) */
 } hook_fd;
 
 /* fd's entry, classified if it was not yet; NULL for numbers outside the table. */
@@ -159,16 +161,20 @@ hook_fd *hook_fd_peek(int fd);
 /* The entry if fd is a socket or a pipe that its caller believes blocking: the calls the
  * hook takes over. NULL: the call goes to libc as it is. */
 hook_fd *hook_fd_managed(int fd);
-/* fd names a new file (made by a hooked call): record what is known of it, bump its
- * generation and forget the number in this thread's backend. */
-void hook_fd_made(int fd, enum hook_kind kind, unsigned flags, int32_t rcvtimeo_ms,
-                  int32_t sndtimeo_ms);
+/* fd names a new file (made by a hooked call): record what is known of it (its socket
+ * options those of like, the file it was dup'd from or the listener it was accepted from;
+ * NULL: the kernel's defaults), bump its generation and forget the number in this thread's
+ * backend. */
+void hook_fd_made(int fd, enum hook_kind kind, unsigned flags, const hook_fd *like);
 /* fd (>= 0) no longer names the file it did (closed, replaced): forget everything. */
 void hook_fd_gone(int fd);
 /* Look at fd again from scratch (it turned out not to be what the table said). */
 void hook_fd_reclassify(int fd);
 /* The caller set or cleared O_NONBLOCK on fd (fcntl, ioctl FIONBIO). */
 void hook_fd_set_nonblock(int fd, bool on);
+/* The caller set a socket option the table keeps (SO_RCVTIMEO, SO_SNDTIMEO, SO_RCVLOWAT) on
+ * fd: every number of the socket reads them again. */
+void hook_fd_sockopts_changed(int fd);
 /* Before this thread waits on fd: if its backend may still hold the file the number named
  * before, make it forget it. */
 void hook_sync_backend(int fd, const hook_fd *e);

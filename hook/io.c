@@ -16,7 +16,10 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <sys/uio.h>
 
 /* One transfer: what to move, and how one attempt that would not block is made. */
@@ -111,7 +114,27 @@ static bool ring_read(const xfer *x)
     return x->input && !x->pipe && !x->msg && !x->from && !x->all && !x->peek_all &&
            (x->flags & ~MSG_NOSIGNAL) == 0 &&
            (atomic_load_explicit(&x->e->flags, memory_order_relaxed) & HOOK_STREAM) &&
+           atomic_load_explicit(&x->e->rcvlowat, memory_order_relaxed) <= 1 &&
            fd_ops_available();
+}
+
+/* SO_RCVLOWAT above 1 on TCP: the blocking recv waits until min(low-water mark, len) bytes
+ * are there (or the end, an error, its timeout, a signal), where the non-blocking attempt
+ * returns whatever is there. So such a read attempts only when that many are there (FIONREAD)
+ * or TCP's poll says readable, which it does at the low-water mark, at the end and on an
+ * error: where the kernel's own wait would end (its wake-up, too, waits for the mark). */
+static bool below_lowat(const xfer *x)
+{
+    int32_t lowat = atomic_load_explicit(&x->e->rcvlowat, memory_order_relaxed);
+    if (lowat <= 1 || !x->input || x->pipe || x->all || (x->flags & MSG_OOB) ||
+        !(atomic_load_explicit(&x->e->flags, memory_order_relaxed) & HOOK_TCP))
+        return false;
+    size_t target = (size_t)lowat < x->len ? (size_t)lowat : x->len;
+    int avail = 0;
+    if (syscall(SYS_ioctl, x->fd, FIONREAD, &avail) == 0 && avail >= 0 && (size_t)avail >= target)
+        return false;
+    struct pollfd p = {.fd = x->fd, .events = POLLIN};
+    return hook_poll_now(&p, 1) == 0;
 }
 
 #define RING_FALL_BACK (-3) /* the ring could not take it: wait for readiness instead */
@@ -194,6 +217,8 @@ static ssize_t transfer_errno(xfer *x)
                    atomic_load_explicit(&x->e->drained, memory_order_relaxed)) {
             /* (The hint is asked before every read, so that each arrival answers one.) */
             errno = EAGAIN; /* drained, and nothing came since: the recv would say so */
+        } else if (below_lowat(x)) {
+            errno = EAGAIN; /* the blocking recv would wait for more */
         } else {
             r = x->attempt(x, done, done > 0);
             if (tcp_read || ring)

@@ -40,7 +40,7 @@ HOOK_API int socket(int domain, int type, int protocol)
 {
     int fd = REAL(socket)(domain, type, protocol);
     if (fd >= 0)
-        hook_fd_made(fd, HOOK_SOCKET, type_flags(domain, type), 0, 0);
+        hook_fd_made(fd, HOOK_SOCKET, type_flags(domain, type), NULL);
     return fd;
 }
 
@@ -48,8 +48,8 @@ HOOK_API int socketpair(int domain, int type, int protocol, int sv[2])
 {
     int rc = REAL(socketpair)(domain, type, protocol, sv);
     if (rc == 0) {
-        hook_fd_made(sv[0], HOOK_SOCKET, type_flags(domain, type), 0, 0);
-        hook_fd_made(sv[1], HOOK_SOCKET, type_flags(domain, type), 0, 0);
+        hook_fd_made(sv[0], HOOK_SOCKET, type_flags(domain, type), NULL);
+        hook_fd_made(sv[1], HOOK_SOCKET, type_flags(domain, type), NULL);
     }
     return rc;
 }
@@ -57,8 +57,8 @@ HOOK_API int socketpair(int domain, int type, int protocol, int sv[2])
 static void pipe_made(const int fds[2], int flags)
 {
     unsigned f = flags & O_NONBLOCK ? HOOK_NONBLOCK : 0;
-    hook_fd_made(fds[0], HOOK_PIPE, f, 0, 0);
-    hook_fd_made(fds[1], HOOK_PIPE, f, 0, 0);
+    hook_fd_made(fds[0], HOOK_PIPE, f, NULL);
+    hook_fd_made(fds[1], HOOK_PIPE, f, NULL);
 }
 
 HOOK_API int pipe(int fds[2])
@@ -82,14 +82,10 @@ static void dup_made(int newfd, int oldfd)
 {
     const hook_fd *e = hook_fd_peek(oldfd);
     if (!e) {
-        hook_fd_made(newfd, HOOK_UNKNOWN, 0, 0, 0);
+        hook_fd_made(newfd, HOOK_UNKNOWN, 0, NULL);
         return;
     }
-    hook_fd_made(newfd, atomic_load(&e->kind), atomic_load(&e->flags),
-                 atomic_load(&e->rcvtimeo_ms), atomic_load(&e->sndtimeo_ms));
-    hook_fd *n = hook_fd_peek(newfd);
-    if (n) /* (the flags are as fresh as the old number's: refreshed when that one would be) */
-        atomic_store(&n->nb_epoch, atomic_load(&e->nb_epoch));
+    hook_fd_made(newfd, atomic_load(&e->kind), atomic_load(&e->flags), e);
 }
 
 HOOK_API int dup(int oldfd)
@@ -192,22 +188,16 @@ HOOK_API int ioctl(int fd, unsigned long request, ...)
 HOOK_API int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 {
     int rc = REAL(setsockopt)(fd, level, name, val, len);
-    if (rc != 0 || level != SOL_SOCKET || len < (socklen_t)sizeof(struct timeval))
+    if (rc != 0 || level != SOL_SOCKET)
         return rc;
-    hook_fd *e = hook_fd_peek(fd);
-    if (!e || atomic_load(&e->kind) != HOOK_SOCKET)
-        return rc; /* (unknown: classify reads the timeouts from the kernel) */
 #ifdef SO_RCVTIMEO_NEW
-    bool rcv = name == SO_RCVTIMEO || name == SO_RCVTIMEO_NEW;
-    bool snd = name == SO_SNDTIMEO || name == SO_SNDTIMEO_NEW;
+    bool kept = name == SO_RCVTIMEO || name == SO_RCVTIMEO_NEW || name == SO_SNDTIMEO ||
+                name == SO_SNDTIMEO_NEW || name == SO_RCVLOWAT;
 #else
-    bool rcv = name == SO_RCVTIMEO, snd = name == SO_SNDTIMEO;
+    bool kept = name == SO_RCVTIMEO || name == SO_SNDTIMEO || name == SO_RCVLOWAT;
 #endif
-    if (rcv || snd) {
-        struct timeval tv;
-        memcpy(&tv, val, sizeof tv);
-        atomic_store(rcv ? &e->rcvtimeo_ms : &e->sndtimeo_ms, hook_timeval_ms(&tv));
-    }
+    if (kept) /* (read back from the kernel, as it keeps them: rounded, clamped) */
+        hook_fd_sockopts_changed(fd);
     return rc;
 }
 
@@ -301,7 +291,7 @@ static void accepted(int fd, int listener, int flags)
     const hook_fd *l = hook_fd_peek(listener);
     uint8_t kind = l ? atomic_load(&l->kind) : HOOK_UNKNOWN;
     if (kind != HOOK_SOCKET) {
-        hook_fd_made(fd, HOOK_UNKNOWN, 0, 0, 0);
+        hook_fd_made(fd, HOOK_UNKNOWN, 0, NULL);
         return;
     }
     /* The new socket has the listener's type and timeouts (the kernel copies them), and is
@@ -309,7 +299,7 @@ static void accepted(int fd, int listener, int flags)
     unsigned f = atomic_load(&l->flags) & (HOOK_STREAM | HOOK_SEQPACKET | HOOK_TCP);
     if (flags & SOCK_NONBLOCK)
         f |= HOOK_NONBLOCK;
-    hook_fd_made(fd, HOOK_SOCKET, f, atomic_load(&l->rcvtimeo_ms), atomic_load(&l->sndtimeo_ms));
+    hook_fd_made(fd, HOOK_SOCKET, f, l);
 }
 
 /* Park until a client waits on the listener (or it fails). 0, or -1 as accept would. */

@@ -590,6 +590,137 @@ static void fork_with_a_receive_in_flight(void)
     }
 }
 
+/* ---- Socket options belong to the socket, not to the number (audit 2026-12-07) ---- */
+
+struct late_byte {
+    int fd;
+    int ms;
+};
+
+/* On a plain thread: after ms, send a byte (or, for a writer's peer, drain) so that a wait
+ * the timeout should have ended ends anyway, and the test sees it did not. */
+static void *byte_later(void *p)
+{
+    struct late_byte *l = p;
+    plain_sleep_ms(l->ms);
+    CHECK(send(l->fd, "Z", 1, MSG_NOSIGNAL) == 1);
+    return NULL;
+}
+
+static void *drain_later(void *p)
+{
+    struct late_byte *l = p;
+    plain_sleep_ms(l->ms);
+    struct timeval quiet = {0, 300000}; /* until nothing came for that long */
+    CHECK(setsockopt(l->fd, SOL_SOCKET, SO_RCVTIMEO, &quiet, sizeof quiet) == 0);
+    char buf[65536];
+    while (recv(l->fd, buf, sizeof buf, 0) > 0) {
+    }
+    return NULL;
+}
+
+/* param 0: SO_RCVTIMEO set through the first number, read through a dup; 1: set through the
+ * dup, recv through the first; 2: SO_SNDTIMEO set through the first, 4 MiB written through
+ * the dup to a peer that reads nothing for 1.5 s. The kernel ends each at the timeout
+ * (EAGAIN, or the part that went); the hook kept the option per number and waited. */
+static void *timeout_through_a_dup(void *p)
+{
+    struct outcome *o = p;
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    int d = dup(sv[0]);
+    CHECK(d >= 0);
+    struct timeval tv = {0, 150000};
+    struct late_byte l = {sv[1], 1500};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, o->param == 2 ? drain_later : byte_later, &l) == 0);
+    char buf[16];
+    errno = 0;
+    if (o->param == 0) {
+        CHECK(setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+        o->r1 = read(d, buf, sizeof buf);
+    } else if (o->param == 1) {
+        CHECK(setsockopt(d, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+        o->r1 = recv(sv[0], buf, sizeof buf, 0);
+    } else {
+        CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0);
+        size_t n = 4 << 20;
+        char *big = calloc(1, n);
+        CHECK(big);
+        ssize_t r = write(d, big, n);
+        o->r1 = r > 0 && (size_t)r < n ? 1 : r; /* part of it went (how much varies) */
+        free(big);
+    }
+    o->e1 = errno;
+    CHECK(pthread_join(th, NULL) == 0);
+    close(d);
+    close(sv[0]);
+    close(sv[1]);
+    return NULL;
+}
+
+static void socket_timeouts_hold_for_every_number(void)
+{
+    kernel_and_backends("SO_RCVTIMEO on the first, read on the dup", timeout_through_a_dup, 0);
+    kernel_and_backends("SO_RCVTIMEO on the dup, recv on the first", timeout_through_a_dup, 1);
+    kernel_and_backends("SO_SNDTIMEO on the first, write on the dup", timeout_through_a_dup, 2);
+}
+
+/* SO_RCVLOWAT on TCP: the blocking read waits until min(mark, len) bytes are there, where a
+ * non-blocking one takes what is there. param 0: mark 10, 3 bytes there, 10 more 200 ms
+ * later, read of 100: 13. 1: the same with a read of 5: 5 (the kernel wakes its reader at
+ * the mark, not at 5). 2: 7 bytes there, read of 5: 5 at once. The second read takes what
+ * is left. */
+struct lowat_peer {
+    int fd;
+    int plan;
+};
+
+static void *lowat_sender(void *p)
+{
+    struct lowat_peer *l = p;
+    if (l->plan == 2) {
+        CHECK(send(l->fd, "0123456", 7, 0) == 7);
+        return NULL;
+    }
+    CHECK(send(l->fd, "abc", 3, 0) == 3);
+    plain_sleep_ms(200);
+    CHECK(send(l->fd, "0123456789", 10, 0) == 10);
+    return NULL;
+}
+
+static void *read_with_lowat(void *p)
+{
+    struct outcome *o = p;
+    int c, s;
+    tcp_pair(&c, &s);
+    int mark = 10;
+    CHECK(setsockopt(c, SOL_SOCKET, SO_RCVLOWAT, &mark, sizeof mark) == 0);
+    struct lowat_peer l = {s, (int)o->param};
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, lowat_sender, &l) == 0);
+    plain_sleep_ms(50); /* the first 3 (or the 7) bytes are there: a non-blocking recv takes them */
+    char buf[100];
+    errno = 0;
+    o->r1 = read(c, buf, o->param == 0 ? sizeof buf : 5);
+    o->e1 = errno;
+    CHECK(pthread_join(th, NULL) == 0);
+    shutdown(s, SHUT_WR); /* so the second read ends */
+    errno = 0;
+    o->r2 = recv(c, buf, sizeof buf, MSG_WAITALL);
+    o->e2 = errno;
+    close(c);
+    close(s);
+    return NULL;
+}
+
+static void receive_low_water_mark(void)
+{
+    kernel_and_backends("SO_RCVLOWAT 10, 3 then 10 bytes, read 100", read_with_lowat, 0);
+    kernel_and_backends("SO_RCVLOWAT 10, 3 then 10 bytes, read 5", read_with_lowat, 1);
+    kernel_and_backends("SO_RCVLOWAT 10, 7 bytes there, read 5", read_with_lowat, 2);
+}
+
 const struct test tests[] = {
     {"waiting_receive_is_the_rings", waiting_receive_is_the_rings, 0},
     {"signal_while_receiving", signal_while_receiving, 0},
@@ -598,5 +729,7 @@ const struct test tests[] = {
     {"partial_and_big_reads", partial_and_big_reads, 0},
     {"peer_reset", peer_reset, 0},
     {"fork_with_a_receive_in_flight", fork_with_a_receive_in_flight, 0},
+    {"socket_timeouts_hold_for_every_number", socket_timeouts_hold_for_every_number, 0},
+    {"receive_low_water_mark", receive_low_water_mark, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
