@@ -239,7 +239,9 @@ int weft_vprintf(weft_chan *c, const char *fmt, va_list ap);
 ssize_t weft_sendfile(weft_chan *c, int fd, off_t *offset, size_t count);
 /* Send all buffered output, waiting as needed. -1 as weft_write. */
 int weft_flush(weft_chan *c);
-/* Flush, then shut down the sending side (the peer reads end of file); reads go on. */
+/* Flush, then shut down the sending side (the peer reads end of file); reads go on. Output
+ * after it fails with EPIPE where it would be sent: at once when unbuffered, else at the
+ * flush (weft_flush, weft_close). */
 int weft_shutdown(weft_chan *c);
 /* Flush (within the write timeout), close the fd and free c. Coroutines still waiting on c
  * wake with EBADF; c is freed when the last leaves. Returns 0, or -1 with the flush or
@@ -292,12 +294,14 @@ weft_chan *weft_connect(const char *addr, int64_t deadline);
 typedef struct weft_tls weft_tls;
 
 /* A server context from PEM files: cert_file holds the certificate chain (leaf first),
- * key_file its private key (ECDSA or RSA). NULL: ENOENT/EACCES (a file), EPROTO (not PEM,
- * or the key does not match), ENOMEM, ENOTSUP. */
+ * key_file its private key (ECDSA or RSA, not encrypted: no passphrase is ever asked for).
+ * NULL: ENOENT/EACCES (a file), EPROTO (not PEM, an encrypted key, or the key does not
+ * match), ENOMEM, ENOTSUP. */
 weft_tls *weft_tls_server(const char *cert_file, const char *key_file);
 /* A client context that verifies the peer's certificate chain against ca_file and/or ca_dir
  * (PEM; both NULL: the system's CA store) and its name against the one given to
- * weft_tls_connect. NULL: ENOENT/EACCES, EPROTO, ENOMEM, ENOTSUP. */
+ * weft_tls_connect. NULL: ENOENT/EACCES (a file or the directory), ENOTDIR (ca_dir is not
+ * one), EPROTO, ENOMEM, ENOTSUP. */
 weft_tls *weft_tls_client(const char *ca_file, const char *ca_dir);
 /* Client only: verify == 0 turns verification off (insecure: any certificate is taken). */
 int weft_tls_set_verify(weft_tls *ctx, int verify);

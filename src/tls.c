@@ -27,6 +27,8 @@
 #include <openssl/x509v3.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* Plaintext one send takes at most, and output waiting below past which it takes none: a
  * large write is encrypted as the peer reads, not all at once into memory. */
@@ -128,6 +130,15 @@ struct ctx_call {
     int err;
 };
 
+/* OpenSSL's default for an encrypted key is to ask for its passphrase on the terminal, which
+ * would block the thread (every coroutine with it): no passphrase is given, and the key is
+ * refused (EPROTO). */
+static int no_passphrase(char *buf, int size, int rwflag, void *arg)
+{
+    (void)buf, (void)size, (void)rwflag, (void)arg;
+    return 0;
+}
+
 static void make_server(void *p)
 {
     struct ctx_call *c = p;
@@ -136,6 +147,7 @@ static void make_server(void *p)
         c->err = errno;
         return;
     }
+    SSL_CTX_set_default_passwd_cb(w->ctx, no_passphrase);
     int err = 0;
     if (SSL_CTX_use_certificate_chain_file(w->ctx, c->a) != 1)
         err = load_errno(c->a);
@@ -186,6 +198,17 @@ static void make_client(void *p)
 
 weft_tls *weft_tls_client(const char *ca_file, const char *ca_dir)
 {
+    /* OpenSSL looks in a CA directory only during handshakes, and takes a missing one for an
+     * empty one: every handshake would then fail as an unknown issuer. */
+    struct stat st;
+    if (ca_dir && stat(ca_dir, &st) != 0)
+        return NULL; /* (ENOENT, EACCES, ...) */
+    if (ca_dir && !S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return NULL;
+    }
+    if (ca_dir && access(ca_dir, R_OK | X_OK) != 0)
+        return NULL; /* (EACCES) */
     struct ctx_call c = {ca_file, ca_dir, NULL, 0};
     deep_call(make_client, &c);
     if (!c.w)

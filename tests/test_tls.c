@@ -22,6 +22,7 @@
     X(tls12_is_the_minimum, 0)                                                                 \
     X(alpn_match_and_no_match, 0)                                                              \
     X(contexts_refuse_bad_files_and_wrong_sides, 0)                                            \
+    X(an_encrypted_key_is_refused_without_a_prompt, 0)                                         \
     X(verification_failures_say_why, 0)                                                        \
     X(failed_handshakes_cost_their_connection_and_are_counted, 0)                              \
     X(every_channel_call_over_tls, 0)                                                          \
@@ -279,6 +280,14 @@ static void contexts_refuse_bad_files_and_wrong_sides(void)
     CHECK(weft_tls_server(NULL, cert("leaf.key")) == NULL && errno == EINVAL);
     CHECK(weft_tls_client("/nonexistent.pem", NULL) == NULL && errno == ENOENT);
     CHECK(weft_tls_client(junk, NULL) == NULL && errno == EPROTO);
+    /* A CA directory is read only in handshakes: a missing one (or a file) is said now, not
+     * found out as "unknown issuer" in every handshake (hostile audit 2026-12-07). */
+    CHECK(weft_tls_client(NULL, "/nonexistent-ca-dir") == NULL && errno == ENOENT);
+    CHECK(weft_tls_client(cert("ca.pem"), "/nonexistent-ca-dir") == NULL && errno == ENOENT);
+    CHECK(weft_tls_client(NULL, junk) == NULL && errno == ENOTDIR);
+    weft_tls *in_dir = weft_tls_client(NULL, dir);
+    CHECK(in_dir);
+    weft_tls_free(in_dir);
     weft_tls *s = server_ctx("leaf"), *c = client_ctx();
     CHECK(weft_tls_set_verify(s, 0) == -1 && errno == EINVAL);
     int sv[2];
@@ -1098,6 +1107,8 @@ static void close_sends_close_notify_and_shutdown_too(void)
     size_t len;
     const char *line = weft_gets(c, &len);
     CHECK(line && strcmp(line, "still") == 0);
+    CHECK(weft_write(c, "x", 1) == 1); /* buffered: the flush that would send it says EPIPE */
+    CHECK(weft_flush(c) == -1 && errno == EPIPE);
     CHECK(weft_puts(c, "no more") == -1 && errno == EPIPE); /* as after a socket's shutdown */
     raw_close(r, RAW_NOTIFY);
     CHECK(weft_gets(c, &len) == NULL && errno == 0);
@@ -1609,6 +1620,44 @@ static void idle_tls_coroutines_touch_no_more_stack_than_plain_ones(void)
 }
 
 #define AS_TEST(name, timeout) {#name, name, timeout},
+/* An encrypted key is refused (EPROTO) without asking for its passphrase: OpenSSL's default
+ * asks on the terminal, or on standard input without one, and would block the thread there.
+ * The child has no terminal and the passphrase waiting on its standard input: before, it
+ * took it and loaded the key. */
+static void an_encrypted_key_is_refused_without_a_prompt(void)
+{
+    char dir[] = "/tmp/weft-tls-enc-XXXXXX", key[64], cmd[256];
+    CHECK(mkdtemp(dir));
+    snprintf(key, sizeof key, "%s/enc.key", dir);
+    snprintf(cmd, sizeof cmd, "openssl pkey -in %s -aes256 -passout pass:secret -out %s",
+             cert("leaf.key"), key);
+    CHECK(system(cmd) == 0);
+    int in[2];
+    CHECK(pipe(in) == 0);
+    CHECK(write(in[1], "secret\nsecret\nsecret\n", 21) == 21);
+    close(in[1]);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        setsid(); /* no controlling terminal: OpenSSL's prompt would read standard input */
+        dup2(in[0], STDIN_FILENO);
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, STDERR_FILENO); /* (its prompt text, if any) */
+        weft_tls *t = weft_tls_server(cert("leaf.pem"), key);
+        _exit(t == NULL && errno == EPROTO ? 0 : t ? 1 : 2);
+    }
+    close(in[0]);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        printf("  the child: %s\n", WIFEXITED(status) && WEXITSTATUS(status) == 1
+                                         ? "the key was loaded with a passphrase it asked for"
+                                         : "another failure");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    unlink(key);
+    rmdir(dir);
+}
+
 const struct test tests[] = {TLS_TESTS(AS_TEST)};
 
 #else /* built without OpenSSL: every call fails with ENOTSUP, every test says it skipped */
