@@ -137,6 +137,23 @@ static bool below_lowat(const xfer *x)
     return hook_poll_now(&p, 1) == 0;
 }
 
+/* The bytes a transfer must have moved before it returns: all of them for a write and for
+ * MSG_WAITALL; on a Unix stream socket with SO_RCVLOWAT above 1, min(mark, len) for a read
+ * (the kernel's reader takes what comes and waits for more until then; a recvmsg or a
+ * recvfrom asking for the address is not gathered: docs/hooks.md); else any. */
+static size_t transfer_target(const xfer *x)
+{
+    if (x->all)
+        return x->len;
+    if (!x->input || x->pipe || x->msg || x->from || (x->flags & (MSG_PEEK | MSG_OOB)))
+        return 1;
+    uint8_t f = atomic_load_explicit(&x->e->flags, memory_order_relaxed);
+    int32_t lowat = atomic_load_explicit(&x->e->rcvlowat, memory_order_relaxed);
+    if (!(f & HOOK_STREAM) || (f & HOOK_TCP) || lowat <= 1)
+        return 1;
+    return (size_t)lowat < x->len ? (size_t)lowat : x->len;
+}
+
 #define RING_FALL_BACK (-3) /* the ring could not take it: wait for readiness instead */
 
 /* After the ring's receive was cancelled for a signal or the timeout: what the socket has
@@ -207,7 +224,7 @@ static ssize_t transfer_errno(xfer *x)
     hook_call c;
     hook_call_begin(&c);
     int64_t deadline = hook_deadline(tmo);
-    size_t done = 0;
+    size_t done = 0, target = transfer_target(x);
     bool tcp_read = drain_known(x), ring = ring_read(x);
     for (;;) {
         ssize_t r = -1;
@@ -230,7 +247,7 @@ static ssize_t transfer_errno(xfer *x)
                     return r;
             } else {
                 done += (size_t)r;
-                if (!x->all || done >= x->len)
+                if (done >= target)
                     return (ssize_t)done;
                 continue; /* until EAGAIN: only then is an edge-triggered wait sound */
             }

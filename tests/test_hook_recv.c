@@ -670,7 +670,7 @@ static void socket_timeouts_hold_for_every_number(void)
  * non-blocking one takes what is there. param 0: mark 10, 3 bytes there, 10 more 200 ms
  * later, read of 100: 13. 1: the same with a read of 5: 5 (the kernel wakes its reader at
  * the mark, not at 5). 2: 7 bytes there, read of 5: 5 at once. The second read takes what
- * is left. */
+ * is left. 3 and 4: 0 and 1 on a Unix stream socket. */
 struct lowat_peer {
     int fd;
     int plan;
@@ -692,17 +692,24 @@ static void *lowat_sender(void *p)
 static void *read_with_lowat(void *p)
 {
     struct outcome *o = p;
-    int c, s;
-    tcp_pair(&c, &s);
+    int c, s, plan = (int)o->param % 3;
+    if (o->param < 3) {
+        tcp_pair(&c, &s);
+    } else {
+        int sv[2];
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+        c = sv[0];
+        s = sv[1];
+    }
     int mark = 10;
     CHECK(setsockopt(c, SOL_SOCKET, SO_RCVLOWAT, &mark, sizeof mark) == 0);
-    struct lowat_peer l = {s, (int)o->param};
+    struct lowat_peer l = {s, plan};
     pthread_t th;
     CHECK(pthread_create(&th, NULL, lowat_sender, &l) == 0);
     plain_sleep_ms(50); /* the first 3 (or the 7) bytes are there: a non-blocking recv takes them */
     char buf[100];
     errno = 0;
-    o->r1 = read(c, buf, o->param == 0 ? sizeof buf : 5);
+    o->r1 = read(c, buf, plan == 0 ? sizeof buf : 5);
     o->e1 = errno;
     CHECK(pthread_join(th, NULL) == 0);
     shutdown(s, SHUT_WR); /* so the second read ends */
@@ -719,6 +726,9 @@ static void receive_low_water_mark(void)
     kernel_and_backends("SO_RCVLOWAT 10, 3 then 10 bytes, read 100", read_with_lowat, 0);
     kernel_and_backends("SO_RCVLOWAT 10, 3 then 10 bytes, read 5", read_with_lowat, 1);
     kernel_and_backends("SO_RCVLOWAT 10, 7 bytes there, read 5", read_with_lowat, 2);
+    /* A Unix stream socket's reader takes what comes and waits for more until the mark. */
+    kernel_and_backends("Unix, SO_RCVLOWAT 10, 3 then 10 bytes, read 100", read_with_lowat, 3);
+    kernel_and_backends("Unix, SO_RCVLOWAT 10, 3 then 10 bytes, read 5", read_with_lowat, 4);
 }
 
 const struct test tests[] = {
