@@ -592,25 +592,12 @@ static void fork_with_a_receive_in_flight(void)
 
 /* ---- Socket options belong to the socket, not to the number (audit 2026-12-07) ---- */
 
-struct late_byte {
-    int fd;
-    int ms;
-};
-
-/* On a plain thread: after ms, send a byte (or, for a writer's peer, drain) so that a wait
- * the timeout should have ended ends anyway, and the test sees it did not. */
-static void *byte_later(void *p)
-{
-    struct late_byte *l = p;
-    plain_sleep_ms(l->ms);
-    CHECK(send(l->fd, "Z", 1, MSG_NOSIGNAL) == 1);
-    return NULL;
-}
-
+/* (On a plain thread, after a delay: byte_after sends a byte, drain_later drains, so that
+ * a wait the timeout should have ended ends anyway, and the test sees it did not.) */
 static void *drain_later(void *p)
 {
-    struct late_byte *l = p;
-    plain_sleep_ms(l->ms);
+    struct timed_byte *l = p;
+    plain_sleep_ms(l->after_ms);
     struct timeval quiet = {0, 300000}; /* until nothing came for that long */
     CHECK(setsockopt(l->fd, SOL_SOCKET, SO_RCVTIMEO, &quiet, sizeof quiet) == 0);
     char buf[65536];
@@ -631,9 +618,9 @@ static void *timeout_through_a_dup(void *p)
     int d = dup(sv[0]);
     CHECK(d >= 0);
     struct timeval tv = {0, 150000};
-    struct late_byte l = {sv[1], 1500};
+    struct timed_byte l = {sv[1], 1500};
     pthread_t th;
-    CHECK(pthread_create(&th, NULL, o->param == 2 ? drain_later : byte_later, &l) == 0);
+    CHECK(pthread_create(&th, NULL, o->param == 2 ? drain_later : byte_after, &l) == 0);
     char buf[16];
     errno = 0;
     if (o->param == 0) {
