@@ -701,6 +701,9 @@ int net_accept_conn(weft_listener *l, int64_t deadline, accepted_conn *a);
  * owns a's fd. NULL/ENOMEM (the fd is closed). */
 weft_chan *net_chan_of(const accepted_conn *a, void *mem);
 size_t net_chan_size(const accepted_conn *a);
+/* After chan_wait_gone on a channel net_chan_of made in mem: park (not cancellable) until the
+ * kernel is done with mem too (sock_room_settle). */
+void net_chan_settle(weft_chan *c);
 /* Park (not cancellable) until c, made by chan_new_in and closed, has been freed: the last
  * coroutine inside a call on it when it was closed has left. */
 void chan_wait_gone(weft_chan *c);

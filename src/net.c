@@ -264,6 +264,11 @@ weft_chan *net_chan_of(const accepted_conn *a, void *mem)
     return chan_new_in(mem, t, a->peer, true);
 }
 
+void net_chan_settle(weft_chan *c)
+{
+    sock_room_settle((char *)c + chan_size(weft_chan_peer(c)));
+}
+
 /* Wait until l is readable (or, on io_uring, accept there): one coroutine at a time, as
  * epoll's slots also enforce, on either backend. -1 with errno; EBADF: l may be gone. */
 static int accept_wait(weft_listener *l, struct sockaddr_storage *ss, socklen_t *len,

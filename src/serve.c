@@ -77,6 +77,7 @@ static void *conn_main(void *p)
     if (srv->slot_waiter)
         sched_wake(srv->slot_waiter, 0);
     chan_wait_gone(k->c); /* (its memory goes with this coroutine's stack) */
+    net_chan_settle(k->c);
     return NULL;
 }
 

@@ -142,9 +142,12 @@ typedef struct qbuf {
  * the backend provides, and the transport keeps those buffers in a small queue until the
  * channel has consumed them (adopting the first one as its read buffer, without a copy). Its
  * output goes as send operations the loop owns, one at a time in order, submitted with the
- * loop's one io_uring_enter per turn. Both structures live on the heap, apart from the
- * transport: the kernel may complete an operation after the transport is closed, and the
- * last completion then frees them (owner NULL). */
+ * loop's one io_uring_enter per turn. The kernel may complete an operation after the
+ * transport is closed, so neither structure is part of the transport: the last completion
+ * frees them (owner NULL). A receive structure is on the heap, or, for a transport made in
+ * its maker's room (a server's client), in the room just after it, where an idle connection
+ * costs no heap for it: the room's owner then waits in sock_room_settle for that last
+ * completion before the room goes. */
 #define RXQ_PAUSE 16  /* arrivals a connection holds before its receive is paused (those
                        * already on their way when the pause is asked are kept too) */
 
@@ -171,7 +174,9 @@ typedef struct ring_rx {
     bool pausing;      /* cancelled because the queue is full, or input stopped: no error */
     bool ready;        /* something to read (data, end of file, error): for outside waits */
     bool eof;
+    bool in_room;      /* in its transport's room (sock_room_settle), not on the heap */
     int err;
+    weft_co *settler;  /* (in_room) parked in sock_room_settle until the last completion */
     rxbuf q_inline[RXQ_INLINE];
 } ring_rx;
 
@@ -223,10 +228,17 @@ static bool rx_head_stale(const ring_rx *rx)
 
 #define TOKEN_STALE (1u << 16) /* an adopted buffer's token: rx_head_stale held */
 
+static ring_rx *room_rx(struct sock *s);
+
 static ring_rx *rx_new(struct sock *owner)
 {
-    ring_rx *rx = calloc(1, sizeof *rx);
+    ring_rx *rx = room_rx(owner);
+    if (rx)
+        memset(rx, 0, sizeof *rx);
+    else
+        rx = calloc(1, sizeof *rx);
     if (rx) {
+        rx->in_room = room_rx(owner) != NULL;
         rx->owner = owner;
         rx->q = rx->q_inline;
         rx->cap = RXQ_INLINE;
@@ -234,11 +246,19 @@ static ring_rx *rx_new(struct sock *owner)
     return rx;
 }
 
+/* The receive is over: its memory goes (or, in a room, its owner may let the room go). */
 static void rx_free(ring_rx *rx)
 {
     if (rx->q != rx->q_inline)
         free(rx->q);
-    free(rx);
+    rx->q = rx->q_inline;
+    if (!rx->in_room) {
+        free(rx);
+        return;
+    }
+    rx->armed = false;
+    if (rx->settler)
+        sched_wake(rx->settler, 0);
 }
 
 /* A send in flight: the loop owns it from submission to completion. Idle connections hold
@@ -1088,9 +1108,29 @@ transport *sock_transport_new(int fd, bool is_socket, bool tcp)
     return sock_transport_in(NULL, fd, is_socket, tcp);
 }
 
+/* A transport in a room keeps its receive structure just after it (rx_new). */
+#define ROOM_RX_OFF ((sizeof(sock) + 15) / 16 * 16)
+
+static ring_rx *room_rx(sock *s)
+{
+    return s->in_room ? (ring_rx *)((char *)s + ROOM_RX_OFF) : NULL;
+}
+
 size_t sock_transport_size(void)
 {
-    return sizeof(sock);
+    return ROOM_RX_OFF + sizeof(ring_rx);
+}
+
+void sock_room_settle(void *mem)
+{
+    ring_rx *rx = room_rx(mem);
+    sched *sc = sched_peek();
+    /* (In a forked child the parent's receive is in no ring of ours: nothing comes.) */
+    while (rx->armed && sc && rx->be_gen == sc->be_gen) {
+        rx->settler = weft_self();
+        sched_park_on(WAIT_OTHER, rx, -1, false);
+        rx->settler = NULL;
+    }
 }
 
 transport *sock_transport_in(void *mem, int fd, bool is_socket, bool tcp)

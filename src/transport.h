@@ -118,6 +118,10 @@ transport *sock_transport_new(int fd, bool is_socket, bool tcp);
  * and keeps until the transport is freed: freeing it releases what it holds, not mem. */
 transport *sock_transport_in(void *mem, int fd, bool is_socket, bool tcp);
 size_t sock_transport_size(void);
+/* For the maker of a transport made in mem, once it is freed: park (not cancellable) until no
+ * operation of the kernel's refers to mem any more (a receive's last completion, one loop turn
+ * after the close), so that mem may go. */
+void sock_room_settle(void *mem);
 /* The transport of a descriptor weft did not make (weft_chan_open): made non-blocking (only
  * that flag changes), its kind found out, its peer's name written to peer ("" if none).
  * NULL: EBADF, ENOMEM. */
