@@ -95,13 +95,14 @@ static void tsan_block_async_signals(sigset_t *old)
 #define PBUF_PER_RECV 4    /* the ring grows past its first chunk by this many per receive */
 #define PBUF_TRIM_MS 200   /* the pages of idle buffers are given back after this long quiet */
 
-/* What the backend knows of an fd. */
+/* What the backend knows of an fd: 16 bytes, in a table of one per descriptor number
+ * (mapped, so that the pages of numbers never used are never touched). */
 typedef struct ufd {
     io_watcher *w;     /* who hears its polls */
+    uint32_t gen;      /* bumped when the fd is forgotten, to drop stale polls */
+    uint16_t ops;      /* operations in flight on it (a handful: one of each kind at most) */
     bool read_armed;   /* a multishot poll for input is active */
     bool write_armed;  /* a poll for output is in flight */
-    uint32_t gen;      /* bumped when the fd is forgotten, to drop stale polls */
-    unsigned ops;      /* operations in flight on it */
 } ufd;
 
 typedef struct pbufs {
@@ -142,19 +143,30 @@ static ufd *ufd_get(uring_backend *u, int fd)
         return NULL;
     }
     if ((size_t)fd >= u->n) {
-        size_t n = u->n ? u->n : 64;
+        /* Grown a page at a time at least; new pages come zeroed from the kernel, and
+         * mremap moves the old ones without touching them. */
+        size_t n = u->n ? u->n : 4096 / sizeof(ufd);
         while (n <= (size_t)fd)
             n *= 2;
-        ufd *f = realloc(u->fds, n * sizeof *f);
-        if (!f) {
+        void *f = u->fds ? mremap(u->fds, u->n * sizeof(ufd), n * sizeof(ufd), MREMAP_MAYMOVE)
+                         : mmap(NULL, n * sizeof(ufd), PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (f == MAP_FAILED) {
             errno = ENOMEM;
             return NULL;
         }
-        memset(f + u->n, 0, (n - u->n) * sizeof *f);
         u->fds = f;
         u->n = n;
     }
     return &u->fds[fd];
+}
+
+static void ufd_table_free(uring_backend *u)
+{
+    if (u->fds)
+        munmap(u->fds, u->n * sizeof(ufd));
+    u->fds = NULL;
+    u->n = 0;
 }
 
 static uint64_t user_data(uint32_t gen, int fd, int dir)
@@ -348,7 +360,7 @@ static void uring_free(backend *b)
     RING_UNMAPPED();
     pbuf_free(u);
     io_uring_queue_exit(&u->ring);
-    free(u->fds);
+    ufd_table_free(u);
     free(u);
 }
 
@@ -369,7 +381,7 @@ static void uring_abandon(backend *b)
     }
     RING_UNMAPPED();
     io_uring_queue_exit(&u->ring); /* (munmap and close: nothing reaches the kernel's ring) */
-    free(u->fds);
+    ufd_table_free(u);
     free(u);
 }
 
@@ -610,6 +622,10 @@ static int uring_submit(backend *b, io_op *op)
 static int submit_op(uring_backend *u, io_op *op)
 {
     ufd *f = ufd_get(u, op->fd);
+    if (f && f->ops == UINT16_MAX) { /* (weft keeps a few per fd: a guard) */
+        errno = EAGAIN;
+        return -1;
+    }
     struct io_uring_sqe *sqe = f ? get_sqe(u) : NULL;
     if (!sqe)
         return -1;
