@@ -13,6 +13,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,14 +62,36 @@ static void orphan_remove(olink *l) { olist_remove(&orphans, l); }
  * reply in flight holds a few bytes of a slab rather than a whole write buffer (ten thousand
  * connections answering at once would hold 40 MB of buffers). A slab is freed, or kept as
  * the spare, once the last send in it is done. */
-#define SLAB_SIZE (64 * 1024)
+#define SLAB_BYTES (64 * 1024) /* a slab in all, header included */
 #define SLAB_SMALL 1024 /* gives up to this size are copied */
 
 typedef struct slab {
     unsigned used, refs;
     bool orphan;        /* its thread ended with sends still in it: the last one frees it */
-    char data[SLAB_SIZE];
+    char data[SLAB_BYTES - 64];
 } slab;
+
+#define SLAB_SIZE sizeof(((slab *)0)->data)
+
+/* Slabs are mapped, not taken from the heap: a slab freed in the middle of the heap while
+ * connections are being made (their OpenSSL state, say, around it) would leave a hole that
+ * smaller allocations split, and the heap would stay larger than what it holds. */
+static slab *slab_map(void)
+{
+    void *p = mmap(NULL, sizeof(slab), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    if (p == MAP_FAILED) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return p;
+}
+
+static void slab_unmap(slab *sb)
+{
+    if (sb)
+        munmap(sb, sizeof *sb);
+}
 
 static _Thread_local slab *slab_cur, *slab_spare;
 static pthread_key_t slab_key;
@@ -80,12 +103,12 @@ static void slab_exit(void *unused)
 {
     (void)unused;
     send_pool_drain();
-    free(slab_spare);
+    slab_unmap(slab_spare);
     slab_spare = NULL;
     if (slab_cur && slab_cur->refs)
         slab_cur->orphan = true;
     else
-        free(slab_cur);
+        slab_unmap(slab_cur);
     slab_cur = NULL;
 }
 
@@ -99,7 +122,7 @@ static char *slab_alloc(size_t n, slab **sb)
 {
     if (!slab_cur || slab_cur->used + n > SLAB_SIZE) {
         slab *old = slab_cur;
-        slab_cur = slab_spare ? slab_spare : malloc(sizeof *slab_cur);
+        slab_cur = slab_spare ? slab_spare : slab_map();
         slab_spare = NULL;
         if (!slab_cur) {
             slab_cur = old;
@@ -108,7 +131,7 @@ static char *slab_alloc(size_t n, slab **sb)
         }
         *slab_cur = (slab){0};
         if (old && !old->refs)
-            free(old); /* (the spare is taken: one empty slab kept at most) */
+            slab_unmap(old); /* (the spare is taken: one empty slab kept at most) */
         pthread_once(&slab_once, slab_init_key);
         pthread_setspecific(slab_key, slab_cur);
     }
@@ -126,7 +149,7 @@ static void slab_put(slab *sb)
     if (!sb->orphan && !slab_spare)
         slab_spare = sb;
     else
-        free(sb);
+        slab_unmap(sb);
 }
 
 typedef struct qbuf {
