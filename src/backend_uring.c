@@ -344,19 +344,26 @@ static void uring_pbuf_put(backend *b, uint16_t bid)
 
 static int uring_poll(backend *b, int timeout_ms);
 
-static void uring_free(backend *b)
+/* Operations still in flight (a transport's multishot receive, a send the loop owns, an
+ * accept): cancel them and reap their completions, so that their owners hear of the end. A
+ * completion's callback may start another operation (a send's next part): cancelled too. */
+static void uring_quiesce(backend *b)
 {
     uring_backend *u = (uring_backend *)b;
-    /* Operations still in flight (a transport's multishot receive, a send the loop owns):
-     * cancel them and reap their completions, so that their owners hear of the end. */
     for (int i = 0; i < 100 && u->inflight > 0; i++) {
-        struct io_uring_sqe *sqe = i == 0 ? get_sqe(u) : NULL;
+        struct io_uring_sqe *sqe = get_sqe(u);
         if (sqe) {
             io_uring_prep_cancel(sqe, NULL, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
             io_uring_sqe_set_data64(sqe, UD_IGNORE);
         }
         uring_poll(b, 10);
     }
+}
+
+static void uring_free(backend *b)
+{
+    uring_backend *u = (uring_backend *)b;
+    uring_quiesce(b);
     RING_UNMAPPED();
     pbuf_free(u);
     io_uring_queue_exit(&u->ring);
@@ -718,6 +725,7 @@ static void uring_forget(backend *b, int fd)
 static const backend_ops uring_ops = {
     .name = "uring",
     .free = uring_free,
+    .quiesce = uring_quiesce,
     .abandon = uring_abandon,
     .watch = uring_watch,
     .forget = uring_forget,

@@ -197,6 +197,10 @@ typedef struct backend backend;
 typedef struct backend_ops {
     const char *name;    /* (read by tools/weft-gdb.py) */
     void (*free)(backend *b);
+    /* Optional (backends that perform operations): cancel every operation in flight and reap
+     * their completions, their callbacks running now, so that none comes later into memory
+     * about to go (a thread's end, before it drops the coroutines that did not end). */
+    void (*quiesce)(backend *b);
     /* Free b in a forked child, where its kernel objects are the parent's too: release only
      * this process's mappings and descriptors, asking nothing of the kernel's instance. */
     void (*abandon)(backend *b);

@@ -891,6 +891,12 @@ static void at_thread_exit(void *p)
     s->loop_depth--;
     if (s->external_waits)
         return;
+    /* The kernel's operations may point into the stacks about to go (a receive in a
+     * handler's room, an accept's address): they end first. Their callbacks may make
+     * coroutines runnable, which never run now. */
+    if (s->be->ops->quiesce)
+        s->be->ops->quiesce(s->be);
+    s->runq_head = s->runq_tail = s->batch = NULL;
     while (s->all)
         co_drop(s, s->all);
     while (s->exit_ended) { /* nothing runs any more: nobody can join them now */

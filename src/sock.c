@@ -1151,7 +1151,7 @@ void sock_room_settle(void *mem)
     /* (In a forked child the parent's receive is in no ring of ours: nothing comes.) */
     while (rx->armed && sc && rx->be_gen == sc->be_gen) {
         rx->settler = weft_self();
-        sched_park_on(WAIT_OTHER, rx, -1, false);
+        sched_park_io(WAIT_OP, (wait_on){.obj = &rx->op}, -1, false); /* (the ring ends it) */
         rx->settler = NULL;
     }
 }

@@ -8,7 +8,10 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -279,6 +282,141 @@ static void a_channel_closed_before_its_handler_returns_is_not_closed_again(void
     CHECK(weft_server_close(s) == 0);
     CHECK(weft_run() == 0);
     CHECK(weft_count() == 0);
+}
+
+/* ---- A handler that ends after its server was closed, with its client still connected ----
+ * On io_uring its socket's receive is in the handler's room, and the handler's coroutine
+ * waits for the kernel's last completion of it before its stack goes: weft_run must count
+ * that as a wait the loop can end, not report every coroutine parked for good (EDEADLK). */
+static _Atomic int outlive_port, outlive_line, outlive_closed;
+
+static void returns_once_its_server_is_closed(weft_chan *c, void *arg)
+{
+    (void)arg;
+    CHECK(weft_gets(c, NULL) != NULL);
+    atomic_store(&outlive_line, 1);
+    while (!atomic_load(&outlive_closed))
+        weft_sleep(5);
+    /* returns with the client connected and nothing read since: the receive is armed */
+}
+
+static void *outlive_closer(void *p)
+{
+    while (!atomic_load(&outlive_line))
+        weft_sleep(5);
+    CHECK(weft_server_close(p) == 0);
+    atomic_store(&outlive_closed, 1);
+    return NULL;
+}
+
+static void *plain_client_until_closed(void *unused)
+{
+    (void)unused;
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atomic_load(&outlive_port))};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    CHECK(write(fd, "hi\n", 3) == 3);
+    char b;
+    CHECK(read(fd, &b, 1) == 0); /* the server closes it when the handler returns */
+    close(fd);
+    return NULL;
+}
+
+static void a_handler_that_outlives_its_server_lets_weft_run_end(void)
+{
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    weft_server *s = weft_server_start(l, returns_once_its_server_is_closed, NULL);
+    CHECK(s);
+    atomic_store(&outlive_line, 0);
+    atomic_store(&outlive_closed, 0);
+    atomic_store(&outlive_port, weft_listener_port(l));
+    weft_spawn_opts o = {.detached = 1};
+    CHECK(weft_spawn_ex(outlive_closer, s, &o));
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, plain_client_until_closed, NULL) == 0);
+    int rc = weft_run(); /* (no coroutine of ours is left to keep it turning) */
+    CHECK(rc == 0);
+    CHECK(weft_count() == 0);
+    pthread_join(t, NULL);
+}
+
+/* ---- A thread that ends while its server's clients are connected ----
+ * One handler takes longer than the exit's grace to end after its cancel, so the others'
+ * coroutines are dropped with their receives still in the kernel (on io_uring, in their
+ * rooms, and the acceptor's accept in its stack). Those must end before the stacks go: before,
+ * their completions wrote into unmapped stacks (SIGSEGV) or poisoned ones (ASan). */
+#define EXIT_CLIENTS 100
+
+static _Atomic int exit_port, exit_lines, exit_slow = 1;
+static weft_server *volatile exit_server; /* (volatile: a store nothing reads is kept) */
+
+static void slow_to_end_when_cancelled(weft_chan *c, void *arg)
+{
+    (void)arg;
+    bool slow = atomic_exchange(&exit_slow, 0);
+    const char *line;
+    size_t len;
+    while ((line = weft_gets(c, &len))) {
+        atomic_fetch_add(&exit_lines, 1);
+        weft_putln(c, line, len);
+    }
+    if (slow && errno == ECANCELED) {
+        int64_t until = weft_now() + 1200; /* past the thread's 1 s exit grace */
+        while (weft_now() < until) {
+        }
+    }
+}
+
+static void *exit_stopper(void *unused)
+{
+    (void)unused;
+    while (atomic_load(&exit_lines) < EXIT_CLIENTS)
+        weft_sleep(5);
+    weft_stop();
+    return NULL;
+}
+
+static void *server_thread_that_exits(void *unused)
+{
+    (void)unused;
+    weft_listener *l = weft_listen("127.0.0.1:0", 0);
+    CHECK(l);
+    /* (The server stays: a dropped acceptor frees nothing it holds, as weft.h says.) */
+    exit_server = weft_server_start(l, slow_to_end_when_cancelled, NULL);
+    CHECK(exit_server);
+    weft_spawn_opts o = {.detached = 1};
+    CHECK(weft_spawn_ex(exit_stopper, NULL, &o));
+    atomic_store(&exit_port, weft_listener_port(l));
+    CHECK(weft_run() == 0);
+    return NULL; /* the thread's end cancels the handlers, waits 1 s, then drops the rest */
+}
+
+static void a_thread_ending_with_connected_clients_leaves_no_kernel_write_behind(void)
+{
+    atomic_store(&exit_port, 0);
+    atomic_store(&exit_lines, 0);
+    atomic_store(&exit_slow, 1);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, server_thread_that_exits, NULL) == 0);
+    while (!atomic_load(&exit_port))
+        usleep(1000);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)atomic_load(&exit_port))};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int fds[EXIT_CLIENTS];
+    char b[3];
+    for (int i = 0; i < EXIT_CLIENTS; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        CHECK(fds[i] >= 0 && connect(fds[i], (struct sockaddr *)&sa, sizeof sa) == 0);
+        CHECK(write(fds[i], "hi\n", 3) == 3);
+        CHECK(read(fds[i], b, 3) == 3 && memcmp(b, "hi\n", 3) == 0);
+    }
+    CHECK(pthread_join(t, NULL) == 0); /* (the process is still here: nothing wrote late) */
+    for (int i = 0; i < EXIT_CLIENTS; i++)
+        close(fds[i]);
 }
 
 /* ---- Under ASan: a channel used after its handler returned is reported ----
@@ -573,6 +711,8 @@ const struct test tests[] = {
     {"channel_is_closed_when_the_handler_returns", channel_is_closed_when_the_handler_returns, 0},
     {"a_handler_returning_wakes_those_inside_its_channel", a_handler_returning_wakes_those_inside_its_channel, 0},
     {"a_channel_closed_before_its_handler_returns_is_not_closed_again", a_channel_closed_before_its_handler_returns_is_not_closed_again, 0},
+    {"a_handler_that_outlives_its_server_lets_weft_run_end", a_handler_that_outlives_its_server_lets_weft_run_end, 0},
+    {"a_thread_ending_with_connected_clients_leaves_no_kernel_write_behind", a_thread_ending_with_connected_clients_leaves_no_kernel_write_behind, 0},
 #ifdef TEST_ASAN
     {"a_channel_used_after_its_handler_returned_is_reported", a_channel_used_after_its_handler_returned_is_reported, 0},
 #endif
