@@ -68,8 +68,9 @@ static void orphan_remove(olink *l) { olist_remove(&orphans, l); }
 typedef struct slab {
     unsigned used, refs;
     bool orphan;        /* its thread ended with sends still in it: the last one frees it */
-    char data[SLAB_BYTES - 64];
+    char data[SLAB_BYTES - 64]; /* (the header's bytes, rounded up, left out) */
 } slab;
+_Static_assert(sizeof(slab) <= SLAB_BYTES, "a slab maps 64 KiB in all");
 
 #define SLAB_SIZE sizeof(((slab *)0)->data)
 
@@ -255,13 +256,10 @@ static ring_rx *room_rx(struct sock *s);
 
 static ring_rx *rx_new(struct sock *owner)
 {
-    ring_rx *rx = room_rx(owner);
-    if (rx)
-        memset(rx, 0, sizeof *rx);
-    else
-        rx = calloc(1, sizeof *rx);
+    ring_rx *room = room_rx(owner);
+    ring_rx *rx = room ? memset(room, 0, sizeof *room) : calloc(1, sizeof *rx);
     if (rx) {
-        rx->in_room = room_rx(owner) != NULL;
+        rx->in_room = room != NULL;
         rx->owner = owner;
         rx->q = rx->q_inline;
         rx->cap = RXQ_INLINE;
@@ -274,7 +272,6 @@ static void rx_free(ring_rx *rx)
 {
     if (rx->q != rx->q_inline)
         free(rx->q);
-    rx->q = rx->q_inline;
     if (!rx->in_room) {
         free(rx);
         return;
