@@ -1,9 +1,10 @@
-/* Deadlines: a binary min-heap of timers keyed by deadline. Each timer records its heap index
- * so a wait that ends early (the fd became ready) removes its timer in O(log n). */
+/* Deadlines: a binary min-heap of timers keyed by deadline, in a mapped array. Each timer
+ * records its heap index so a wait that ends early (the fd became ready) removes its timer
+ * in O(log n). */
 #include "internal.h"
 
 #include <errno.h>
-#include <stdlib.h>
+#include <sys/mman.h>
 
 static void heap_set(timer_heap *h, size_t i, timer *t)
 {
@@ -41,18 +42,30 @@ static void sift_down(timer_heap *h, size_t i)
     heap_set(h, i, t);
 }
 
+/* The array is mapped, not taken from the heap: the pages past the most timers ever armed
+ * at once are never touched and cost nothing, mremap moves the pages in use without copying
+ * them, and growing leaves no freed array behind in the heap. (A server with an idle
+ * timeout keeps a timer armed for each connection.) */
+static int heap_grow(timer_heap *h)
+{
+    size_t cap = h->cap ? h->cap * 2 : 4096 / sizeof(timer *);
+    void *p = h->items ? mremap(h->items, h->cap * sizeof(timer *), cap * sizeof(timer *),
+                                MREMAP_MAYMOVE)
+                       : mmap(NULL, cap * sizeof(timer *), PROT_READ | PROT_WRITE,
+                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        errno = ENOMEM;
+        return -1;
+    }
+    h->items = p;
+    h->cap = cap;
+    return 0;
+}
+
 int timer_heap_add(timer_heap *h, timer *t)
 {
-    if (h->len == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 64;
-        timer **items = realloc(h->items, cap * sizeof *items);
-        if (!items) {
-            errno = ENOMEM;
-            return -1;
-        }
-        h->items = items;
-        h->cap = cap;
-    }
+    if (h->len == h->cap && heap_grow(h) != 0)
+        return -1;
     h->items[h->len] = t;
     t->index = h->len;
     h->len++;
@@ -84,7 +97,8 @@ timer *timer_heap_peek(const timer_heap *h)
 
 void timer_heap_free(timer_heap *h)
 {
-    free(h->items);
+    if (h->items)
+        munmap(h->items, h->cap * sizeof(timer *));
     h->items = NULL;
     h->len = h->cap = 0;
 }
