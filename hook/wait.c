@@ -72,9 +72,9 @@ bool hook_call_restart(hook_call *c, bool restartable)
 
 /* From the loop: an event on this thread's eventfd. If a handler wrote it (an eventfd is
  * always writable, and that is reported too), wake every parked hooked call. */
-static void on_signal(void *owner, unsigned events)
+static void on_signal(fd_owner *self, unsigned events)
 {
-    (void)owner, (void)events;
+    (void)self, (void)events;
     uint64_t n;
     if (syscall(SYS_read, hook_sig_eventfd(), &n, sizeof n) != sizeof n)
         return;
@@ -82,12 +82,14 @@ static void on_signal(void *owner, unsigned events)
         sched_wake(w->co, EINTR);
 }
 
+static fd_owner signal_owner = {on_signal};
+
 /* Have this thread's loop hear the handlers: cheap after the first time. */
 static void watch_signals(void)
 {
     int efd = hook_sig_eventfd();
     if (efd >= 0)
-        fd_watch_input(efd, on_signal, NULL);
+        fd_watch_input(efd, &signal_owner);
 }
 
 static void link_waiter(hook_waiter *w)

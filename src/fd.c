@@ -19,17 +19,30 @@
 #include <string.h>
 #include <unistd.h>
 
+/* 48 bytes: one per descriptor number ever waited on, so a server pays it per connection.
+ * Its flags live in the watcher's own bits (w.bits), in what would be padding. */
 typedef struct fd_slot {
     io_watcher w;        /* first: what the backend calls back, and prefetches */
     weft_co *reader;     /* coroutine waiting for input, if any */
     weft_co *writer;     /* coroutine waiting for room, if any */
-    fd_owner_fn owner_fn;
-    void *owner;
-    bool watched;        /* the backend reports its input events */
-    bool in_seen;        /* an input event came since the last fd_input_hint */
-    bool in_sticky;      /* hang-up, error or urgent data seen: reads are always tried */
-    bool in_latch;       /* (latches_input) an arrival came while nobody waited */
+    fd_owner *owner;     /* hears the fd's events first, if any */
 } fd_slot;
+
+/* Flags of a slot, in w.bits. */
+#define WATCHED   1u /* the backend reports its input events */
+#define IN_SEEN   2u /* an input event came since the last fd_input_hint */
+#define IN_STICKY 4u /* hang-up, error or urgent data seen: reads are always tried */
+#define IN_LATCH  8u /* (latches_input) an arrival came while nobody waited */
+
+static bool slot_has(const fd_slot *slot, unsigned flag)
+{
+    return slot->w.bits & flag;
+}
+
+static void slot_set(fd_slot *slot, unsigned flag, bool on)
+{
+    slot->w.bits = on ? slot->w.bits | flag : slot->w.bits & ~flag;
+}
 
 #define CHUNK 256
 
@@ -66,6 +79,8 @@ static void tab_init_key(void)
 }
 
 static void slot_event(io_watcher *w, unsigned events);
+
+_Static_assert(sizeof(fd_slot) <= 48, "a slot per descriptor: keep it small");
 
 /* Clean slots for a new backend: nothing it has not told us can be known. */
 static void tab_reset(const sched *s)
@@ -159,14 +174,14 @@ static void slot_wake(weft_co **w, int err)
 static void slot_event(io_watcher *w, unsigned events)
 {
     fd_slot *slot = (fd_slot *)w; /* (w is its first member) */
-    if (events & IO_IN)
-        slot->in_seen = true; /* noted with nobody waiting too: a reader may be about to read */
-    if (events & (IO_HUP | IO_PRI))
-        slot->in_sticky = true; /* a hang-up's edge comes once; urgent data stops reads short */
+    if (events & IO_IN) /* (noted with nobody waiting too: a reader may be about to read) */
+        slot_set(slot, IN_SEEN, true);
+    if (events & (IO_HUP | IO_PRI)) /* (a hang-up's edge comes once; urgent data stops reads) */
+        slot_set(slot, IN_STICKY, true);
     if (events & IO_UNWATCHED)
-        slot->watched = false;
-    if (slot->owner_fn)
-        slot->owner_fn(slot->owner, events);
+        slot_set(slot, WATCHED, false);
+    if (slot->owner)
+        slot->owner->fn(slot->owner, events);
     if (events & IO_BADF) {
         slot_wake(&slot->reader, EBADF);
         slot_wake(&slot->writer, EBADF);
@@ -176,7 +191,7 @@ static void slot_event(io_watcher *w, unsigned events)
         if (slot->reader)
             slot_wake(&slot->reader, 0);
         else if ((events & IO_IN) && tab.latches)
-            slot->in_latch = true;
+            slot_set(slot, IN_LATCH, true);
     }
     if (events & (IO_OUT | IO_HUP))
         slot_wake(&slot->writer, 0);
@@ -238,17 +253,17 @@ int fd_wait(int fd, int events, int64_t deadline)
     if (!slot)
         return -1;
     bool input = events & WEFT_READABLE;
-    if (input && slot->in_latch && slot->watched) {
-        slot->in_latch = false; /* input came since the caller's failed read: retry it */
+    if (input && slot_has(slot, IN_LATCH) && slot_has(slot, WATCHED)) {
+        slot_set(slot, IN_LATCH, false); /* input came since the caller's failed read: retry it */
         return 0;
     }
-    bool arming = input && !slot->watched;
+    bool arming = input && !slot_has(slot, WATCHED);
     if (backend_watch(s->be, &slot->w, input ? IO_IN : IO_OUT) != 0)
         return errno == EPERM ? 0 : -1; /* a regular file cannot be polled: always ready */
     if (input) {
-        if (arming)
-            slot->in_latch = false; /* arming looks at the fd's state: older news is moot */
-        slot->watched = true;
+        if (arming) /* (arming looks at the fd's state: older news is moot) */
+            slot_set(slot, IN_LATCH, false);
+        slot_set(slot, WATCHED, true);
     }
     return slot_park(slot, events, deadline);
 }
@@ -272,10 +287,10 @@ bool fd_input_hint(int fd)
 {
     sched *s = sched_peek();
     fd_slot *slot = s && s->current ? slot_find(s, fd) : NULL;
-    if (!slot || !slot->watched || slot->in_sticky)
+    if (!slot || !slot_has(slot, WATCHED) || slot_has(slot, IN_STICKY))
         return true; /* no edges known for it, or the last one is spent */
-    bool seen = slot->in_seen;
-    slot->in_seen = false;
+    bool seen = slot_has(slot, IN_SEEN);
+    slot_set(slot, IN_SEEN, false);
     return seen;
 }
 
@@ -285,15 +300,14 @@ bool fd_edges_show_urgent(void)
     return !b || b->ops->edges_show_urgent;
 }
 
-int fd_set_owner(int fd, fd_owner_fn fn, void *owner)
+int fd_set_owner(int fd, fd_owner *owner)
 {
     sched *s = sched_peek();
     if (!s)
         return 0; /* no loop to call it from: whoever waits on fd moves its output itself */
-    fd_slot *slot = fn ? slot_get(s, fd) : slot_find(s, fd);
+    fd_slot *slot = owner ? slot_get(s, fd) : slot_find(s, fd);
     if (!slot)
-        return fn ? -1 : 0;
-    slot->owner_fn = fn;
+        return owner ? -1 : 0;
     slot->owner = owner;
     return 0;
 }
@@ -408,8 +422,7 @@ void fd_forget(int fd)
     if (s)
         backend_forget(s->be, fd);
     if (slot) {
-        slot->watched = slot->in_seen = slot->in_sticky = slot->in_latch = false;
-        slot->owner_fn = NULL;
+        slot->w.bits = 0;
         slot->owner = NULL;
         slot_wake(&slot->reader, EBADF);
         slot_wake(&slot->writer, EBADF);
@@ -422,21 +435,20 @@ int fd_close(int fd)
     return sys_close(fd);
 }
 
-int fd_watch_input(int fd, fd_owner_fn fn, void *owner)
+int fd_watch_input(int fd, fd_owner *owner)
 {
     sched *s = sched_peek();
     if (!s)
-        return 0; /* no loop to call fn from */
+        return 0; /* no loop to call it from */
     fd_slot *slot = slot_get(s, fd);
     if (!slot)
         return -1;
-    slot->owner_fn = fn;
     slot->owner = owner;
-    if (slot->watched)
+    if (slot_has(slot, WATCHED))
         return 0;
     if (backend_watch(s->be, &slot->w, IO_IN) != 0)
         return -1;
-    slot->watched = true;
+    slot_set(slot, WATCHED, true);
     return 0;
 }
 

@@ -9,17 +9,21 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-/* Callback: called from the loop with the events (IO_ bits) of an fd (see fd_set_owner). */
-typedef void (*fd_owner_fn)(void *owner, unsigned events);
+/* An fd's owner: fn is called from the loop with the events (IO_ bits) of the fd (see
+ * fd_set_owner). Embedded in the owner's own struct, which fn finds from self. */
+typedef struct fd_owner fd_owner;
+struct fd_owner {
+    void (*fn)(fd_owner *self, unsigned events);
+};
 
 /* fd_close without the close: forget fd in this thread's backend and wake its waiters here
  * with EBADF. A no-op on a thread without a scheduler. */
 void fd_forget(int fd);
-/* Watch fd for input on this thread's backend and call fn(owner, events) from the loop at
- * each event, as fd_set_owner's callback (fd has no waiters of its own). Cheap once done, so
+/* Watch fd for input on this thread's backend and call owner->fn(owner, events) from the
+ * loop at each event, as fd_set_owner's owner (fd has no waiters of its own). Cheap once done, so
  * it may be called before each park: a new scheduler or a forked child starts from clean
  * slots. A no-op on a thread without a scheduler. -1/errno. */
-int fd_watch_input(int fd, fd_owner_fn fn, void *owner);
+int fd_watch_input(int fd, fd_owner *owner);
 /* Make a parked coroutine runnable; its park returns with err (0 = success). A no-op for a
  * coroutine that is not parked. Only on the coroutine's own thread. */
 void sched_wake(weft_co *co, int err);

@@ -164,8 +164,9 @@ typedef struct io_watcher io_watcher;
 struct io_watcher {
     /* Callback, from backend_poll: events (IO_ bits) happened on fd. */
     void (*cb)(io_watcher *w, unsigned events);
-    int fd;
     const void *hint;   /* what cb will touch first (a waiting coroutine), fetched ahead */
+    int fd;
+    uint32_t bits;      /* the watcher's maker's own flags: a backend never reads them */
 };
 
 enum io_op_kind {
@@ -633,11 +634,11 @@ int fd_park(int fd, int events, int64_t deadline);
 void fd_cancel_wait(int fd, int events, int err);
 /* fd_input_hint and fd_edges_show_urgent (src/hook_entry.h): whether a read of fd may find
  * input; whether the backend's edges show urgent data apart. */
-/* Callback (fd_owner_fn, src/hook_entry.h): called from the loop with the events (IO_ bits)
- * of fd, before the coroutines waiting on it are woken; the owner of a descriptor (its
- * transport) learns of room for its queued output this way. One per fd; fd_set_owner(fd,
- * NULL, NULL) removes it. */
-int fd_set_owner(int fd, fd_owner_fn fn, void *owner);
+/* fd's owner (fd_owner, src/hook_entry.h): its fn is called from the loop with the events
+ * (IO_ bits) of fd, before the coroutines waiting on it are woken; the owner of a descriptor
+ * (its transport) learns of room for its queued output this way. One per fd;
+ * fd_set_owner(fd, NULL) removes it. */
+int fd_set_owner(int fd, fd_owner *owner);
 /* Make sure fd's output events reach its owner (after a send said EAGAIN). */
 int fd_watch_output(int fd);
 /* fd_ops_available (src/hook_entry.h): whether the running coroutine's backend performs

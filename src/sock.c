@@ -351,6 +351,7 @@ typedef struct sock {
     bool inq_tried;    /* asked for TCP_INQ already (whether or not the kernel agreed) */
     uint8_t drained;   /* enum drained */
     bool owning;       /* registered as the fd's owner (its queue is not empty) */
+    fd_owner own;      /* how fd.c calls it back then (sock_on_event) */
     bool input_stopped; /* (ring mode) read what the socket holds directly: arm nothing */
     bool in_room;      /* lives in memory its maker owns (a handler's room): not freed here */
     uint64_t owner_gen; /* the backend it was registered with */
@@ -785,7 +786,7 @@ static void qbuf_free(sock *s, qbuf *q)
 static void disown(sock *s)
 {
     if (s->owning) {
-        fd_set_owner(s->fd, NULL, NULL);
+        fd_set_owner(s->fd, NULL);
         s->owning = false;
         sched *sc = sched_peek();
         if (sc && sc->be_gen == s->owner_gen)
@@ -831,10 +832,10 @@ static void push(sock *s)
 }
 
 /* Callback from fd.c: events of our fd while we own queued output. */
-static void sock_on_event(void *owner, unsigned events)
+static void sock_on_event(fd_owner *self, unsigned events)
 {
     if (events & (IO_OUT | IO_HUP))
-        push(owner);
+        push((sock *)((char *)self - offsetof(sock, own)));
 }
 
 /* -- ring mode: output -- */
@@ -1008,7 +1009,8 @@ static int sock_give(transport *t, char *base, size_t cap, size_t off, size_t le
         s->head = q;
     s->tail = q;
     t->queued += len;
-    if (!s->owning && fd_set_owner(s->fd, sock_on_event, s) == 0 && sched_peek()) {
+    s->own.fn = sock_on_event;
+    if (!s->owning && fd_set_owner(s->fd, &s->own) == 0 && sched_peek()) {
         s->owning = true; /* the loop must poll for our room (sched->io_owned) */
         s->owner_gen = sched_peek()->be_gen;
         sched_peek()->io_owned++;
