@@ -63,7 +63,11 @@ static void orphan_remove(olink *l) { olist_remove(&orphans, l); }
  * connections answering at once would hold 40 MB of buffers). A slab is freed, or kept as
  * the spare, once the last send in it is done. */
 #define SLAB_BYTES (64 * 1024) /* a slab in all, header included */
-#define SLAB_SMALL 1024 /* gives up to this size are copied */
+/* Gives up to a buffer's size are copied: the writer keeps its buffer, which goes back to the
+ * pool once its connection is idle, rather than each send in flight taking one that the
+ * writer must replace (with malloc and free once the pool runs dry: a TLS handshake's flight,
+ * 16 pipelined replies in one record). */
+#define SLAB_SMALL BUF_SIZE
 
 typedef struct slab {
     unsigned used, refs;
@@ -121,6 +125,8 @@ static void slab_init_key(void)
 /* n (<= SLAB_SMALL) bytes of slab, counted in *sb until slab_put. NULL/ENOMEM. */
 static char *slab_alloc(size_t n, slab **sb)
 {
+    if (slab_cur && !slab_cur->refs)
+        slab_cur->used = 0; /* nothing in flight: reuse the pages already touched, in cache */
     if (!slab_cur || slab_cur->used + n > SLAB_SIZE) {
         slab *old = slab_cur;
         slab_cur = slab_spare ? slab_spare : slab_map();
