@@ -371,6 +371,11 @@ typedef struct inbox {
     rwait *list;
 } inbox;
 
+/* Callback: the loop has run nothing for SCHED_QUIET_MS (see sched_on_quiet). */
+typedef void (*sched_quiet_fn)(void);
+#define SCHED_QUIET_FNS 4
+#define SCHED_QUIET_MS 200
+
 /* Fields marked [gdb] are read by tools/weft-gdb.py by name (through the thread-local
  * tls_sched in sched.c). */
 struct sched {
@@ -407,6 +412,11 @@ struct sched {
     bool requests_watched; /* its backend watches the requests' eventfd */
     io_watcher requests_w;
     struct deep_stack *deep; /* [gdb] the runner of deep calls, once one was made (deep.c) */
+    sched_quiet_fn quiet_fns[SCHED_QUIET_FNS]; /* see sched_on_quiet */
+    unsigned nquiet;
+    uint64_t quiet_switches; /* switches when the loop last looked: unchanged means quiet */
+    int64_t quiet_since;   /* coarse ms: since when it has been quiet */
+    bool quiet_done;       /* the callbacks ran in this quiet spell */
 };
 
 /* This thread's scheduler, created on first use; NULL with errno (ENOMEM, or why no event
@@ -494,6 +504,13 @@ const stack *deep_running_stack(const sched *s);
 void deep_free(sched *s);
 /* A coroutine (named name) tried to switch out inside a deep call: say so and abort. */
 _Noreturn void deep_parked_abort(const char *name);
+
+/* Have this thread's loop call fn once per quiet spell: when it is about to sleep and has
+ * switched to no coroutine for SCHED_QUIET_MS (it wakes for that if it would sleep longer).
+ * For caches worth keeping under load and not when idle (sock.c's spare send slabs). A
+ * second call with the same fn does nothing. -1/ENOSPC when SCHED_QUIET_FNS are taken;
+ * a no-op (0) on a thread without a scheduler. */
+int sched_on_quiet(sched_quiet_fn fn);
 
 /* ---- Requests from signal handlers (request.c), for weft_dump_on_signal ----
  * A handler calls sched_request: an atomic increment and a write to an eventfd that every

@@ -617,6 +617,44 @@ static int64_t coarse_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int sched_on_quiet(sched_quiet_fn fn)
+{
+    sched *s = sched_peek();
+    if (!s)
+        return 0;
+    for (unsigned i = 0; i < s->nquiet; i++)
+        if (s->quiet_fns[i] == fn)
+            return 0;
+    if (s->nquiet == SCHED_QUIET_FNS) {
+        errno = ENOSPC;
+        return -1;
+    }
+    s->quiet_fns[s->nquiet++] = fn;
+    return 0;
+}
+
+/* Before the loop sleeps for timeout ms (-1: until an event): once it has switched to no
+ * coroutine for SCHED_QUIET_MS, call the quiet callbacks, once per quiet spell; until then,
+ * sleep no longer than that. Returns the timeout to sleep with. */
+static int quiet_check(sched *s, int timeout)
+{
+    int64_t now = coarse_now_ms();
+    if (s->switches != s->quiet_switches) {
+        s->quiet_switches = s->switches;
+        s->quiet_since = now;
+        s->quiet_done = false;
+    }
+    if (s->quiet_done)
+        return timeout;
+    int64_t left = s->quiet_since + SCHED_QUIET_MS - now;
+    if (left > 0)
+        return timeout >= 0 && timeout <= left ? timeout : (int)left;
+    s->quiet_done = true;
+    for (unsigned i = 0; i < s->nquiet; i++)
+        s->quiet_fns[i]();
+    return timeout;
+}
+
 /* One turn: collect I/O events and expired timers, then run every coroutine that was
  * runnable at that moment once (those made runnable meanwhile wait for the next turn, so a
  * coroutine that keeps yielding cannot starve I/O). Returns -1/EDEADLK if no coroutine can
@@ -635,6 +673,8 @@ static int loop_turn(sched *s, bool may_block, int64_t limit)
     bool quiet = timeout == 0 && !s->io_waiting && !s->external_waits && !s->io_owned;
     if (timeout != 0 && !s->requests_watched)
         requests_watch(s); /* so that a signal's request ends the sleep */
+    if (timeout != 0 && s->nquiet)
+        timeout = quiet_check(s, timeout);
     if (!quiet && backend_poll(s->be, timeout) != 0)
         return -1;
     s->turns++;

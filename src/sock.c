@@ -60,18 +60,24 @@ static void orphan_remove(olink *l) { olist_remove(&orphans, l); }
 
 /* Small output in ring mode is copied into slabs the thread's connections share, so that a
  * reply in flight holds a few bytes of a slab rather than a whole write buffer (ten thousand
- * connections answering at once would hold 40 MB of buffers). A slab is freed, or kept as
- * the spare, once the last send in it is done. */
+ * connections answering at once would hold 40 MB of buffers). Medium gives, up to a
+ * buffer's size, are copied too while the thread's slabs stay within SLAB_MAX: the writer
+ * keeps its buffer, rather than each send in flight taking one that it must replace (with
+ * malloc, and free at the completion, once the pool runs dry: a TLS handshake's flight, a
+ * record of 16 pipelined replies; a loop turn's completions then free so many at once that
+ * the heap's top is trimmed, and grown again with fresh pages the next turn). Beyond
+ * SLAB_MAX, they are taken as before. A slab whose last send is done becomes a spare;
+ * spares serve the next burst without mapping (and faulting in) new slabs, and go when the
+ * thread's loop is quiet (sched_on_quiet). */
 #define SLAB_BYTES (64 * 1024) /* a slab in all, header included */
-/* Gives up to a buffer's size are copied: the writer keeps its buffer, which goes back to the
- * pool once its connection is idle, rather than each send in flight taking one that the
- * writer must replace (with malloc and free once the pool runs dry: a TLS handshake's flight,
- * 16 pipelined replies in one record). */
-#define SLAB_SMALL BUF_SIZE
+#define SLAB_SMALL 1024 /* gives up to this size are always copied */
+#define SLAB_MEDIUM BUF_SIZE /* and up to this size while slabs stay within SLAB_MAX */
+#define SLAB_MAX 32 /* slabs a thread maps for medium gives: 2 MiB; also the spares kept */
 
 typedef struct slab {
     unsigned used, refs;
     bool orphan;        /* its thread ended with sends still in it: the last one frees it */
+    struct slab *next;  /* in the spares */
     char data[SLAB_BYTES - 64]; /* (the header's bytes, rounded up, left out) */
 } slab;
 _Static_assert(sizeof(slab) <= SLAB_BYTES, "a slab maps 64 KiB in all");
@@ -81,6 +87,16 @@ _Static_assert(sizeof(slab) <= SLAB_BYTES, "a slab maps 64 KiB in all");
 /* Slabs are mapped, not taken from the heap: a slab freed in the middle of the heap while
  * connections are being made (their OpenSSL state, say, around it) would leave a hole that
  * smaller allocations split, and the heap would stay larger than what it holds. */
+static slab *slab_map(void);
+static void slab_unmap(slab *sb);
+
+static _Thread_local slab *slab_cur, *slab_spares;
+static _Thread_local unsigned slab_nspares, slab_count; /* (count: mapped, spares included) */
+static pthread_key_t slab_key;
+static pthread_once_t slab_once = PTHREAD_ONCE_INIT;
+
+static void send_pool_drain(void);
+
 static slab *slab_map(void)
 {
     void *p = mmap(NULL, sizeof(slab), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
@@ -89,27 +105,34 @@ static slab *slab_map(void)
         errno = ENOMEM;
         return NULL;
     }
+    slab_count++;
     return p;
 }
 
 static void slab_unmap(slab *sb)
 {
-    if (sb)
-        munmap(sb, sizeof *sb);
+    if (!sb)
+        return;
+    if (!sb->orphan) /* (an orphan's thread, and its count, are gone) */
+        slab_count--;
+    munmap(sb, sizeof *sb);
 }
 
-static _Thread_local slab *slab_cur, *slab_spare;
-static pthread_key_t slab_key;
-static pthread_once_t slab_once = PTHREAD_ONCE_INIT;
-
-static void send_pool_drain(void);
+static void slab_spares_drop(void)
+{
+    while (slab_spares) {
+        slab *sb = slab_spares;
+        slab_spares = sb->next;
+        slab_unmap(sb);
+    }
+    slab_nspares = 0;
+}
 
 static void slab_exit(void *unused)
 {
     (void)unused;
     send_pool_drain();
-    slab_unmap(slab_spare);
-    slab_spare = NULL;
+    slab_spares_drop();
     if (slab_cur && slab_cur->refs)
         slab_cur->orphan = true;
     else
@@ -122,25 +145,57 @@ static void slab_init_key(void)
     pthread_key_create(&slab_key, slab_exit);
 }
 
-/* n (<= SLAB_SMALL) bytes of slab, counted in *sb until slab_put. NULL/ENOMEM. */
+/* The loop is quiet: the spares go, and the current slab too if nothing is in it. */
+static void slab_quiet(void)
+{
+    slab_spares_drop();
+    if (slab_cur && !slab_cur->refs) {
+        slab_unmap(slab_cur);
+        slab_cur = NULL;
+    }
+}
+
+/* An empty slab: kept as a spare (the loop will say when it is quiet), or unmapped. */
+static void slab_retire(slab *sb)
+{
+    if (sb->orphan || slab_nspares == SLAB_MAX || !sched_peek() ||
+        sched_on_quiet(slab_quiet) != 0) {
+        slab_unmap(sb);
+        return;
+    }
+    sb->next = slab_spares;
+    slab_spares = sb;
+    slab_nspares++;
+}
+
+/* Whether a medium give of n bytes is copied: the current slab has room for it (once
+ * emptied, it starts again at its start), or a spare does, or another slab may be mapped. */
+static bool slab_takes_medium(size_t n)
+{
+    return (slab_cur && (!slab_cur->refs || slab_cur->used + n <= SLAB_SIZE)) || slab_spares ||
+           slab_count < SLAB_MAX;
+}
+
+/* n (<= SLAB_MEDIUM) bytes of slab, counted in *sb until slab_put. NULL/ENOMEM. */
 static char *slab_alloc(size_t n, slab **sb)
 {
     if (slab_cur && !slab_cur->refs)
         slab_cur->used = 0; /* nothing in flight: reuse the pages already touched, in cache */
     if (!slab_cur || slab_cur->used + n > SLAB_SIZE) {
-        slab *old = slab_cur;
-        slab_cur = slab_spare ? slab_spare : slab_map();
-        slab_spare = NULL;
-        if (!slab_cur) {
-            slab_cur = old;
-            errno = ENOMEM;
-            return NULL;
+        slab *old = slab_cur, *fresh = slab_spares;
+        if (fresh) {
+            slab_spares = fresh->next;
+            slab_nspares--;
+        } else if (!(fresh = slab_map())) {
+            return NULL; /* ENOMEM */
         }
-        *slab_cur = (slab){0};
+        fresh->used = fresh->refs = 0; /* (only the header: its pages are touched as filled) */
+        fresh->orphan = false;
+        slab_cur = fresh;
         if (old && !old->refs)
-            slab_unmap(old); /* (the spare is taken: one empty slab kept at most) */
+            slab_retire(old);
         pthread_once(&slab_once, slab_init_key);
-        pthread_setspecific(slab_key, slab_cur);
+        pthread_setspecific(slab_key, slab_cur); /* (any non-NULL value: slab_exit runs) */
     }
     char *p = slab_cur->data + slab_cur->used;
     slab_cur->used += (unsigned)n;
@@ -153,10 +208,7 @@ static void slab_put(slab *sb)
 {
     if (--sb->refs > 0 || sb == slab_cur)
         return;
-    if (!sb->orphan && !slab_spare)
-        slab_spare = sb;
-    else
-        slab_unmap(sb);
+    slab_retire(sb);
 }
 
 typedef struct qbuf {
@@ -945,12 +997,13 @@ static void tx_start(sock *s)
 }
 
 /* give in ring mode: queued for the loop, which sends it with its next io_uring_enter. A
- * small give is copied into a slab (the caller keeps its buffer: 0), and follows the last
- * queued slice in one send when it lands right after it; a large one is taken (1). */
+ * small give (or a medium one the slabs take) is copied into a slab (the caller keeps its
+ * buffer: 0), and follows the last queued slice in one send when it lands right after it;
+ * a large one is taken (1). */
 static int tx_give(sock *s, char *base, size_t cap, size_t off, size_t len)
 {
     slab *sb = NULL;
-    if (len <= SLAB_SMALL) {
+    if (len <= SLAB_SMALL || (len <= SLAB_MEDIUM && slab_takes_medium(len))) {
         char *p = slab_alloc(len, &sb);
         if (!p)
             return -1;

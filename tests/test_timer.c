@@ -1,10 +1,12 @@
 /* The timer heap (ordering, removal from the middle) and deadlines as the scheduler uses
- * them: a wait with a deadline ends with ETIMEDOUT, on the monotonic clock. */
+ * them: a wait with a deadline ends with ETIMEDOUT, on the monotonic clock; and the loop's
+ * quiet callbacks, which run when it has had nothing to do for a while. */
 #include "harness.h"
 #include "../src/internal.h"
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -105,11 +107,74 @@ static void join_times_out(void)
     CHECK(weft_join(co, NULL, -1) == 0);
 }
 
+/* ---- The loop's quiet callbacks (sched_on_quiet) ---- */
+
+static int quiet_calls, other_calls;
+static void on_quiet(void) { quiet_calls++; }
+static void on_quiet_other(void) { other_calls++; }
+static void on_quiet_2(void) {}
+static void on_quiet_3(void) {}
+static void on_quiet_4(void) {}
+
+static void *quiet_sleeper(void *arg)
+{
+    (void)arg;
+    CHECK(sched_on_quiet(on_quiet) == 0);
+    CHECK(sched_on_quiet(on_quiet) == 0); /* (the same one twice: still called once) */
+    CHECK(weft_sleep(3 * SCHED_QUIET_MS) == 0);
+    CHECK(quiet_calls == 1); /* once in the spell, though it lasted three times as long */
+    CHECK(weft_sleep(3 * SCHED_QUIET_MS) == 0);
+    CHECK(quiet_calls == 2); /* the switch back into this coroutine began a new spell */
+    CHECK(sched_on_quiet(on_quiet_other) == 0);
+    CHECK(sched_on_quiet(on_quiet_2) == 0);
+    CHECK(sched_on_quiet(on_quiet_3) == 0);
+    errno = 0;
+    CHECK(sched_on_quiet(on_quiet_4) == -1 && errno == ENOSPC); /* SCHED_QUIET_FNS taken */
+    CHECK(weft_sleep(3 * SCHED_QUIET_MS) == 0);
+    CHECK(quiet_calls == 3 && other_calls == 1);
+    return NULL;
+}
+
+/* Busy: always something to run, so the loop never sleeps and nothing is called. */
+static void *quiet_spinner(void *arg)
+{
+    CHECK(sched_on_quiet(on_quiet) == 0); /* (the last run's scheduler may be gone) */
+    int64_t end = weft_now() + 3 * SCHED_QUIET_MS;
+    while (weft_now() < end)
+        CHECK(weft_yield() == 0);
+    *(int *)arg = quiet_calls;
+    return NULL;
+}
+
+static void *quiet_thread(void *arg)
+{
+    (void)arg;
+    CHECK(weft_spawn(quiet_sleeper, NULL) != NULL);
+    CHECK(weft_run() == 0);
+    quiet_calls = 0;
+    int seen = -1;
+    CHECK(weft_spawn(quiet_spinner, &seen) != NULL);
+    CHECK(weft_run() == 0);
+    CHECK(seen == 0);
+    return NULL;
+}
+
+/* A loop with nothing to run for SCHED_QUIET_MS calls each registered callback once per such
+ * spell (the send slabs of sock.c go then); a busy one never does. On a thread of its own,
+ * whose scheduler ends with it. */
+static void quiet_callbacks_run_once_per_quiet_spell(void)
+{
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, quiet_thread, NULL) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+}
+
 const struct test tests[] = {
     {"heap_pops_in_deadline_order", heap_pops_in_deadline_order, 0},
     {"clock_is_monotonic_milliseconds", clock_is_monotonic_milliseconds, 0},
     {"sleeps_end_no_earlier_than_asked", sleeps_end_no_earlier_than_asked, 0},
     {"fd_wait_times_out_in_and_out_of_coroutines", fd_wait_times_out_in_and_out_of_coroutines, 0},
     {"join_times_out", join_times_out, 0},
+    {"quiet_callbacks_run_once_per_quiet_spell", quiet_callbacks_run_once_per_quiet_spell, 0},
 };
 const size_t tests_count = sizeof tests / sizeof tests[0];
