@@ -698,6 +698,9 @@ void ignore_sigpipe(void);
 /* ---- Transports (transport.h, sock.c) ---- */
 #include "transport.h"
 
+/* The send slabs this thread has mapped (io_uring), spares included: for tests. */
+unsigned sock_slabs_mapped(void);
+
 /* ---- Channels (chan.c) ---- */
 /* A channel over transport t (which it owns from now on); peer is its "host:port" name
  * (copied); line_buffered for sockets (else fully buffered). NULL/ENOMEM (t is then closed

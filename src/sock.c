@@ -145,6 +145,11 @@ static void slab_init_key(void)
     pthread_key_create(&slab_key, slab_exit);
 }
 
+unsigned sock_slabs_mapped(void)
+{
+    return slab_count;
+}
+
 /* The loop is quiet: the spares go, and the current slab too if nothing is in it. */
 static void slab_quiet(void)
 {
@@ -179,8 +184,10 @@ static bool slab_takes_medium(size_t n)
 /* n (<= SLAB_MEDIUM) bytes of slab, counted in *sb until slab_put. NULL/ENOMEM. */
 static char *slab_alloc(size_t n, slab **sb)
 {
-    if (slab_cur && !slab_cur->refs)
+    if (slab_cur && !slab_cur->refs) {
         slab_cur->used = 0; /* nothing in flight: reuse the pages already touched, in cache */
+        sched_on_quiet(slab_quiet); /* (a new scheduler of this thread learns of it here) */
+    }
     if (!slab_cur || slab_cur->used + n > SLAB_SIZE) {
         slab *old = slab_cur, *fresh = slab_spares;
         if (fresh) {
@@ -189,6 +196,7 @@ static char *slab_alloc(size_t n, slab **sb)
         } else if (!(fresh = slab_map())) {
             return NULL; /* ENOMEM */
         }
+        sched_on_quiet(slab_quiet); /* (if all its places are taken, slabs stay till exit) */
         fresh->used = fresh->refs = 0; /* (only the header: its pages are touched as filled) */
         fresh->orphan = false;
         slab_cur = fresh;
