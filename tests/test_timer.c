@@ -149,12 +149,12 @@ static void *quiet_spinner(void *arg)
 static void *quiet_thread(void *arg)
 {
     (void)arg;
-    CHECK(weft_spawn(quiet_sleeper, NULL) != NULL);
-    CHECK(weft_run() == 0);
+    weft_co *co = weft_spawn(quiet_sleeper, NULL);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
     quiet_calls = 0;
     int seen = -1;
-    CHECK(weft_spawn(quiet_spinner, &seen) != NULL);
-    CHECK(weft_run() == 0);
+    co = weft_spawn(quiet_spinner, &seen);
+    CHECK(co && weft_join(co, NULL, -1) == 0);
     CHECK(seen == 0);
     return NULL;
 }
