@@ -160,10 +160,11 @@ static void slab_quiet(void)
     }
 }
 
-/* An empty slab: kept as a spare (the loop will say when it is quiet), or unmapped. */
+/* An empty slab: kept as a spare (the loop will say when it is quiet), or unmapped: always
+ * while the thread ends, whose last completions may come after slab_exit. */
 static void slab_retire(slab *sb)
 {
-    if (sb->orphan || slab_nspares == SLAB_MAX || !sched_peek() ||
+    if (sb->orphan || slab_nspares == SLAB_MAX || !sched_peek() || sched_exiting() ||
         sched_on_quiet(slab_quiet) != 0) {
         slab_unmap(sb);
         return;
