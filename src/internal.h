@@ -506,7 +506,8 @@ void deep_free(sched *s);
 _Noreturn void deep_parked_abort(const char *name);
 
 /* Have this thread's loop call fn once per quiet spell: when it is about to sleep and has
- * switched to no coroutine for SCHED_QUIET_MS (it wakes for that if it would sleep longer).
+ * switched to no coroutine for SCHED_QUIET_MS (it wakes for that if it would sleep longer),
+ * and when the scheduler is released (nothing uses it: weft_run returned, say).
  * For caches worth keeping under load and not when idle (sock.c's spare send slabs). A
  * second call with the same fn does nothing. -1/ENOSPC when SCHED_QUIET_FNS are taken;
  * a no-op (0) on a thread without a scheduler. */

@@ -182,12 +182,15 @@ backend *sched_backend(void)
 }
 
 /* Free the scheduler once nothing uses it, so a program that is done with weft holds no
- * epoll fd, pooled stack or heap. A later call simply makes a new one. */
+ * epoll fd, pooled stack or heap, nor what the quiet callbacks would give back (the send
+ * slabs): they run first. A later call simply makes a new one. */
 static void sched_release_if_idle(sched *s)
 {
     if (s->live || s->loop_depth || s->current || s->external_waits || s->io_owned)
         return; /* (a wake-up from another thread may be on its way to the inbox; a transport
                  * may hold the backend's buffers or have an operation in flight) */
+    for (unsigned i = 0; i < s->nquiet; i++)
+        s->quiet_fns[i]();
     pthread_setspecific(exit_key, NULL);
     backend_free(s->be);
     if (s->in.fd >= 0)

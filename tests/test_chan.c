@@ -1860,6 +1860,9 @@ static void *slab_reader(void *arg)
 {
     weft_chan *c = weft_chan_open(*(int *)arg);
     CHECK(c != NULL);
+    /* Not reading yet: the writer's sends stay in flight in their slab while the loop is
+     * quiet, so the quiet callback runs then, and must leave that slab be. */
+    CHECK(weft_sleep(3 * SCHED_QUIET_MS) == 0);
     static char expect[8192];
     for (int i = 0; i < 2000; i++) {
         const char *line = weft_gets(c, NULL);
@@ -1898,16 +1901,22 @@ static void *slab_writer(void *arg)
     return NULL;
 }
 
-/* Output copied into the thread's send slabs arrives whole and in order, and once the loop
- * has been quiet the slabs are given back (io_uring; on epoll there are none). */
+/* Output copied into the thread's send slabs arrives whole and in order, also when the loop
+ * goes quiet with sends in flight (the peer not reading); once the loop has been quiet with
+ * nothing in flight, or its scheduler is released, the slabs are given back (io_uring; on
+ * epoll there are none). */
 static void send_slabs_go_when_the_loop_is_quiet(void)
 {
     int sv[2];
     tcp_pair(sv);
+    int small = 65536; /* (so that the kernel takes little while the reader sleeps) */
+    CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+    CHECK(setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
     weft_co *r = weft_spawn(slab_reader, &sv[1]);
     weft_co *w = weft_spawn(slab_writer, &sv[0]);
     CHECK(r && w);
     CHECK(weft_join(r, NULL, -1) == 0 && weft_join(w, NULL, -1) == 0);
+    CHECK(sock_slabs_mapped() == 0); /* the scheduler was released: its slabs went first */
 }
 
 const struct test tests[] = {
