@@ -72,7 +72,7 @@ static void orphan_remove(olink *l) { olist_remove(&orphans, l); }
 #define SLAB_BYTES (64 * 1024) /* a slab in all, header included */
 #define SLAB_SMALL 1024 /* gives up to this size are always copied */
 #define SLAB_MEDIUM BUF_SIZE /* and up to this size while slabs stay within SLAB_MAX */
-#define SLAB_MAX 32 /* slabs a thread maps for medium gives: 2 MiB; also the spares kept */
+#define SLAB_MAX 32 /* slabs a thread maps for medium gives, or keeps in all: 2 MiB */
 
 typedef struct slab {
     unsigned used, refs;
@@ -91,7 +91,7 @@ static slab *slab_map(void);
 static void slab_unmap(slab *sb);
 
 static _Thread_local slab *slab_cur, *slab_spares;
-static _Thread_local unsigned slab_nspares, slab_count; /* (count: mapped, spares included) */
+static _Thread_local unsigned slab_count; /* mapped, spares included */
 static pthread_key_t slab_key;
 static pthread_once_t slab_once = PTHREAD_ONCE_INIT;
 
@@ -125,7 +125,6 @@ static void slab_spares_drop(void)
         slab_spares = sb->next;
         slab_unmap(sb);
     }
-    slab_nspares = 0;
 }
 
 static void slab_exit(void *unused)
@@ -160,18 +159,18 @@ static void slab_quiet(void)
     }
 }
 
-/* An empty slab: kept as a spare (the loop will say when it is quiet), or unmapped: always
- * while the thread ends, whose last completions may come after slab_exit. */
+/* An empty slab: kept as a spare while the thread has no more than SLAB_MAX slabs (the loop
+ * will say when it is quiet), else unmapped; always unmapped while the thread ends, whose
+ * last completions may come after slab_exit. */
 static void slab_retire(slab *sb)
 {
-    if (sb->orphan || slab_nspares == SLAB_MAX || !sched_peek() || sched_exiting() ||
+    if (sb->orphan || slab_count > SLAB_MAX || !sched_peek() || sched_exiting() ||
         sched_on_quiet(slab_quiet) != 0) {
         slab_unmap(sb);
         return;
     }
     sb->next = slab_spares;
     slab_spares = sb;
-    slab_nspares++;
 }
 
 /* Whether a medium give of n bytes is copied: the current slab has room for it (once
@@ -185,24 +184,22 @@ static bool slab_takes_medium(size_t n)
 /* n (<= SLAB_MEDIUM) bytes of slab, counted in *sb until slab_put. NULL/ENOMEM. */
 static char *slab_alloc(size_t n, slab **sb)
 {
-    if (slab_cur && !slab_cur->refs) {
+    if (slab_cur && !slab_cur->refs)
         slab_cur->used = 0; /* nothing in flight: reuse the pages already touched, in cache */
-        sched_on_quiet(slab_quiet); /* (a new scheduler of this thread learns of it here) */
-    }
     if (!slab_cur || slab_cur->used + n > SLAB_SIZE) {
-        slab *old = slab_cur, *fresh = slab_spares;
-        if (fresh) {
+        /* (The slab replaced has sends in flight: the last one's slab_put retires it.) */
+        slab *fresh = slab_spares;
+        if (fresh)
             slab_spares = fresh->next;
-            slab_nspares--;
-        } else if (!(fresh = slab_map())) {
+        else if (!(fresh = slab_map()))
             return NULL; /* ENOMEM */
-        }
-        sched_on_quiet(slab_quiet); /* (if all its places are taken, slabs stay till exit) */
+        /* Every slab is mapped under a scheduler that knows to call slab_quiet (a released
+         * one calls it first, leaving none). If all its places are taken, they stay till
+         * the thread ends. */
+        sched_on_quiet(slab_quiet);
         fresh->used = fresh->refs = 0; /* (only the header: its pages are touched as filled) */
         fresh->orphan = false;
         slab_cur = fresh;
-        if (old && !old->refs)
-            slab_retire(old);
         pthread_once(&slab_once, slab_init_key);
         pthread_setspecific(slab_key, slab_cur); /* (any non-NULL value: slab_exit runs) */
     }
